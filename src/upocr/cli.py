@@ -1,0 +1,35 @@
+"""`upocr` command line. Thin: each sub-command lives in `upocr/commands/<name>.py`, which exposes
+`register(subparsers)` and calls the same API functions a Python user calls."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module adds its sub-commands; order is the order shown in --help.
+COMMAND_MODULES = ("predict", "synth", "train", "evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upocr",
+        description="Unified pixel-level OCR: text removal, text segmentation, tampered text detection.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"upocr.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Each sub-command sets `func` (via set_defaults) returning an exit code.
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
