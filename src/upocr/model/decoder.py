@@ -1,0 +1,85 @@
+"""Mirrored SwinV2 decoder: five stages each ending in a PatchSplit (x2 up), encoder skips through
+lateral convolutions, and three output heads at 1/4, 1/2 and full resolution."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from upocr.model.config import UPOCRConfig
+from upocr.model.swinv2 import PatchSplit, swin_blocks
+
+
+def lateral_connection(channels: int) -> nn.Sequential:
+    """Conv1x1 -> Conv3x3 (x2 width) -> Conv3x3 -> Conv1x1, linear (no norms or activations, as the original)."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 1),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1),
+        nn.Conv2d(2 * channels, 2 * channels, 3, padding=1),
+        nn.Conv2d(2 * channels, channels, 1),
+    )
+
+
+class DecoderStage(nn.Module):
+    """Blocks at one resolution, then PatchSplit to twice the resolution and half the channels."""
+
+    def __init__(self, *, blocks: nn.ModuleList, dim: int) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.upsample = PatchSplit(dim)
+
+
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+
+class SwinV2Decoder(nn.Module):
+    # Stages whose PatchSplit output receives an encoder skip, and stages that feed an output head.
+    SKIP_STAGES = (0, 1, 2)
+    HEAD_STAGES = (2, 3, 4)
+
+    def __init__(self, config: UPOCRConfig) -> None:
+        super().__init__()
+        dims = [config.bottleneck_dim // 2**i for i in range(5)]
+        rates = torch.linspace(0, config.decoder_drop_path, sum(config.decoder_depths)).tolist()
+        self.layers = nn.ModuleList()
+        start = 0
+        for i, depth in enumerate(config.decoder_depths):
+            blocks = swin_blocks(
+                dim=dims[i],
+                depth=depth,
+                heads=config.decoder_heads[i],
+                window=config.decoder_window,
+                pretrained_window=config.decoder_pretrained_window,
+                mlp_ratio=config.mlp_ratio,
+                drop_path=rates[start : start + depth],
+                cpb_hidden=config.cpb_hidden,
+            )
+            start += depth
+            self.layers.append(DecoderStage(blocks=blocks, dim=dims[i]))
+        # After stage i's PatchSplit the map has dims[i] // 2 channels.
+        self.lateral_connection_list = nn.ModuleList(lateral_connection(dims[i] // 2) for i in self.SKIP_STAGES)
+        for i in self.HEAD_STAGES:
+            self.add_module(f"norm{i}", nn.LayerNorm(dims[i] // 2))
+        self.intermediate_convs = nn.ModuleList(nn.Conv2d(dims[i] // 2, 3, 3, padding=1) for i in self.HEAD_STAGES[:-1])
+        self.output_conv = nn.Conv2d(dims[-1] // 2, 3, 3, padding=1)
+
+    def head(self, i: int) -> nn.Conv2d:
+        position = self.HEAD_STAGES.index(i)
+        return self.output_conv if i == self.HEAD_STAGES[-1] else self.intermediate_convs[position]
+
+    def forward(self, x: torch.Tensor, h: int, w: int, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """x: bottleneck tokens (B, h*w, C); skips: the encoder's four NCHW maps (fine -> coarse)."""
+        outputs = []
+        for i, layer in enumerate(self.layers):
+            for block in layer.blocks:
+                x = block(x, h, w)
+            x = layer.upsample(x, h, w)
+            h, w = 2 * h, 2 * w
+            if i in self.SKIP_STAGES:
+                skip = self.lateral_connection_list[i](skips[-i - 2])
+                x = x + skip.flatten(2).transpose(1, 2)
+            if i in self.HEAD_STAGES:
+                normed = getattr(self, f"norm{i}")(x)
+                outputs.append(self.head(i)(tokens_to_map(normed, h, w)))
+        return outputs

@@ -1,0 +1,89 @@
+"""UPOCR: SwinV2 encoder -> per-pixel projection + additive task prompt -> mirrored SwinV2 decoder."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from upocr.model.config import UPOCRConfig
+from upocr.model.decoder import SwinV2Decoder
+from upocr.model.encoder import SwinV2Encoder
+from upocr.model.swinv2 import init_swin_weights
+from upocr.tasks import Task, task_indices
+
+# Input sides must be multiples of this: the encoder downsamples 32x and the decoder doubles back.
+SIZE_MULTIPLE = 32
+
+
+class TaskPrompt(nn.Module):
+    """One learnable vector per task, broadcast over the bottleneck map and added to it."""
+
+    def __init__(self, *, num_tasks: int, dim: int) -> None:
+        super().__init__()
+        self.task_embedding = nn.Embedding(num_tasks, dim)
+        nn.init.kaiming_normal_(self.task_embedding.weight)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B,) task indices -> (B, 1, C) prompts (broadcast over the bottleneck tokens)."""
+        return self.task_embedding(indices.to(self.task_embedding.weight.device)).unsqueeze(1)
+
+
+def check_input_size(height: int, width: int) -> None:
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or height == 0 or width == 0:
+        pad_h = -(-height // SIZE_MULTIPLE) * SIZE_MULTIPLE or SIZE_MULTIPLE
+        pad_w = -(-width // SIZE_MULTIPLE) * SIZE_MULTIPLE or SIZE_MULTIPLE
+        raise ValueError(
+            f"input {height}x{width} is not a multiple of {SIZE_MULTIPLE}; pad or resize to {pad_h}x{pad_w} "
+            "(upocr.Predictor does this for you)"
+        )
+
+
+class UPOCR(nn.Module):
+    """Unified pixel-level OCR model. `forward(images, tasks)` -> [1/4, 1/2, full] RGB outputs."""
+
+    def __init__(self, config: UPOCRConfig | str = "small") -> None:
+        super().__init__()
+        self.config = UPOCRConfig.preset(config) if isinstance(config, str) else config
+        self.encoder = SwinV2Encoder(self.config)
+        self.proj = nn.Linear(self.config.bottleneck_dim, self.config.bottleneck_dim)
+        self.task_prompt = TaskPrompt(num_tasks=self.config.num_tasks, dim=self.config.bottleneck_dim)
+        self.decoder = SwinV2Decoder(self.config)
+        init_swin_weights(self.encoder)
+        init_swin_weights(self.decoder)
+        nn.init.trunc_normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, images: torch.Tensor, tasks: Sequence[Task | str | int] | Task | str | int | torch.Tensor) -> list[torch.Tensor]:
+        """images: (B, 3, H, W) float in [0, 1], H and W multiples of 32; tasks: one per image, or one for all.
+
+        Returns three (B, 3, h, w) maps at 1/4, 1/2 and full resolution: raw values, clamp to [0, 1] to read.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        check_input_size(height, width)
+        indices = task_indices(tasks, images.shape[0]).to(images.device)
+        if int(indices.max()) >= self.config.num_tasks or int(indices.min()) < 0:
+            raise ValueError(f"task index out of range for a model with {self.config.num_tasks} tasks")
+        features = self.encoder(images)
+        bottleneck = features[-1]
+        b, c, h, w = bottleneck.shape
+        tokens = self.proj(bottleneck.flatten(2).transpose(1, 2)) + self.task_prompt(indices)
+        return self.decoder(tokens, h, w, features)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write `model.safetensors` + `config.json` (what `upocr.load_model(directory)` reads)."""
+        from upocr.model.checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+
+def build_model(config: UPOCRConfig | str = "small") -> UPOCR:
+    """A randomly initialised UPOCR for a preset name ('paper', 'small', 'mini', 'tiny') or a config."""
+    return UPOCR(config)
