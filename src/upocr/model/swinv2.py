@@ -207,6 +207,18 @@ def swin_blocks(
     )
 
 
+def space_to_channels(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> (B, H/2, W/2, 4C), sub-pixels in the order (0,0), (1,0), (0,1), (1,1) as (dy, dx)."""
+    return torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+
+
+def channels_to_space(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 4C) -> (B, 2H, 2W, C): the exact inverse of `space_to_channels`."""
+    b, h, w, c4 = x.shape
+    x = x.view(b, h, w, 2, 2, c4 // 4)  # channel group g = 2*dx + dy
+    return x.permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * h, 2 * w, c4 // 4)  # -> (B, H, dy, W, dx, C)
+
+
 class PatchMerging(nn.Module):
     """Halve the resolution, double the channels: 2x2 neighbours concatenated -> Linear -> LayerNorm."""
 
@@ -220,9 +232,7 @@ class PatchMerging(nn.Module):
         x = x.view(b, h, w, c)
         if h % 2 or w % 2:
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-        # Order (0,0), (1,0), (0,1), (1,1): PatchSplit undoes exactly this order.
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
-        return self.norm(self.reduction(x.view(b, -1, 4 * c)))
+        return self.norm(self.reduction(space_to_channels(x).flatten(1, 2)))
 
 
 class PatchSplit(nn.Module):
@@ -239,9 +249,8 @@ class PatchSplit(nn.Module):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b, _, c = x.shape
-        x = x.view(b, h, w, 2, 2, c // 4)  # (dx, dy) groups: g = 2*dx + dy
-        x = x.permute(0, 1, 4, 2, 3, 5).reshape(b, 4 * h * w, c // 4)  # -> (B, H, dy, W, dx)
-        return self.norm(self.upsample(x))
+        x = channels_to_space(x.view(b, h, w, c))
+        return self.norm(self.upsample(x.flatten(1, 2)))
 
 
 def init_swin_weights(module: nn.Module) -> None:

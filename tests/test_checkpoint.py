@@ -1,0 +1,157 @@
+"""Loading every supported checkpoint format, and refusing bad ones with one clear line."""
+
+import argparse
+import os
+import pickle
+
+import pytest
+import torch
+
+import upocr
+from upocr.model.checkpoint import CheckpointError, config_from_state_dict, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return upocr.build_model("tiny").eval()
+
+
+def same_outputs(a, b):
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        return torch.equal(a(x, 1)[-1], b(x, 1)[-1])
+
+
+def original_state_dict(model):
+    """What the original saves: our keys plus the derived buffers plus (training builds) vgg16.*."""
+    state = dict(model.state_dict())
+    for name, module in model.named_modules():
+        if hasattr(module, "relative_position_index"):
+            state[f"{name}.relative_coords_table"] = module.relative_coords_table
+            state[f"{name}.relative_position_index"] = module.relative_position_index
+    state["vgg16.enc_1.0.weight"] = torch.zeros(64, 3, 3, 3)
+    return state
+
+
+def test_save_pretrained_round_trip(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = upocr.load_model(tmp_path / "m")
+    assert loaded.config == tiny.config and not loaded.training
+    assert same_outputs(tiny, loaded)
+    # The lone safetensors file carries its config in the metadata.
+    assert same_outputs(tiny, upocr.load_model(tmp_path / "m" / "model.safetensors"))
+
+
+def test_fp16_weights_load_as_fp32(tiny, tmp_path):
+    upocr.save_pretrained(tiny, tmp_path / "half", dtype=torch.float16)
+    loaded = upocr.load_model(tmp_path / "half")
+    assert next(loaded.parameters()).dtype == torch.float32
+
+
+def test_original_format_with_namespace_args(tiny, tmp_path):
+    args = argparse.Namespace(
+        swin_enc_embed_dim=16, swin_enc_depths=[1, 1, 1, 1], swin_enc_num_heads=[1, 1, 2, 2], swin_enc_window_size=4,
+        swin_enc_pretrained_ws=4, swin_dec_depths=[1] * 5, swin_dec_num_heads=[2, 2, 1, 1, 1], swin_dec_window_size=4,
+        swin_dec_pretrained_ws=4, tasks=["text removal", "tampered text detection", "text segmentation"],
+    )
+    # cpb_hidden isn't an original arg (always 512 there); tiny's 32 is read from the shapes instead.
+    path = tmp_path / "orig.pth"
+    torch.save({"model": original_state_dict(tiny), "args": args, "epoch": 3, "optimizer": {}}, path)
+    state, config = read_checkpoint(path)
+    assert not any(k.startswith("vgg16.") or "relative_" in k for k in state)
+    assert config.embed_dim == 16 and config.encoder_window == 4
+
+
+def test_bare_state_dict_infers_architecture(tiny, tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(original_state_dict(tiny), path)
+    loaded = upocr.load_model(path)
+    assert loaded.config.embed_dim == tiny.config.embed_dim
+    assert loaded.config.encoder_window == 4 and loaded.config.encoder_pretrained_window == 4
+    assert same_outputs(tiny, loaded)
+    # With DDP's "module." prefix too.
+    torch.save({f"module.{k}": v for k, v in original_state_dict(tiny).items()}, path)
+    assert same_outputs(tiny, upocr.load_model(path))
+
+
+def test_infers_config_from_shapes_alone(tiny):
+    config = config_from_state_dict(tiny.state_dict())
+    assert config.encoder_depths == tiny.config.encoder_depths
+    assert config.decoder_heads == tiny.config.decoder_heads
+
+
+def test_missing_key_is_named(tiny, tmp_path):
+    state = dict(tiny.state_dict())
+    del state["proj.bias"]
+    torch.save({"model": state, "config": tiny.config.to_dict()}, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError, match=r"c\.pth: does not fit the model config: 1 missing keys: proj\.bias"):
+        upocr.load_model(tmp_path / "c.pth")
+
+
+def test_extra_and_misshaped_keys_are_named(tiny, tmp_path):
+    state = dict(tiny.state_dict())
+    state["decoder.extra.weight"] = torch.zeros(1)
+    state["proj.bias"] = torch.zeros(5)
+    torch.save({"model": state, "config": tiny.config.to_dict()}, tmp_path / "c.pth")
+    with pytest.raises(CheckpointError) as info:
+        upocr.load_model(tmp_path / "c.pth")
+    message = str(info.value)
+    assert "1 unexpected keys: decoder.extra.weight" in message
+    assert "proj.bias (5,) vs (128,)" in message
+    assert "\n" not in message
+
+
+def test_truncated_file(tiny, tmp_path):
+    path = tmp_path / "t.pth"
+    torch.save(tiny.state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"t\.pth: not a readable checkpoint"):
+        upocr.load_model(path)
+
+
+def test_truncated_safetensors(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        upocr.load_model(tmp_path / "m")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/upocr-pwned",))
+
+
+def test_malicious_pickle_is_refused_not_run(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
+    if os.path.exists("/tmp/upocr-pwned"):
+        os.remove("/tmp/upocr-pwned")
+    with pytest.raises(CheckpointError, match=r"evil\.pth: refuses to unpickle .*system.*allow-list"):
+        upocr.load_model(path)
+    assert not os.path.exists("/tmp/upocr-pwned")
+
+
+def test_plain_pickle_and_empty_and_missing(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pth: file is empty"):
+        upocr.load_model(tmp_path / "empty.pth")
+    with pytest.raises(CheckpointError, match="nope.pth: no such file"):
+        upocr.load_model(tmp_path / "nope.pth")
+    (tmp_path / "list.pth").write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(CheckpointError, match="list.pth"):
+        upocr.load_model(tmp_path / "list.pth")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        upocr.load_model(tmp_path / "dir")
+
+
+def test_cuda_request_without_cuda_is_clear(tiny, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")  # the error path only exists without CUDA
+    tiny.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        upocr.load_model(tmp_path / "m", device="cuda")
