@@ -34,6 +34,8 @@ class UPOCRConfig:
     encoder_drop_path: float = 0.3
     decoder_drop_path: float = 0.3
     num_tasks: int = 3
+    # Working resolution the weights were trained at; the Predictor's default `size` (not architecture).
+    input_size: int = 512
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON/YAML) but store tuples so configs stay hashable and comparable.
@@ -49,6 +51,8 @@ class UPOCRConfig:
         for stage, heads in enumerate(self.decoder_heads):
             if (self.bottleneck_dim // 2**stage) % heads:
                 raise ValueError(f"decoder stage {stage}: {self.bottleneck_dim // 2**stage} channels not divisible by {heads} heads")
+        if self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {self.input_size}")
         if self.embed_dim % 16:
             raise ValueError(f"embed_dim must be a multiple of 16 (the decoder halves it 4 more times), got {self.embed_dim}")
 
