@@ -1,5 +1,184 @@
-"""Placeholder: sub-commands are added by the owner of this concern."""
+"""`upocr evaluate ...`: the original's metrics on folders of predictions, or on a model and baselines.
+
+  upocr evaluate removal --pred DIR --gt DIR [--json FILE] [--fid-weights PT]
+  upocr evaluate segmentation --pred DIR --gt DIR [--threshold T] [--gt-format textseg|binary] [--json FILE]
+  upocr evaluate tampering --pred DIR --gt DIR [--images DIR] [--pred-format ...] [--json FILE]
+  upocr evaluate model --weights W --data-root ROOT [--tasks ...] [--no-baselines] [--out DIR]
+                       [--markdown FILE] [--json FILE] [--picture FILE]
+  upocr evaluate baselines --data-root ROOT [--tasks ...] [--out DIR] [--markdown FILE] [--json FILE]
+
+Tables go to stdout; warnings and per-file errors to stderr. Exit code 1 when any file could not be
+evaluated (the rest still is), 2 when nothing could be evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 
 
 def register(subparsers) -> None:
-    pass
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predictions (or a model and classical baselines) with the original's metrics",
+        description="Score predictions with the original UPOCR evaluation metrics (docs/evaluation.md).",
+    )
+    commands = parser.add_subparsers(dest="evaluate_command", metavar="WHAT")
+    commands.required = True
+
+    removal = commands.add_parser("removal", help="PSNR, MSSIM, MSE, AGE, pEPs, pCEPs of text-free images")
+    _add_folders(removal)
+    removal.add_argument("--fid-weights", type=Path, help="pytorch-fid pt_inception-2015-12-05 state dict (FID is missing without it)")
+    removal.set_defaults(func=_run_removal, task=Task.TEXT_REMOVAL)
+
+    segmentation = commands.add_parser("segmentation", help="fgIoU, P, R, F of text masks")
+    _add_folders(segmentation)
+    segmentation.add_argument(
+        "--threshold", type=float, default=None,
+        help=f"predictions are the model's raw output images: text = channel mean of RGB/255 > T "
+        f"(original: {SEGMENTATION_THRESHOLD}); without it predictions are 0/255 masks (>127 is text)",
+    )
+    segmentation.add_argument("--gt-format", choices=("textseg", "binary"), default="textseg",
+                              help="textseg: TextSeg *_maskfg.png labels (default); binary: 0/255 masks")
+    segmentation.set_defaults(func=_run_segmentation, task=Task.TEXT_SEGMENTATION)
+
+    tampering = commands.add_parser("tampering", help="IoU, P, R, F of real and tampered text, mIoU, mF")
+    _add_folders(tampering, gt_help="folder of Tampered-IC13 <stem>.txt box files")
+    tampering.add_argument("--images", type=Path, help="the images (for their sizes; default: the sibling *_img folder)")
+    tampering.add_argument("--pred-format", choices=("auto", "classes", "raw"), default="auto",
+                           help="classes: {0,1,2} maps (e.g. <stem>_classes.png); raw: output colours (argmax)")
+    tampering.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
+                           help="raw outputs: rgb = R background, G real, B tampered; bgr = the original's visualisation files")
+    tampering.set_defaults(func=_run_tampering, task=Task.TAMPERED_TEXT_DETECTION)
+
+    model = commands.add_parser("model", help="run a model and the baselines on the test splits; one table")
+    model.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the bundled weights)")
+    model.add_argument("--size", type=int, default=512, help="model input size (default 512, the original)")
+    model.add_argument("--threshold", type=float, default=SEGMENTATION_THRESHOLD, help="segmentation threshold")
+    model.add_argument("--device", default="cpu")
+    model.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the classical baselines")
+    _add_benchmark_options(model)
+    model.set_defaults(func=_run_model)
+
+    baselines = commands.add_parser("baselines", help="the classical baselines alone on the test splits")
+    _add_benchmark_options(baselines)
+    baselines.set_defaults(func=_run_baselines)
+
+
+def _add_folders(parser: argparse.ArgumentParser, gt_help: str = "folder of ground truths") -> None:
+    parser.add_argument("--pred", type=Path, required=True, help="folder of predictions")
+    parser.add_argument("--gt", type=Path, required=True, help=gt_help)
+    parser.add_argument("--json", type=Path, help="also write the metrics as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", type=Path, required=True, help="data root holding the benchmark layouts")
+    parser.add_argument("--tasks", nargs="+", default=None, help="removal, segmentation, tampering (default: all found)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test images per task")
+    parser.add_argument("--out", type=Path, default=None, help="keep predictions here (default: a temporary folder)")
+    parser.add_argument("--markdown", type=Path, help="write the tables as markdown")
+    parser.add_argument("--json", type=Path, help="write all metrics as JSON")
+    parser.add_argument("--picture", type=Path, help="PNG of a few samples per task (default: <out>/samples.png with --out)")
+    parser.add_argument("--fid-weights", type=Path, help="pytorch-fid Inception weights (FID is missing without them)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _exit_code(errors: list[str], count: int) -> int:
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if count == 0:
+        return 2
+    return 1 if errors else 0
+
+
+def _finish_folder(args: argparse.Namespace, evaluation) -> int:
+    from upocr.evaluate.report import markdown_table, write_json
+
+    for warning in evaluation.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(markdown_table(args.task, {str(args.pred): evaluation.metrics}))
+    if args.json:
+        write_json(args.json, evaluation.to_json())
+    return _exit_code(evaluation.errors, evaluation.metrics.get("count", 0))
+
+
+def _guard(run):
+    """Turn a missing folder or bad layout into one line on stderr and exit code 2."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+@_guard
+def _run_removal(args: argparse.Namespace) -> int:
+    from upocr.evaluate.removal import evaluate_removal
+
+    evaluation = evaluate_removal(args.pred, args.gt, progress=not args.quiet, fid_weights=args.fid_weights)
+    return _finish_folder(args, evaluation)
+
+
+@_guard
+def _run_segmentation(args: argparse.Namespace) -> int:
+    from upocr.evaluate.pixel_tasks import evaluate_segmentation
+
+    evaluation = evaluate_segmentation(args.pred, args.gt, threshold=args.threshold, gt_format=args.gt_format, progress=not args.quiet)
+    return _finish_folder(args, evaluation)
+
+
+@_guard
+def _run_tampering(args: argparse.Namespace) -> int:
+    from upocr.evaluate.pixel_tasks import evaluate_tampering
+
+    evaluation = evaluate_tampering(
+        args.pred, args.gt, image_dir=args.images, pred_format=args.pred_format,
+        channel_order=args.channel_order, progress=not args.quiet,
+    )
+    return _finish_folder(args, evaluation)
+
+
+def _run_benchmarks(args: argparse.Namespace, predictor) -> int:
+    from upocr.evaluate.report import write_json, write_text
+    from upocr.evaluate.runner import evaluate_on_benchmarks
+
+    picture = args.picture or (args.out / "samples.png" if args.out else None)
+    report = evaluate_on_benchmarks(
+        args.data_root, predictor=predictor, tasks=args.tasks, baselines=getattr(args, "baselines", True),
+        out_dir=args.out, limit=args.limit, picture=picture, fid_weights=args.fid_weights, progress=not args.quiet,
+    )
+    for result in report.results:
+        for warning in result.evaluation.warnings:
+            print(f"warning: {result.task.short}/{result.method}: {warning}", file=sys.stderr)
+    text = report.markdown()
+    print(text)
+    if args.markdown:
+        write_text(args.markdown, text)
+    if args.json:
+        write_json(args.json, report.to_json())
+    if report.picture:
+        print(f"samples picture: {report.picture}", file=sys.stderr)
+    count = sum(r.evaluation.metrics.get("count", 0) for r in report.results)
+    return _exit_code(report.errors, count)
+
+
+@_guard
+def _run_model(args: argparse.Namespace) -> int:
+    from upocr.predict import Predictor
+
+    # Resize mode at --size, raw decoding: the original's evaluation path (see upocr.evaluate.runner).
+    predictor = Predictor(weights=args.weights, device=args.device, size=args.size, threshold=args.threshold, keep_unchanged=False)
+    return _run_benchmarks(args, predictor)
+
+
+@_guard
+def _run_baselines(args: argparse.Namespace) -> int:
+    return _run_benchmarks(args, None)

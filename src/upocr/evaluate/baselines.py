@@ -1,0 +1,210 @@
+"""Classical baselines: floors every table must beat, scored by the same metric code as the model.
+
+Each baseline turns a test sample into a prediction of the same kind the model's evaluation writes
+(a 512x512 text-free PNG, a 0/255 text mask, a {0,1,2} class map), so `upocr evaluate` treats them
+exactly like the model. The choices below are documented in docs/evaluation.md.
+
+* removal / telea-oracle-mask: OpenCV Telea inpainting inside the ground-truth text mask, dilated by
+  `ORACLE_DILATION` pixels (the mask's polygons hug the glyphs; anti-aliased edges and JPEG ringing lie
+  just outside). Uses ground truth, so it is an optimistic classical result, not a fair detector.
+* removal / telea-detector-mask: the same inpainting inside a mask from a simple detector: the larger of
+  morphological black-hat and top-hat (thin dark or bright strokes) thresholded with Otsu (and at least
+  `DETECTOR_MIN_CONTRAST`), dilated by `DETECTOR_DILATION` pixels.
+* segmentation / otsu: global Otsu threshold of the grey image; the side with fewer pixels is text.
+* segmentation / sauvola: Sauvola local threshold (window `SAUVOLA_WINDOW`, k `SAUVOLA_K`, R 128) for
+  dark text; on the inverted image when the Otsu minority side (the text polarity) is the bright one.
+* tampering / all-real: every ground-truth text box labelled real. Text location comes from the ground
+  truth (an oracle on where text is), so the floor measures only the real-vs-tampered decision.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+from skimage.filters import threshold_otsu, threshold_sauvola
+from tqdm import tqdm
+
+from upocr.evaluate.removal import REMOVAL_SIZE, read_rgb_as_original
+from upocr.io import ImageError, write_image
+from upocr.tasks import Task
+
+ORACLE_DILATION = 2  # px at 512x512
+DETECTOR_KERNEL = 15  # px: black/top-hat structuring element, wider than typical strokes at 512x512
+DETECTOR_MIN_CONTRAST = 20  # grey levels: weaker hat responses are never text
+DETECTOR_DILATION = 3  # px
+TELEA_RADIUS = 3  # px: cv2.inpaint neighbourhood
+SAUVOLA_WINDOW = 25
+SAUVOLA_K = 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# Image-level baselines (arrays in, arrays out)
+# --------------------------------------------------------------------------------------------
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Grow a bool mask by `pixels` with an elliptical structuring element."""
+    if pixels <= 0:
+        return mask.astype(bool)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel) > 0
+
+
+def telea_inpaint(image: np.ndarray, text: np.ndarray, *, radius: int = TELEA_RADIUS) -> np.ndarray:
+    """Fill the `text` pixels of a uint8 RGB image with OpenCV's Telea inpainting."""
+    return cv2.inpaint(np.ascontiguousarray(image), text.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
+
+
+def detect_text_strokes(image: np.ndarray) -> np.ndarray:
+    """A simple text detector: thin dark or bright strokes (black-hat / top-hat) above an Otsu threshold."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (DETECTOR_KERNEL, DETECTOR_KERNEL))
+    response = np.maximum(
+        cv2.morphologyEx(grey, cv2.MORPH_BLACKHAT, kernel), cv2.morphologyEx(grey, cv2.MORPH_TOPHAT, kernel)
+    )
+    if response.max() == response.min():
+        return np.zeros(grey.shape, bool)
+    threshold = max(float(threshold_otsu(response)), DETECTOR_MIN_CONTRAST)
+    return dilate(response > threshold, DETECTOR_DILATION)
+
+
+def text_is_bright(grey: np.ndarray) -> bool:
+    """Text polarity of a grey image: the side of the global Otsu split with fewer pixels is text
+    (text usually covers the smaller part of an image)."""
+    if grey.max() == grey.min():
+        return False
+    bright = grey > threshold_otsu(grey)
+    return int(bright.sum()) < bright.size - int(bright.sum())
+
+
+def otsu_text_mask(image: np.ndarray) -> np.ndarray:
+    """Global Otsu threshold; the minority side is text."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if grey.max() == grey.min():
+        return np.zeros(grey.shape, bool)
+    bright = grey > threshold_otsu(grey)
+    return bright if text_is_bright(grey) else ~bright
+
+
+def sauvola_text_mask(image: np.ndarray) -> np.ndarray:
+    """Sauvola local threshold for dark text, applied to the inverted image when text is bright
+    (polarity from `text_is_bright`)."""
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if text_is_bright(grey):
+        grey = 255 - grey
+    window = max(3, min(SAUVOLA_WINDOW, *(s - 1 + s % 2 for s in grey.shape)))  # odd, no larger than the image
+    # r = 128: the dynamic range of the standard deviation for 8-bit images (Sauvola's R); skimage's
+    # default derives it from the dtype, which is wrong for float input.
+    return grey < threshold_sauvola(grey, window_size=window, k=SAUVOLA_K, r=128)
+
+
+def all_real_classes(gt_classes: np.ndarray) -> np.ndarray:
+    """Every ground-truth text pixel (real or tampered) labelled real (1); the rest background."""
+    return (np.asarray(gt_classes) > 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Split-level runners: write predictions where the evaluation expects them
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Baseline:
+    task: Task
+    name: str
+    description: str
+
+
+BASELINES: tuple[Baseline, ...] = (
+    Baseline(Task.TEXT_REMOVAL, "telea-oracle-mask", f"Telea inpainting in the ground-truth text mask (+{ORACLE_DILATION} px)"),
+    Baseline(Task.TEXT_REMOVAL, "telea-detector-mask", "Telea inpainting in a black/top-hat + Otsu stroke mask"),
+    Baseline(Task.TEXT_SEGMENTATION, "otsu", "global Otsu threshold, minority side = text"),
+    Baseline(Task.TEXT_SEGMENTATION, "sauvola", f"Sauvola threshold (window {SAUVOLA_WINDOW}, k {SAUVOLA_K}), polarity from Otsu's minority side"),
+    Baseline(Task.TAMPERED_TEXT_DETECTION, "all-real", "all ground-truth text labelled real"),
+)
+
+
+def baselines_for(task: Task) -> list[Baseline]:
+    return [b for b in BASELINES if b.task == task]
+
+
+def _resized_512(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def removal_baseline_prediction(sample, name: str, size: int = REMOVAL_SIZE) -> np.ndarray:
+    """The baseline's text-free image at size x size (what the model's evaluation writes)."""
+    from upocr.data.layouts import read_removal_mask
+
+    image = _resized_512(read_rgb_as_original(sample.image), size)
+    if name == "telea-oracle-mask":
+        non_text = read_removal_mask(sample.mask)  # 1 non-text, 0 text
+        text = np.asarray(Image.fromarray((non_text == 0).astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 0
+        return telea_inpaint(image, dilate(text, ORACLE_DILATION))
+    if name == "telea-detector-mask":
+        return telea_inpaint(image, detect_text_strokes(image))
+    raise ValueError(f"unknown removal baseline {name!r}")
+
+
+def segmentation_baseline_prediction(sample, name: str) -> np.ndarray:
+    """The baseline's bool text mask at the image's own size."""
+    image = np.asarray(read_rgb_as_original(sample.image))
+    if name == "otsu":
+        return otsu_text_mask(image)
+    if name == "sauvola":
+        return sauvola_text_mask(image)
+    raise ValueError(f"unknown segmentation baseline {name!r}")
+
+
+def tampering_baseline_prediction(sample, name: str) -> np.ndarray:
+    """The baseline's class map at the image's size."""
+    from upocr.data.layouts import read_tampering_label
+    from upocr.evaluate.pixel_tasks import image_size
+
+    if name == "all-real":
+        return all_real_classes(read_tampering_label(sample.gt, size=image_size(sample.image)))
+    raise ValueError(f"unknown tampering baseline {name!r}")
+
+
+def prediction_path(out_dir: Path, task: Task, name: str) -> Path:
+    """Where a prediction file for sample `name` goes (the names the folder evaluation looks for)."""
+    suffix = {Task.TEXT_REMOVAL: ".png", Task.TEXT_SEGMENTATION: "_mask.png", Task.TAMPERED_TEXT_DETECTION: "_classes.png"}[task]
+    return out_dir / f"{name}{suffix}"
+
+
+def run_baseline(baseline: Baseline, samples: list, out_dir: str | os.PathLike, *, progress: bool = True) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Write the baseline's prediction for every sample into `out_dir`.
+
+    Returns ((prediction, ground truth) pairs, errors); a sample that cannot be read is reported and
+    skipped, the others are still written.
+    """
+    out_dir = Path(out_dir)
+    make: Callable = {
+        Task.TEXT_REMOVAL: removal_baseline_prediction,
+        Task.TEXT_SEGMENTATION: segmentation_baseline_prediction,
+        Task.TAMPERED_TEXT_DETECTION: tampering_baseline_prediction,
+    }[baseline.task]
+    pairs: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    for sample in tqdm(samples, desc=f"{baseline.task.short}: {baseline.name}", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            prediction = make(sample, baseline.name)
+        except (ImageError, ValueError, OSError) as error:
+            errors.append(str(error))
+            continue
+        path = prediction_path(out_dir, baseline.task, sample.name)
+        write_image(path, prediction if prediction.dtype != bool else prediction.astype(np.uint8) * 255)
+        pairs.append((path, ground_truth_path(sample, baseline.task)))
+    return pairs, errors
+
+
+def ground_truth_path(sample, task: Task) -> Path:
+    """The ground-truth file the metrics read for a sample (removal/segmentation `label`, tampering `gt`)."""
+    return Path(sample.gt if task == Task.TAMPERED_TEXT_DETECTION else sample.label)

@@ -1,0 +1,345 @@
+"""Folder-based evaluation of text segmentation and tampered text detection.
+
+Predictions are paired with ground truths by name (the ground truth's stem, optionally followed by a
+suffix such as `_mask` or `_classes` that upocr writes), read as masks / class maps or as the model's
+raw output images, brought to the ground truth's size the original's way, and added to one confusion
+matrix over all pixels of the set (`upocr.evaluate.confusion`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from upocr.evaluate.confusion import ConfusionMatrix
+from upocr.evaluate.removal import FolderEvaluation
+from upocr.io import ImageError, list_images, read_image
+from upocr.tasks import decode_tampering, segmentation_probability
+
+# Prediction names tried for a ground truth named <key>, in this order: <key><suffix>.<image suffix>.
+SEGMENTATION_PRED_SUFFIXES = ("_mask", "", "_maskfg", "_output", "_raw")
+TAMPERING_PRED_SUFFIXES = ("_classes", "", "_output", "_raw")
+TEXTSEG_LABEL_SUFFIX = "_maskfg"
+# How many names a warning lists before "...".
+_LIST_NAMES = 5
+
+
+# --------------------------------------------------------------------------------------------
+# Reading prediction files
+# --------------------------------------------------------------------------------------------
+
+
+def read_plain(path: str | os.PathLike) -> np.ndarray:
+    """A label-like image as stored: (H, W) values for single-channel files (L, P indices, 1 -> 0/255,
+    I/I;16 raw), (H, W, 3) uint8 RGB otherwise (via upocr.io.read_image)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            mode = image.mode
+            if mode in ("L", "P", "I", "I;16", "1") and "transparency" not in image.info:
+                image.load()
+                if mode == "1":
+                    return np.asarray(image.convert("L"))
+                return np.asarray(image).copy()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image file (or an unsupported format)") from None
+    except OSError as error:
+        raise ImageError(path, f"corrupt or unreadable image ({error})") from None
+    return read_image(path)
+
+
+def _resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) integer map -> size (H', W') by nearest neighbour (for masks and class maps)."""
+    if values.shape[:2] == size:
+        return values
+    return np.asarray(Image.fromarray(values.astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def _raw_to_tensor(raw: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (H, W[, 3]) output image -> float (3, H', W') in [0, 1], bilinear (align_corners=False)
+    to the ground-truth size when it differs, as the original resizes its outputs."""
+    if raw.ndim == 2:
+        raw = np.repeat(raw[:, :, None], 3, axis=2)
+    tensor = torch.from_numpy(np.ascontiguousarray(raw[:, :, :3])).permute(2, 0, 1).float().div(255)
+    if tuple(tensor.shape[1:]) != size:
+        tensor = F.interpolate(tensor[None], size, mode="bilinear", align_corners=False)[0]
+    return tensor
+
+
+def segmentation_prediction(path: str | os.PathLike, size: tuple[int, int], threshold: float | None) -> np.ndarray:
+    """Read a segmentation prediction as an (H, W) {0, 1} map at `size`.
+
+    threshold None: the file is a mask, text = value > 127 (channel mean for RGB), nearest-resized.
+    threshold t: the file is the model's raw output image: bilinear resize, channel mean of RGB/255 > t
+    (`upocr.tasks.segmentation_probability`, the original's rule).
+    """
+    values = read_plain(path)
+    if threshold is None:
+        grey = values if values.ndim == 2 else values.mean(axis=2)
+        if grey.max(initial=0) > 255:
+            raise ImageError(path, "mask values above 255; expected a 0/255 mask")
+        return _resize_nearest((grey > 127).astype(np.uint8), size)
+    if values.ndim == 2 and values.dtype != np.uint8:
+        raise ImageError(path, f"raw outputs must be 8-bit images, got {values.dtype}")
+    probability = segmentation_probability(_raw_to_tensor(values, size))
+    return (probability > threshold).numpy().astype(np.uint8)
+
+
+def tampering_prediction(path: str | os.PathLike, size: tuple[int, int], *, pred_format: str = "auto", channel_order: str = "rgb") -> np.ndarray:
+    """Read a tampering prediction as an (H, W) class map {0 background, 1 real, 2 tampered} at `size`.
+
+    pred_format 'classes': a class-map image (single channel, or equal channels) with values 0..2,
+    nearest-resized. 'raw': the model's output colours (R background, G real, B tampered; channel_order
+    'bgr' for files written in the original's visualisation colours), bilinear resize then argmax.
+    'auto': a class map when the values fit 0..2 in one (or equal) channel(s), raw otherwise.
+    """
+    values = read_plain(path)
+    grey = values if values.ndim == 2 else (values[:, :, 0] if (values == values[:, :, :1]).all() else None)
+    is_classes = grey is not None and grey.max(initial=0) <= 2
+    if pred_format == "classes" or (pred_format == "auto" and is_classes):
+        if not is_classes:
+            raise ImageError(path, "not a class map: expected one channel with values 0 (background), 1 (real), 2 (tampered)")
+        return _resize_nearest(grey.astype(np.uint8), size)
+    if pred_format not in ("raw", "auto"):
+        raise ValueError(f"unknown prediction format {pred_format!r}; expected auto, classes or raw")
+    if values.ndim == 2:
+        raise ImageError(path, "a raw tampering output must be an RGB image")
+    if channel_order == "bgr":
+        values = values[:, :, ::-1]
+    return decode_tampering(_raw_to_tensor(values, size)).numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Pairing
+# --------------------------------------------------------------------------------------------
+
+
+def index_by_stem(folder: str | os.PathLike) -> dict[str, Path]:
+    """Image files under `folder` (recursive) by file stem; the first in sorted order wins."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    index: dict[str, Path] = {}
+    for path in list_images([folder]):
+        index.setdefault(path.stem, path)
+    return index
+
+
+def find_prediction(index: dict[str, Path], key: str, suffixes: tuple[str, ...]) -> Path | None:
+    for suffix in suffixes:
+        if key + suffix in index:
+            return index[key + suffix]
+    return None
+
+
+def segmentation_ground_truths(gt_dir: str | os.PathLike) -> dict[str, Path]:
+    """Labels by sample name. A TextSeg `semantic_label` folder: `<name>_maskfg.png` -> name (its other
+    files are ignored); any other folder: every image by stem."""
+    files = index_by_stem(gt_dir)
+    textseg = {stem[: -len(TEXTSEG_LABEL_SUFFIX)]: path for stem, path in files.items() if stem.endswith(TEXTSEG_LABEL_SUFFIX)}
+    return textseg or files
+
+
+def tampering_ground_truths(gt_dir: str | os.PathLike) -> dict[str, Path]:
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise FileNotFoundError(f"{gt_dir}: no such folder")
+    return {path.stem: path for path in sorted(gt_dir.rglob("*.txt")) if not path.name.startswith(".")}
+
+
+def sibling_image_folder(gt_dir: str | os.PathLike) -> Path | None:
+    """Tampered-IC13 keeps images in `<split>_img` beside `<split>_gt`; None when there is none."""
+    gt_dir = Path(gt_dir)
+    if gt_dir.name.endswith("_gt"):
+        candidate = gt_dir.with_name(gt_dir.name[: -len("_gt")] + "_img")
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) from the image header, as the original's canvas size (no EXIF rotation: cv2/PIL raw)."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, UnidentifiedImageError) as error:
+        raise ImageError(path, f"cannot read the image size ({error})") from None
+    return height, width
+
+
+# --------------------------------------------------------------------------------------------
+# Folder evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def match_predictions(
+    keys_to_gt: dict[str, Path], pred_index: dict[str, Path], suffixes: tuple[str, ...]
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(prediction, ground truth) pairs by name, and warnings about files left out on either side."""
+    warnings: list[str] = []
+    matched = [(key, gt, find_prediction(pred_index, key, suffixes)) for key, gt in sorted(keys_to_gt.items())]
+    missing = [key for key, _, pred in matched if pred is None]
+    pairs = [(pred, gt) for _, gt, pred in matched if pred is not None]
+    if not pairs:
+        raise FileNotFoundError(
+            f"no prediction matches any ground truth ({len(keys_to_gt)} ground truths, {len(pred_index)} "
+            f"prediction images; names tried: <name>{{{','.join(suffixes)}}}.png)"
+        )
+    if missing:
+        shown = ", ".join(missing[:_LIST_NAMES]) + (", ..." if len(missing) > _LIST_NAMES else "")
+        warnings.append(f"{len(missing)} ground truths have no prediction and are not evaluated: {shown}")
+    used = {pred for pred, _ in pairs}
+    unused = [path for path in pred_index.values() if path not in used]
+    if unused:
+        warnings.append(f"{len(unused)} prediction images match no ground truth and are ignored, e.g. {unused[0]}")
+    return pairs, warnings
+
+
+def _confusion_over_pairs(
+    pairs: list[tuple[Path, Path]],
+    *,
+    num_classes: int,
+    read_pair: Callable[[Path, Path], tuple[np.ndarray, np.ndarray]],
+    description: str,
+    progress: bool,
+) -> FolderEvaluation:
+    """One confusion matrix over every (prediction, ground truth) pair; unreadable pairs -> errors."""
+    matrix = ConfusionMatrix(num_classes)
+    errors: list[str] = []
+    count = 0
+    for pred_path, gt_path in tqdm(pairs, desc=description, unit="img", disable=not progress, file=sys.stderr):
+        try:
+            gt, pred = read_pair(gt_path, pred_path)
+            matrix.update(gt, pred)
+        except (ImageError, ValueError) as error:
+            message = str(error)
+            errors.append(message if str(pred_path) in message or str(gt_path) in message else f"{pred_path}: {message}")
+            continue
+        count += 1
+    metrics = matrix.compute()
+    metrics["count"] = count
+    return FolderEvaluation(metrics=metrics, errors=errors, warnings=[])
+
+
+def segmentation_pair_reader(
+    *, threshold: float | None = None, gt_format: str = "textseg"
+) -> Callable[[Path, Path], tuple[np.ndarray, np.ndarray]]:
+    """(gt path, pred path) -> (gt labels {0,1,255}, prediction {0,1}) at the label's size."""
+    from upocr.data.layouts import read_segmentation_label
+
+    if gt_format not in ("textseg", "binary"):
+        raise ValueError(f"unknown ground-truth format {gt_format!r}; expected textseg or binary")
+
+    def read_pair(gt_path: Path, pred_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        if gt_format == "textseg":
+            gt = read_segmentation_label(gt_path)
+        else:
+            values = read_plain(gt_path)
+            gt = ((values if values.ndim == 2 else values.mean(axis=2)) > 127).astype(np.uint8)
+        return gt, segmentation_prediction(pred_path, gt.shape[:2], threshold)
+
+    return read_pair
+
+
+def tampering_pair_reader(
+    *, images: dict[str, Path] | None = None, pred_format: str = "auto", channel_order: str = "rgb"
+) -> Callable[[Path, Path], tuple[np.ndarray, np.ndarray]]:
+    """(gt .txt path, pred path) -> (classes drawn at the image's size, predicted classes)."""
+    from upocr.data.layouts import read_tampering_label
+
+    images = images or {}
+
+    def read_pair(gt_path: Path, pred_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        image = images.get(gt_path.stem)
+        size = image_size(image) if image is not None else read_plain(pred_path).shape[:2]
+        gt = read_tampering_label(gt_path, size=size)
+        return gt, tampering_prediction(pred_path, size, pred_format=pred_format, channel_order=channel_order)
+
+    return read_pair
+
+
+def evaluate_segmentation_pairs(
+    pairs: list[tuple[Path, Path]], *, threshold: float | None = None, gt_format: str = "textseg", progress: bool = True
+) -> FolderEvaluation:
+    """Segmentation metrics over explicit (prediction, ground truth) file pairs."""
+    return _confusion_over_pairs(
+        pairs,
+        num_classes=2,
+        read_pair=segmentation_pair_reader(threshold=threshold, gt_format=gt_format),
+        description="segmentation metrics",
+        progress=progress,
+    )
+
+
+def evaluate_tampering_pairs(
+    pairs: list[tuple[Path, Path]],
+    *,
+    images: dict[str, Path] | None = None,
+    pred_format: str = "auto",
+    channel_order: str = "rgb",
+    progress: bool = True,
+) -> FolderEvaluation:
+    """Tampering metrics over explicit (prediction, ground truth .txt) pairs; `images` by stem give sizes."""
+    return _confusion_over_pairs(
+        pairs,
+        num_classes=3,
+        read_pair=tampering_pair_reader(images=images, pred_format=pred_format, channel_order=channel_order),
+        description="tampering metrics",
+        progress=progress,
+    )
+
+
+def evaluate_segmentation(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    *,
+    threshold: float | None = None,
+    gt_format: str = "textseg",
+    progress: bool = True,
+) -> FolderEvaluation:
+    """Text segmentation: fgIoU, P, R, F of the text class over all pixels of the set.
+
+    pred_dir: 0/255 masks (threshold None) or raw output images (with `threshold`, e.g. 0.4).
+    gt_dir: TextSeg labels (`gt_format='textseg'`: 100 text, 200 word effect -> background, 255 ignored;
+    read by `upocr.data.layouts.read_segmentation_label`; a `semantic_label` folder works as is) or
+    0/255 masks (`gt_format='binary'`).
+    """
+    pairs, warnings = match_predictions(segmentation_ground_truths(gt_dir), index_by_stem(pred_dir), SEGMENTATION_PRED_SUFFIXES)
+    result = evaluate_segmentation_pairs(pairs, threshold=threshold, gt_format=gt_format, progress=progress)
+    result.warnings[:0] = warnings
+    return result
+
+
+def evaluate_tampering(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    *,
+    image_dir: str | os.PathLike | None = None,
+    pred_format: str = "auto",
+    channel_order: str = "rgb",
+    progress: bool = True,
+) -> FolderEvaluation:
+    """Tampered text detection: per-class IoU/P/R/F of real and tampered text, mIoU, mF (nanmean).
+
+    Ground-truth boxes (`<stem>.txt`) are drawn (`upocr.data.layouts.read_tampering_label`) at the size
+    of the matching image in `image_dir` (default: the sibling `<split>_img` folder), as the original
+    does; without an image the prediction's size is used.
+    """
+    image_dir = Path(image_dir) if image_dir is not None else sibling_image_folder(gt_dir)
+    images = index_by_stem(image_dir) if image_dir is not None else {}
+    pairs, warnings = match_predictions(tampering_ground_truths(gt_dir), index_by_stem(pred_dir), TAMPERING_PRED_SUFFIXES)
+    result = evaluate_tampering_pairs(pairs, images=images, pred_format=pred_format, channel_order=channel_order, progress=progress)
+    result.warnings[:0] = warnings
+    if not images:
+        result.warnings.append("no image folder found: ground-truth boxes drawn at each prediction's size")
+    return result

@@ -1,0 +1,233 @@
+"""`upocr evaluate model` / `baselines`: run the model (and classical baselines) on each task's test split,
+write their predictions as files, and score every method with the same file-based metric code.
+
+Model predictions follow the original's evaluation path: every image is read as the original reads it
+(PIL `.convert('RGB')`), resized to size x size bicubic and run once (`upocr.predict.Predictor` in resize
+mode). Text removal keeps the size x size output (clamp, *255, truncate; no resize back, no blending
+with the input) as a PNG; segmentation and tampering outputs are resized back bilinearly to the image
+size and decoded (channel mean > threshold; argmax) into a 0/255 mask / {0,1,2} class map.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from upocr.evaluate import baselines as baseline_methods
+from upocr.evaluate.fid import fid_for_folders
+from upocr.evaluate.pixel_tasks import evaluate_segmentation_pairs, evaluate_tampering_pairs, read_plain
+from upocr.evaluate.removal import REMOVAL_SIZE, FolderEvaluation, evaluate_removal_pairs, read_rgb_as_original
+from upocr.evaluate.report import markdown_report
+from upocr.io import ImageError, write_image
+from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_segmentation_target
+from upocr.visualize import image_grid, overlay_classes
+
+MODEL_METHOD = "model"
+SPLIT = "test"
+
+
+@dataclass
+class MethodResult:
+    task: Task
+    method: str
+    evaluation: FolderEvaluation
+    pairs: list[tuple[Path, Path]]  # (prediction, ground truth) files that were scored
+
+
+@dataclass
+class EvaluationReport:
+    results: list[MethodResult] = field(default_factory=list)
+    picture: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def by_task(self) -> dict[Task, dict[str, dict]]:
+        table: dict[Task, dict[str, dict]] = {}
+        for result in self.results:
+            table.setdefault(result.task, {})[result.method] = result.evaluation.metrics
+        return table
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for r in self.results for e in r.evaluation.errors]
+
+    def markdown(self) -> str:
+        return markdown_report(self.by_task())
+
+    def to_json(self) -> dict:
+        tasks: dict[str, dict] = {}
+        for result in self.results:
+            tasks.setdefault(result.task.short, {})[result.method] = result.evaluation.to_json()
+        return {"settings": self.settings, "tasks": tasks, "picture": self.picture}
+
+
+def split_samples(task: Task, data_root: str | os.PathLike, *, limit: int | None = None) -> list:
+    """The task's test split from the benchmark layout (`upocr.data.layouts`), first `limit` by name."""
+    from upocr.data import layouts
+
+    reader = {
+        Task.TEXT_REMOVAL: layouts.removal_samples,
+        Task.TEXT_SEGMENTATION: layouts.segmentation_samples,
+        Task.TAMPERED_TEXT_DETECTION: layouts.tampering_samples,
+    }[task]
+    samples = list(reader(data_root, SPLIT))
+    return samples[:limit] if limit is not None else samples
+
+
+def score(task: Task, pairs: list[tuple[Path, Path]], *, progress: bool = True) -> FolderEvaluation:
+    """The task's metrics over (prediction, ground truth) file pairs; masks/class maps as written here."""
+    if task == Task.TEXT_REMOVAL:
+        return evaluate_removal_pairs(pairs, progress=progress)
+    if task == Task.TEXT_SEGMENTATION:
+        return evaluate_segmentation_pairs(pairs, progress=progress)
+    return evaluate_tampering_pairs(pairs, pred_format="classes", progress=progress)
+
+
+def write_model_predictions(
+    predictor, task: Task, samples: Sequence, out_dir: Path, *, progress: bool = True
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Run the predictor on every sample; write what the evaluation reads. Returns (pairs, errors)."""
+    pairs: list[tuple[Path, Path]] = []
+    errors: list[str] = []
+    for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
+        try:
+            image = read_rgb_as_original(sample.image)
+            if task == Task.TEXT_REMOVAL:
+                # Resize here (the original's test transform) so the output stays size x size, as it saves it.
+                pixels = np.asarray(image.resize((predictor.size, predictor.size), Image.Resampling.BICUBIC))
+                # decode_removal of the raw output (not `.image`, which may blend in input pixels).
+                result = decode_removal(torch.from_numpy(predictor.predict(pixels, task).output)).numpy()
+            elif task == Task.TEXT_SEGMENTATION:
+                result = predictor.predict(np.asarray(image), task).mask
+            else:
+                result = predictor.predict(np.asarray(image), task).classes
+        except (ImageError, ValueError) as error:
+            errors.append(str(error))
+            continue
+        path = baseline_methods.prediction_path(out_dir, task, sample.name)
+        write_image(path, result)
+        pairs.append((path, baseline_methods.ground_truth_path(sample, task)))
+    return pairs, errors
+
+
+def _run_method(task: Task, method: str, pairs: list, errors: list[str], pred_dir: Path, *, fid_weights, progress: bool) -> MethodResult:
+    evaluation = score(task, pairs, progress=progress) if pairs else FolderEvaluation(metrics={"count": 0}, errors=[], warnings=[])
+    evaluation.errors[:0] = errors
+    if task == Task.TEXT_REMOVAL:
+        gt_dir = pairs[0][1].parent if pairs else pred_dir
+        evaluation.metrics.update(fid_for_folders(gt_dir, pred_dir, weights=fid_weights))
+    return MethodResult(task=task, method=method, evaluation=evaluation, pairs=pairs)
+
+
+def evaluate_on_benchmarks(
+    data_root: str | os.PathLike,
+    *,
+    predictor=None,
+    tasks: Sequence[Task | str] | None = None,
+    baselines: bool = True,
+    out_dir: str | os.PathLike | None = None,
+    limit: int | None = None,
+    picture: str | os.PathLike | None = None,
+    picture_samples: int = 3,
+    fid_weights: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Score the model (when `predictor` is given) and/or the classical baselines on each task's test split.
+
+    Predictions go to `out_dir/<task>/<method>/` (a temporary folder, removed afterwards, when None).
+    `picture`: a PNG with `picture_samples` examples per task (input | each method | ground truth).
+    """
+    from upocr.data.layouts import available_tasks
+
+    task_list = [Task.parse(t) for t in tasks] if tasks else available_tasks(data_root)
+    if not task_list:
+        raise FileNotFoundError(f"{data_root}: no benchmark test data found (see docs/evaluation.md for the layouts)")
+    if predictor is None and not baselines:
+        raise ValueError("nothing to evaluate: give a model or ask for baselines")
+    temporary = out_dir is None
+    root = Path(tempfile.mkdtemp(prefix="upocr-eval-")) if temporary else Path(out_dir)
+    report = EvaluationReport(settings={"data_root": str(data_root), "split": SPLIT, "limit": limit,
+                                        "size": getattr(predictor, "size", REMOVAL_SIZE),
+                                        "segmentation_threshold": getattr(predictor, "threshold", SEGMENTATION_THRESHOLD)})
+    try:
+        samples_by_task = {}
+        for task in task_list:
+            samples = split_samples(task, data_root, limit=limit)
+            samples_by_task[task] = samples
+            if predictor is not None:
+                pred_dir = root / task.short / MODEL_METHOD
+                pairs, errors = write_model_predictions(predictor, task, samples, pred_dir, progress=progress)
+                report.results.append(_run_method(task, MODEL_METHOD, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
+            if baselines:
+                for baseline in baseline_methods.baselines_for(task):
+                    pred_dir = root / task.short / baseline.name
+                    pairs, errors = baseline_methods.run_baseline(baseline, samples, pred_dir, progress=progress)
+                    report.results.append(_run_method(task, baseline.name, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
+        if picture is not None:
+            report.picture = write_samples_picture(picture, report, samples_by_task, count=picture_samples)
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Picture: input | each method | ground truth, a few samples per task
+# --------------------------------------------------------------------------------------------
+
+
+def _ground_truth_picture(task: Task, sample, image: np.ndarray) -> np.ndarray:
+    from upocr.data.layouts import read_segmentation_label, read_tampering_label
+
+    if task == Task.TEXT_REMOVAL:
+        return np.asarray(read_rgb_as_original(sample.label))
+    if task == Task.TEXT_SEGMENTATION:
+        # White text on black, ignored pixels grey: the image the model is trained to output.
+        target = encode_segmentation_target(read_segmentation_label(sample.label))
+        return (target.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return overlay_classes(image, read_tampering_label(sample.gt, size=image.shape[:2]))
+
+
+def _prediction_picture(task: Task, path: Path, image: np.ndarray) -> np.ndarray:
+    values = read_plain(path)
+    if task == Task.TAMPERED_TEXT_DETECTION:
+        return overlay_classes(image, values)
+    return values
+
+
+def write_samples_picture(path: str | os.PathLike, report: EvaluationReport, samples_by_task: dict, *, count: int) -> Path:
+    # Tampering pictures: real text green, tampered red over the image (upocr.visualize colours).
+
+    grids = []
+    for task, samples in samples_by_task.items():
+        methods = [r for r in report.results if r.task == task]
+        rows = []
+        for sample in samples[:count]:
+            try:
+                image = np.asarray(read_rgb_as_original(sample.image))
+                row = [image]
+                for result in methods:
+                    by_gt = {gt: pred for pred, gt in result.pairs}
+                    pred = by_gt.get(baseline_methods.ground_truth_path(sample, task))
+                    row.append(_prediction_picture(task, pred, image) if pred is not None else np.full((8, 8, 3), 255, np.uint8))
+                row.append(_ground_truth_picture(task, sample, image))
+            except (ImageError, ValueError, OSError):
+                continue
+            rows.append(row)
+        if rows:
+            titles = [f"{task.short}: input", *(r.method for r in methods), "ground truth"]
+            grids.append(image_grid(rows, titles, height=192))
+    if not grids:
+        raise ValueError("no samples could be drawn")
+    width = max(g.shape[1] for g in grids)
+    stacked = np.concatenate([np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)), constant_values=255) for g in grids])
+    return write_image(path, stacked)
