@@ -1,0 +1,190 @@
+"""Reading and writing images, the one way the package does it.
+
+`read_image` turns any common image file into an (H, W, 3) uint8 RGB array the way a person expects
+to see it (EXIF rotation applied, transparency composited on white, 16-bit scaled to 8-bit) and turns
+every kind of bad file into an `ImageError` whose message is one line "<path>: <problem>".
+`write_image` writes atomically (no half-written files). `list_images` expands files and folders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from upocr.utils import atomic_output
+
+# Refuse images above this many pixels before decoding them (decompression bombs: a few KB of PNG
+# can claim 100k x 100k pixels). 100 MP is a 10000 x 10000 photo; raise it with `max_pixels=`.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+# Suffixes picked up when a folder is given (case-insensitive). Files named explicitly are always tried.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+# JPEG/WebP quality for written pictures (overlays, grids); PNG is lossless anyway.
+_LOSSY_QUALITY = 95
+
+
+class ImageError(ValueError):
+    """A file that cannot be used as an image. The message is one line: "<path>: <problem>"."""
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = " ".join(str(problem).split())  # always one line
+        super().__init__(f"{self.path}: {self.problem}")
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as an (H, W, 3) uint8 RGB array, upright (EXIF orientation applied).
+
+    Grayscale is repeated to 3 channels, alpha (RGBA, LA, palette transparency) is composited on white,
+    16-bit and float images are scaled to 0..255, multi-frame files (GIF, TIFF) give their first frame.
+    Raises ImageError for a missing, empty, truncated, corrupt or non-image file, and for images with
+    more than `max_pixels` pixels (checked from the header, before decoding).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(path, "no such file")
+    if path.is_dir():
+        raise ImageError(path, "is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file")
+    try:
+        # PIL's own bomb guard is a process-wide setting that warns (or raises at 2x); we apply
+        # our own limit from the header instead, so silence its warning here only.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        path,
+                        f"image too large: {width}x{height} = {width * height:,} pixels "
+                        f"(limit {max_pixels:,}; possible decompression bomb)",
+                    )
+                if width == 0 or height == 0:
+                    raise ImageError(path, f"image has no pixels ({width}x{height})")
+                image.load()
+                array = _to_rgb_array(_upright(image))
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        # PIL refuses before we see the size (its hard limit is 2 x Image.MAX_IMAGE_PIXELS).
+        claimed = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(claimed.group(1)):,} pixels" if claimed else "too many pixels"
+        raise ImageError(path, f"image too large: {size} (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image file (or an unsupported format)") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode the image") from None
+    except Exception as error:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, zlib.error, ...
+        message = str(error) or type(error).__name__
+        if "truncated" in message.lower() or isinstance(error, EOFError):
+            raise ImageError(path, f"truncated image file ({message})") from None
+        raise ImageError(path, f"corrupt or unreadable image ({message})") from None
+    return array
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block is ignored rather than failing the image."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - malformed EXIF only loses the rotation
+        return image
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> contiguous (H, W, 3) uint8 RGB."""
+    mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB") and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        grey = _high_depth_to_uint8(np.asarray(image), mode)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode != "RGB":
+        image = image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return np.asarray(image).copy()
+
+
+def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a single-channel 16-bit / 32-bit int / float image to uint8.
+
+    16-bit files use their full 0..65535 range. 'I' (32-bit int) is read as 16-bit data unless every
+    value already fits 0..255 (PIL opens some 8-bit-valued files as 'I'). 'F' is read as 0..1 when it
+    fits, else clipped to 0..255.
+    """
+    values = values.astype(np.float64)
+    if mode == "F":
+        scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0
+        values = np.nan_to_num(values) * scale
+    elif mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = values / 257.0  # 65535 -> 255
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Write an (H, W, 3) RGB or (H, W) grey uint8 array (bool -> 0/255); format from the suffix; atomic.
+
+    JPEG/WebP are written at quality 95. The file appears complete or not at all.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype != np.uint8:
+        raise TypeError(f"write_image expects uint8 (or bool) pixels, got {array.dtype}")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3))):
+        raise ValueError(f"write_image expects (H, W) or (H, W, 3) pixels, got shape {array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use .png, .jpg, .webp, .bmp or .tif")
+    options = {"quality": _LOSSY_QUALITY} if image_format in ("JPEG", "WEBP") else {}
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=image_format, **options)
+    return path
+
+
+def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders into a list of image paths.
+
+    Folders are searched recursively for files with an image suffix (sorted, hidden files skipped).
+    Anything else is returned as given, even a missing path or a non-image, so that reading it reports
+    the problem for that one input instead of stopping the whole call. Duplicates are dropped.
+    """
+    return [path for path, _ in expand_inputs(inputs)]
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path | None]]:
+    """Like `list_images`, but each path comes with the folder argument it was found in (None for a
+    path given directly), so that outputs can mirror the input folder structure."""
+    found: list[tuple[Path, Path | None]] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found.extend(
+                (path, item)
+                for path in sorted(
+                    p
+                    for p in item.rglob("*")
+                    if p.is_file()
+                    and p.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                )
+            )
+        else:
+            found.append((item, None))
+    unique: dict[Path, tuple[Path, Path | None]] = {}
+    for path, root in found:
+        unique.setdefault(path.resolve(), (path, root))
+    return list(unique.values())

@@ -1,0 +1,344 @@
+"""Run a UPOCR model on whole images at their original resolution.
+
+Two ways to fit an image of any size to the model:
+
+* resize (default, the original's way): the image is resized to `size` x `size` (PIL bicubic, aspect not
+  kept, exactly the original's test transform), one forward pass, and the clamped output is resized back
+  to the original size (bilinear, align_corners=False, as the original's segmentation/tampering
+  evaluation).
+* tiled: the model runs on overlapping `tile` x `tile` windows of the image at its native resolution
+  (reflect-padded where the image is smaller than a tile); neighbouring tiles are blended with
+  complementary raised-cosine ramps across their overlap, so there are no seams and the model's memory
+  depends on the tile size, not the image size. `tile="auto"` tiles (with tile = size) only images with
+  more than 4 x size^2 pixels.
+
+For text removal the result keeps the input's own pixels wherever the model changed nothing (see
+`removal_change_mask`), so untouched areas stay sharp at the original resolution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from upocr.io import DEFAULT_MAX_PIXELS, read_image
+from upocr.model import SIZE_MULTIPLE
+from upocr.model.checkpoint import resolve_device
+from upocr.tasks import (
+    SEGMENTATION_THRESHOLD,
+    Task,
+    decode_removal,
+    decode_segmentation,
+    decode_tampering,
+)
+
+# `tile="auto"` tiles an image when it has more than this many times size x size pixels.
+AUTO_TILE_AREA_FACTOR = 4
+
+# Text-removal blend (see removal_change_mask): a pixel counts as changed when the model output differs
+# from the input by more than this (max over RGB, after a light blur), on a 0..1 scale (~20/255).
+REMOVAL_CHANGE_THRESHOLD = 0.08
+
+Precision = Literal["fp32", "bf16", "fp16"]
+ModelFn = Callable[[torch.Tensor, Any], Any]
+
+
+@dataclass
+class Prediction:
+    """One task's result for one image, at the image's original resolution.
+
+    `output` is the model's output image (clamped to [0, 1]) resized/blended back to (3, H, W); the decoded
+    result is in the field for the task: `image` (removal), `mask` (segmentation), `classes` (tampering).
+    """
+
+    task: Task
+    output: np.ndarray  # float32 (3, H, W) in [0, 1]
+    image: np.ndarray | None = None  # uint8 (H, W, 3): text removed
+    mask: np.ndarray | None = None  # bool (H, W): text pixels
+    classes: np.ndarray | None = None  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
+    change_mask: np.ndarray | None = field(default=None, repr=False)  # float32 (H, W): removal blend weight
+
+    @property
+    def result(self) -> np.ndarray:
+        """The decoded result for this task (image, mask or classes)."""
+        value = {Task.TEXT_REMOVAL: self.image, Task.TEXT_SEGMENTATION: self.mask}.get(self.task, self.classes)
+        assert value is not None
+        return value
+
+
+class Predictor:
+    """Applies a model to images of any size and decodes the result for a task.
+
+    `model` is a UPOCR model or any callable with its signature `model(images (B,3,h,w) in [0,1], tasks)`
+    returning a tensor or a list of tensors whose last is the full-resolution (B,3,h,w) output. With
+    model=None the weights at `weights` (None: the bundled default) are loaded via `upocr.load_model`.
+
+    tile: None -> resize mode; an int (multiple of 32) -> tiled mode with that tile size; "auto" -> tiled
+    with tile = size for images of more than 4 x size^2 pixels, else resize. overlap: pixels shared by
+    neighbouring tiles (default: tile / 8, i.e. 64 for 512).
+    precision: "fp32", "bf16" (autocast; CPU or CUDA) or "fp16" (autocast; CUDA only).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module | ModelFn | None = None,
+        *,
+        weights: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        size: int = 512,
+        tile: int | Literal["auto"] | None = None,
+        overlap: int | None = None,
+        batch_size: int = 1,
+        precision: Precision = "fp32",
+        threshold: float = SEGMENTATION_THRESHOLD,
+        keep_unchanged: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.size = _check_multiple("size", size)
+        if tile not in (None, "auto"):
+            tile = _check_multiple("tile", tile)
+        self.tile = tile
+        tile_size = self.size if tile in (None, "auto") else int(tile)
+        if overlap is None:
+            overlap = tile_size // 8  # 64 for 512 tiles
+        if tile is not None and not 0 <= overlap <= tile_size // 2:
+            raise ValueError(f"overlap must be between 0 and half the tile size ({tile_size // 2}), got {overlap}")
+        self.overlap = int(overlap)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
+        self.precision = precision
+        self.threshold = float(threshold)
+        self.keep_unchanged = keep_unchanged
+        self.max_pixels = max_pixels
+        if model is None:
+            import upocr  # the package API; imported here so `upocr.predict` loads without a model
+
+            model = upocr.load_model(weights, device=str(self.device))
+        elif weights is not None:
+            raise ValueError("give either a model or weights, not both")
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device).eval()
+        self.model = model
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(self, image: np.ndarray | str | os.PathLike, task: Task | str | int) -> Prediction:
+        """Run one task on one image (array (H,W,3) uint8 RGB, or a path read with `upocr.io.read_image`)."""
+        return self.predict_tasks(image, [task])[0]
+
+    def predict_tasks(
+        self, image: np.ndarray | str | os.PathLike, tasks: Sequence[Task | str | int]
+    ) -> list[Prediction]:
+        """Run several tasks on one image; every (tile, task) pair goes through the model in shared batches."""
+        pixels = self._as_pixels(image)
+        task_list = [Task.parse(t) for t in tasks]
+        tile = self._tile_for(pixels.shape[:2])
+        if tile is None:
+            outputs, model_pairs = self._run_resized(pixels, task_list)
+        else:
+            outputs, model_pairs = self._run_tiled(pixels, task_list, tile), None
+        return [
+            self._decode(pixels, task, output, None if model_pairs is None else model_pairs[i])
+            for i, (task, output) in enumerate(zip(task_list, outputs))
+        ]
+
+    def uses_tiles(self, height: int, width: int) -> bool:
+        """Whether an image of this size is processed in tiles (else resized)."""
+        return self._tile_for((height, width)) is not None
+
+    # ------------------------------------------------------------------ internals
+
+    def _as_pixels(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(Path(image), max_pixels=self.max_pixels)
+        pixels = np.asarray(image)
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {pixels.dtype} {pixels.shape}")
+        return pixels
+
+    def _tile_for(self, shape: tuple[int, int]) -> int | None:
+        if self.tile is None:
+            return None
+        if self.tile == "auto":
+            return self.size if shape[0] * shape[1] > AUTO_TILE_AREA_FACTOR * self.size**2 else None
+        return int(self.tile)
+
+    def _forward(self, batch: torch.Tensor, tasks: list[Task]) -> np.ndarray:
+        """(B,3,h,w) float in [0,1] -> clamped float32 (B,3,h,w) full-resolution output as numpy."""
+        with torch.inference_mode():
+            with self._autocast():
+                result = self.model(batch.to(self.device), list(tasks))
+            if isinstance(result, (list, tuple)):
+                result = result[-1]
+            if tuple(result.shape) != tuple(batch.shape):
+                raise RuntimeError(f"model returned shape {tuple(result.shape)} for input {tuple(batch.shape)}")
+            return result.float().clamp(0, 1).cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _run_resized(
+        self, pixels: np.ndarray, tasks: list[Task]
+    ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+        """Resize mode. Returns outputs at the original size and, per task, (model input, model output)
+        at the working size (uint8 HWC and float CHW), which the removal blend compares."""
+        height, width = pixels.shape[:2]
+        # PIL bicubic on uint8, as the original's test transform (antialiased when shrinking).
+        small = np.array(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BICUBIC))
+        tensor = torch.from_numpy(small).permute(2, 0, 1).float().div_(255)
+        outputs: list[np.ndarray] = []
+        pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        for start in range(0, len(tasks), self.batch_size):
+            chunk = tasks[start : start + self.batch_size]
+            result = self._forward(tensor.unsqueeze(0).expand(len(chunk), -1, -1, -1), chunk)
+            for one in result:
+                pairs.append((small, one))
+                if (height, width) != (self.size, self.size):
+                    resized = F.interpolate(
+                        torch.from_numpy(one)[None], size=(height, width), mode="bilinear", align_corners=False
+                    )
+                    one = resized[0].clamp_(0, 1).numpy()
+                outputs.append(one)
+        return outputs, pairs
+
+    def _run_tiled(self, pixels: np.ndarray, tasks: list[Task], tile: int) -> list[np.ndarray]:
+        """Tiled mode: weighted average of overlapping tile outputs at native resolution."""
+        height, width = pixels.shape[:2]
+        # Reflect-pad images smaller than a tile (numpy repeats the reflection if needed).
+        padded_h, padded_w = max(height, tile), max(width, tile)
+        if (padded_h, padded_w) != (height, width):
+            pixels = np.pad(pixels, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode="reflect")
+        rows = tile_starts(padded_h, tile, self.overlap)
+        cols = tile_starts(padded_w, tile, self.overlap)
+        row_weights = tile_weights(rows, tile)
+        col_weights = tile_weights(cols, tile)
+        sums = [np.zeros((3, padded_h, padded_w), np.float32) for _ in tasks]
+        total = np.zeros((padded_h, padded_w), np.float32)
+        for r, top in enumerate(rows):
+            for c, left in enumerate(cols):
+                total[top : top + tile, left : left + tile] += np.outer(row_weights[r], col_weights[c])
+        jobs = [(r, c, t) for r in range(len(rows)) for c in range(len(cols)) for t in range(len(tasks))]
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            batch = torch.stack(
+                [
+                    torch.from_numpy(
+                        np.ascontiguousarray(pixels[rows[r] : rows[r] + tile, cols[c] : cols[c] + tile])
+                    ).permute(2, 0, 1)
+                    for r, c, _ in chunk
+                ]
+            ).float().div_(255)
+            result = self._forward(batch, [tasks[t] for _, _, t in chunk])
+            for (r, c, t), one in zip(chunk, result):
+                weight = np.outer(row_weights[r], col_weights[c])
+                top, left = rows[r], cols[c]
+                sums[t][:, top : top + tile, left : left + tile] += one * weight
+        return [np.clip(s[:, :height, :width] / total[:height, :width], 0, 1) for s in sums]
+
+    def _decode(
+        self,
+        pixels: np.ndarray,
+        task: Task,
+        output: np.ndarray,
+        model_pair: tuple[np.ndarray, np.ndarray] | None,
+    ) -> Prediction:
+        output = output.astype(np.float32, copy=False)
+        tensor = torch.from_numpy(output)
+        if task == Task.TEXT_SEGMENTATION:
+            return Prediction(task, output, mask=decode_segmentation(tensor, self.threshold).numpy())
+        if task == Task.TAMPERED_TEXT_DETECTION:
+            return Prediction(task, output, classes=decode_tampering(tensor).numpy())
+        removed = decode_removal(tensor).numpy()
+        if not self.keep_unchanged:
+            return Prediction(task, output, image=removed)
+        if model_pair is None:  # tiled: model input and output are already at the original resolution
+            weight = removal_change_mask(pixels, output)
+        else:  # resized: find the change at the working size, then upsample the (smooth) mask
+            weight = removal_change_mask(*model_pair)
+            height, width = pixels.shape[:2]
+            if weight.shape != (height, width):
+                weight = cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
+        weight = np.clip(weight, 0, 1)[:, :, None]
+        blended = np.rint(weight * removed + (1 - weight) * pixels).astype(np.uint8)
+        return Prediction(task, output, image=blended, change_mask=weight[:, :, 0])
+
+
+def removal_change_mask(model_input: np.ndarray, model_output: np.ndarray) -> np.ndarray:
+    """Soft (H, W) float32 weight in [0, 1]: where the removal model changed the image.
+
+    model_input: uint8 (H, W, 3) as fed to the model; model_output: float (3, H, W) in [0, 1] at the same
+    size. Steps: per-pixel max |output - input| over RGB; a light Gaussian blur (sigma 1) so isolated
+    noisy pixels don't count; threshold at REMOVAL_CHANGE_THRESHOLD; dilate by a few pixels (shorter side
+    / 200, at least 2) so stroke borders and halos are included; feather with a Gaussian
+    (sigma = half the dilation) so the seam between model and input pixels is invisible. Result blend:
+    weight * model + (1 - weight) * input.
+    """
+    difference = np.abs(model_output.transpose(1, 2, 0) - model_input.astype(np.float32) / 255).max(axis=2)
+    difference = cv2.GaussianBlur(difference, (0, 0), 1.0)
+    changed = (difference > REMOVAL_CHANGE_THRESHOLD).astype(np.uint8)
+    radius = max(2, round(min(changed.shape) / 200))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    dilated = cv2.dilate(changed, kernel).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(dilated, (0, 0), radius / 2), 0, 1)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Top/left offsets of tiles covering [0, length) with at least `overlap` pixels shared by neighbours,
+    spread evenly so that the first starts at 0 and the last ends at `length` (length >= tile)."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    count = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def tile_weights(starts: list[int], tile: int) -> list[np.ndarray]:
+    """1-D blend weights per tile: 1 inside, a raised-cosine ramp across each overlap with a neighbour.
+
+    The ramps of two neighbours are complementary (they sum to 1 across the overlap), and sides without a
+    neighbour (the image border) are not tapered. Weights never reach 0, so dividing by their sum is safe.
+    """
+    weights = []
+    for i, start in enumerate(starts):
+        weight = np.ones(tile, np.float32)
+        if i > 0:
+            shared = starts[i - 1] + tile - start
+            weight[:shared] *= _ramp(shared)
+        if i < len(starts) - 1:
+            shared = start + tile - starts[i + 1]
+            weight[tile - shared :] *= _ramp(shared)[::-1]
+        weights.append(weight)
+    return weights
+
+
+def _ramp(length: int) -> np.ndarray:
+    """Rising raised-cosine of `length` samples in (0, 1); ramp + reversed ramp == 1."""
+    position = (np.arange(length, dtype=np.float64) + 0.5) / length
+    return (0.5 - 0.5 * np.cos(np.pi * position)).astype(np.float32)
+
+
+
+def _check_multiple(name: str, value: int) -> int:
+    value = int(value)
+    if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+        raise ValueError(f"{name} must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
+    return value

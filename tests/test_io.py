@@ -1,0 +1,170 @@
+"""upocr.io: every common kind of image file reads as upright (H, W, 3) uint8 RGB; bad files fail clearly."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from upocr.io import ImageError, expand_inputs, list_images, read_image, write_image
+
+RNG = np.random.default_rng(0)
+PIXELS = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".tiff"])
+def test_lossless_formats_read_back_exactly(tmp_path, suffix):
+    path = tmp_path / f"image{suffix}"
+    Image.fromarray(PIXELS).save(path)
+    pixels = read_image(path)
+    assert pixels.dtype == np.uint8 and pixels.shape == (24, 40, 3)
+    np.testing.assert_array_equal(pixels, PIXELS)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".webp"])
+def test_lossy_formats_read_close(tmp_path, suffix):
+    smooth = np.dstack([np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (24, 1))] * 3)
+    path = tmp_path / f"image{suffix}"
+    Image.fromarray(smooth).save(path, quality=95)
+    pixels = read_image(path)
+    assert pixels.shape == (24, 40, 3)
+    assert np.abs(pixels.astype(int) - smooth).mean() < 4
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    grey = PIXELS[:, :, 0]
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    pixels = read_image(tmp_path / "grey.png")
+    assert pixels.shape == (24, 40, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(pixels[:, :, channel], grey)
+
+
+def test_16_bit_png_uses_the_full_range(tmp_path):
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png")[0, :, 0], [0, 100, 255])
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0] = 200  # red ink
+    rgba[0, 0, 3], rgba[0, 1, 3], rgba[0, 2, 3] = 0, 255, 128
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    pixels = read_image(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(pixels[0, 0], [255, 255, 255])  # transparent -> white
+    np.testing.assert_array_equal(pixels[0, 1], [200, 0, 0])  # opaque -> its colour
+    assert 220 <= pixels[0, 2, 0] <= 235 and 120 <= pixels[0, 2, 1] <= 135  # half -> halfway to white
+
+
+def test_palette_images_with_and_without_transparency(tmp_path):
+    palette_image = Image.fromarray(PIXELS).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette_image.save(tmp_path / "palette.png")
+    expected = np.asarray(palette_image.convert("RGB"))
+    np.testing.assert_array_equal(read_image(tmp_path / "palette.png"), expected)
+
+    index = np.asarray(palette_image)[0, 0]
+    palette_image.save(tmp_path / "palette_t.png", transparency=int(index))
+    pixels = read_image(tmp_path / "palette_t.png")
+    transparent = np.asarray(palette_image) == index
+    assert (pixels[transparent] == 255).all()
+    np.testing.assert_array_equal(pixels[~transparent], expected[~transparent])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.fromarray(PIXELS)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to view"
+    image.save(tmp_path / "rotated.png", exif=exif)
+    pixels = read_image(tmp_path / "rotated.png")
+    assert pixels.shape == (40, 24, 3)
+    np.testing.assert_array_equal(pixels, np.rot90(PIXELS, k=-1))
+
+
+def _png_claiming_size(path: Path, width: int, height: int) -> None:
+    """A tiny valid-looking PNG whose header claims width x height (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("hello, I am not a picture"), "not an image"),
+        (lambda p: _png_claiming_size(p, 50_000, 50_000), "too large"),  # over PIL's own hard limit
+        (lambda p: _png_claiming_size(p, 11_000, 11_000), "too large"),  # over ours (121 MP > 100 MP)
+    ],
+    ids=["missing", "empty", "not-an-image", "bomb-huge", "bomb-over-our-limit"],
+)
+def test_bad_files_raise_one_line_image_error(tmp_path, make, problem):
+    path = tmp_path / "bad.png"
+    make(path)
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and problem in message
+    assert "\n" not in message
+    assert caught.value.path == path
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_files_raise(tmp_path, suffix):
+    whole = tmp_path / f"whole{suffix}"
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(whole)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        read_image(cut)
+
+
+def test_pixel_limit_is_an_option(tmp_path):
+    Image.fromarray(PIXELS).save(tmp_path / "small.png")
+    with pytest.raises(ImageError, match="960 pixels"):
+        read_image(tmp_path / "small.png", max_pixels=900)
+    assert read_image(tmp_path / "small.png", max_pixels=960).shape == (24, 40, 3)
+
+
+def test_folder_is_not_an_image(tmp_path):
+    with pytest.raises(ImageError, match="folder"):
+        read_image(tmp_path)
+
+
+def test_write_image_formats_and_atomicity(tmp_path):
+    write_image(tmp_path / "sub" / "rgb.png", PIXELS)
+    np.testing.assert_array_equal(read_image(tmp_path / "sub" / "rgb.png"), PIXELS)
+    mask = PIXELS[:, :, 0] > 128
+    write_image(tmp_path / "mask.png", mask)
+    stored = np.asarray(Image.open(tmp_path / "mask.png"))
+    assert stored.ndim == 2 and set(np.unique(stored)) <= {0, 255}
+    np.testing.assert_array_equal(stored == 255, mask)
+    write_image(tmp_path / "photo.jpg", PIXELS)
+    assert Image.open(tmp_path / "photo.jpg").format == "JPEG"
+    with pytest.raises(ValueError, match="suffix"):
+        write_image(tmp_path / "what.xyz", PIXELS)
+    with pytest.raises(TypeError):
+        write_image(tmp_path / "float.png", PIXELS.astype(np.float32))
+    # nothing but the finished files: no temporaries left behind, none for the failed writes
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["mask.png", "photo.jpg", "rgb.png"]
+
+
+def test_list_images_expands_folders(tmp_path):
+    for name in ["b.png", "a.JPG", "sub/c.webp", "notes.txt", ".hidden.png", ".cache/d.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    found = list_images([tmp_path, tmp_path / "b.png", tmp_path / "missing.png"])
+    assert found == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "sub/c.webp", tmp_path / "missing.png"]
+    assert expand_inputs([tmp_path / "sub", tmp_path / "b.png"]) == [
+        (tmp_path / "sub/c.webp", tmp_path / "sub"),
+        (tmp_path / "b.png", None),
+    ]

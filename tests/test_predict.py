@@ -1,0 +1,229 @@
+"""upocr.predict: resize and tiled modes, decoding, the text-removal blend, options and their errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from upocr.io import write_image
+from upocr.model import build_model
+from upocr.predict import Predictor, removal_change_mask, tile_starts, tile_weights
+from upocr.tasks import Task
+
+RNG = np.random.default_rng(0)
+IMAGE = RNG.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+
+
+def identity(images, tasks):
+    return [images]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model("tiny").eval()
+
+
+# ------------------------------------------------------------------ tiling
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(64, 64, 16), (65, 64, 16), (200, 64, 16), (1000, 96, 0), (300, 64, 32)])
+def test_tile_starts_cover_the_image_with_the_overlap(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and starts[-1] + tile == length
+    shared = [a + tile - b for a, b in zip(starts, starts[1:])]
+    assert all(s >= overlap for s in shared)
+    assert all(s < tile for s in shared)  # every tile adds new pixels
+
+
+def test_tile_weights_of_neighbours_sum_to_one():
+    starts = tile_starts(300, 64, 16)
+    total = np.zeros(300)
+    for start, weight in zip(starts, tile_weights(starts, 64)):
+        assert weight.min() > 0
+        total[start : start + 64] += weight
+    np.testing.assert_allclose(total, 1, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, tile, overlap, batch", [((90, 140), 32, 8, 1), ((90, 140), 64, 16, 5), ((40, 50), 64, 16, 2), ((64, 64), 64, 0, 3)]
+)
+def test_tiling_an_identity_model_reproduces_the_input(shape, tile, overlap, batch):
+    image = RNG.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    predictor = Predictor(identity, tile=tile, overlap=overlap, batch_size=batch, size=64)
+    prediction = predictor.predict(image, "removal")
+    assert prediction.output.shape == (3, *shape)
+    np.testing.assert_allclose(prediction.output, image.transpose(2, 0, 1) / 255, atol=1e-5)
+    np.testing.assert_array_equal(prediction.image, image)
+
+
+def test_tiles_are_blended_without_seams():
+    # A model that paints each tile with its own mean: the worst case for seams. Blending must spread
+    # each jump between neighbouring tiles across the overlap instead of leaving a step.
+    def tile_mean(images, tasks):
+        return [images.mean(dim=(1, 2, 3), keepdim=True).expand_as(images).clone()]
+
+    image = np.zeros((64, 256, 3), np.uint8)
+    image[:, 128:] = 255  # left tiles dark, right tiles bright
+    blended = Predictor(tile_mean, tile=64, overlap=32, size=64).predict(image, "segmentation").output[0]
+    hard = Predictor(tile_mean, tile=64, overlap=0, size=64).predict(image, "segmentation").output[0]
+    step = lambda out: np.abs(np.diff(out, axis=1)).max()
+    assert step(hard) > 0.3  # without overlap the tile edges show
+    assert step(blended) < 0.06  # with it, no step is bigger than a few percent
+    assert blended[:, 0] == pytest.approx(0) and blended[:, -1] == pytest.approx(1)
+
+
+def test_tiled_tiny_model_does_not_depend_on_batch_size(tiny_model):
+    single = Predictor(tiny_model, tile=64, overlap=16, batch_size=1, size=64).predict(IMAGE, "tampering")
+    batched = Predictor(tiny_model, tile=64, overlap=16, batch_size=6, size=64).predict(IMAGE, "tampering")
+    np.testing.assert_allclose(single.output, batched.output, atol=1e-4)
+
+
+def test_auto_tiles_only_large_images():
+    predictor = Predictor(identity, tile="auto", size=64)
+    assert not predictor.uses_tiles(128, 128)  # 4 x 64^2 pixels: resized
+    assert predictor.uses_tiles(129, 128)
+    assert not Predictor(identity, size=64).uses_tiles(4000, 4000)
+    assert Predictor(identity, tile=64, size=64).uses_tiles(10, 10)
+
+
+# ------------------------------------------------------------------ resize mode and decoding
+
+
+def test_resize_mode_is_the_original_pipeline(tiny_model):
+    prediction = Predictor(tiny_model, size=64).predict(IMAGE, "segmentation")
+    # by hand: PIL bicubic to 64x64, forward, clamp, bilinear (align_corners=False) back
+    small = np.asarray(Image.fromarray(IMAGE).resize((64, 64), Image.Resampling.BICUBIC))
+    with torch.inference_mode():
+        out = tiny_model(torch.from_numpy(small.copy()).permute(2, 0, 1)[None].float() / 255, [Task.TEXT_SEGMENTATION])[-1]
+    expected = F.interpolate(out.clamp(0, 1), size=(90, 140), mode="bilinear", align_corners=False)[0]
+    np.testing.assert_allclose(prediction.output, expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(prediction.mask, expected.mean(0).numpy() > 0.4)
+
+
+@pytest.mark.parametrize("tile", [None, 64])
+def test_tiny_model_results_have_the_original_resolution_and_value_sets(tiny_model, tile):
+    removal, segmentation, tampering = Predictor(tiny_model, size=64, tile=tile, batch_size=6).predict_tasks(
+        IMAGE, ["removal", "segmentation", "tampering"]
+    )
+    assert removal.task == Task.TEXT_REMOVAL and removal.image.shape == (90, 140, 3) and removal.image.dtype == np.uint8
+    assert segmentation.mask.shape == (90, 140) and segmentation.mask.dtype == bool
+    assert tampering.classes.shape == (90, 140) and set(np.unique(tampering.classes)) <= {0, 1, 2}
+    for prediction in (removal, segmentation, tampering):
+        assert prediction.output.shape == (3, 90, 140) and prediction.output.dtype == np.float32
+        assert 0 <= prediction.output.min() and prediction.output.max() <= 1
+
+
+def test_several_tasks_in_one_batch_match_single_runs(tiny_model):
+    predictor = Predictor(tiny_model, size=64, batch_size=3)
+    together = predictor.predict_tasks(IMAGE, ["tampering", "removal", "segmentation"])
+    for prediction in together:
+        alone = predictor.predict(IMAGE, prediction.task)
+        np.testing.assert_allclose(prediction.output, alone.output, atol=1e-5)
+
+
+def test_segmentation_threshold_and_tampering_argmax():
+    half = lambda images, tasks: [torch.full_like(images, 0.5)]
+    assert Predictor(half, size=64, threshold=0.4).predict(IMAGE, "segmentation").mask.all()
+    assert not Predictor(half, size=64, threshold=0.6).predict(IMAGE, "segmentation").mask.any()
+
+    def tampered_right_half(images, tasks):
+        out = torch.zeros_like(images)
+        out[:, 0] = 1  # background
+        out[:, :, :, images.shape[-1] // 2 :] = torch.tensor([0.0, 0.1, 0.9])[:, None, None]
+        return [out]
+
+    classes = Predictor(tampered_right_half, size=64).predict(IMAGE, "tampering").classes
+    assert set(np.unique(classes)) == {0, 2}
+    assert (classes[:, :60] == 0).all() and (classes[:, 80:] == 2).all()
+
+
+def test_predict_reads_paths(tmp_path, tiny_model):
+    write_image(tmp_path / "in.png", IMAGE)
+    from_path = Predictor(tiny_model, size=64).predict(tmp_path / "in.png", "removal")
+    from_array = Predictor(tiny_model, size=64).predict(IMAGE, "removal")
+    np.testing.assert_array_equal(from_path.image, from_array.image)
+
+
+def test_bf16_precision_runs_and_stays_close(tiny_model):
+    fp32 = Predictor(tiny_model, size=64).predict(IMAGE, "removal").output
+    bf16 = Predictor(tiny_model, size=64, precision="bf16").predict(IMAGE, "removal").output
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    assert np.abs(bf16 - fp32).mean() < 0.05
+
+
+# ------------------------------------------------------------------ text removal keeps untouched pixels
+
+
+def erase_square(images, tasks):
+    """A fake removal model: paints a fixed square white (in relative coordinates), leaves the rest."""
+    out = images.clone()
+    h, w = images.shape[-2:]
+    out[:, :, h // 4 : h // 2, w // 4 : w // 2] = 1.0
+    return [out]
+
+
+def test_removal_keeps_input_pixels_where_the_model_changed_nothing():
+    image = RNG.integers(0, 200, (300, 400, 3), dtype=np.uint8)  # larger than the working size
+    prediction = Predictor(erase_square, size=64).predict(image, "removal")
+    changed = prediction.change_mask > 0
+    assert 0.04 < changed.mean() < 0.3  # about the square (1/16 of the image) plus a feathered margin
+    assert not changed[:40].any() and not changed[:, -80:].any()
+    np.testing.assert_array_equal(prediction.image[~changed], image[~changed])  # sharp, untouched
+    assert (prediction.image[90:135, 120:180] >= 250).all()  # the erased area is the model's (white)
+    # without the blend, the whole picture is the (blurry) resized model output
+    raw = Predictor(erase_square, size=64, keep_unchanged=False).predict(image, "removal")
+    assert raw.change_mask is None
+    assert (raw.image[~changed] != image[~changed]).mean() > 0.5
+
+
+def test_removal_blend_in_tiled_mode_is_exact_outside_the_change():
+    image = RNG.integers(0, 200, (100, 150, 3), dtype=np.uint8)
+    prediction = Predictor(erase_square, tile=64, overlap=16, size=64).predict(image, "removal")
+    unchanged = prediction.change_mask == 0
+    assert unchanged.mean() > 0.3
+    np.testing.assert_array_equal(prediction.image[unchanged], image[unchanged])
+
+
+def test_change_mask_is_zero_for_an_unchanged_image_and_covers_a_change():
+    image = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    output = image.transpose(2, 0, 1).astype(np.float32) / 255
+    assert removal_change_mask(image, output).max() == 0
+    output[:, 20:30, 20:30] = 1 - output[:, 20:30, 20:30]
+    weight = removal_change_mask(image, output)
+    assert weight[22:28, 22:28].min() > 0.95 and weight[0:5, 0:5].max() == 0
+
+
+# ------------------------------------------------------------------ options and their errors
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"size": 100}, "multiple of 32"),
+        ({"tile": 48}, "multiple of 32"),
+        ({"tile": 64, "overlap": 40}, "overlap"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"precision": "int8"}, "precision"),
+        ({"precision": "fp16"}, "CUDA"),
+    ],
+)
+def test_bad_options_raise_clear_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        Predictor(identity, **options)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Predictor(identity, device="cuda")
+
+
+def test_bad_image_arrays_are_rejected():
+    with pytest.raises(ValueError, match="uint8"):
+        Predictor(identity, size=64).predict(IMAGE.astype(np.float32), "removal")
+    with pytest.raises(ValueError, match="unknown task"):
+        Predictor(identity, size=64).predict(IMAGE, "colouring")
