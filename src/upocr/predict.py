@@ -42,6 +42,8 @@ from upocr.tasks import (
     decode_tampering,
 )
 
+# Working resolution when neither the caller nor the model's config says (the original's).
+DEFAULT_SIZE = 512
 # `tile="auto"` tiles an image when it has more than this many times size x size pixels.
 AUTO_TILE_AREA_FACTOR = 4
 
@@ -95,7 +97,7 @@ class Predictor:
         *,
         weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
-        size: int = 512,
+        size: int | None = None,
         tile: int | Literal["auto"] | None = None,
         overlap: int | None = None,
         batch_size: int = 1,
@@ -105,6 +107,14 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = resolve_device(device)
+        if model is None:
+            import upocr  # the package API; imported here so `upocr.predict` loads without a model
+
+            model = upocr.load_model(weights, device=str(self.device))
+        elif weights is not None:
+            raise ValueError("give either a model or weights, not both")
+        if size is None:  # the resolution the weights were trained at (512 for the original's)
+            size = getattr(getattr(model, "config", None), "input_size", DEFAULT_SIZE)
         self.size = _check_multiple("size", size)
         if tile not in (None, "auto"):
             tile = _check_multiple("tile", tile)
@@ -126,12 +136,6 @@ class Predictor:
         self.threshold = float(threshold)
         self.keep_unchanged = keep_unchanged
         self.max_pixels = max_pixels
-        if model is None:
-            import upocr  # the package API; imported here so `upocr.predict` loads without a model
-
-            model = upocr.load_model(weights, device=str(self.device))
-        elif weights is not None:
-            raise ValueError("give either a model or weights, not both")
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         self.model = model

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -91,7 +90,9 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    group.add_argument("--size", type=int, default=512, help="the model's working resolution (default 512)")
+    group.add_argument(
+        "--size", type=int, default=None, help="the model's working resolution (default: what the weights were trained at, 512 for original weights)"
+    )
     group.add_argument(
         "--tile",
         type=_tile_value,
@@ -287,31 +288,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def describe_weights(weights: Path | None) -> str:
-    """Which weights ran, and whether they were trained (the bundled file's `upocr_training` metadata)."""
-    if weights is not None:
-        return str(weights)
-    from upocr.model.checkpoint import DEFAULT_WEIGHTS, WEIGHTS_FILE
+    """Which weights ran, and whether they were trained (the `upocr_training` record saved with them)."""
+    from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record
 
-    path = DEFAULT_WEIGHTS / WEIGHTS_FILE
-    training = _safetensors_metadata(path).get("upocr_training")
-    if not training:
-        return f"bundled default {path} - UNTRAINED (no training record): results are not meaningful yet"
-    try:
-        record = json.loads(training)
-    except json.JSONDecodeError:
-        return f"bundled default {path} - trained: {training}"
-    if isinstance(record, dict) and record.get("trained") is False:
-        return f"bundled default {path} - UNTRAINED ({record.get('note', 'random initialisation')})"
-    summary = ", ".join(f"{k}={v}" for k, v in record.items()) if isinstance(record, dict) else str(record)
-    return f"bundled default {path} - trained ({summary})"
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The metadata block of a safetensors file (header only, no tensors read)."""
-    try:
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(length))
-        return header.get("__metadata__") or {}
-    except (OSError, ValueError):
-        return {}
+    name = str(weights) if weights is not None else f"bundled default {DEFAULT_WEIGHTS}"
+    record = training_record(weights if weights is not None else None)
+    if not record:
+        return f"{name} - no training record" + ("" if weights is not None else ": UNTRAINED, results are not meaningful")
+    if record.get("trained") is False:
+        return f"{name} - UNTRAINED ({record.get('note', 'random initialisation')})"
+    summary = ", ".join(f"{k}={v}" for k, v in record.items() if k in ("steps", "images", "data", "config", "input_size"))
+    return f"{name} - trained ({summary})"

@@ -71,14 +71,33 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not a PyTorch file: {_short(error)})") from None
 
 
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The `__metadata__` block of a safetensors file (header only; no tensors are read)."""
+    with open(path, "rb") as handle:  # header: 8-byte little-endian length + JSON
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+    return header.get("__metadata__") or {}
+
+
+def training_record(path: str | Path | None = None) -> dict[str, Any] | None:
+    """How a saved model was trained (`save_pretrained(..., training=...)`), None when not recorded.
+
+    path: a weights directory or .safetensors file; None -> the bundled default weights."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    try:
+        record = safetensors_metadata(path).get("upocr_training")
+        return json.loads(record) if record else None
+    except (OSError, ValueError):
+        return None
+
+
 def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], UPOCRConfig | None]:
     try:
         state = load_file(path, device="cpu")
-        with open(path, "rb") as handle:  # header: 8-byte little-endian length + JSON
-            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        metadata = safetensors_metadata(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_short(error)})") from None
-    metadata = header.get("__metadata__") or {}
     config = UPOCRConfig.from_dict(json.loads(metadata["upocr_config"])) if "upocr_config" in metadata else None
     return state, config
 
@@ -251,17 +270,27 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
 # --------------------------------------------------------------------------------------------
 
 
-def save_pretrained(model: UPOCR, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+def save_pretrained(
+    model: UPOCR,
+    directory: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    training: dict[str, Any] | None = None,
+) -> Path:
     """Write `model.safetensors` (config also in its metadata) and `config.json`, each atomically.
 
     `dtype=torch.float16` halves the file (used for the bundled weights); loading casts back to float32.
+    `training`: a JSON-able record of how the weights were trained (read back by `training_record`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config_json = model.config.to_json()
     state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    metadata = {"upocr_config": config_json, "format": "upocr"}
+    if training is not None:
+        metadata["upocr_training"] = json.dumps(training, sort_keys=True)
     with atomic_output(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"upocr_config": config_json, "format": "upocr"})
+        save_file(state, str(tmp), metadata=metadata)
     with atomic_output(directory / CONFIG_FILE) as tmp:
         tmp.write_text(config_json + "\n")
     return directory

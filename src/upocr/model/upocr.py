@@ -77,11 +77,13 @@ class UPOCR(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str) -> None:
-        """Write `model.safetensors` + `config.json` (what `upocr.load_model(directory)` reads)."""
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        """Write `model.safetensors` + `config.json` (what `upocr.load_model(directory)` reads).
+
+        kwargs: `dtype`, `training` (see `upocr.model.checkpoint.save_pretrained`)."""
         from upocr.model.checkpoint import save_pretrained
 
-        save_pretrained(self, directory)
+        save_pretrained(self, directory, **kwargs)
 
 
 def build_model(config: UPOCRConfig | str = "small") -> UPOCR:

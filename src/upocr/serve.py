@@ -1,0 +1,409 @@
+"""A small local web demo: one page where a person uploads an image and sees the three tasks' results.
+
+Standard library only (`http.server.ThreadingHTTPServer`): no web framework to install, nothing fetched
+from the internet (the page's CSS and JavaScript are inline). The model is loaded once; requests are
+answered by threads, but the model runs one request at a time behind a lock (it is not meant for
+concurrent use, and on a few CPU cores parallel forward passes would only slow each other down).
+
+Endpoints:
+
+* ``GET /``: the page (``upocr/web/index.html``). ``/?example=1`` runs a bundled sample on load.
+* ``GET /api/health``: ``{"status": "ok", "model": ..., "device": ..., "size": ..., "samples": [...], ...}``.
+* ``POST /api/predict?task=all|removal|segmentation|tampering``: the image as the raw request body, or as
+  the first file of a ``multipart/form-data`` form (``curl -F image=@photo.jpg``).
+* ``GET /api/example?name=receipt.jpg&task=all``: the same on a bundled sample image.
+
+A prediction answers JSON: ``{"width", "height", "tasks", "seconds", "input": <png>, "results": [{"task",
+"title", "images": [{"kind", "label", "filename", "png"}], "legend": [...]}]}`` where every ``png`` is a
+base64 PNG at the upload's resolution. Every failure answers ``{"error": "<one line>"}`` with a 4xx/5xx
+status; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image
+
+from upocr.io import IMAGE_SUFFIXES, ImageError, read_image
+from upocr.predict import Prediction, Predictor
+from upocr.tasks import TAMPERING_CLASSES, Task
+from upocr.visualize import CLASS_COLOURS, RED, overlay_classes, overlay_mask
+
+# Uploads larger than this are refused before they are read (a 100 MP JPEG is still far below it).
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# Bodies up to this size are read and discarded before refusing them, so that the browser sees our error
+# message; anything larger gets the error and a closed connection (the client may then see a reset).
+_DRAIN_LIMIT_FACTOR = 4
+# The order the page shows the tasks in, and what "all" means.
+ALL_TASKS = (Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION)
+# PNG zlib level for answers: level 1 is several times faster than PIL's default 6 and the files are
+# only slightly larger; the answer goes over the loopback interface anyway.
+_PNG_COMPRESS_LEVEL = 1
+
+
+class RequestError(Exception):
+    """A request we refuse; `str(error)` is the one-line message the page shows."""
+
+    def __init__(self, message: str, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(" ".join(message.split()))
+        self.status = status
+
+
+@dataclass
+class DemoApp:
+    """Everything a request needs: the predictor (used under `lock`), the page, and the limits."""
+
+    predictor: Predictor
+    model_label: str = "model"
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    samples_dir: Path | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    page: bytes = field(default_factory=lambda: load_page().encode("utf-8"))
+
+    def __post_init__(self) -> None:
+        if self.samples_dir is None:
+            self.samples_dir = Path(str(resources.files("upocr") / "samples"))
+
+    # ------------------------------------------------------------------ answers
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": self.model_label,
+            "device": str(self.predictor.device),
+            "size": self.predictor.size,
+            "tasks": ["all"] + [task.short for task in ALL_TASKS],
+            "samples": self.sample_names(),
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_pixels": self.predictor.max_pixels,
+        }
+
+    def sample_names(self) -> list[str]:
+        folder = self.samples_dir
+        if folder is None or not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def predict_upload(self, data: bytes, filename: str, task_text: str) -> dict[str, Any]:
+        """Decode an uploaded file with `upocr.io.read_image` (all its checks) and run the task(s) on it."""
+        tasks = parse_tasks(task_text)
+        if not data:
+            raise RequestError("the upload is empty; choose an image file")
+        suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in IMAGE_SUFFIXES else ""
+        # read_image works on files (EXIF, bombs, truncation, every format) - give it one to read.
+        with tempfile.TemporaryDirectory(prefix="upocr-serve-") as folder:
+            path = Path(folder) / f"upload{suffix}"
+            path.write_bytes(data)
+            try:
+                image = read_image(path, max_pixels=self.predictor.max_pixels)
+            except ImageError as error:
+                raise RequestError(f"{filename or 'upload'}: {error.problem}") from None
+        return self.run(image, tasks)
+
+    def predict_sample(self, name: str, task_text: str) -> dict[str, Any]:
+        tasks = parse_tasks(task_text)
+        names = self.sample_names()
+        if not names:
+            raise RequestError("no sample images are bundled with this installation", HTTPStatus.NOT_FOUND)
+        name = name or names[0]
+        if name not in names:  # also keeps the request inside the samples folder
+            raise RequestError(f"unknown sample {name!r}; choose one of: {', '.join(names)}", HTTPStatus.NOT_FOUND)
+        assert self.samples_dir is not None
+        return self.run(read_image(self.samples_dir / name), tasks)
+
+    def run(self, image: np.ndarray, tasks: Sequence[Task]) -> dict[str, Any]:
+        start = time.perf_counter()
+        with self.lock:
+            predictions = self.predictor.predict_tasks(image, list(tasks))
+        seconds = time.perf_counter() - start
+        height, width = image.shape[:2]
+        return {
+            "width": width,
+            "height": height,
+            "tasks": [task.short for task in tasks],
+            "seconds": round(seconds, 3),
+            "input": png_base64(image),
+            "results": [describe_result(image, prediction) for prediction in predictions],
+        }
+
+
+def load_page() -> str:
+    """The demo page shipped in the package (upocr/web/index.html)."""
+    return (resources.files("upocr") / "web" / "index.html").read_text(encoding="utf-8")
+
+
+def parse_tasks(text: str | None) -> tuple[Task, ...]:
+    """'all' (or nothing) -> the three tasks; otherwise one task name as `Task.parse` understands it."""
+    text = (text or "all").strip()
+    if text.lower() == "all":
+        return ALL_TASKS
+    try:
+        return (Task.parse(text),)
+    except ValueError as error:
+        raise RequestError(f"{error}, or all") from None
+
+
+def describe_result(image: np.ndarray, prediction: Prediction) -> dict[str, Any]:
+    """The pictures the page shows for one task (each also offered as a download), with its legend."""
+    task = prediction.task
+    if task == Task.TEXT_REMOVAL:
+        assert prediction.image is not None
+        images = [("result", "text removed", prediction.image)]
+        legend: list[dict[str, str]] = []
+    elif task == Task.TEXT_SEGMENTATION:
+        assert prediction.mask is not None
+        images = [
+            ("overlay", "text pixels (red)", overlay_mask(image, prediction.mask, colour=RED)),
+            ("mask", "mask (white = text)", prediction.mask.astype(np.uint8) * 255),
+        ]
+        legend = [{"label": "text", "colour": hex_colour(RED)}]
+    else:
+        assert prediction.classes is not None
+        images = [
+            ("overlay", "real text green, tampered red", overlay_classes(image, prediction.classes)),
+            # The class map itself (0, 1, 2), as `upocr detect-tampering` writes it: for programs, not eyes.
+            ("classes", "class map (0 background, 1 real, 2 tampered)", prediction.classes),
+        ]
+        legend = [{"label": TAMPERING_CLASSES[value], "colour": hex_colour(colour)}
+                  for value, colour in sorted(CLASS_COLOURS.items())]
+    return {
+        "task": task.short,
+        "title": task.title,
+        "legend": legend,
+        "images": [
+            {"kind": kind, "label": label, "filename": f"{task.short}_{kind}.png", "png": png_base64(picture)}
+            for kind, label, picture in images
+        ],
+    }
+
+
+def png_base64(picture: np.ndarray) -> str:
+    """uint8 (H, W) or (H, W, 3) -> base64 text of a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def hex_colour(colour: Sequence[int]) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in colour)
+
+
+def first_multipart_file(body: bytes, content_type: str) -> tuple[bytes, str]:
+    """(data, filename) of the first file field of a multipart/form-data body.
+
+    A minimal parser (the standard library's `cgi` is gone in Python 3.13): parts are separated by
+    "--boundary" lines; each has headers, a blank line, and its bytes up to the CRLF before the next one.
+    """
+    match = re.search(r'boundary=(?:"([^"]+)"|([^;\s]+))', content_type, re.IGNORECASE)
+    if not match:
+        raise RequestError("multipart upload without a boundary")
+    delimiter = b"--" + (match.group(1) or match.group(2)).encode("latin-1")
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, separator, data = part.partition(b"\r\n\r\n")
+        if not separator:
+            continue
+        headers = head.decode("latin-1")
+        disposition = re.search(r"content-disposition:[^\r\n]*", headers, re.IGNORECASE)
+        if not disposition or "filename=" not in disposition.group(0).lower():
+            continue  # an ordinary form field (e.g. task=...), not a file
+        filename = re.search(r'filename="([^"]*)"', disposition.group(0), re.IGNORECASE)
+        return data.removesuffix(b"\r\n"), Path((filename.group(1) if filename else "") or "upload").name
+    raise RequestError("the form has no file; send the image as a file field (e.g. curl -F image=@photo.jpg)")
+
+
+class DemoHandler(BaseHTTPRequestHandler):
+    """Routes requests to the server's `DemoApp`; every answer is the page or one JSON object."""
+
+    server: "DemoServer"
+    server_version = "upocr-demo"
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    timeout = 120  # seconds a client may stall mid-request before its thread gives up
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if url.path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, self.server.app.page, "text/html; charset=utf-8")
+        elif url.path == "/api/health":
+            self._send_json(HTTPStatus.OK, self.server.app.health())
+        elif url.path == "/api/example":
+            self._answer(lambda: self.server.app.predict_sample(_one(query, "name"), _one(query, "task")))
+        elif url.path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+        else:
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {url.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        url = urlsplit(self.path)
+        if url.path != "/api/predict":
+            self.close_connection = True  # its body was not read, so this connection cannot be reused
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: POST {url.path}"})
+            return
+        query = parse_qs(url.query)
+        self._answer(lambda: self._predict(query))
+
+    def _predict(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        body = self._read_body()
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.lower().startswith("multipart/form-data"):
+            data, filename = first_multipart_file(body, content_type)
+        else:  # the raw file; the page sends its name in a query parameter
+            data, filename = body, Path(_one(query, "filename") or "upload").name
+        return self.server.app.predict_upload(data, filename, _one(query, "task"))
+
+    def _read_body(self) -> bytes:
+        limit = self.server.app.max_upload_bytes
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            self.close_connection = True  # chunked or unknown-length bodies are not read at all
+            raise RequestError("the request has no Content-Length; send the image as the body or a form file",
+                               HTTPStatus.LENGTH_REQUIRED)
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise RequestError(f"bad Content-Length {length_text!r}") from None
+        if length > limit:
+            if length <= _DRAIN_LIMIT_FACTOR * limit:
+                self._discard(length)  # so the client reads our answer instead of a reset connection
+            else:
+                self.close_connection = True
+            raise RequestError(
+                f"upload too large: {length / 2**20:.1f} MB (limit {limit / 2**20:.0f} MB)",
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            )
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            raise RequestError(f"upload cut short: got {len(body)} of {length} bytes")
+        return body
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 20))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def _answer(self, work) -> None:
+        """Run `work` and send its JSON; any failure becomes a one-line JSON error, never a dead server."""
+        try:
+            self._send_json(HTTPStatus.OK, work())
+        except RequestError as error:
+            self._send_json(error.status, {"error": str(error)})
+        except (MemoryError, ImageError) as error:
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": _one_line(error)})
+        except Exception as error:  # noqa: BLE001 - a bug or model failure must not take the server down
+            self.log_error("prediction failed: %s: %s", type(error).__name__, _one_line(error))
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"prediction failed: {_one_line(error)}"})
+
+    def _send_json(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+        self._send(status, json.dumps(payload).encode("utf-8"), "application/json")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the browser went away (page reloaded); nothing to tell it
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        if self.server.log_requests:
+            sys.stderr.write(f"upocr serve: {self.address_string()} {format % args}\n")
+
+
+class DemoServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer carrying the `DemoApp` its handlers use."""
+
+    daemon_threads = True  # Ctrl+C does not wait for open browser connections
+
+    def __init__(self, address: tuple[str, int], app: DemoApp, *, log_requests: bool = True) -> None:
+        self.app = app
+        self.log_requests = log_requests
+        super().__init__(address, DemoHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that hangs up (reload, closed tab) is normal: no traceback. Anything else: one line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        sys.stderr.write(f"upocr serve: request from {client_address[0]} failed: "
+                         f"{type(error).__name__}: {_one_line(error) if error else ''}\n")
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        return f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
+
+
+def make_server(
+    predictor: Predictor,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_label: str = "model",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    log_requests: bool = True,
+) -> DemoServer:
+    """A demo server bound to (host, port) (port 0: any free port; see `server.url`), not yet serving.
+
+    Call `serve_forever()` (in a thread for tests) and `shutdown()` + `server_close()` to stop it.
+    """
+    app = DemoApp(predictor=predictor, model_label=model_label, max_upload_bytes=max_upload_bytes)
+    return DemoServer((host, port), app, log_requests=log_requests)
+
+
+def serve(
+    predictor: Predictor,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_label: str = "model",
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+) -> None:
+    """Serve the demo until Ctrl+C (KeyboardInterrupt is handled: the socket is closed and we return)."""
+    server = make_server(predictor, host, port, model_label=model_label, max_upload_bytes=max_upload_bytes)
+    print(f"upocr demo: open {server.url}  (Ctrl+C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nupocr demo: stopped", flush=True)
+    finally:
+        server.server_close()
+
+
+def _one(query: dict[str, list[str]], key: str) -> str:
+    values = query.get(key)
+    return values[0] if values else ""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
