@@ -258,13 +258,13 @@ def test_frechet_distance_by_hand():
 
 
 def test_fid_is_reported_missing_with_the_reason(tmp_path):
-    from upocr.evaluate.fid import fid_for_folders
+    from upocr.evaluate.fid import FIDWeightsError, fid_for_folders
 
     missing = fid_for_folders(tmp_path, tmp_path, weights=None)
     assert missing["fid"] is None and "--fid-weights" in missing["fid_missing"]
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"x")
-    given = fid_for_folders(tmp_path, tmp_path, weights=weights)
-    assert given["fid"] is None and "not implemented" in given["fid_missing"]
+    with pytest.raises(FIDWeightsError, match="not a readable PyTorch weights file"):
+        fid_for_folders(tmp_path, tmp_path, weights=weights)
     with pytest.raises(FileNotFoundError):
         fid_for_folders(tmp_path, tmp_path, weights=tmp_path / "absent.pth")

@@ -119,10 +119,19 @@ def _guard(run):
     return wrapped
 
 
+def _check_fid_weights(path: Path | None) -> None:
+    """Read the FID weights before the long work, so a bad file fails at once (it is cached for later)."""
+    if path is not None:
+        from upocr.evaluate.fid import default_device, load_fid_inception
+
+        load_fid_inception(path, device=default_device())
+
+
 @_guard
 def _run_removal(args: argparse.Namespace) -> int:
     from upocr.evaluate.removal import evaluate_removal
 
+    _check_fid_weights(args.fid_weights)
     evaluation = evaluate_removal(args.pred, args.gt, progress=not args.quiet, fid_weights=args.fid_weights)
     return _finish_folder(args, evaluation)
 
@@ -150,6 +159,7 @@ def _run_benchmarks(args: argparse.Namespace, predictor) -> int:
     from upocr.evaluate.report import write_json, write_text
     from upocr.evaluate.runner import evaluate_on_benchmarks
 
+    _check_fid_weights(args.fid_weights)
     picture = args.picture or (args.out / "samples.png" if args.out else None)
     report = evaluate_on_benchmarks(
         args.data_root, predictor=predictor, tasks=args.tasks, baselines=getattr(args, "baselines", True),

@@ -1,25 +1,400 @@
-"""FID for text removal: reported honestly as missing unless it can really be computed.
+"""FID for text removal, as the original reports it: `python -m pytorch_fid <gt dir> <pred dir>`.
 
-The original runs `python -m pytorch_fid <gt dir> <pred dir>` (pytorch-fid 0.3.0: Inception-v3 with the
-`pt_inception-2015-12-05` FID weights, 2048-d pool3 features, batch 50). Those weights are downloaded
-at run time, which upocr never does. The plan: `--fid-weights PATH` names that state dict and FID is
-the Fréchet distance between the two folders' feature Gaussians. The Fréchet distance is implemented
-(`frechet_distance`); the FID Inception-v3 feature network is not yet, so even with weights FID is
-reported as missing, with the reason, never estimated with some other network.
+pytorch-fid 0.3.0 defaults are reproduced: the "FID Inception" network (TensorFlow's 2015-12-05
+Inception-v3 graph ported to PyTorch, which differs from torchvision's Inception-v3 in four blocks),
+its 2048-d pool3 features, images read with PIL `.convert('RGB')` as [0, 1] tensors, resized to
+299 x 299 bilinearly (align_corners=False) and scaled to [-1, 1] inside the network, batches of 50,
+feature mean/covariance in float64 and the Fréchet distance with `scipy.linalg.sqrtm` and
+pytorch-fid's rules (taken on the span of the features when there are fewer images than dimensions:
+same value, seconds instead of a minute; see `fid_from_activations`).
+
+The weights (`pt_inception-2015-12-05-6726825d.pth`) are downloaded at run time by pytorch-fid;
+upocr downloads nothing, so FID is computed only when the user names that file (`--fid-weights`).
+Without it FID is reported as missing with the reason, never estimated with some other network.
+
+Module and parameter names follow pytorch-fid's `fid_inception_v3()` (torchvision's `Inception3`
+names with `aux_logits=False`, 1008 classes) so its state dict loads as is, checked key by key.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import linalg
+from torch import nn
+from tqdm import tqdm
 
-MISSING_NO_WEIGHTS = "missing (needs --fid-weights pt_inception-2015-12-05 state dict; not implemented)"
-MISSING_NOT_IMPLEMENTED = (
-    "missing (the FID Inception-v3 feature network is not implemented in upocr yet; weights file {path} not used)"
+MISSING_NO_WEIGHTS = (
+    "missing (needs --fid-weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth; upocr downloads nothing)"
 )
+MISSING_TOO_FEW = "missing ({folder} has {count} readable image(s); FID needs at least 2 per folder)"
+
+FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
+FID_IMAGE_SIZE = 299  # pytorch-fid resizes every batch to 299 x 299 inside the network
+FID_BATCH_SIZE = 50  # pytorch-fid's default --batch-size
+FID_FEATURE_DIM = 2048  # pool3, pytorch-fid's default --dims
+FID_NUM_CLASSES = 1008  # the TF graph's classifier (in the state dict, unused for FID)
+BATCH_NORM_EPS = 0.001  # torchvision's BasicConv2d (TF's value)
+# pytorch-fid 0.3.0 globs `<folder>/*.<ext>` for these (not recursive; case-sensitive on Linux).
+PYTORCH_FID_SUFFIXES = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"})
+# BatchNorm counters: absent from state dicts saved before PyTorch 0.4.1, never used in eval mode.
+_OPTIONAL_KEY_SUFFIX = ".num_batches_tracked"
+
+
+class FIDWeightsError(ValueError):
+    """A weights file that is not the FID Inception-v3 state dict; one line naming the file."""
+
+
+# --------------------------------------------------------------------------------------------
+# The FID Inception-v3 network (pytorch-fid's fid_inception_v3 structure and names)
+# --------------------------------------------------------------------------------------------
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) -> BatchNorm(eps=0.001) -> ReLU; state dict keys `conv.*`, `bn.*`."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, kernel_size, stride=1, padding=0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=BATCH_NORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+def _avg_pool_tf(x: torch.Tensor) -> torch.Tensor:
+    """3x3 stride-1 average pool as TensorFlow's: padded zeros are not counted in the average."""
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+class InceptionA(nn.Module):
+    """Mixed_5b/5c/5d (pytorch-fid's FIDInceptionA): 1x1 | 5x5 | double 3x3 | TF avg pool + 1x1."""
+
+    def __init__(self, in_channels: int, *, pool_features: int) -> None:
+        super().__init__()
+        self.branch1x1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch5x5_1 = BasicConv2d(in_channels, 48, kernel_size=1)
+        self.branch5x5_2 = BasicConv2d(48, 64, kernel_size=5, padding=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, padding=1)
+        self.branch_pool = BasicConv2d(in_channels, pool_features, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, self.branch_pool(_avg_pool_tf(x))], 1)
+
+
+class InceptionB(nn.Module):
+    """Mixed_6a (torchvision's InceptionB): strided 3x3 | strided double 3x3 | strided max pool."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.branch3x3 = BasicConv2d(in_channels, 384, kernel_size=3, stride=2)
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 64, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(64, 96, kernel_size=3, padding=1)
+        self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), branch3x3dbl, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class InceptionC(nn.Module):
+    """Mixed_6b..6e (pytorch-fid's FIDInceptionC): 1x1 | 7x7 | double 7x7 (factorised) | TF avg pool + 1x1."""
+
+    def __init__(self, in_channels: int, *, channels_7x7: int) -> None:
+        super().__init__()
+        c7 = channels_7x7
+        self.branch1x1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = BasicConv2d(c7, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = BasicConv2d(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = BasicConv2d(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = BasicConv2d(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = BasicConv2d(c7, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        branch7x7dbl = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            branch7x7dbl = layer(branch7x7dbl)
+        return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, self.branch_pool(_avg_pool_tf(x))], 1)
+
+
+class InceptionD(nn.Module):
+    """Mixed_7a (torchvision's InceptionD): 1x1 + strided 3x3 | 1x1 + 7x7 + strided 3x3 | strided max pool."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.branch3x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch3x3_2 = BasicConv2d(192, 320, kernel_size=3, stride=2)
+        self.branch7x7x3_1 = BasicConv2d(in_channels, 192, kernel_size=1)
+        self.branch7x7x3_2 = BasicConv2d(192, 192, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = BasicConv2d(192, 192, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = BasicConv2d(192, 192, kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3_2(self.branch3x3_1(x))
+        branch7x7x3 = self.branch7x7x3_1(x)
+        for layer in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
+            branch7x7x3 = layer(branch7x7x3)
+        return torch.cat([branch3x3, branch7x7x3, F.max_pool2d(x, kernel_size=3, stride=2)], 1)
+
+
+class InceptionE(nn.Module):
+    """Mixed_7b / Mixed_7c (pytorch-fid's FIDInceptionE_1 / FIDInceptionE_2).
+
+    `pool`: "avg" (7b: TF average pool without padded zeros) or "max" (7c: the TF graph max-pools
+    here, unlike the paper; pytorch-fid keeps that and so do we).
+    """
+
+    def __init__(self, in_channels: int, *, pool: str) -> None:
+        super().__init__()
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', not {pool!r}")
+        self.pool = pool
+        self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
+        self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
+        self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3_2b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = BasicConv2d(in_channels, 448, kernel_size=1)
+        self.branch3x3dbl_2 = BasicConv2d(448, 384, kernel_size=3, padding=1)
+        self.branch3x3dbl_3a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = BasicConv2d(384, 384, kernel_size=(3, 1), padding=(1, 0))
+        self.branch_pool = BasicConv2d(in_channels, 192, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
+        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
+        pooled = _avg_pool_tf(x) if self.pool == "avg" else F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """The FID Inception-v3 up to pool3. `forward(images in [0, 1], any size) -> (B, 2048) features`.
+
+    `fc` (2048 -> 1008) is part of the weights file and therefore of the state dict, but FID never
+    uses it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE(1280, pool="avg")
+        self.Mixed_7c = InceptionE(2048, pool="max")
+        self.fc = nn.Linear(FID_FEATURE_DIM, FID_NUM_CLASSES)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # pytorch-fid's InceptionV3 wrapper: resize (identity for 299x299 inputs), then [0,1] -> [-1,1].
+        x = F.interpolate(images, size=(FID_IMAGE_SIZE, FID_IMAGE_SIZE), mode="bilinear", align_corners=False)
+        x = 2 * x - 1
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, kernel_size=3, stride=2)
+        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
+                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+            x = block(x)
+        return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)  # pool3
+
+
+def expected_state_keys(*, with_batch_counters: bool = False) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of the FID Inception-v3 state dict (pytorch-fid's names), from a meta-device build."""
+    with torch.device("meta"):
+        network = FIDInceptionV3()
+    return {
+        key: tuple(value.shape)
+        for key, value in network.state_dict().items()
+        if with_batch_counters or not key.endswith(_OPTIONAL_KEY_SUFFIX)
+    }
+
+
+def _load_error_summary(error: BaseException) -> str:
+    """torch.load's long multi-line messages cut to the part that names the problem."""
+    message = str(error)
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    if detail:
+        return detail.group(1).strip()
+    lines = message.strip().splitlines()
+    return lines[0].split(". ")[0][:160] if lines else type(error).__name__
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as error:  # truncated zip, foreign pickle, refused globals: many types
+        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(error))
+        if refused:
+            raise FIDWeightsError(f"{path}: refused to unpickle {refused.group(1)} (only tensors are loaded)") from None
+        raise FIDWeightsError(
+            f"{path}: not a readable PyTorch weights file (truncated or another format: {_load_error_summary(error)})"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FIDWeightsError(f"{path}: not a state dict of tensors (found {type(state).__name__})")
+    return state
+
+
+def load_fid_inception(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> FIDInceptionV3:
+    """The FID Inception-v3 in eval mode with the weights in `path` (pytorch-fid's .pth state dict).
+
+    Every key of pytorch-fid's `fid_inception_v3()` must be present with its shape and nothing else
+    (BatchNorm `num_batches_tracked` counters may be absent); otherwise FIDWeightsError, one line.
+    Cached: the evaluation of several methods with one weights file reads it once.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FID weights file not found")
+    stat = path.stat()
+    return _load_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size, str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(path_text: str, _mtime_ns: int, _size: int, device: str) -> FIDInceptionV3:
+    path = Path(path_text)
+    state = _read_state_dict(path)
+    expected = expected_state_keys(with_batch_counters=True)
+    required = {k for k in expected if not k.endswith(_OPTIONAL_KEY_SUFFIX)}
+    missing = sorted(required - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + (
+            [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        )
+        raise FIDWeightsError(
+            f"{path}: not pytorch-fid's FID Inception-v3 state dict ({FID_WEIGHTS_NAME}): keys " + ", ".join(parts)
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != expected[key]:
+            raise FIDWeightsError(f"{path}: {key} has shape {tuple(tensor.shape)}, expected {expected[key]}")
+        if not key.endswith(_OPTIONAL_KEY_SUFFIX) and not tensor.is_floating_point():
+            raise FIDWeightsError(f"{path}: {key} is {tensor.dtype}, expected floating point")
+    full = {key: (tensor.float() if tensor.is_floating_point() else tensor) for key, tensor in state.items()}
+    for key in expected.keys() - full.keys():  # absent counters
+        full[key] = torch.tensor(0, dtype=torch.long)
+    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+        network = FIDInceptionV3()
+    network.load_state_dict(full, strict=True, assign=True)
+    network = network.to(device).eval().requires_grad_(False)
+    network.weights_key = (path_text, _mtime_ns, _size, device)  # identifies cached folder features
+    return network
+
+
+# --------------------------------------------------------------------------------------------
+# Features of a folder, read as pytorch-fid reads it
+# --------------------------------------------------------------------------------------------
+
+
+def pytorch_fid_file_list(folder: str | os.PathLike) -> list[Path]:
+    """pytorch-fid's files: `<folder>/*.<ext>` for its suffixes (lower case, not recursive), sorted.
+    Hidden files (e.g. half-written temporaries) are left out."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    return sorted(
+        p for p in folder.iterdir()
+        if p.suffix[1:] in PYTORCH_FID_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def fid_input(path: str | os.PathLike) -> torch.Tensor:
+    """One image as the network's input: PIL `.convert('RGB')` -> float (3, 299, 299) in [0, 1].
+
+    pytorch-fid resizes the whole batch inside the network; resizing each image first is the same
+    bilinear resize and lets images of different sizes share a batch (the network's own resize is
+    then the identity). Raises ImageError (one line) for an unreadable file.
+    """
+    from upocr.evaluate.removal import read_rgb_as_original  # removal imports this module
+
+    pixels = np.asarray(read_rgb_as_original(path))
+    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div(255)  # ToTensor
+    return F.interpolate(image[None], size=(FID_IMAGE_SIZE, FID_IMAGE_SIZE), mode="bilinear", align_corners=False)[0]
+
+
+@torch.inference_mode()
+def fid_activations(
+    network: FIDInceptionV3,
+    files: list[Path],
+    *,
+    batch_size: int = FID_BATCH_SIZE,
+    progress: bool = True,
+    description: str = "FID features",
+) -> tuple[np.ndarray, list[str]]:
+    """(pool3 activations (N, 2048) float64 of the readable files, one-line errors for the others)."""
+    from upocr.io import ImageError
+
+    device = next(network.parameters()).device
+    rows: list[np.ndarray] = []
+    errors: list[str] = []
+    batch: list[torch.Tensor] = []
+
+    def run_batch() -> None:
+        rows.append(network(torch.stack(batch).to(device)).double().cpu().numpy())
+        batch.clear()
+
+    for path in tqdm(files, desc=description, unit="img", disable=not progress, file=sys.stderr):
+        try:
+            batch.append(fid_input(path))
+        except ImageError as error:
+            errors.append(str(error))
+            continue
+        if len(batch) == batch_size:
+            run_batch()
+    if batch:
+        run_batch()
+    activations = np.concatenate(rows) if rows else np.empty((0, FID_FEATURE_DIM))
+    return activations, errors
+
+
+# --------------------------------------------------------------------------------------------
+# Fréchet distance
+# --------------------------------------------------------------------------------------------
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> tuple[float, bool]:
+    """(tr sqrtm(sigma1 sigma2), whether the eps*I offset was needed), pytorch-fid's way: when the
+    product's square root is not finite, add eps to both diagonals; drop a negligible imaginary part."""
+    with warnings.catch_warnings():  # singular products are expected (fewer images than dims); handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))
+        offset_used = not np.isfinite(covmean).all()
+        if offset_used:
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the matrix square root")
+        covmean = covmean.real
+    return float(np.trace(covmean)), offset_used
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
@@ -31,24 +406,109 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError("the two feature distributions have different dimensions")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the matrix square root")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    trace_sqrt, _ = _trace_sqrt_product(sigma1, sigma2, eps)
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def activation_statistics(activations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) in float64, as pytorch-fid (`np.mean`, `np.cov(rowvar=False)`)."""
+    activations = np.asarray(activations, dtype=np.float64)
+    return activations.mean(axis=0), np.cov(activations, rowvar=False)
+
+
+def fid_from_activations(act1: np.ndarray, act2: np.ndarray, eps: float = 1e-6) -> float:
+    """FID of two sets of features (rows), equal to `frechet_distance` of their statistics.
+
+    With fewer images than feature dimensions (e.g. 813 test images, 2048 dims) both covariances
+    live in the span of the centred features, so sqrt(sigma1 sigma2) is 0 outside it and its trace
+    is that of the matrix square root of the product restricted to the span. Computing it there
+    (same sqrtm, same eps rule) gives the same number as pytorch-fid's 2048 x 2048 sqrtm, up to that
+    routine's rounding noise on the ~1000 zero eigenvalues, in seconds instead of a minute.
+    """
+    act1, act2 = np.asarray(act1, dtype=np.float64), np.asarray(act2, dtype=np.float64)
+    if act1.ndim != 2 or act2.ndim != 2 or act1.shape[1] != act2.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) with the same D, got {act1.shape} and {act2.shape}")
+    if len(act1) < 2 or len(act2) < 2:
+        raise ValueError("FID needs at least 2 feature vectors per set (a covariance)")
+    (mu1, sigma1), (mu2, sigma2) = activation_statistics(act1), activation_statistics(act2)
+    dims = act1.shape[1]
+    centred = np.concatenate([act1 - mu1, act2 - mu2])
+    if len(centred) >= dims:
+        return frechet_distance(mu1, sigma1, mu2, sigma2, eps)
+    basis, _ = np.linalg.qr(centred.T)  # (D, N) orthonormal columns spanning both covariances
+    trace_sqrt, offset_used = _trace_sqrt_product(basis.T @ sigma1 @ basis, basis.T @ sigma2 @ basis, eps)
+    if offset_used:
+        # pytorch-fid's offset also adds sqrt(eps * eps) for each of the dims - N directions outside the span.
+        trace_sqrt += eps * (dims - len(centred))
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+# --------------------------------------------------------------------------------------------
+# Folders
+# --------------------------------------------------------------------------------------------
+
+
+# Features of the last few folders: `upocr evaluate model` compares every method with the same
+# ground-truth folder, whose features are then computed once. Keyed by weights and file stats.
+_FOLDER_CACHE: dict[tuple, tuple[np.ndarray, list[str]]] = {}
+_FOLDER_CACHE_SIZE = 2
+
+
+def folder_activations(
+    network: FIDInceptionV3, folder: str | os.PathLike, *, batch_size: int = FID_BATCH_SIZE,
+    progress: bool = True, description: str = "FID features",
+) -> tuple[np.ndarray, list[str]]:
+    """`fid_activations` of a folder's pytorch-fid file list (none when the folder does not exist)."""
+    files = pytorch_fid_file_list(folder) if Path(folder).is_dir() else []
+    weights_key = getattr(network, "weights_key", None)  # set by load_fid_inception
+    if weights_key is None:
+        return fid_activations(network, files, batch_size=batch_size, progress=progress, description=description)
+    key = (weights_key, tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+    if key not in _FOLDER_CACHE:
+        _FOLDER_CACHE[key] = fid_activations(network, files, batch_size=batch_size, progress=progress, description=description)
+        while len(_FOLDER_CACHE) > _FOLDER_CACHE_SIZE:
+            _FOLDER_CACHE.pop(next(iter(_FOLDER_CACHE)))
+    activations, errors = _FOLDER_CACHE[key]
+    return activations, list(errors)
+
+
+def default_device() -> torch.device:
+    """pytorch-fid's default: CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def fid_for_folders(
-    gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, *, weights: str | os.PathLike | None
+    gt_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None,
+    device: str | torch.device | None = None,
+    batch_size: int = FID_BATCH_SIZE,
+    progress: bool = True,
 ) -> dict:
-    """{'fid': value or None, 'fid_missing': reason or None}. Never a made-up number."""
+    """`python -m pytorch_fid <gt_dir> <pred_dir>` with the weights file `weights`.
+
+    Returns {'fid': value or None, 'fid_missing': reason or None}; when FID was computed also
+    'fid_images' {'gt': n, 'pred': n} and 'fid_errors' (one line per unreadable file, left out).
+    Never a made-up number: without weights, or with fewer than 2 readable images in a folder, FID
+    is None with the reason. A bad weights file raises FIDWeightsError (a ValueError, one line).
+    """
     if weights is None:
         return {"fid": None, "fid_missing": MISSING_NO_WEIGHTS}
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: FID weights file not found")
-    return {"fid": None, "fid_missing": MISSING_NOT_IMPLEMENTED.format(path=weights)}
+    network = load_fid_inception(weights, device=device or default_device())
+    activations, errors, counts = [], [], {}
+    for name, folder in (("gt", gt_dir), ("pred", pred_dir)):
+        found, folder_errors = folder_activations(
+            network, folder, batch_size=batch_size, progress=progress, description=f"FID features ({name})"
+        )
+        activations.append(found)
+        errors.extend(folder_errors)
+        counts[name] = len(found)
+    result: dict = {"fid": None, "fid_missing": None, "fid_images": counts, "fid_errors": errors}
+    for name, folder in (("gt", gt_dir), ("pred", pred_dir)):
+        if counts[name] < 2:
+            result["fid_missing"] = MISSING_TOO_FEW.format(folder=folder, count=counts[name])
+            return result
+    result["fid"] = fid_from_activations(activations[0], activations[1])
+    return result

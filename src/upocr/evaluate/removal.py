@@ -359,6 +359,6 @@ def evaluate_removal(
     """
     pairs, warnings = removal_pairs(pred_dir, gt_dir)
     result = evaluate_removal_pairs(pairs, size=size, progress=progress)
-    result.metrics.update(fid_for_folders(gt_dir, pred_dir, weights=fid_weights))
+    result.metrics.update(fid_for_folders(gt_dir, pred_dir, weights=fid_weights, progress=progress))
     result.warnings[:0] = warnings
     return result

@@ -124,7 +124,7 @@ def _run_method(task: Task, method: str, pairs: list, errors: list[str], pred_di
     evaluation.errors[:0] = errors
     if task == Task.TEXT_REMOVAL:
         gt_dir = pairs[0][1].parent if pairs else pred_dir
-        evaluation.metrics.update(fid_for_folders(gt_dir, pred_dir, weights=fid_weights))
+        evaluation.metrics.update(fid_for_folders(gt_dir, pred_dir, weights=fid_weights, progress=progress))
     return MethodResult(task=task, method=method, evaluation=evaluation, pairs=pairs)
 
 

@@ -136,9 +136,11 @@ def _unwrap(obj: Any, path: Path) -> tuple[Mapping[str, Any], UPOCRConfig | None
         raise CheckpointError(f"{path}: expected a dict of tensors or a checkpoint dict, found {type(obj).__name__}")
     if "model" in obj and isinstance(obj["model"], Mapping):
         config = None
-        if isinstance(obj.get("config"), Mapping):
+        # Our training checkpoints keep the model's config under "model_config" ("config" is the run's).
+        stored = obj.get("model_config", obj.get("config"))
+        if isinstance(stored, Mapping):
             try:
-                config = UPOCRConfig.from_dict(dict(obj["config"]))
+                config = UPOCRConfig.from_dict(dict(stored))
             except (ValueError, TypeError) as error:
                 raise CheckpointError(f"{path}: invalid model config ({_short(error)})") from None
         elif isinstance(obj.get("args"), argparse.Namespace):

@@ -1,0 +1,178 @@
+"""1:1:1 multi-task batches (reference 3.4), sharded across ranks and resumable mid-epoch.
+
+Every step draws one batch of `batch_per_task` images from every task (in prompt-index order:
+removal, tampering, segmentation) and concatenates them. Each task has its own shuffled
+``DistributedSampler`` (rank's shard, seeded); an exhausted task starts its next epoch with
+``set_epoch(epoch + 1)``, independently of the others. The position (epoch, batches taken) of every
+task is part of the training checkpoint, so a resumed run continues with exactly the next batches
+without loading the skipped ones.
+
+Augmentations are made reproducible per sample: each item is produced with the global ``random``,
+NumPy and torch generators seeded from (seed, task, epoch, sample index) and restored afterwards.
+The same sample therefore gets the same augmentation whatever the number of ranks, the number of
+loader workers, or whether the run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from upocr.tasks import Task
+
+
+def item_seed(seed: int, task: Task, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample's augmentation (a fixed hash, the same in every process)."""
+    state = np.random.SeedSequence([seed, int(task), epoch, index]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset: ``self[(index, seed)]`` returns ``dataset[index]`` produced under `seed`.
+
+    The global generators are restored afterwards, so with in-process loading (num_workers=0) the
+    training loop's own random stream (drop path) is not disturbed by data loading.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Mapping:
+        index, seed = key
+        py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            random.seed(seed)
+            np.random.seed(seed % (1 << 32))
+            torch.manual_seed(seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.set_rng_state(torch_state)
+
+
+@dataclass
+class TaskPosition:
+    epoch: int = 0
+    batch: int = 0  # batches already taken from this epoch
+
+
+class TaskBatches:
+    """One task's batch sampler: the rank's shard of a seeded shuffle, from a resumable position."""
+
+    def __init__(
+        self, task: Task, size: int, batch_size: int, *, seed: int, rank: int, world_size: int, position: TaskPosition
+    ) -> None:
+        self.task, self.batch_size, self.seed = task, batch_size, seed
+        self.sampler = DistributedSampler(
+            range(size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed + 1000 * int(task), drop_last=False
+        )
+        self.batches_per_epoch = self.sampler.num_samples // batch_size  # drop_last batches, like the original
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{task.title}: {size} training samples give each of {world_size} rank(s) {self.sampler.num_samples}, "
+                f"fewer than one batch of {batch_size}; lower batch_per_task or add data"
+            )
+        self.position = position
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        """Batches of (sample index, item seed) from the current position to the end of the epoch."""
+        epoch = self.position.epoch
+        self.sampler.set_epoch(epoch)
+        indices = list(self.sampler)
+        for b in range(self.position.batch, self.batches_per_epoch):
+            chunk = indices[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(i, item_seed(self.seed, self.task, epoch, i)) for i in chunk]
+
+
+def concatenate(batches: list[Mapping]) -> dict:
+    """Concatenate per-task collated batches into one mixed batch (tensors along dim 0, lists joined)."""
+    merged: dict = {}
+    for key in batches[0]:
+        values = [b[key] for b in batches]
+        if isinstance(values[0], torch.Tensor):
+            merged[key] = torch.cat(values, dim=0)
+        else:
+            merged[key] = [item for value in values for item in value]
+    return merged
+
+
+class MultiTaskLoader:
+    """Infinite iterator of 1:1:1 batches over `datasets` ({Task: Dataset}); see the module docstring."""
+
+    def __init__(
+        self,
+        datasets: Mapping[Task, Dataset],
+        *,
+        batch_per_task: int,
+        seed: int = 42,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        if not datasets:
+            raise ValueError("no training tasks: give at least one task with data")
+        self.tasks = sorted(datasets, key=int)
+        self.datasets = {task: SeededItems(datasets[task]) for task in self.tasks}
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.samplers = {
+            task: TaskBatches(
+                task, len(self.datasets[task]), batch_per_task,
+                seed=seed, rank=rank, world_size=world_size, position=TaskPosition(),
+            )
+            for task in self.tasks
+        }  # fmt: skip
+        self._iterators: dict[Task, Iterator] = {}
+
+    def _loader(self, task: Task) -> Iterator:
+        return iter(
+            DataLoader(
+                self.datasets[task],
+                batch_sampler=self.samplers[task],
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=False,
+                # The loader draws its worker base seed when an iterator starts (each epoch, and on
+                # resume): take it from a private generator, not the global one that drop path uses,
+                # so a resumed run's random stream matches the uninterrupted run's. Items are seeded
+                # by SeededItems anyway.
+                generator=torch.Generator().manual_seed(0),
+            )
+        )
+
+    def _next(self, task: Task) -> Mapping:
+        sampler = self.samplers[task]
+        if sampler.position.batch >= sampler.batches_per_epoch:
+            sampler.position = TaskPosition(epoch=sampler.position.epoch + 1, batch=0)
+            self._iterators.pop(task, None)
+        if task not in self._iterators:
+            self._iterators[task] = self._loader(task)
+        batch = next(self._iterators[task])
+        sampler.position.batch += 1
+        return batch
+
+    def __iter__(self) -> "MultiTaskLoader":
+        return self
+
+    def __next__(self) -> dict:
+        return concatenate([self._next(task) for task in self.tasks])
+
+    def state_dict(self) -> dict:
+        """Data position per task: {task short name: {"epoch": e, "batch": b}} (plain ints)."""
+        return {task.short: {"epoch": s.position.epoch, "batch": s.position.batch} for task, s in self.samplers.items()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        for task, sampler in self.samplers.items():
+            if task.short in state:
+                entry = state[task.short]
+                sampler.position = TaskPosition(epoch=int(entry["epoch"]), batch=int(entry["batch"]))
+        self._iterators.clear()

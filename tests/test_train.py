@@ -1,0 +1,235 @@
+"""Training on tiny synthetic data: the loss falls, checkpoints are complete and resumable, bad runs stop."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+
+from upocr.cli import main as cli_main
+from upocr.model.checkpoint import load_model
+from upocr.tasks import Task
+from upocr.train import checkpoint as ckpt
+from upocr.train.config import TrainConfig, resolve_config
+from upocr.train.multitask import MultiTaskLoader
+from upocr.train.trainer import NonFiniteLossError, train, weights_sha256
+
+
+def _config(tmp_path, **changes) -> TrainConfig:
+    values = dict(
+        model="tiny", image_size=64, batch_per_task=2, iterations=8, lr=1e-3, lr_epoch_steps=1,
+        precision="fp32", num_workers=0, checkpoint_every=4, log_every=1, output_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_a_few_steps_lower_the_loss(tmp_path, synthetic_datasets):
+    config = _config(tmp_path, iterations=24, checkpoint_every=0)
+    result = train(config, datasets=synthetic_datasets(), progress=False)
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert result.finished and result.step == 24
+    assert last < 0.75 * first, result.losses
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 25))
+    assert all(float(r["images_per_s"]) > 0 for r in rows) and float(rows[0]["lr"]) == pytest.approx(2e-4)
+    # The end of a run writes a checkpoint, the exported model and the sample picture.
+    assert ckpt.latest_checkpoint(tmp_path / "run").name == "step-00000024.pt"
+    exported = load_model(tmp_path / "run" / "model")
+    assert weights_sha256(exported) == result.weights_sha256
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 1000
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingDataset(torch.utils.data.Dataset):
+    """Wraps a dataset and raises after `after` items: an interrupted run."""
+
+    def __init__(self, dataset, after: int) -> None:
+        self.dataset, self.left = dataset, after
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.left -= 1
+        if self.left < 0:
+            raise _Crash("killed")
+        return self.dataset[index]
+
+
+def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, synthetic_datasets):
+    # 10 steps, checkpoints every 3; 8 samples per task, batches of 2 -> epochs of 4 steps, so the
+    # run resumes mid-epoch (step 6) and then crosses an epoch boundary (re-shuffle).
+    datasets = synthetic_datasets(count=8)
+    straight = train(_config(tmp_path / "a", iterations=10, checkpoint_every=3), datasets=datasets, progress=False)
+
+    interrupted = dict(datasets)
+    interrupted[Task.TEXT_SEGMENTATION] = _CrashingDataset(datasets[Task.TEXT_SEGMENTATION], after=2 * 6 + 1)
+    config = _config(tmp_path / "b", iterations=10, checkpoint_every=3)
+    with pytest.raises(_Crash):
+        train(config, datasets=interrupted, progress=False)  # dies during step 7, after the step-6 checkpoint
+    assert ckpt.latest_checkpoint(config.output_dir).name == "step-00000006.pt"
+    resumed = train(dataclasses.replace(config, resume="auto"), datasets=datasets, progress=False)
+
+    assert resumed.step == 10 and len(resumed.losses) == 4
+    assert resumed.losses == straight.losses[6:]
+    a = load_model(tmp_path / "a" / "run" / "model").state_dict()
+    b = load_model(tmp_path / "b" / "run" / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The log of the resumed run has each step once.
+    rows = list(csv.DictReader(open(tmp_path / "b" / "run" / "train.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+
+
+def test_checkpoint_is_complete_and_loads_with_weights_only(tmp_path, synthetic_datasets):
+    config = _config(tmp_path, iterations=4, checkpoint_every=2, keep_checkpoints=1)
+    train(config, datasets=synthetic_datasets(), progress=False)
+    paths = ckpt.list_checkpoints(config.output_dir)
+    assert [p.name for p in paths] == ["step-00000004.pt"]  # older ones pruned
+    state = torch.load(paths[0], weights_only=True)  # plain data only
+    assert state["format"] == "upocr-train" and state["step"] == 4
+    assert set(state) >= {"model", "model_config", "optimizer", "scheduler", "scaler", "rng", "data", "config"}
+    assert len(state["rng"]) == 1 and state["rng"][0]["torch"].dtype == torch.uint8
+    # 8 samples per task, batch 2: after 4 steps each task finished epoch 0.
+    assert state["data"] == {t.short: {"epoch": 0, "batch": 4} for t in Task}
+    assert state["model_config"]["embed_dim"] == 16
+    assert state["optimizer"]["param_groups"][1]["initial_lr"] == pytest.approx(1e-4)  # encoder at lr x 0.1
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, synthetic_datasets, monkeypatch):
+    config = _config(tmp_path, iterations=4, checkpoint_every=2, keep_checkpoints=0)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint dies half-way through writing
+            with open(f, "wb") as handle:
+                handle.write(b"PK\x03\x04 half a zip")
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(config, datasets=synthetic_datasets(), progress=False)
+    folder = ckpt.checkpoint_dir(config.output_dir)
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000002.pt"]  # no temp file, no partial file
+    assert ckpt.load_checkpoint(folder / "step-00000002.pt")["step"] == 2
+
+
+def test_non_finite_loss_stops_the_run_without_writing(tmp_path, synthetic_datasets):
+    class Poisoned(torch.utils.data.Dataset):
+        def __init__(self, dataset):
+            self.dataset = dataset
+
+        def __len__(self):
+            return len(self.dataset)
+
+        def __getitem__(self, index):
+            item = dict(self.dataset[index])
+            item["image"] = torch.full_like(item["image"], float("nan"))
+            return item
+
+    datasets = synthetic_datasets()
+    datasets[Task.TEXT_REMOVAL] = Poisoned(datasets[Task.TEXT_REMOVAL])
+    config = _config(tmp_path, iterations=4, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"step 1: non-finite loss"):
+        train(config, datasets=datasets, progress=False)
+    assert ckpt.list_checkpoints(config.output_dir) == []
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_loader_is_one_to_one_to_one_and_resumable(synthetic_datasets):
+    datasets = synthetic_datasets(count=6)
+    loader = MultiTaskLoader(datasets, batch_per_task=2, seed=3)
+    batches = [next(loader) for _ in range(5)]
+    for batch in batches:
+        assert batch["task"].tolist() == [0, 0, 1, 1, 2, 2]  # prompt-index order, equal counts
+        assert batch["image"].shape == (6, 3, 64, 64)
+    # One epoch (3 batches) covers every sample of a task once.
+    names = [n for b in batches[:3] for n in b["name"] if n.startswith("removal")]
+    assert sorted(names) == sorted(f"removal-{i:03d}" for i in range(6))
+    # A new loader at the saved position continues with identical batches (augmentations included).
+    restarted = MultiTaskLoader(datasets, batch_per_task=2, seed=3)
+    replay = MultiTaskLoader(datasets, batch_per_task=2, seed=3)
+    for _ in range(2):
+        next(replay)
+    restarted.load_state_dict(replay.state_dict())
+    for expected in batches[2:]:
+        got = next(restarted)
+        assert got["name"] == expected["name"] and torch.equal(got["image"], expected["image"])
+    # Two ranks split every task's batch: together they see what one process with both halves sees.
+    ranks = [MultiTaskLoader(datasets, batch_per_task=1, seed=3, rank=r, world_size=2) for r in range(2)]
+    first = [next(r) for r in ranks]
+    assert sorted(first[0]["name"] + first[1]["name"]) == sorted(batches[0]["name"])
+
+
+def test_cli_trains_from_a_yaml_config_with_flag_overrides(tmp_path, tiny_data_root, capsys):
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(
+        yaml.safe_dump({"model": "tiny", "image_size": 64, "batch_per_task": 2, "iterations": 50, "lr": 1e-3,
+                        "precision": "fp32", "num_workers": 0, "checkpoint_every": 2, "log_every": 1})  # fmt: skip
+    )
+    out = tmp_path / "run"
+    code = cli_main(["train", "--config", str(config_file), "--data-root", str(tiny_data_root), "--iterations", "3",
+                     "--tasks", "removal", "segmentation", "--output", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["iterations"] == 3 and resolved["model"] == "tiny" and resolved["tasks"] == ["removal", "segmentation"]
+    assert resolved["lr"] == pytest.approx(1e-3) and resolved["weight_decay"] == pytest.approx(1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["finished"] and summary["ranks_agree"]
+    rows = list(csv.DictReader(open(out / "train.csv")))
+    assert float(rows[-1]["tampering"]) == 0 and float(rows[-1]["segmentation"]) > 0
+    assert "perceptual and style terms" in capsys.readouterr().err
+    # --resume with a longer run continues from the last checkpoint.
+    code = cli_main(["train", "--config", str(config_file), "--data-root", str(tiny_data_root), "--iterations", "4",
+                     "--tasks", "removal", "segmentation", "--output", str(out), "--no-progress", "--resume"])  # fmt: skip
+    assert code == 0
+    assert json.loads((out / "summary.json").read_text())["step"] == 4
+
+
+def test_cli_stops_at_the_time_limit_and_reports_bad_options(tmp_path, tiny_data_root, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "tiny", "--image-size", "64", "--batch-per-task", "1", "--iterations", "100",
+            "--precision", "fp32", "--num-workers", "0", "--data-root", str(tiny_data_root), "--output", str(out),
+            "--no-progress"]  # fmt: skip
+    assert cli_main(args + ["--max-minutes", "0"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 1 and not summary["finished"]
+    assert ckpt.latest_checkpoint(out).name == "step-00000001.pt"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    assert cli_main(["train", "--config", str(bad)]) == 2
+    assert "bad.yaml: unknown training option(s) learning_rate" in capsys.readouterr().err
+    assert cli_main(args + ["--precision", "fp16"]) == 2
+    assert "fp16 training needs CUDA" in capsys.readouterr().err
+
+
+def test_resolve_config_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.01\nbatch-per-task: 3\nmodel: {preset: tiny, encoder_drop_path: 0.0}\n")
+    config = resolve_config(path, {"lr": 0.02, "iterations": None})
+    assert config.lr == 0.02 and config.batch_per_task == 3 and config.iterations == 80_000
+    assert config.model == {"preset": "tiny", "encoder_drop_path": 0.0}
+
+
+def test_bundled_configs_resolve_and_paper_is_the_original_recipe():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paper = resolve_config(root / "paper.yaml")
+    assert (paper.model, paper.image_size, paper.batch_per_task, paper.iterations) == ("paper", 512, 8, 80_000)
+    assert (paper.lr, paper.encoder_lr_ratio, paper.weight_decay, paper.grad_clip) == (5e-4, 0.1, 1e-4, 0.1)
+    from upocr.train.trainer import build_schedule
+
+    schedule = build_schedule(paper)
+    assert paper.lr * schedule.factor(0) == pytest.approx(1e-4) and paper.lr * schedule.factor(2000) == pytest.approx(4.8625e-4)
+    assert resolve_config(root / "small-synth.yaml").model == "small"
