@@ -1,0 +1,109 @@
+"""Torch datasets over the three layouts: aligned (image, target, mask) tensors for training and evaluation.
+
+Item dict: `image` (3,S,S) float [0,1]; `target` (3,S,S) float (removal: the text-free RGB image;
+segmentation/tampering: `upocr.tasks.encode_*` maps with IGNORE_VALUE for ignored pixels); `mask`
+(1,S,S) float (removal: 1 non-text / 0 text; other tasks all ones); `task` int; `name` str.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from upocr.data import layouts, transforms
+from upocr.tasks import Task, encode_segmentation_target, encode_tampering_target
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+class _LayoutDataset(Dataset):
+    task: Task
+
+    def __init__(self, samples: list, *, size: int = 512, augment: bool = False, rng: random.Random | None = None):
+        self.samples = samples
+        self.size = int(size)
+        self.augment = augment
+        # None -> the `random` module, which DataLoader seeds per worker.
+        self.rng = rng if rng is not None else random
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> transforms.Sample:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load(index)
+        if self.augment:
+            sample = transforms.augment(sample, self.task, self.rng)
+        sample = transforms.resize(sample, self.size)
+        label = sample["label"]
+        if self.task == Task.TEXT_REMOVAL:
+            target = _to_tensor(label)
+            mask = torch.from_numpy(np.array(sample["mask"], dtype=np.float32))[None]
+        else:
+            classes = np.array(label, dtype=np.uint8)
+            encode = encode_segmentation_target if self.task == Task.TEXT_SEGMENTATION else encode_tampering_target
+            target = encode(classes)
+            mask = torch.ones(1, self.size, self.size)
+        return {"image": _to_tensor(sample["image"]), "target": target, "mask": mask, "task": int(self.task),
+                "name": self.samples[index].name}
+
+
+class RemovalDataset(_LayoutDataset):
+    task = Task.TEXT_REMOVAL
+
+    def load(self, index: int) -> transforms.Sample:
+        s = self.samples[index]
+        image, label = layouts.read_rgb(s.image), layouts.read_rgb(s.label)
+        if label.size != image.size:  # a few real pairs differ by a pixel; align to the input
+            label = label.resize(image.size, Image.Resampling.BICUBIC)
+        mask = layouts.read_removal_mask(s.mask)
+        mask_image = Image.fromarray(mask)
+        if mask_image.size != image.size:
+            mask_image = mask_image.resize(image.size, Image.Resampling.NEAREST)
+        return {"image": image, "label": label, "mask": mask_image}
+
+
+class SegmentationDataset(_LayoutDataset):
+    task = Task.TEXT_SEGMENTATION
+
+    def load(self, index: int) -> transforms.Sample:
+        s = self.samples[index]
+        image = layouts.read_rgb(s.image)
+        label = Image.fromarray(layouts.read_segmentation_label(s.label))
+        if label.size != image.size:
+            raise layouts.LayoutError(f"{s.label}: size {label.size} differs from {s.image} {image.size}")
+        return {"image": image, "label": label}
+
+
+class TamperingDataset(_LayoutDataset):
+    task = Task.TAMPERED_TEXT_DETECTION
+
+    def load(self, index: int) -> transforms.Sample:
+        s = self.samples[index]
+        image = layouts.read_rgb(s.image)
+        classes = layouts.read_tampering_label(s.gt, size=(image.height, image.width))
+        return {"image": image, "label": Image.fromarray(classes)}
+
+
+def build_dataset(task: Task | str | int, data_root: str | Path, split: str, *, size: int = 512,
+                  augment: bool, rng: random.Random | None = None) -> Dataset:
+    """The dataset of `task` and `split` under `data_root`. Segmentation's "train" is train + val
+    (as the original). `augment=True` applies the original per-task training augmentations."""
+    task = Task.parse(task)
+    if task == Task.TEXT_REMOVAL:
+        return RemovalDataset(layouts.removal_samples(data_root, split), size=size, augment=augment, rng=rng)
+    if task == Task.TAMPERED_TEXT_DETECTION:
+        return TamperingDataset(layouts.tampering_samples(data_root, split), size=size, augment=augment, rng=rng)
+    samples = layouts.segmentation_samples(data_root, split)
+    if split == "train":
+        samples = sorted(samples + layouts.segmentation_samples(data_root, "val"), key=lambda s: s.name)
+    return SegmentationDataset(samples, size=size, augment=augment, rng=rng)

@@ -1,0 +1,217 @@
+"""The three benchmarks' folder layouts, as the original code reads them (reference section 3.1).
+
+Under one data root:
+
+  TextRemoval/SCUT-ENS/{train,test}/{image,label,mask}/<stem>.jpg
+      image: input; label: text-free ground truth; mask: white background, black text regions.
+  TextSegmentation/TextSeg/image/<name>.jpg, semantic_label/<name>_maskfg.png, split.json
+      label values 100 text, 200 word effect (stroke, shadow...), 255 ignore, 0 background;
+      split.json {"train": [names], "val": [...], "test": [...]}.
+  TamperedTextDetection/Tampered-IC13/{train,test}_img/<name>.<ext>, {train,test}_gt/<stem>.txt
+      one "x1,y1,x2,y2,label" line per word box, label 1 real, 2 tampered.
+
+The same readers serve the real benchmarks and `upocr synth` output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from upocr.tasks import Task
+
+REMOVAL_DIR = Path("TextRemoval") / "SCUT-ENS"
+SEGMENTATION_DIR = Path("TextSegmentation") / "TextSeg"
+TAMPERING_DIR = Path("TamperedTextDetection") / "Tampered-IC13"
+TASK_DIRS = {Task.TEXT_REMOVAL: REMOVAL_DIR, Task.TEXT_SEGMENTATION: SEGMENTATION_DIR,
+             Task.TAMPERED_TEXT_DETECTION: TAMPERING_DIR}
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SEGMENTATION_SPLITS = ("train", "val", "test")
+SPLITS = ("train", "test")
+
+# TextSeg label values and what the readers turn them into.
+TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE = 100, 200, 255
+# Class map values used by readers (the `upocr.tasks.encode_*` inputs).
+IGNORE_CLASS = 255
+REAL_TEXT, TAMPERED_TEXT = 1, 2
+
+
+class LayoutError(ValueError):
+    """A data folder is missing or inconsistent; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class RemovalSample:
+    name: str
+    image: Path
+    label: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class SegmentationSample:
+    name: str
+    image: Path
+    label: Path
+
+
+@dataclass(frozen=True)
+class TamperingSample:
+    name: str
+    image: Path
+    gt: Path
+
+
+def _images_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise LayoutError(f"{folder}: folder not found")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _check_split(split: str, allowed: tuple[str, ...]) -> None:
+    if split not in allowed:
+        raise LayoutError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
+
+
+def _stem(name: str) -> str:
+    # The original takes everything before the first dot (`name.split('.')[0]`).
+    return name.split(".")[0]
+
+
+def removal_samples(data_root: str | Path, split: str) -> list[RemovalSample]:
+    """SCUT-EnsText pairs of <root>/TextRemoval/SCUT-ENS/<split>, sorted by image file name."""
+    _check_split(split, SPLITS)
+    base = Path(data_root) / REMOVAL_DIR / split
+    samples = []
+    for image in _images_in(base / "image"):
+        stem = _stem(image.name)
+        label, mask = base / "label" / f"{stem}.jpg", base / "mask" / f"{stem}.jpg"
+        for needed in (label, mask):
+            if not needed.is_file():
+                raise LayoutError(f"{needed}: missing (needed for {image})")
+        samples.append(RemovalSample(stem, image, label, mask))
+    return samples
+
+
+def _read_split_json(path: Path) -> dict[str, list[str]]:
+    if not path.is_file():
+        raise LayoutError(f"{path}: split file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise LayoutError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise LayoutError(f"{path}: expected an object of name lists, e.g. {{\"train\": [...], \"test\": [...]}}")
+    return data
+
+
+def segmentation_samples(data_root: str | Path, split: str) -> list[SegmentationSample]:
+    """TextSeg samples of `split` ("train", "val", "test") listed in split.json, sorted by name."""
+    _check_split(split, SEGMENTATION_SPLITS)
+    base = Path(data_root) / SEGMENTATION_DIR
+    names = _read_split_json(base / "split.json").get(split, [])
+    samples = []
+    for name in sorted(str(n) for n in names):
+        stem = _stem(name)
+        image, label = base / "image" / f"{stem}.jpg", base / "semantic_label" / f"{stem}_maskfg.png"
+        for needed in (image, label):
+            if not needed.is_file():
+                raise LayoutError(f"{needed}: missing (listed in {base / 'split.json'} under {split!r})")
+        samples.append(SegmentationSample(stem, image, label))
+    return samples
+
+
+def tampering_samples(data_root: str | Path, split: str) -> list[TamperingSample]:
+    """Tampered-IC13 samples of <root>/TamperedTextDetection/Tampered-IC13/<split>_{img,gt}."""
+    _check_split(split, SPLITS)
+    base = Path(data_root) / TAMPERING_DIR
+    samples = []
+    for image in _images_in(base / f"{split}_img"):
+        stem = _stem(image.name)
+        gt = base / f"{split}_gt" / f"{stem}.txt"
+        if not gt.is_file():
+            raise LayoutError(f"{gt}: missing (needed for {image})")
+        samples.append(TamperingSample(stem, image, gt))
+    return samples
+
+
+def available_tasks(data_root: str | Path) -> list[Task]:
+    """Tasks whose benchmark folder exists under `data_root`, in prompt-index order."""
+    root = Path(data_root)
+    return [task for task in sorted(TASK_DIRS) if (root / TASK_DIRS[task]).is_dir()]
+
+
+# --------------------------------------------------------------------------------------------
+# Label readers
+# --------------------------------------------------------------------------------------------
+
+
+def _open(path: str | Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except FileNotFoundError:
+        raise LayoutError(f"{path}: file not found") from None
+    except OSError as error:
+        raise LayoutError(f"{path}: not a readable image ({error})") from None
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    return _open(path).convert("RGB")
+
+
+def read_removal_mask(path: str | Path) -> np.ndarray:
+    """(H, W) uint8, 1 = non-text, 0 = text. PIL convert('1') (Floyd-Steinberg) like the original."""
+    return np.asarray(_open(path).convert("1"), dtype=np.uint8)
+
+
+def read_segmentation_label(path: str | Path) -> np.ndarray:
+    """(H, W) uint8: 1 text (100), 0 background and word effects (0, 200), 255 ignore (255)."""
+    raw = np.asarray(_open(path).convert("L"))
+    label = np.zeros(raw.shape, np.uint8)
+    label[raw == TEXTSEG_TEXT] = 1
+    label[raw == TEXTSEG_IGNORE] = IGNORE_CLASS
+    return label
+
+
+def read_tampering_boxes(gt_path: str | Path) -> list[tuple[int, int, int, int, int]]:
+    """(x1, y1, x2, y2, label) per non-empty line; label must be 1 (real) or 2 (tampered)."""
+    path = Path(gt_path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise LayoutError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise LayoutError(f"{path}: not a text file") from None
+    boxes = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        try:
+            x1, y1, x2, y2, label = (int(round(float(f))) for f in fields[:5])
+        except ValueError:
+            raise LayoutError(f"{path}:{number}: expected 'x1,y1,x2,y2,label', got {line.strip()!r}") from None
+        if len(fields) < 5:
+            raise LayoutError(f"{path}:{number}: expected 'x1,y1,x2,y2,label', got {line.strip()!r}")
+        if label not in (REAL_TEXT, TAMPERED_TEXT):
+            raise LayoutError(f"{path}:{number}: label must be 1 (real) or 2 (tampered), got {label}")
+        boxes.append((x1, y1, x2, y2, label))
+    return boxes
+
+
+def read_tampering_label(gt_path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 class map: 0 background, 1 real, 2 tampered; boxes filled in file order
+    (corners inclusive, later boxes on top), like the original's cv2.rectangle segmentation map."""
+    height, width = size
+    classes = np.zeros((height, width), np.uint8)
+    for x1, y1, x2, y2, label in read_tampering_boxes(gt_path):
+        cv2.rectangle(classes, (x1, y1), (x2, y2), int(label), thickness=-1)
+    return classes

@@ -1,0 +1,239 @@
+"""Write synthetic samples into the three benchmark layouts (see `upocr.data.layouts`).
+
+Determinism: every sample is drawn from its own generator seeded by (seed, split, task, index), so
+the bytes of a sample do not depend on how many worker processes ran or in which order. (They do
+depend on the installed font/photo set and the PIL/OpenCV/libjpeg builds; the manifest records the
+font set.)
+
+Names are `synth_<split>_s<seed>_<index:06d>`, unique per split and seed, so several runs can share a
+root. `<root>/synth-manifest.json` records every completed run; a run whose (task, split, seed)
+already appears there is refused (pick another seed to add more data). A run that was interrupted
+is not in the manifest and can simply be re-run: it rewrites the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from upocr.data import layouts
+from upocr.data.synth import backgrounds, fonts
+from upocr.data.synth.render import removal_mask, render_scene, textseg_label
+from upocr.data.synth.tampering import tamper_scene
+from upocr.tasks import Task
+from upocr.utils import atomic_output
+
+GENERATOR_VERSION = 1
+MANIFEST_NAME = "synth-manifest.json"
+SPLIT_IDS = {"train": 0, "test": 1}
+# Every 8th training name goes to TextSeg's "val" list (the dataset trains on train + val, as the original).
+VAL_EVERY = 8
+MASK_JPEG_QUALITY = 95
+
+
+class SynthError(ValueError):
+    """Bad request (arguments, or a run that would mix with an existing one); one-line message."""
+
+
+def sample_name(split: str, seed: int, index: int) -> str:
+    return f"synth_{split}_s{seed}_{index:06d}"
+
+
+def sample_rng(seed: int, split: str, task: Task, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], int(task), index]))
+
+
+def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+    """512, "512", "640x480" (W x H) or (H, W) -> (height, width)."""
+    if isinstance(size, (int, np.integer)):
+        height = width = int(size)
+    elif isinstance(size, str):
+        parts = size.lower().split("x")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise SynthError(f"size {size!r}: expected N or WxH, e.g. 512 or 640x480") from None
+        if len(values) == 1:
+            height = width = values[0]
+        elif len(values) == 2:
+            width, height = values
+        else:
+            raise SynthError(f"size {size!r}: expected N or WxH, e.g. 512 or 640x480")
+    else:
+        height, width = (int(v) for v in size)
+    if min(height, width) < 32 or max(height, width) > 8192:
+        raise SynthError(f"size {width}x{height}: each side must be between 32 and 8192 pixels")
+    return height, width
+
+
+def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+    with atomic_output(path) as tmp:
+        Image.fromarray(image).save(tmp, format="JPEG", quality=int(quality))
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    with atomic_output(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def _save_text(path: Path, content: str) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(content, encoding="utf-8")
+
+
+def write_sample(root: Path, task: Task, split: str, seed: int, index: int, size: tuple[int, int]) -> str:
+    """Render and write one sample of `task`; returns its name."""
+    name = sample_name(split, seed, index)
+    rng = sample_rng(seed, split, task, index)
+    scene = render_scene(rng, size=size, split=split)
+    quality = scene.degradation.jpeg_quality
+    if task == Task.TEXT_REMOVAL:
+        base = root / layouts.REMOVAL_DIR / split
+        _save_jpeg(base / "image" / f"{name}.jpg", scene.image, quality)
+        _save_jpeg(base / "label" / f"{name}.jpg", scene.background, quality)
+        _save_jpeg(base / "mask" / f"{name}.jpg", removal_mask(scene), MASK_JPEG_QUALITY)
+    elif task == Task.TEXT_SEGMENTATION:
+        base = root / layouts.SEGMENTATION_DIR
+        _save_jpeg(base / "image" / f"{name}.jpg", scene.image, quality)
+        _save_png(base / "semantic_label" / f"{name}_maskfg.png", textseg_label(scene))
+    else:
+        tampered = tamper_scene(rng, scene)
+        base = root / layouts.TAMPERING_DIR
+        # Saved again at a new quality: real text is double-compressed, tampered text is not.
+        _save_jpeg(base / f"{split}_img" / f"{name}.jpg", tampered.image, int(rng.integers(70, 96)))
+        lines = "".join(f"{x1},{y1},{x2},{y2},{label}\n" for (x1, y1, x2, y2), label in zip(tampered.boxes, tampered.labels))
+        _save_text(base / f"{split}_gt" / f"{name}.txt", lines)
+    return name
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def _job(args: tuple) -> tuple[int, str]:
+    root, task, split, seed, index, size = args
+    return int(task), write_sample(Path(root), Task(task), split, seed, index, size)
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        return {"format": 1, "runs": []}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SynthError(f"{path}: unreadable manifest ({error}); fix or remove it") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
+        raise SynthError(f"{path}: not a synth manifest (expected {{\"runs\": [...]}})")
+    return manifest
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _save_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+def _update_textseg_split(root: Path, split: str, names: list[str]) -> None:
+    path = root / layouts.SEGMENTATION_DIR / "split.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for key in layouts.SEGMENTATION_SPLITS:
+        data.setdefault(key, [])
+    for index, name in enumerate(names):
+        key = split if split == "test" else ("val" if index % VAL_EVERY == VAL_EVERY - 1 else "train")
+        if name not in data[key]:
+            data[key].append(name)
+    _write_json(path, data)
+
+
+def generate_dataset(
+    out_root: str | Path,
+    *,
+    count: int,
+    seed: int,
+    split: str = "train",
+    size: int | str | Sequence[int] = 512,
+    tasks: Iterable[Task | str | int] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Write `count` samples per task into the three layouts under `out_root`.
+
+    Returns a summary dict (root, split, seed, count, size, tasks, names per task, seconds,
+    samples_per_second). Raises SynthError for a bad request or a (task, split, seed) already
+    generated under this root.
+    """
+    if split not in SPLIT_IDS:
+        raise SynthError(f"split {split!r}: expected train or test")
+    if int(count) < 1:
+        raise SynthError(f"count {count}: must be at least 1")
+    if int(seed) < 0:
+        raise SynthError(f"seed {seed}: must be a non-negative integer")
+    count, seed = int(count), int(seed)
+    height, width = parse_size(size)
+    task_list = sorted(set(Task.parse_many(tasks))) if tasks is not None else sorted(Task)
+    if not task_list:
+        raise SynthError("no tasks selected")
+    root = Path(out_root)
+    if root.exists() and not root.is_dir():
+        raise SynthError(f"{root}: exists and is not a folder")
+    manifest = read_manifest(root)
+    for run in manifest["runs"]:
+        if run.get("split") == split and run.get("seed") == seed and run.get("task") in [t.short for t in task_list]:
+            raise SynthError(
+                f"{root / MANIFEST_NAME}: {run['task']} split={split} seed={seed} was already generated here "
+                f"({run.get('count')} samples); use another --seed to add more data")
+    root.mkdir(parents=True, exist_ok=True)
+
+    jobs = [(str(root), int(task), split, seed, index, (height, width)) for task in task_list for index in range(count)]
+    workers = os.cpu_count() or 1 if workers is None else max(1, int(workers))
+    workers = min(workers, len(jobs))
+    names: dict[Task, list[str]] = {task: [] for task in task_list}
+    started = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=f"synth {split}", unit="sample", disable=not progress)
+    try:
+        if workers == 1:
+            for job in jobs:
+                task, name = _job(job)
+                names[Task(task)].append(name)
+                bar.update()
+        else:
+            # spawn, not fork: forking a process whose OpenCV/torch thread pools already ran can deadlock.
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(workers, initializer=_worker_init) as pool:
+                for task, name in pool.imap(_job, jobs, chunksize=4):
+                    names[Task(task)].append(name)
+                    bar.update()
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+
+    if Task.TEXT_SEGMENTATION in names:
+        _update_textseg_split(root, split, names[Task.TEXT_SEGMENTATION])
+    manifest = read_manifest(root)  # re-read: another run may have finished meanwhile
+    for task in task_list:
+        manifest["runs"].append({
+            "task": task.short, "split": split, "seed": seed, "count": count, "size": [height, width],
+            "first": names[task][0], "last": names[task][-1], "generator_version": GENERATOR_VERSION,
+            "fonts": [Path(f.path).name for f in fonts.fonts_for_split(split)],
+            "photos": [Path(p).name for p in backgrounds.photos_for_split(split)],
+        })
+    _write_json(root / MANIFEST_NAME, manifest)
+    return {
+        "root": str(root), "split": split, "seed": seed, "count": count, "size": (height, width),
+        "tasks": [t.short for t in task_list], "names": {t.short: n for t, n in names.items()},
+        "seconds": seconds, "samples_per_second": len(jobs) / max(seconds, 1e-9),
+    }

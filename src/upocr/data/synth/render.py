@@ -1,0 +1,510 @@
+"""Render one synthetic scene with exact ground truth.
+
+A scene is a background (photo or procedural), text blocks drawn on top (font, size, colour, stroke,
+shadow, rotation, perspective, curved baseline, several lines), then photometric degradations applied
+identically to the composite and to the text-free background (illumination, blur, noise; JPEG happens
+when files are written). Because both go through the same operations with the same random field, the
+text-free image differs from the image only where text (or its blur footprint) is.
+
+Every block remembers how it was drawn (style, layer, warp) so `tampering.py` can re-render a word in
+the same place looking like its neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+from upocr.data.synth import backgrounds, fonts, text
+
+MIN_FONT_PX = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Descriptions of what was drawn
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TextStyle:
+    font: fonts.FontSpec
+    size: int
+    fill: np.ndarray  # RGB float
+    fill_bottom: np.ndarray | None = None  # vertical gradient fill end colour
+    stroke_width: int = 0
+    stroke: np.ndarray | None = None
+    shadow_offset: tuple[float, float] | None = None
+    shadow_blur: float = 0.0
+    shadow_opacity: float = 0.0
+    shadow_colour: np.ndarray | None = None
+
+    def margin(self, blur_reach: float) -> int:
+        """Pixels around a glyph box that may differ from the background (stroke, shadow, blur)."""
+        extra = self.stroke_width
+        if self.shadow_offset is not None:
+            extra += int(math.ceil(max(abs(self.shadow_offset[0]), abs(self.shadow_offset[1])) + 3 * self.shadow_blur))
+        return extra + 2 + int(math.ceil(blur_reach))
+
+
+@dataclass
+class BlockGeometry:
+    """Layer (height, width) -> curved layer (vertical sine offsets) -> homography into the image."""
+
+    layer_size: tuple[int, int]
+    curve_amplitude: float
+    curve_period: float
+    curve_phase: float
+    homography: np.ndarray  # 3x3, curved-layer pixel coords -> image coords
+
+    @property
+    def curve_pad(self) -> int:
+        return int(math.ceil(abs(self.curve_amplitude))) + 1
+
+    def curve_offset(self, x: np.ndarray) -> np.ndarray:
+        if self.curve_amplitude == 0:
+            return np.zeros_like(x)
+        return self.curve_amplitude * np.sin(2 * np.pi * x / self.curve_period + self.curve_phase)
+
+    def layer_to_image(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) layer points -> (N, 2) image points."""
+        points = np.asarray(points, np.float64)
+        curved = np.stack([points[:, 0], points[:, 1] + self.curve_pad + self.curve_offset(points[:, 0])], 1)
+        return cv2.perspectiveTransform(curved[None], self.homography)[0]
+
+    def image_bounds(self, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1) of the warped layer inside the image (end exclusive; may be empty)."""
+        h, w = self.layer_size
+        corners = np.float64([[0, 0], [w, 0], [w, h + 2 * self.curve_pad], [0, h + 2 * self.curve_pad]])
+        warped = cv2.perspectiveTransform(corners[None], self.homography)[0]
+        x0, y0 = np.floor(warped.min(0)).astype(int) - 1
+        x1, y1 = np.ceil(warped.max(0)).astype(int) + 2
+        return max(0, y0), max(0, x0), min(out_hw[0], y1), min(out_hw[1], x1)
+
+    def warp(self, layers: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[slice, slice]]:
+        """(h, w, C<=4) float layer stack -> (crop, region): the warped stack only over the image
+        region it can touch (compositing a block costs its size, not the image's)."""
+        h, w = self.layer_size
+        if self.curve_amplitude != 0:
+            pad = self.curve_pad
+            ys, xs = np.mgrid[0:h + 2 * pad, 0:w].astype(np.float32)
+            map_y = ys - pad - self.curve_offset(xs).astype(np.float32)
+            layers = cv2.remap(layers, xs, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        else:
+            layers = np.pad(layers, ((self.curve_pad, self.curve_pad), (0, 0), (0, 0)))
+        y0, x0, y1, x1 = self.image_bounds(out_hw)
+        channels = layers.shape[2]
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((0, 0, channels), np.float32), (slice(0, 0), slice(0, 0))
+        shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
+        crop = cv2.warpPerspective(layers, shift @ self.homography, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return crop.reshape(y1 - y0, x1 - x0, channels), (slice(y0, y1), slice(x0, x1))
+
+
+@dataclass
+class Word:
+    text: str
+    script: str
+    block: int
+    origin: tuple[float, float]  # left-baseline anchor in layer coordinates
+    local_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in layer coords (incl. effects + margin)
+    polygon: np.ndarray  # (N, 2) float image coordinates
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 inclusive, clipped to the image
+
+
+@dataclass
+class Block:
+    style: TextStyle
+    geometry: BlockGeometry
+
+
+@dataclass
+class Degradation:
+    """Photometric degradations shared by the image and its text-free twin."""
+
+    illumination: np.ndarray | None  # (H, W, 1) multiplicative field
+    blur_sigma: float
+    motion_kernel: np.ndarray | None
+    noise: np.ndarray | None  # (H, W, 3) additive field
+    jpeg_quality: int
+
+    @property
+    def reach(self) -> float:
+        """How far (pixels) blurring carries a change: word boxes are grown by this much."""
+        motion = 0.0 if self.motion_kernel is None else self.motion_kernel.shape[0] / 2
+        return 3 * self.blur_sigma + motion
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        out = image
+        if self.illumination is not None:
+            out = out * self.illumination
+        if self.blur_sigma > 0:
+            out = cv2.GaussianBlur(out, (0, 0), self.blur_sigma)
+        if self.motion_kernel is not None:
+            out = cv2.filter2D(out, -1, self.motion_kernel)
+        if self.noise is not None:
+            out = out + self.noise
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # (H, W, 3) uint8, degraded composite
+    background: np.ndarray  # (H, W, 3) uint8, same degradations, no text
+    clean_background: np.ndarray  # (H, W, 3) float32, before degradations (for re-rendering)
+    fill: np.ndarray  # (H, W) float32 glyph coverage (before blur)
+    effect: np.ndarray  # (H, W) float32 stroke/shadow coverage (before blur)
+    words: list[Word]
+    blocks: list[Block]
+    degradation: Degradation
+    split: str = "train"
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def luminance(colour: np.ndarray) -> float:
+    return float(0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2])
+
+
+def contrasting_colour(rng: np.random.Generator, against: np.ndarray, min_contrast: float) -> np.ndarray:
+    """A random colour whose luminance differs from `against` by at least `min_contrast`."""
+    colour = rng.uniform(0, 255, 3)
+    if rng.random() < 0.45:  # many real texts are near-black or near-white
+        colour = np.full(3, rng.uniform(0, 40) if rng.random() < 0.6 else rng.uniform(215, 255)) + rng.normal(0, 6, 3)
+    colour = np.clip(colour, 0, 255)
+    bg = luminance(against)
+    if abs(luminance(colour) - bg) < min_contrast:
+        # Move towards black or white (whichever side has room) until the contrast is reached.
+        target = np.zeros(3) if bg > 127 else np.full(3, 255.0)
+        if (bg > 127 and bg < min_contrast) or (bg <= 127 and 255 - bg < min_contrast):
+            target = 255.0 - target
+        lum_c, lum_t = luminance(colour), luminance(target)
+        want = bg - min_contrast if lum_t < bg else bg + min_contrast
+        t = np.clip((want - lum_c) / (lum_t - lum_c), 0, 1) if lum_t != lum_c else 1.0
+        colour = colour + t * (target - colour)
+    return np.clip(colour, 0, 255).astype(np.float32)
+
+
+def _random_style(rng: np.random.Generator, font: fonts.FontSpec, size: int, bg_colour: np.ndarray) -> TextStyle:
+    contrast = rng.uniform(30, 60) if rng.random() < 0.1 else rng.uniform(70, 220)
+    if size < 20:  # small print is only legible (and only labelled sensibly) with real contrast
+        contrast = max(contrast, 100.0)
+    fill = contrasting_colour(rng, bg_colour, contrast)
+    style = TextStyle(font=font, size=size, fill=fill)
+    if rng.random() < 0.1:
+        style.fill_bottom = np.clip(fill + rng.normal(0, 50, 3), 0, 255).astype(np.float32)
+    if rng.random() < 0.22 and size >= 14:
+        style.stroke_width = max(1, int(round(size * rng.uniform(0.03, 0.1))))
+        style.stroke = contrasting_colour(rng, fill, rng.uniform(60, 200))
+    if rng.random() < 0.18 and size >= 12:
+        angle = rng.uniform(0, 2 * np.pi)
+        distance = size * rng.uniform(0.03, 0.1) + 1
+        style.shadow_offset = (float(distance * np.cos(angle)), float(distance * np.sin(angle)))
+        style.shadow_blur = float(rng.uniform(0, size * 0.06))
+        style.shadow_opacity = float(rng.uniform(0.45, 0.9))
+        style.shadow_colour = np.clip(rng.uniform(0, 60, 3), 0, 255).astype(np.float32)
+    return style
+
+
+def draw_word_layers(style: TextStyle, words: list[tuple[str, tuple[float, float]]],
+                     layer_size: tuple[int, int]) -> np.ndarray:
+    """(h, w, 4) float32 layer stack in [0, 1]: glyph fill, fill+stroke ('body'), shadow coverage, and
+    the layer's vertical position (for gradient fills, so the gradient follows the block's warp)."""
+    h, w = layer_size
+    font = fonts.load_font(style.font.path, style.size)
+    fill_img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(fill_img)
+    for word, origin in words:
+        draw.text(origin, word, font=font, fill=255, anchor="ls")
+    fill = np.asarray(fill_img, np.float32) / 255.0
+    if style.stroke_width > 0:
+        body_img = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(body_img)
+        for word, origin in words:
+            draw.text(origin, word, font=font, fill=255, anchor="ls", stroke_width=style.stroke_width, stroke_fill=255)
+        body = np.maximum(np.asarray(body_img, np.float32) / 255.0, fill)
+    else:
+        body = fill
+    shadow = np.zeros_like(fill)
+    if style.shadow_offset is not None:
+        dx, dy = style.shadow_offset
+        shift = np.float32([[1, 0, dx], [0, 1, dy]])
+        shadow = cv2.warpAffine(body, shift, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+        if style.shadow_blur > 0.3:
+            shadow = cv2.GaussianBlur(shadow, (0, 0), style.shadow_blur)
+        shadow = shadow * style.shadow_opacity
+    ramp = np.broadcast_to(np.linspace(0, 1, h, dtype=np.float32)[:, None], (h, w))
+    return np.ascontiguousarray(np.stack([fill, body, shadow, ramp], axis=-1))
+
+
+def composite(base: np.ndarray, warped: np.ndarray, style: TextStyle) -> np.ndarray:
+    """Alpha-composite shadow, stroke then fill of one block onto a float (h, w, 3) image (or the view
+    of the region the warped stack covers), in place."""
+    fill, body, shadow = warped[..., 0:1], warped[..., 1:2], warped[..., 2:3]
+    if style.shadow_offset is not None:
+        base *= 1 - shadow
+        base += shadow * style.shadow_colour
+    if style.stroke_width > 0:
+        base *= 1 - body
+        base += body * style.stroke
+    if style.fill_bottom is not None:
+        ramp = warped[..., 3:4]
+        colour = style.fill * (1 - ramp) + style.fill_bottom * ramp
+    else:
+        colour = style.fill
+    base *= 1 - fill
+    base += fill * colour
+    return base
+
+
+def polygon_of(geometry: BlockGeometry, local_box: tuple[float, float, float, float], points: int = 6) -> np.ndarray:
+    x0, y0, x1, y1 = local_box
+    xs = np.linspace(x0, x1, points)
+    outline = np.concatenate([np.stack([xs, np.full(points, y0)], 1), np.stack([xs[::-1], np.full(points, y1)], 1)])
+    return geometry.layer_to_image(outline).astype(np.float32)
+
+
+def box_of(polygon: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    h, w = hw
+    x1, y1 = np.floor(polygon.min(0)).astype(int)
+    x2, y2 = np.ceil(polygon.max(0)).astype(int)
+    return int(np.clip(x1, 0, w - 1)), int(np.clip(y1, 0, h - 1)), int(np.clip(x2, 0, w - 1)), int(np.clip(y2, 0, h - 1))
+
+
+def fill_polygons(polygons: list[np.ndarray], hw: tuple[int, int], value: int = 1) -> np.ndarray:
+    mask = np.zeros(hw, np.uint8)
+    for polygon in polygons:  # one call per polygon: a single fillPoly call cancels overlaps (even-odd)
+        cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], value)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Scene
+# --------------------------------------------------------------------------------------------
+
+
+def _random_degradation(rng: np.random.Generator, hw: tuple[int, int]) -> Degradation:
+    h, w = hw
+    illumination = None
+    if rng.random() < 0.5:
+        field = backgrounds._fractal_noise(rng, h, w, octaves=2)
+        illumination = (1 + rng.uniform(0.1, 0.45) * (field - 0.5))[..., None].astype(np.float32)
+    blur = float(rng.uniform(0.3, 1.2)) if rng.random() < 0.55 else 0.0
+    motion = None
+    if rng.random() < 0.1:
+        length = int(rng.integers(3, 8))
+        kernel = np.zeros((length, length), np.float32)
+        kernel[length // 2, :] = 1
+        rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), float(rng.uniform(0, 180)), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (length, length))
+        motion = kernel / max(float(kernel.sum()), 1e-6)
+    noise = None
+    if rng.random() < 0.6:
+        noise = rng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(rng.uniform(1, 7))
+    return Degradation(illumination, blur, motion, noise, int(rng.integers(60, 96)))
+
+
+def _layout_lines(rng: np.random.Generator, script: str, style: TextStyle, font_path: list[fonts.FontSpec],
+                  document: bool, max_width: float) -> list[list[str]]:
+    lines_count = int(rng.integers(3, 9)) if document else int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
+    words_max = 7 if document else 4
+    font = fonts.load_font(style.font.path, style.size)
+    lines = []
+    for _ in range(lines_count):
+        line: list[str] = []
+        for _ in range(int(rng.integers(1, words_max + 1))):
+            word = text.random_word(rng, script)
+            if not fonts.covers(style.font, word):
+                continue
+            if font.getlength(" ".join(line + [word])) > max_width and line:
+                break
+            line.append(word)
+        if line:
+            lines.append(line)
+    return lines
+
+
+def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndarray, split: str,
+               document: bool, blur_reach: float, block_index: int, size_scale: float):
+    """Choose, lay out and place one block; returns (Block, words, warped layers) or None."""
+    h, w = occupied.shape
+    min_dim = min(h, w)
+    font = fonts.fonts_for_split(split)[int(rng.integers(len(fonts.fonts_for_split(split))))]
+    if document:
+        size = rng.uniform(0.025, 0.05) * min_dim
+    else:
+        size = math.exp(rng.uniform(math.log(0.03), math.log(0.17))) * min_dim
+    size = max(MIN_FONT_PX, int(round(size * size_scale)))
+    script = text.choose_script(rng)
+    if not fonts.covers(font, text.random_word(rng, script)):
+        script = "english"
+    # Colour decided against the background's overall colour; refined after placement below.
+    global_mean = np.asarray(cv2.mean(scene_bg)[:3], np.float32)
+    style = _random_style(rng, font, size, global_mean)
+    lines = _layout_lines(rng, script, style, [font], document, max_width=w * 0.9)
+    if not lines:
+        return None
+    pil_font = fonts.load_font(font.path, size)
+    margin = style.margin(blur_reach)
+    pad = margin + 2
+    ascent, descent = pil_font.getmetrics()
+    line_height = (ascent + descent) * rng.uniform(1.0, 1.35)
+    space = pil_font.getlength(" ") * rng.uniform(1.0, 1.6)
+    widths = [sum(pil_font.getlength(wd) for wd in line) + space * (len(line) - 1) for line in lines]
+    block_w = max(widths)
+    align = rng.choice(["left", "center"]) if not document else "left"
+    layer_w = int(math.ceil(block_w + 2 * pad + style.stroke_width * 2))
+    layer_h = int(math.ceil(line_height * (len(lines) - 1) + ascent + descent + 2 * pad))
+    placed: list[tuple[str, tuple[float, float]]] = []
+    for row, (line, width) in enumerate(zip(lines, widths)):
+        x = pad + style.stroke_width + ((block_w - width) / 2 if align == "center" else 0)
+        y = pad + ascent + row * line_height
+        for word in line:
+            placed.append((word, (float(x), float(y))))
+            x += pil_font.getlength(word) + space
+    # Geometry: curve, rotation, perspective, position.
+    amplitude = 0.0
+    if not document and rng.random() < 0.15 and len(lines) <= 2:
+        amplitude = float(rng.uniform(0.05, 0.25) * layer_w * rng.choice([-1, 1]) * 0.3)
+    period = float(layer_w * rng.uniform(1.5, 3.0))
+    phase = float(rng.uniform(0, 2 * np.pi))
+    r = rng.random()
+    if document:
+        angle = rng.normal(0, 1.5)
+    elif r < 0.55:
+        angle = rng.normal(0, 3)
+    elif r < 0.92:
+        angle = rng.uniform(-30, 30)
+    else:
+        angle = rng.uniform(-90, 90)
+    pad_c = int(math.ceil(abs(amplitude))) + 1
+    src = np.float32([[0, 0], [layer_w, 0], [layer_w, layer_h + 2 * pad_c], [0, layer_h + 2 * pad_c]])
+    centred = src - src.mean(0)
+    theta = np.deg2rad(angle)
+    rot = np.float32([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    dst = centred @ rot.T
+    if rng.random() < 0.35:
+        jitter = rng.uniform(0.02, 0.12) * max(layer_w, layer_h)
+        dst = dst + rng.uniform(-jitter, jitter, dst.shape).astype(np.float32)
+    ext = dst.max(0) - dst.min(0)
+    if ext[0] > w - 2 or ext[1] > h - 2:
+        return "too-big"
+    lo = -dst.min(0)
+    hi = np.array([w - 1, h - 1], np.float32) - dst.max(0)
+    for _ in range(6):
+        centre = rng.uniform(lo, hi).astype(np.float32)
+        homography = cv2.getPerspectiveTransform(src, (dst + centre).astype(np.float32))
+        geometry = BlockGeometry((layer_h, layer_w), amplitude, period, phase, homography.astype(np.float64))
+        # Overlap test on the whole block's outline (cheap); word polygons only once placed.
+        if amplitude == 0:
+            outline = cv2.perspectiveTransform(src[None].astype(np.float64), geometry.homography)[0]
+        else:
+            y0, x0, y1, x1 = geometry.image_bounds((h, w))
+            outline = np.float64([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        footprint = fill_polygons([outline], (h, w))
+        if not np.logical_and(footprint, occupied).any():
+            words = []
+            for word, origin in placed:
+                left, top, right, bottom = pil_font.getbbox(word, anchor="ls", stroke_width=style.stroke_width)
+                local = [origin[0] + left - margin, origin[1] + top - margin, origin[0] + right + margin,
+                         origin[1] + bottom + margin]
+                if style.shadow_offset is not None:
+                    dx, dy = style.shadow_offset
+                    local = [min(local[0], local[0] + dx), min(local[1], local[1] + dy),
+                             max(local[2], local[2] + dx), max(local[3], local[3] + dy)]
+                local = (max(local[0], 0.0), max(local[1], 0.0), min(local[2], layer_w), min(local[3], layer_h))
+                polygon = polygon_of(geometry, local)
+                words.append(Word(word, script, block_index, origin, local, polygon, box_of(polygon, (h, w))))
+            # Re-pick the colour against the actual local background so contrast is as intended.
+            local_bg = np.asarray(cv2.mean(scene_bg, mask=footprint)[:3], np.float32) if footprint.any() else global_mean
+            recoloured = _random_style(rng, font, size, local_bg)
+            style.fill, style.fill_bottom = recoloured.fill, (
+                None if style.fill_bottom is None else recoloured.fill_bottom)
+            if style.stroke_width > 0:
+                style.stroke = contrasting_colour(rng, style.fill, rng.uniform(60, 200))
+            layers = draw_word_layers(style, placed, (layer_h, layer_w))
+            warped, region = geometry.warp(layers, (h, w))
+            occupied |= cv2.dilate(footprint, np.ones((3, 3), np.uint8))
+            return Block(style, geometry), words, warped, region
+    return None
+
+
+def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train") -> Scene:
+    """One scene of `size` (height, width) drawn with the split's fonts and photos."""
+    h, w = size
+    clean_bg = backgrounds.random_background(rng, split, h, w)
+    degradation = _random_degradation(rng, (h, w))
+    document = rng.random() < 0.15
+    if document:
+        paper = backgrounds.procedural_background(rng, h, w)
+        clean_bg = np.clip(clean_bg * 0.15 + np.clip(paper + 120, 0, 255) * 0.85, 0, 255).astype(np.float32)
+    image = clean_bg.copy()
+    occupied = np.zeros((h, w), np.uint8)
+    fill_cov = np.zeros((h, w), np.float32)
+    effect_cov = np.zeros((h, w), np.float32)
+    words: list[Word] = []
+    blocks: list[Block] = []
+    wanted = int(rng.integers(1, 3)) if document else int(rng.integers(1, 6))
+    attempts = 0
+    size_scale = 1.0
+    while len(blocks) < wanted and attempts < wanted * 4:
+        attempts += 1
+        result = _try_block(rng, clean_bg, occupied, split, document, degradation.reach, len(blocks), size_scale)
+        if result == "too-big":
+            size_scale *= 0.7
+            continue
+        if result is None:
+            continue
+        block, block_words, warped, region = result
+        composite(image[region], warped, block.style)
+        np.maximum(fill_cov[region], warped[..., 0], out=fill_cov[region])
+        effect = np.maximum(warped[..., 1] if block.style.stroke_width > 0 else 0, warped[..., 2])
+        np.maximum(effect_cov[region], effect, out=effect_cov[region])
+        blocks.append(block)
+        words.extend(block_words)
+    return Scene(
+        image=degradation.apply(image),
+        background=degradation.apply(clean_bg),
+        clean_background=clean_bg,
+        fill=fill_cov,
+        effect=effect_cov,
+        words=words,
+        blocks=blocks,
+        degradation=degradation,
+        split=split,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth derived from a scene
+# --------------------------------------------------------------------------------------------
+
+# TextSeg label values written by the generator (the reader maps 100 -> text, 200 -> background,
+# 255 -> ignore, like the original's ConvertLabel).
+TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE = 100, 200, 255
+
+
+def textseg_label(scene: Scene) -> np.ndarray:
+    """(H, W) uint8 TextSeg label: 100 glyph (coverage >= 0.5), 200 word effect (stroke/shadow
+    coverage >= 0.5 off the glyph), 255 ignore (anti-aliased glyph fringe, coverage in [0.15, 0.5)
+    and not an effect), 0 background."""
+    label = np.zeros(scene.fill.shape, np.uint8)
+    label[(scene.fill >= 0.15) & (scene.fill < 0.5) & (scene.effect < 0.5)] = TEXTSEG_IGNORE
+    label[(scene.effect >= 0.5) & (scene.fill < 0.5)] = TEXTSEG_EFFECT
+    label[scene.fill >= 0.5] = TEXTSEG_TEXT
+    return label
+
+
+def removal_mask(scene: Scene) -> np.ndarray:
+    """(H, W, 3) uint8 SCUT-EnsText-style mask: white background, word polygons black."""
+    words = fill_polygons([wd.polygon for wd in scene.words], scene.fill.shape)
+    mask = np.where(words[..., None] > 0, 0, 255).astype(np.uint8)
+    return np.repeat(mask, 3, axis=2)

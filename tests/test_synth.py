@@ -1,0 +1,159 @@
+"""Synthetic data generator: determinism, layouts, value sets, ground-truth consistency, partition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from upocr.cli import main as cli_main
+from upocr.data import layouts
+from upocr.data.datasets import build_dataset
+from upocr.data.synth import SynthError, generate_dataset, parse_size
+from upocr.data.synth import backgrounds, fonts
+from upocr.data.synth.render import fill_polygons, render_scene, textseg_label
+from upocr.data.synth.tampering import tamper_scene
+from upocr.tasks import Task
+
+SIZE = 96
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and p.name != "synth-manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, count=3, seed=5, split="train", size=SIZE, workers=1, progress=False)
+    return root
+
+
+def test_same_seed_gives_same_bytes_with_any_worker_count(tmp_path: Path, synth_root: Path):
+    generate_dataset(tmp_path / "b", count=3, seed=5, split="train", size=SIZE, workers=2, progress=False)
+    first, second = _tree_bytes(synth_root), _tree_bytes(tmp_path / "b")
+    assert first.keys() == second.keys() and len(first) == 3 * (3 + 2 + 2) + 1  # + split.json
+    assert first == second
+
+
+def test_different_seed_gives_different_images(tmp_path: Path, synth_root: Path):
+    generate_dataset(tmp_path, count=1, seed=6, split="train", size=SIZE, tasks=["removal"], workers=1, progress=False)
+    a = (synth_root / "TextRemoval/SCUT-ENS/train/image/synth_train_s5_000000.jpg").read_bytes()
+    b = (tmp_path / "TextRemoval/SCUT-ENS/train/image/synth_train_s6_000000.jpg").read_bytes()
+    assert a != b
+
+
+def test_layouts_are_readable_with_the_benchmark_readers(synth_root: Path):
+    names = [f"synth_train_s5_{i:06d}" for i in range(3)]
+    assert [s.name for s in layouts.removal_samples(synth_root, "train")] == names
+    assert [s.name for s in layouts.tampering_samples(synth_root, "train")] == names
+    split = json.loads((synth_root / layouts.SEGMENTATION_DIR / "split.json").read_text())
+    assert sorted(split["train"] + split["val"]) == names and split["test"] == []
+    for task in Task:
+        item = build_dataset(task, synth_root, "train", size=64, augment=False)[0]
+        assert item["image"].shape == item["target"].shape == (3, 64, 64)
+
+
+def test_label_value_sets(synth_root: Path):
+    for sample in layouts.segmentation_samples(synth_root, "train"):
+        raw = np.asarray(layouts.Image.open(sample.label))
+        assert raw.shape == (SIZE, SIZE) and set(np.unique(raw)) <= {0, 100, 200, 255}
+    masks = [layouts.read_removal_mask(s.mask) for s in layouts.removal_samples(synth_root, "train")]
+    assert all(set(np.unique(m)) <= {0, 1} for m in masks) and any((m == 0).any() for m in masks)
+    boxes = [b for s in layouts.tampering_samples(synth_root, "train") for b in layouts.read_tampering_boxes(s.gt)]
+    assert boxes and {b[4] for b in boxes} <= {1, 2}
+    assert all(0 <= x1 <= x2 < SIZE and 0 <= y1 <= y2 < SIZE for x1, y1, x2, y2, _ in boxes)
+
+
+def test_outside_the_text_mask_image_and_label_agree(synth_root: Path):
+    """On disk: equal up to the JPEG round-trip (8x8 blocks touching text may differ)."""
+    import cv2
+
+    for sample in layouts.removal_samples(synth_root, "train"):
+        image = np.asarray(layouts.read_rgb(sample.image), np.float32)
+        label = np.asarray(layouts.read_rgb(sample.label), np.float32)
+        non_text = layouts.read_removal_mask(sample.mask).astype(np.uint8)
+        far = cv2.erode(non_text, np.ones((17, 17), np.uint8)).astype(bool)  # away from blocks with text
+        assert far.sum() > SIZE * SIZE // 10
+        assert np.abs(image - label)[far].mean() < 1.0
+
+
+def test_scene_ground_truth_is_exact_before_compression():
+    for index in range(4):
+        scene = render_scene(np.random.default_rng([11, index]), size=(SIZE, SIZE), split="train")
+        assert scene.words
+        inside = fill_polygons([w.polygon for w in scene.words], (SIZE, SIZE)).astype(bool)
+        assert np.array_equal(scene.image[~inside], scene.background[~inside])
+        assert not np.array_equal(scene.image[inside], scene.background[inside])
+        label = textseg_label(scene)
+        assert (label[~inside] == 0).all()  # every text/effect pixel lies in a word polygon
+        assert (label == 100).any()
+
+
+def test_tampering_replaces_some_words_and_labels_them():
+    scene = render_scene(np.random.default_rng(3), size=(128, 128), split="train")
+    result = tamper_scene(np.random.default_rng(4), scene, tamper_probability=1.0)
+    assert len(result.boxes) == len(result.labels) == len(scene.words)
+    assert 2 in result.labels
+    assert result.image.shape == scene.image.shape
+    # Tampered boxes changed, real boxes only carry the JPEG round-trip of the "original photo".
+    for (x1, y1, x2, y2), label, word in zip(result.boxes, result.labels, scene.words):
+        if label == 2:
+            assert (x1, y1, x2, y2) != (-1, -1, -1, -1)
+            assert x1 <= word.box[0] and x2 >= word.box[2]
+
+
+def test_train_and_test_use_disjoint_fonts_and_photos():
+    train_fonts, test_fonts = fonts.fonts_for_split("train"), fonts.fonts_for_split("test")
+    assert train_fonts and test_fonts
+    assert not {f.family for f in train_fonts} & {f.family for f in test_fonts}
+    assert not {f.path for f in train_fonts} & {f.path for f in test_fonts}
+    assert not set(backgrounds.PHOTOS["train"]) & set(backgrounds.PHOTOS["test"])
+
+
+def test_train_and_test_runs_share_a_root_and_split_json(tmp_path: Path):
+    generate_dataset(tmp_path, count=2, seed=1, split="train", size=64, tasks=["segmentation"], workers=1,
+                     progress=False)
+    generate_dataset(tmp_path, count=2, seed=1, split="test", size=64, tasks=["segmentation", "removal"],
+                     workers=1, progress=False)
+    split = json.loads((tmp_path / layouts.SEGMENTATION_DIR / "split.json").read_text())
+    assert split["test"] == ["synth_test_s1_000000", "synth_test_s1_000001"]
+    assert all(n.startswith("synth_train_s1_") for n in split["train"] + split["val"])
+    assert [s.name for s in layouts.removal_samples(tmp_path, "test")] == split["test"]
+    runs = json.loads((tmp_path / "synth-manifest.json").read_text())["runs"]
+    assert [(r["task"], r["split"]) for r in runs] == [("segmentation", "train"), ("removal", "test"),
+                                                       ("segmentation", "test")]
+
+
+def test_repeating_a_seed_is_refused_but_a_new_seed_adds(tmp_path: Path):
+    generate_dataset(tmp_path, count=1, seed=2, size=64, tasks=["tampering"], workers=1, progress=False)
+    before = _tree_bytes(tmp_path)
+    with pytest.raises(SynthError, match="seed=2 was already generated"):
+        generate_dataset(tmp_path, count=1, seed=2, size=64, tasks=["tampering"], workers=1, progress=False)
+    assert _tree_bytes(tmp_path) == before
+    generate_dataset(tmp_path, count=1, seed=3, size=64, tasks=["tampering"], workers=1, progress=False)
+    assert len(layouts.tampering_samples(tmp_path, "train")) == 2
+
+
+def test_cli_writes_and_refuses_with_exit_code(tmp_path: Path, capsys):
+    args = ["synth", "--out", str(tmp_path), "--count", "1", "--seed", "0", "--size", "80x64", "--tasks", "removal",
+            "--workers", "1"]
+    assert cli_main(args) == 0
+    image = layouts.read_rgb(tmp_path / "TextRemoval/SCUT-ENS/train/image/synth_train_s0_000000.jpg")
+    assert image.size == (80, 64)
+    assert cli_main(args) == 2
+    assert "already generated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, expected", [(512, (512, 512)), ("640x480", (480, 640)), ("96", (96, 96))])
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["big", "10x10", "1x2x3"])
+def test_parse_size_rejects_bad_sizes(bad):
+    with pytest.raises(SynthError):
+        parse_size(bad)
