@@ -97,3 +97,6 @@ if __name__ == "__main__":
     _save(cat_caption(), "cat_caption.jpg")
     _save(receipt(), "receipt.jpg")
     _save(poster(), "poster.jpg")
+    # Two real photographs of real text, as shipped with scikit-image (no text added).
+    _save(Image.fromarray(data.page()), "real_book_page.jpg")
+    _save(Image.fromarray(data.text()), "real_handwriting.jpg")

@@ -1,0 +1,38 @@
+"""Copy trained weights into the package as the bundled default (fp16 safetensors + config.json).
+
+    python scripts/bundle_default_model.py runs/default-model/model [--out src/upocr/weights]
+
+The training record saved with the weights (steps, data, input size) is kept, so `upocr demo` and the
+web page can say what they are running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from upocr.model.checkpoint import DEFAULT_WEIGHTS, CheckpointError, load_model, save_pretrained, training_record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", type=Path, help="trained weights (a run's model/ folder or any checkpoint)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help=f"destination (default {DEFAULT_WEIGHTS})")
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.weights)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    record = training_record(args.weights) or {"trained": False, "note": "no training record"}
+    save_pretrained(model, args.out, dtype=torch.float16, training=record)
+    size = (args.out / "model.safetensors").stat().st_size
+    print(f"bundled {args.weights} -> {args.out} ({size / 1e6:.1f} MB, fp16); record: {record}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
