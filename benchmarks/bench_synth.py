@@ -20,8 +20,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=40, help="samples per task per row")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    print(f"| task | size | workers | samples | seconds | samples/s |")
-    print(f"|---|---|---|---|---|---|")
+    print("| task | size | workers | samples | seconds | samples/s |")
+    print("|---|---|---|---|---|---|")
     for workers in args.workers:
         for seed, task in enumerate(Task):
             with tempfile.TemporaryDirectory(prefix="upocr-bench-") as root:

@@ -78,3 +78,14 @@ def tiny_data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-data")
     generate_dataset(root, count=8, seed=0, size=TINY_SIZE, workers=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A randomly initialised tiny model saved with `save_pretrained` (for --weights)."""
+    from upocr.model import build_model
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("weights") / "tiny"
+    build_model("tiny").save_pretrained(directory)
+    return directory

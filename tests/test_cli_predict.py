@@ -11,17 +11,8 @@ from PIL import Image
 
 from upocr.cli import main
 from upocr.commands.predict import SAMPLES_DIR, output_names
-from upocr.model import build_model
 
 RNG = np.random.default_rng(1)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("weights") / "tiny"
-    build_model("tiny").save_pretrained(directory)
-    return directory
 
 
 def _photo(height=50, width=70) -> np.ndarray:

@@ -12,24 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from upocr.cli import build_parser
 from upocr.predict import Predictor
-from upocr.model import build_model
 from upocr.serve import first_multipart_file, make_server
 
 SIZE = 64
 UPLOAD_LIMIT = 200_000  # bytes; small so the "too large" test sends little
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("weights") / "tiny"
-    build_model("tiny").save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
