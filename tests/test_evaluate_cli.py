@@ -180,3 +180,8 @@ def test_model_command_scores_a_tiny_model_beside_the_baselines(test_split_root,
     assert set(tasks["tampering"]["model"]) >= {"real", "tampered", "miou", "mf", "count"}
     removal_output = Image.open(next((tmp_path / "out" / "removal" / "model").glob("*.png")))
     assert removal_output.size == (64, 64)  # kept at the model size, as the original saves it
+    # upocr's blended removal is scored beside it, at the image's own resolution.
+    assert tasks["removal"]["model+blend"]["count"] == 2
+    blended = Image.open(next((tmp_path / "out" / "removal" / "model+blend").glob("*.png")))
+    image = Image.open(next((test_split_root / "TextRemoval" / "SCUT-ENS" / "test" / "image").glob("*")))
+    assert blended.size == image.size

@@ -56,7 +56,7 @@ def register(subparsers) -> None:
 
     model = commands.add_parser("model", help="run a model and the baselines on the test splits; one table")
     model.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the bundled weights)")
-    model.add_argument("--size", type=int, default=512, help="model input size (default 512, the original)")
+    model.add_argument("--size", type=int, default=None, help="model input size (default: the weights' training size; 512 for original weights)")
     model.add_argument("--threshold", type=float, default=SEGMENTATION_THRESHOLD, help="segmentation threshold")
     model.add_argument("--device", default="cpu")
     model.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the classical baselines")

@@ -10,6 +10,7 @@ size and decoded (channel mean > threshold; argmax) into a 0/255 mask / {0,1,2} 
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import sys
@@ -33,6 +34,9 @@ from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_seg
 from upocr.visualize import image_grid, overlay_classes
 
 MODEL_METHOD = "model"
+# Text removal only: the model's output blended into the full-resolution input where the model changed
+# it (upocr's default inference, `Predictor(keep_unchanged=True)`); no ground truth is used.
+MODEL_BLEND_METHOD = "model+blend"
 SPLIT = "test"
 
 
@@ -93,15 +97,19 @@ def score(task: Task, pairs: list[tuple[Path, Path]], *, progress: bool = True) 
 
 
 def write_model_predictions(
-    predictor, task: Task, samples: Sequence, out_dir: Path, *, progress: bool = True
+    predictor, task: Task, samples: Sequence, out_dir: Path, *, blend: bool = False, progress: bool = True
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Run the predictor on every sample; write what the evaluation reads. Returns (pairs, errors)."""
+    """Run the predictor on every sample; write what the evaluation reads. Returns (pairs, errors).
+
+    blend (text removal): write the predictor's blended full-resolution `.image` instead of the raw output."""
     pairs: list[tuple[Path, Path]] = []
     errors: list[str] = []
     for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
         try:
             image = read_rgb_as_original(sample.image)
-            if task == Task.TEXT_REMOVAL:
+            if task == Task.TEXT_REMOVAL and blend:
+                result = predictor.predict(np.asarray(image), task).image
+            elif task == Task.TEXT_REMOVAL:
                 # Resize here (the original's test transform) so the output stays size x size, as it saves it.
                 pixels = np.asarray(image.resize((predictor.size, predictor.size), Image.Resampling.BICUBIC))
                 # decode_removal of the raw output (not `.image`, which may blend in input pixels).
@@ -167,6 +175,12 @@ def evaluate_on_benchmarks(
                 pred_dir = root / task.short / MODEL_METHOD
                 pairs, errors = write_model_predictions(predictor, task, samples, pred_dir, progress=progress)
                 report.results.append(_run_method(task, MODEL_METHOD, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
+                if task == Task.TEXT_REMOVAL and getattr(predictor, "keep_unchanged", None) is not None:
+                    blending = copy.copy(predictor)
+                    blending.keep_unchanged = True
+                    pred_dir = root / task.short / MODEL_BLEND_METHOD
+                    pairs, errors = write_model_predictions(blending, task, samples, pred_dir, blend=True, progress=progress)
+                    report.results.append(_run_method(task, MODEL_BLEND_METHOD, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
             if baselines:
                 for baseline in baseline_methods.baselines_for(task):
                     pred_dir = root / task.short / baseline.name
