@@ -144,7 +144,7 @@ def test_output_names_keep_folders_and_resolve_clashes(tmp_path):
 
 def test_demo_writes_one_side_by_side_picture(tmp_path, tiny_weights, capsys):
     samples = sorted(SAMPLES_DIR.glob("*.jpg"))
-    assert 3 <= len(samples) <= 4 and all(p.stat().st_size < 100_000 for p in samples)
+    assert 3 <= len(samples) <= 8 and all(p.stat().st_size < 100_000 for p in samples)
     assert _run("demo", "-o", tmp_path / "demo", "--weights", tiny_weights, "--size", "64") == 0
     printed = capsys.readouterr().out
     assert str(tmp_path / "demo" / "demo.png") in printed and "weights:" in printed
