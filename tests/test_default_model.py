@@ -50,3 +50,29 @@ def test_bundled_weights_load_and_say_how_they_were_trained():
     with torch.no_grad():
         outputs = model(torch.rand(1, 3, 64, 64), [0])
     assert outputs[-1].shape == (1, 3, 64, 64)
+
+
+def test_segmentation_threshold_travels_with_the_weights(tmp_path, tiny_weights, tiny_data_root, monkeypatch, capsys):
+    import dataclasses
+
+    import pytest
+
+    model = upocr.load_model(tiny_weights)
+    assert upocr.Predictor(model).threshold == 0.4  # the original's, when the weights carry none
+    model.config = dataclasses.replace(model.config, segmentation_threshold=0.2)
+    assert upocr.Predictor(model).threshold == 0.2
+    assert upocr.Predictor(model, threshold=0.3).threshold == 0.3
+    with pytest.raises(ValueError, match="segmentation_threshold"):
+        dataclasses.replace(model.config, segmentation_threshold=1.5)
+    # The calibration script picks one on a validation split and stores it with the weights.
+    weights = tmp_path / "w"
+    upocr.load_model(tiny_weights).save_pretrained(weights)
+    monkeypatch.setattr(sys, "argv", ["calibrate_threshold.py", str(weights), "--data-root", str(tiny_data_root),
+                                      "--split", "train", "--limit", "2", "--write"])  # fmt: skip
+    try:
+        runpy.run_path(str(ROOT / "scripts" / "calibrate_threshold.py"), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code == 0
+    assert "best threshold on 2 train images" in capsys.readouterr().out
+    stored = upocr.load_model(weights).config.segmentation_threshold
+    assert 0.05 <= stored <= 0.5

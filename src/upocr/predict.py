@@ -102,7 +102,7 @@ class Predictor:
         overlap: int | None = None,
         batch_size: int = 1,
         precision: Precision = "fp32",
-        threshold: float = SEGMENTATION_THRESHOLD,
+        threshold: float | None = None,
         keep_unchanged: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
@@ -133,6 +133,8 @@ class Predictor:
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
         self.precision = precision
+        if threshold is None:  # the threshold calibrated for these weights (0.4, the original's, if none)
+            threshold = getattr(getattr(model, "config", None), "segmentation_threshold", SEGMENTATION_THRESHOLD)
         self.threshold = float(threshold)
         self.keep_unchanged = keep_unchanged
         self.max_pixels = max_pixels

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     model = commands.add_parser("model", help="run a model and the baselines on the test splits; one table")
     model.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the bundled weights)")
     model.add_argument("--size", type=int, default=None, help="model input size (default: the weights' training size; 512 for original weights)")
-    model.add_argument("--threshold", type=float, default=SEGMENTATION_THRESHOLD, help="segmentation threshold")
+    model.add_argument("--threshold", type=float, default=None, help="segmentation threshold (default: the weights' calibrated one, else 0.4)")
     model.add_argument("--device", default="cpu")
     model.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the classical baselines")
     _add_benchmark_options(model)

@@ -69,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument(
                 "--threshold",
                 type=float,
-                default=SEGMENTATION_THRESHOLD,
-                help=f"text score threshold (default {SEGMENTATION_THRESHOLD}, as the original)",
+                default=None,
+                help=f"text score threshold (default: the one calibrated for the weights; {SEGMENTATION_THRESHOLD}, "
+                "the original's, for weights without one)",
             )
         parser.set_defaults(func=run_task, task=task)
 
@@ -131,7 +132,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
         overlap=args.overlap,
         batch_size=args.batch_size,
         precision=args.precision,
-        threshold=getattr(args, "threshold", SEGMENTATION_THRESHOLD),
+        threshold=getattr(args, "threshold", None),
         keep_unchanged=not getattr(args, "raw", False),
         max_pixels=args.max_pixels,
     )
