@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from upocr.model.config import UPOCRConfig
-from upocr.model.swinv2 import PatchSplit, swin_blocks
+from upocr.model.swinv2 import PatchSplit, swin_stages
 
 
 def lateral_connection(channels: int) -> nn.Sequential:
@@ -41,22 +41,17 @@ class SwinV2Decoder(nn.Module):
     def __init__(self, config: UPOCRConfig) -> None:
         super().__init__()
         dims = [config.bottleneck_dim // 2**i for i in range(5)]
-        rates = torch.linspace(0, config.decoder_drop_path, sum(config.decoder_depths)).tolist()
-        self.layers = nn.ModuleList()
-        start = 0
-        for i, depth in enumerate(config.decoder_depths):
-            blocks = swin_blocks(
-                dim=dims[i],
-                depth=depth,
-                heads=config.decoder_heads[i],
-                window=config.decoder_window,
-                pretrained_window=config.decoder_pretrained_window,
-                mlp_ratio=config.mlp_ratio,
-                drop_path=rates[start : start + depth],
-                cpb_hidden=config.cpb_hidden,
-            )
-            start += depth
-            self.layers.append(DecoderStage(blocks=blocks, dim=dims[i]))
+        stages = swin_stages(
+            dims=dims,
+            depths=config.decoder_depths,
+            heads=config.decoder_heads,
+            window=config.decoder_window,
+            pretrained_window=config.decoder_pretrained_window,
+            drop_path_rate=config.decoder_drop_path,
+            mlp_ratio=config.mlp_ratio,
+            cpb_hidden=config.cpb_hidden,
+        )
+        self.layers = nn.ModuleList(DecoderStage(blocks=blocks, dim=dim) for blocks, dim in zip(stages, dims))
         # After stage i's PatchSplit the map has dims[i] // 2 channels.
         self.lateral_connection_list = nn.ModuleList(lateral_connection(dims[i] // 2) for i in self.SKIP_STAGES)
         for i in self.HEAD_STAGES:

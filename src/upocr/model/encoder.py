@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upocr.model.config import UPOCRConfig
-from upocr.model.swinv2 import PatchMerging, swin_blocks
+from upocr.model.swinv2 import PatchMerging, swin_stages
 
 
 class PatchEmbed(nn.Module):
@@ -42,23 +42,20 @@ class SwinV2Backbone(nn.Module):
     def __init__(self, config: UPOCRConfig) -> None:
         super().__init__()
         dims = [config.embed_dim * 2**i for i in range(4)]
-        rates = torch.linspace(0, config.encoder_drop_path, sum(config.encoder_depths)).tolist()
         self.patch_embed = PatchEmbed(config.embed_dim)
-        self.layers = nn.ModuleList()
-        start = 0
-        for i, depth in enumerate(config.encoder_depths):
-            blocks = swin_blocks(
-                dim=dims[i],
-                depth=depth,
-                heads=config.encoder_heads[i],
-                window=config.encoder_window,
-                pretrained_window=config.encoder_pretrained_window,
-                mlp_ratio=config.mlp_ratio,
-                drop_path=rates[start : start + depth],
-                cpb_hidden=config.cpb_hidden,
-            )
-            start += depth
-            self.layers.append(EncoderStage(blocks=blocks, downsample=PatchMerging(dims[i]) if i < 3 else None))
+        stages = swin_stages(
+            dims=dims,
+            depths=config.encoder_depths,
+            heads=config.encoder_heads,
+            window=config.encoder_window,
+            pretrained_window=config.encoder_pretrained_window,
+            drop_path_rate=config.encoder_drop_path,
+            mlp_ratio=config.mlp_ratio,
+            cpb_hidden=config.cpb_hidden,
+        )
+        self.layers = nn.ModuleList(
+            EncoderStage(blocks=blocks, downsample=PatchMerging(dims[i]) if i < 3 else None) for i, blocks in enumerate(stages)
+        )
         for i, dim in enumerate(dims):
             self.add_module(f"norm{i}", nn.LayerNorm(dim))
 

@@ -219,6 +219,35 @@ def channels_to_space(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * h, 2 * w, c4 // 4)  # -> (B, H, dy, W, dx, C)
 
 
+def swin_stages(
+    *,
+    dims: list[int],
+    depths: tuple[int, ...],
+    heads: tuple[int, ...],
+    window: int,
+    pretrained_window: int,
+    drop_path_rate: float,
+    mlp_ratio: float,
+    cpb_hidden: int,
+) -> list[nn.ModuleList]:
+    """The blocks of every stage, drop path rising linearly from 0 to `drop_path_rate` over all blocks."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [
+        swin_blocks(
+            dim=dim,
+            depth=depth,
+            heads=stage_heads,
+            window=window,
+            pretrained_window=pretrained_window,
+            mlp_ratio=mlp_ratio,
+            drop_path=rates[start : start + depth],
+            cpb_hidden=cpb_hidden,
+        )
+        for dim, depth, stage_heads, start in zip(dims, depths, heads, starts)
+    ]
+
+
 class PatchMerging(nn.Module):
     """Halve the resolution, double the channels: 2x2 neighbours concatenated -> Linear -> LayerNorm."""
 
