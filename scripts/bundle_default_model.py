@@ -2,8 +2,8 @@
 
     python scripts/bundle_default_model.py runs/default-model/model [--out src/upocr/weights]
 
-The training record saved with the weights (steps, data, input size) is kept, so `upocr demo` and the
-web page can say what they are running.
+The training record saved with the weights (steps, data, input size) is kept, with the record of the
+weights the run started from (`init`), so `upocr demo` and the web page can say what they are running.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     record = training_record(args.weights) or {"trained": False, "note": "no training record"}
+    if record.get("init") and "init_record" not in record:
+        # A run that started from other weights: keep their record too, the bundle travels without them.
+        record["init_record"] = training_record(record["init"])
     save_pretrained(model, args.out, dtype=torch.float16, training=record)
     size = (args.out / "model.safetensors").stat().st_size
     print(f"bundled {args.weights} -> {args.out} ({size / 1e6:.1f} MB, fp16); record: {record}")

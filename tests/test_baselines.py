@@ -7,6 +7,7 @@ import numpy as np
 from upocr.evaluate.baselines import (
     all_real_classes,
     detect_text_strokes,
+    detected_word_boxes,
     dilate,
     otsu_text_mask,
     sauvola_text_mask,
@@ -70,3 +71,16 @@ def test_sauvola_handles_an_uneven_background_and_both_polarities():
 def test_all_real_marks_every_text_pixel_real():
     gt = np.array([[0, 1, 2], [2, 0, 1]], np.uint8)
     assert all_real_classes(gt).tolist() == [[0, 1, 1], [1, 0, 1]]
+
+
+def test_word_boxes_merge_nearby_strokes_into_one_filled_box():
+    image = np.full((64, 96, 3), 128, np.uint8)
+    word = np.zeros((64, 96), bool)
+    for x in (30, 36, 42):  # three letters 3 px apart: one word
+        word[24:40, x : x + 2] = True
+    image[word] = 10
+    boxes = detected_word_boxes(image)
+    ys, xs = np.nonzero(boxes)
+    assert boxes[24:40, 30:44].all()  # the gaps between letters are inside the word box
+    assert boxes.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # one filled rectangle
+    assert not detected_word_boxes(np.full((32, 32, 3), 128, np.uint8)).any()

@@ -80,6 +80,12 @@ def test_infers_config_from_shapes_alone(tiny):
     config = config_from_state_dict(tiny.state_dict())
     assert config.encoder_depths == tiny.config.encoder_depths
     assert config.decoder_heads == tiny.config.decoder_heads
+    assert not config.image_skip and not config.removal_residual
+    import dataclasses
+
+    extended = upocr.build_model(dataclasses.replace(tiny.config, image_skip=True, removal_residual=True))
+    inferred = config_from_state_dict(extended.state_dict())
+    assert inferred.image_skip and inferred.removal_residual
 
 
 def test_missing_key_is_named(tiny, tmp_path):
@@ -155,3 +161,18 @@ def test_cuda_request_without_cuda_is_clear(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "m")
     with pytest.raises(ValueError, match="CUDA is not available"):
         upocr.load_model(tmp_path / "m", device="cuda")
+
+
+def test_load_into_extended_model(tiny, tmp_path):
+    import dataclasses
+
+    from upocr.model.checkpoint import load_into_extended_model
+
+    tiny.save_pretrained(str(tmp_path / "plain"))
+    extended = upocr.build_model(dataclasses.replace(tiny.config, image_skip=True, removal_residual=True))
+    added = load_into_extended_model(extended, tmp_path / "plain")
+    assert added == ["decoder.image_fusions.0", "decoder.image_fusions.1"]
+    torch.testing.assert_close(extended.state_dict()["proj.weight"], tiny.state_dict()["proj.weight"])
+    # Anything else missing is still an error naming the file.
+    with pytest.raises(CheckpointError, match=r"plain.*does not fit.*only decoder\.image_fusions\. may be new"):
+        load_into_extended_model(upocr.build_model(dataclasses.replace(upocr.UPOCRConfig.preset("mini"), image_skip=True)), tmp_path / "plain")

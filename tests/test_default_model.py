@@ -15,31 +15,41 @@ from upocr.cli import main as cli_main
 from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "configs" / "default-model.yaml"
+RECIPE = ROOT / "configs" / "default-model.yaml"  # stage 1: the small config from scratch
+RECIPE_STAGE2 = ROOT / "configs" / "default-model-stage2.yaml"  # stage 2: + image skip, residual removal
+
+
+def _run_script(monkeypatch, script: str, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    try:
+        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code == 0
 
 
 def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypatch):
-    """The exact command recorded in configs/default-model.yaml, shortened to 2 steps at 64x64."""
-    recipe = yaml.safe_load(RECIPE.read_text())
-    assert recipe["model"] == "small" and recipe["image_size"] == 256
-    run = tmp_path / "run"
-    code = cli_main(["train", "--config", str(RECIPE), "--data-root", str(tiny_data_root), "--iterations", "2",
-                     "--image-size", "64", "--precision", "fp32", "--num-workers", "0", "--output", str(run),
-                     "--no-progress"])  # fmt: skip
-    assert code == 0
-    assert json.loads((run / "summary.json").read_text())["step"] == 2
-    record = training_record(run / "model")
-    assert record["trained"] and record["steps"] == 2 and record["input_size"] == 64
-    # The bundling step of the recipe: fp16 copy that loads back as the same architecture.
+    """The exact commands recorded in configs/default-model*.yaml, shortened to 2 steps each at 64x64."""
+    recipe, stage2 = yaml.safe_load(RECIPE.read_text()), yaml.safe_load(RECIPE_STAGE2.read_text())
+    assert recipe["model"] == "small" and recipe["image_size"] == stage2["image_size"] == 256
+    assert stage2["model"] == {"preset": "small", "image_skip": True, "removal_residual": True}
+    assert stage2["init"] == recipe["output_dir"] + "/model"
+    short = ["--data-root", str(tiny_data_root), "--iterations", "2", "--image-size", "64", "--precision", "fp32",
+             "--num-workers", "0", "--no-progress"]  # fmt: skip
+    first, second = tmp_path / "stage1", tmp_path / "stage2"
+    assert cli_main(["train", "--config", str(RECIPE), *short, "--output", str(first)]) == 0
+    assert json.loads((first / "summary.json").read_text())["step"] == 2
+    assert cli_main(["train", "--config", str(RECIPE_STAGE2), *short, "--output", str(second), "--init", str(first / "model")]) == 0
+    record = training_record(second / "model")
+    assert record["trained"] and record["steps"] == 2 and record["input_size"] == 64 and record["init"] == str(first / "model")
+    continued = upocr.load_model(second / "model")
+    assert continued.config.image_skip and continued.config.removal_residual
+    # The bundling step of the recipe: fp16 copy that loads back as the same architecture and carries
+    # both stages' records.
     out = tmp_path / "bundle"
-    monkeypatch.setattr(sys, "argv", ["bundle_default_model.py", str(run / "model"), "--out", str(out)])
-    try:
-        runpy.run_path(str(ROOT / "scripts" / "bundle_default_model.py"), run_name="__main__")
-    except SystemExit as stop:
-        assert stop.code == 0
+    _run_script(monkeypatch, "bundle_default_model.py", str(second / "model"), "--out", str(out))
     bundled = upocr.load_model(out)
-    assert bundled.config.input_size == 64 and bundled.config == upocr.load_model(run / "model").config
-    assert training_record(out)["steps"] == 2
+    assert bundled.config.input_size == 64 and bundled.config == continued.config
+    assert training_record(out)["steps"] == 2 and training_record(out)["init_record"]["steps"] == 2
 
 
 def test_bundled_weights_load_and_say_how_they_were_trained():
@@ -67,12 +77,8 @@ def test_segmentation_threshold_travels_with_the_weights(tmp_path, tiny_weights,
     # The calibration script picks one on a validation split and stores it with the weights.
     weights = tmp_path / "w"
     upocr.load_model(tiny_weights).save_pretrained(weights)
-    monkeypatch.setattr(sys, "argv", ["calibrate_threshold.py", str(weights), "--data-root", str(tiny_data_root),
-                                      "--split", "train", "--limit", "2", "--write"])  # fmt: skip
-    try:
-        runpy.run_path(str(ROOT / "scripts" / "calibrate_threshold.py"), run_name="__main__")
-    except SystemExit as stop:
-        assert stop.code == 0
+    _run_script(monkeypatch, "calibrate_threshold.py", str(weights), "--data-root", str(tiny_data_root), "--split", "train",
+                "--limit", "2", "--write")  # fmt: skip
     assert "best threshold on 2 train images" in capsys.readouterr().out
     stored = upocr.load_model(weights).config.segmentation_threshold
     assert 0.05 <= stored <= 0.5

@@ -159,7 +159,8 @@ def test_baselines_command_writes_tables_json_and_picture(test_split_root, tmp_p
     for methods in result["tasks"].values():
         assert all(m["count"] == 2 for m in methods.values())
     markdown = (tmp_path / "t.md").read_text()
-    assert "| telea-oracle-mask |" in markdown and "| sauvola |" in markdown and "| all-real |" in markdown
+    assert "| telea-oracle-mask (oracle: reads ground truth) |" in markdown and "| sauvola |" in markdown
+    assert "| all-real (oracle: reads ground truth) |" in markdown and "| detector-boxes-real |" in markdown
     assert Image.open(out / "samples.png").size[0] > 100
     assert len(list((out / "removal" / "telea-oracle-mask").glob("*.png"))) == 2
 
@@ -185,3 +186,27 @@ def test_model_command_scores_a_tiny_model_beside_the_baselines(test_split_root,
     blended = Image.open(next((tmp_path / "out" / "removal" / "model+blend").glob("*.png")))
     image = Image.open(next((test_split_root / "TextRemoval" / "SCUT-ENS" / "test" / "image").glob("*")))
     assert blended.size == image.size
+
+
+def test_picture_rows_run_from_the_models_best_to_its_worst_image(tmp_path):
+    from types import SimpleNamespace
+
+    from upocr.evaluate.runner import EvaluationReport, MethodResult, per_image_score, successes_and_failures
+    from upocr.evaluate.removal import FolderEvaluation
+    from upocr.tasks import Task
+
+    rng = np.random.default_rng(1)
+    samples, pairs = [], []
+    for i, noise in enumerate([30, 2, 60, 10, 0]):  # PSNR order: 4 (identical), 1, 3, 0, 2
+        gt = rng.integers(40, 200, (32, 32, 3), dtype=np.uint8)
+        pred = np.clip(gt.astype(int) + rng.integers(-noise, noise + 1, gt.shape), 0, 255).astype(np.uint8)
+        gt_path, pred_path = _save(tmp_path / "gt" / f"{i}.png", gt), _save(tmp_path / "pred" / f"{i}.png", pred)
+        samples.append(SimpleNamespace(image=gt_path, label=gt_path, mask=None, name=str(i)))
+        pairs.append((pred_path, gt_path))
+    assert per_image_score(Task.TEXT_REMOVAL, *pairs[4]) == float("inf")
+    assert per_image_score(Task.TEXT_REMOVAL, *pairs[1]) > per_image_score(Task.TEXT_REMOVAL, *pairs[0])
+    report = EvaluationReport(results=[MethodResult(Task.TEXT_REMOVAL, "model", FolderEvaluation({}, [], []), pairs)])
+    picked = successes_and_failures(Task.TEXT_REMOVAL, report, samples, 3)
+    assert [s.name for s in picked] == ["4", "3", "2"]  # best, median, worst
+    # Without a model result: the first samples, as before.
+    assert [s.name for s in successes_and_failures(Task.TEXT_REMOVAL, EvaluationReport(), samples, 2)] == ["0", "1"]

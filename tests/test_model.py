@@ -90,3 +90,46 @@ def test_drop_path_only_in_training():
     with torch.no_grad():
         a, b = model(x, 0)[-1], model(x, 0)[-1]
     assert torch.equal(a, b)
+
+
+def _extended(config: str = "tiny") -> UPOCRConfig:
+    import dataclasses
+
+    return dataclasses.replace(UPOCRConfig.preset(config), image_skip=True, removal_residual=True)
+
+
+def test_image_skip_starts_neutral_and_removal_is_input_plus_change():
+    torch.manual_seed(0)
+    original = build_model("tiny").eval()
+    extended = build_model(_extended()).eval()
+    missing, unexpected = extended.load_state_dict(original.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith(extended.NEUTRAL_ADDITIONS) for k in missing)
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        before, after = original(images, [0, 1, 2]), extended(images, [0, 1, 2])
+    for scale, (b, a) in enumerate(zip(before, after)):
+        # Zero-initialised fusions: tampering and segmentation rows are unchanged ...
+        torch.testing.assert_close(a[1:], b[1:], atol=1e-6, rtol=0)
+        # ... and removal is the old output plus the input at that scale (avg-pooled 4x, 2x, 1x).
+        passthrough = torch.nn.functional.avg_pool2d(images[:1], 4 // 2**scale)
+        torch.testing.assert_close(a[:1], b[:1] + passthrough, atol=1e-6, rtol=0)
+
+
+def test_image_skip_gets_gradient_and_needs_the_image():
+    torch.manual_seed(0)
+    model = build_model(_extended()).train()
+    for fusion in model.decoder.image_fusions:
+        torch.nn.init.normal_(fusion.fuse[-1].weight, std=0.1)  # as after some training
+    outputs = model(torch.rand(2, 3, 64, 64), [1, 2])
+    sum(o.square().mean() for o in outputs).backward()
+    # Every parameter outside the zero-initialised block norms gets a gradient, the fusions included.
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None and ".blocks." not in n]
+    assert no_grad == [] and all(p.grad.abs().sum() > 0 for p in model.decoder.image_fusions.parameters())
+    with pytest.raises(ValueError, match="pass image="):
+        model.decoder(torch.zeros(1, 4, 128), 2, 2, [torch.zeros(1, 1, 1, 1)] * 4)
+
+
+def test_extended_small_config_counts():
+    small, extended = build_model("small"), build_model(_extended("small"))
+    added = extended.num_parameters - small.num_parameters
+    assert added == sum(p.numel() for p in extended.decoder.image_fusions.parameters()) and 0 < added < 20_000

@@ -88,6 +88,17 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, synthe
     assert [int(r["step"]) for r in rows] == list(range(1, 11))
 
 
+def test_max_steps_stops_cleanly_and_resume_replays_the_straight_run(tmp_path, synthetic_datasets):
+    datasets = synthetic_datasets(count=8)
+    straight = train(_config(tmp_path / "a", iterations=6, checkpoint_every=0), datasets=datasets, progress=False)
+    config = _config(tmp_path / "b", iterations=6, checkpoint_every=0, max_steps=4)
+    stopped = train(config, datasets=datasets, progress=False)
+    assert stopped.step == 4 and not stopped.finished
+    assert ckpt.latest_checkpoint(config.output_dir).name == "step-00000004.pt"
+    resumed = train(dataclasses.replace(config, resume="auto", max_steps=None), datasets=datasets, progress=False)
+    assert resumed.finished and resumed.weights_sha256 == straight.weights_sha256
+
+
 def test_checkpoint_is_complete_and_loads_with_weights_only(tmp_path, synthetic_datasets):
     config = _config(tmp_path, iterations=4, checkpoint_every=2, keep_checkpoints=1)
     train(config, datasets=synthetic_datasets(), progress=False)

@@ -10,7 +10,7 @@ import sys
 _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--data-root", "data_root", str, "data root in the original layouts (TextRemoval/, TextSegmentation/, TamperedTextDetection/)"),
     ("--model", "model", str, "model preset: paper, small, mini, tiny (a YAML config may give a mapping of fields)"),
-    ("--init", "init", str, "start from any checkpoint upocr.load_model reads (its architecture is used)"),
+    ("--init", "init", str, "start from any checkpoint upocr.load_model reads (its architecture, unless --model or the config names one: then the weights go into that, which may add zero-initialised modules such as image_skip)"),
     ("--vgg-weights", "vgg_weights", str, "ImageNet VGG16 weights (torchvision state dict or an original checkpoint) "
      "for the perceptual/style terms; without it those terms are off"),
     ("--image-size", "image_size", int, "training image size (multiple of 32; original 512)"),
@@ -36,6 +36,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--eval-every", "eval_every", int, "mean loss on the test split every N steps (eval.csv); 0 = off"),
     ("--eval-batches", "eval_batches", int, "batches per evaluation"),
     ("--max-minutes", "max_minutes", float, "stop cleanly (checkpoint + export) after this many minutes"),
+    ("--max-steps", "max_steps", int, "stop cleanly at this step; the lr schedule still follows --iterations (continue with --resume)"),
 ]
 
 

@@ -15,6 +15,12 @@ exactly like the model. The choices below are documented in docs/evaluation.md.
   dark text; on the inverted image when the Otsu minority side (the text polarity) is the bright one.
 * tampering / all-real: every ground-truth text box labelled real. Text location comes from the ground
   truth (an oracle on where text is), so the floor measures only the real-vs-tampered decision.
+* tampering / detector-boxes-real: no ground truth: the removal detector's stroke mask, closed along
+  the line (`WORD_GAP`) into words, each word's bounding box filled and labelled real (the
+  Tampered-IC13 labels are filled word boxes). The classical pipeline a user could actually run.
+
+Baselines whose name contains "oracle" or that read ground truth (all-real) are references, not
+methods: `ORACLE_BASELINES` lists them so reports can say so.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ DETECTOR_DILATION = 3  # px
 TELEA_RADIUS = 3  # px: cv2.inpaint neighbourhood
 SAUVOLA_WINDOW = 25
 SAUVOLA_K = 0.2
+WORD_GAP = 0.04  # closing width along the line, as a fraction of the shorter image side: letters -> words
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +112,19 @@ def sauvola_text_mask(image: np.ndarray) -> np.ndarray:
     return grey < threshold_sauvola(grey, window_size=window, k=SAUVOLA_K, r=128)
 
 
+def detected_word_boxes(image: np.ndarray) -> np.ndarray:
+    """Bool mask of filled word boxes: `detect_text_strokes`, closed horizontally so letters merge
+    into words, then each connected component's bounding box filled."""
+    strokes = detect_text_strokes(image).astype(np.uint8)
+    gap = max(3, round(WORD_GAP * min(strokes.shape)))
+    words = cv2.morphologyEx(strokes, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (gap, max(3, gap // 3))))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(words, connectivity=8)
+    boxes = np.zeros(strokes.shape, bool)
+    for x, y, w, h, _area in stats[1:count]:
+        boxes[y : y + h, x : x + w] = True
+    return boxes
+
+
 def all_real_classes(gt_classes: np.ndarray) -> np.ndarray:
     """Every ground-truth text pixel (real or tampered) labelled real (1); the rest background."""
     return (np.asarray(gt_classes) > 0).astype(np.uint8)
@@ -128,7 +148,10 @@ BASELINES: tuple[Baseline, ...] = (
     Baseline(Task.TEXT_SEGMENTATION, "otsu", "global Otsu threshold, minority side = text"),
     Baseline(Task.TEXT_SEGMENTATION, "sauvola", f"Sauvola threshold (window {SAUVOLA_WINDOW}, k {SAUVOLA_K}), polarity from Otsu's minority side"),
     Baseline(Task.TAMPERED_TEXT_DETECTION, "all-real", "all ground-truth text labelled real"),
+    Baseline(Task.TAMPERED_TEXT_DETECTION, "detector-boxes-real", "stroke detector closed into word boxes, all labelled real"),
 )
+# Baselines that read the ground truth: upper references for a classical pipeline, not methods.
+ORACLE_BASELINES = frozenset({"telea-oracle-mask", "all-real"})
 
 
 def baselines_for(task: Task) -> list[Baseline]:
@@ -170,6 +193,8 @@ def tampering_baseline_prediction(sample, name: str) -> np.ndarray:
 
     if name == "all-real":
         return all_real_classes(read_tampering_label(sample.gt, size=image_size(sample.image)))
+    if name == "detector-boxes-real":
+        return detected_word_boxes(np.asarray(read_rgb_as_original(sample.image))).astype(np.uint8)
     raise ValueError(f"unknown tampering baseline {name!r}")
 
 

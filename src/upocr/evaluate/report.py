@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from upocr.evaluate.baselines import ORACLE_BASELINES
 from upocr.tasks import Task
 from upocr.utils import atomic_output
 
@@ -73,7 +74,8 @@ def markdown_table(task: Task, methods: Mapping[str, Mapping[str, Any]]) -> str:
     ]
     for method, metrics in methods.items():
         cells = [format_value(_lookup(metrics, path), fmt) for _, path, fmt in columns]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {metrics.get('count', 0)} |")
+        label = f"{method} (oracle: reads ground truth)" if method in ORACLE_BASELINES else method
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {metrics.get('count', 0)} |")
     notes = sorted({str(m["fid_missing"]) for m in methods.values() if m.get("fid_missing")})
     for note in notes:
         lines.append(f"\nFID: {note}.")

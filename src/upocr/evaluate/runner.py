@@ -26,8 +26,21 @@ from tqdm import tqdm
 
 from upocr.evaluate import baselines as baseline_methods
 from upocr.evaluate.fid import fid_for_folders
-from upocr.evaluate.pixel_tasks import evaluate_segmentation_pairs, evaluate_tampering_pairs, read_plain
-from upocr.evaluate.removal import REMOVAL_SIZE, FolderEvaluation, evaluate_removal_pairs, read_rgb_as_original
+from upocr.evaluate.confusion import ConfusionMatrix
+from upocr.evaluate.pixel_tasks import (
+    evaluate_segmentation_pairs,
+    evaluate_tampering_pairs,
+    read_plain,
+    segmentation_pair_reader,
+    tampering_pair_reader,
+)
+from upocr.evaluate.removal import (
+    REMOVAL_SIZE,
+    FolderEvaluation,
+    evaluate_removal_pairs,
+    prepare_removal_pair,
+    read_rgb_as_original,
+)
 from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_segmentation_target
@@ -218,14 +231,54 @@ def _prediction_picture(task: Task, path: Path, image: np.ndarray) -> np.ndarray
     return values
 
 
-def write_samples_picture(path: str | os.PathLike, report: EvaluationReport, samples_by_task: dict, *, count: int) -> Path:
-    # Tampering pictures: real text green, tampered red over the image (upocr.visualize colours).
+def per_image_score(task: Task, pred_path: Path, gt_path: Path) -> float:
+    """One image's score, higher is better (to rank the picture's rows): removal PSNR (dB, at the metric's
+    512x512), segmentation text IoU, tampering mean IoU over the text classes in the ground truth or the
+    prediction. An image with nothing to find and nothing found scores 1 (IoU) / inf (PSNR)."""
+    if task == Task.TEXT_REMOVAL:
+        pred, gt = prepare_removal_pair(read_rgb_as_original(pred_path), read_rgb_as_original(gt_path))
+        mse = float(np.mean((pred.astype(np.float64) / 255 - gt.astype(np.float64) / 255) ** 2))
+        return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+    if task == Task.TEXT_SEGMENTATION:
+        matrix, classes = ConfusionMatrix(2), (1,)
+        matrix.update(*segmentation_pair_reader()(gt_path, pred_path))
+    else:
+        matrix, classes = ConfusionMatrix(3), (1, 2)
+        matrix.update(*tampering_pair_reader(pred_format="classes")(gt_path, pred_path))
+    m = matrix.matrix
+    ious = [m[c, c] / (m[c, :].sum() + m[:, c].sum() - m[c, c]) for c in classes if m[c, :].sum() + m[:, c].sum()]
+    return float(np.mean(ious)) if ious else 1.0
 
+
+def successes_and_failures(task: Task, report: EvaluationReport, samples: Sequence, count: int) -> list:
+    """`count` samples from the model's best to its worst test image (evenly spaced in the ranking, so
+    the middle rows are typical); the first `count` samples when the model was not evaluated."""
+    results = {r.method: r for r in report.results if r.task == task}
+    model = results.get(MODEL_BLEND_METHOD) or results.get(MODEL_METHOD)
+    if model is None or count < 1:
+        return list(samples[:count])
+    by_gt = {baseline_methods.ground_truth_path(s, task): s for s in samples}
+    ranked = []
+    for pred, gt in model.pairs:
+        try:
+            ranked.append((per_image_score(task, pred, gt), str(gt)))
+        except (ImageError, ValueError, OSError):
+            continue
+    ranked.sort(key=lambda item: (-item[0], item[1]))
+    if not ranked:
+        return list(samples[:count])
+    picks = sorted({round(i * (len(ranked) - 1) / max(count - 1, 1)) for i in range(count)})
+    return [by_gt[Path(ranked[i][1])] for i in picks if Path(ranked[i][1]) in by_gt]
+
+
+def write_samples_picture(path: str | os.PathLike, report: EvaluationReport, samples_by_task: dict, *, count: int) -> Path:
+    """Input | each method | ground truth, `count` rows per task from the model's best to its worst image
+    (`successes_and_failures`). Tampering: real text green, tampered red over the image."""
     grids = []
     for task, samples in samples_by_task.items():
         methods = [r for r in report.results if r.task == task]
         rows = []
-        for sample in samples[:count]:
+        for sample in successes_and_failures(task, report, samples, count):
             try:
                 image = np.asarray(read_rgb_as_original(sample.image))
                 row = [image]

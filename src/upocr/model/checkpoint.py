@@ -210,6 +210,7 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor], path: str | Path =
         num_tasks = int(state["task_prompt.task_embedding.weight"].shape[0])
     except KeyError as error:
         raise CheckpointError(f"{path}: not an UPOCR state dict (missing {error.args[0]})") from None
+    image_skip = any(k.startswith(UPOCR.NEUTRAL_ADDITIONS) for k in state)
     paper = UPOCRConfig.preset("paper")
     enc_window, enc_pretrained = windows("encoder.backbone", paper.encoder_window)
     dec_window, dec_pretrained = windows("decoder", paper.decoder_window)
@@ -226,6 +227,10 @@ def config_from_state_dict(state: Mapping[str, torch.Tensor], path: str | Path =
             decoder_pretrained_window=dec_pretrained,
             cpb_hidden=cpb_hidden,
             num_tasks=num_tasks,
+            # Fusion weights show image_skip; removal_residual leaves no trace in the weights, and every
+            # model of ours with the one has the other (files with a config say so explicitly).
+            image_skip=image_skip,
+            removal_residual=image_skip,
         )
     except ValueError as error:
         raise CheckpointError(f"{path}: cannot infer the architecture ({error})") from None
@@ -243,6 +248,22 @@ def _check_keys(model: UPOCR, state: Mapping[str, torch.Tensor], path: Path) -> 
             problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
     if problems:
         raise CheckpointError(f"{path}: does not fit the model config: {'; '.join(problems)}")
+
+
+def load_into_extended_model(model: UPOCR, path: str | Path) -> list[str]:
+    """Load a checkpoint into `model`, whose architecture may add modules that start neutral
+    (`UPOCR.NEUTRAL_ADDITIONS`, e.g. the image-skip fusions) to the checkpoint's. Every other key must
+    be present and fit. Returns the added modules' names; CheckpointError otherwise."""
+    path = Path(path)
+    state, _ = read_checkpoint(path)
+    expected = model.state_dict()
+    added = {k for k in set(expected) - set(state) if k.startswith(UPOCR.NEUTRAL_ADDITIONS)}
+    try:
+        _check_keys(model, {**state, **{k: expected[k] for k in added}}, path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} (only {', '.join(UPOCR.NEUTRAL_ADDITIONS)} may be new)") from None
+    model.load_state_dict(state, strict=False)
+    return sorted({k.rsplit(".", 3)[0] for k in added})
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

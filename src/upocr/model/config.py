@@ -34,6 +34,14 @@ class UPOCRConfig:
     encoder_drop_path: float = 0.3
     decoder_drop_path: float = 0.3
     num_tasks: int = 3
+    # Extensions of ours, off in the original architecture (paper, mini, and every original checkpoint):
+    # image_skip: the input image joins the decoder at 1/2 and full resolution through a small conv fusion
+    #   (`ImageFusion`). The original decoder sees nothing finer than the encoder's 1/4-resolution
+    #   features, so it must re-synthesise every background pixel: blurry removal, coarse stroke masks.
+    image_skip: bool = False
+    # removal_residual: the text-removal outputs are `input + decoder output`, so the network only learns
+    #   what to change; untouched background passes through exactly.
+    removal_residual: bool = False
     # Working resolution the weights were trained at; the Predictor's default `size` (not architecture).
     input_size: int = 512
     # Text-segmentation threshold on the output's channel mean that suits these weights (original: 0.4,

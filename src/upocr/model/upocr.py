@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from upocr.model.config import UPOCRConfig
@@ -40,8 +41,20 @@ def check_input_size(height: int, width: int) -> None:
         )
 
 
+def add_input_for_removal(output: torch.Tensor, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """`output + images` (average-pooled to the output's size) on the text-removal rows of the batch."""
+    factor = images.shape[-1] // output.shape[-1]
+    passthrough = F.avg_pool2d(images, factor) if factor > 1 else images
+    is_removal = (indices == Task.TEXT_REMOVAL).to(output.dtype).view(-1, 1, 1, 1)
+    return output + is_removal * passthrough.to(output.dtype)
+
+
 class UPOCR(nn.Module):
     """Unified pixel-level OCR model. `forward(images, tasks)` -> [1/4, 1/2, full] RGB outputs."""
+
+    # Parameters of modules that start as a no-op, so weights trained without them load unchanged
+    # (`upocr.model.checkpoint.load_into_extended_model`).
+    NEUTRAL_ADDITIONS = ("decoder.image_fusions.",)
 
     def __init__(self, config: UPOCRConfig | str = "small") -> None:
         super().__init__()
@@ -71,7 +84,10 @@ class UPOCR(nn.Module):
         bottleneck = features[-1]
         b, c, h, w = bottleneck.shape
         tokens = self.proj(bottleneck.flatten(2).transpose(1, 2)) + self.task_prompt(indices)
-        return self.decoder(tokens, h, w, features)
+        outputs = self.decoder(tokens, h, w, features, images)
+        if self.config.removal_residual:
+            outputs = [add_input_for_removal(out, images, indices) for out in outputs]
+        return outputs
 
     @property
     def num_parameters(self) -> int:

@@ -28,8 +28,12 @@ class TrainConfig:
     augment: bool = True
     num_workers: int = 2
     # model
-    model: str | dict[str, Any] = "small"  # preset name, or {"preset": name, <UPOCRConfig field>: value, ...}
-    init: str | None = None  # start from any checkpoint upocr.load_model reads (architecture from it)
+    # Preset name, or {"preset": name, <UPOCRConfig field>: value, ...}. None: "small", or with `init` the
+    # checkpoint's own architecture.
+    model: str | dict[str, Any] | None = None
+    # Start from any checkpoint upocr.load_model reads. With `model` also set, the weights go into that
+    # architecture, which may add zero-initialised modules to the checkpoint's (e.g. image_skip).
+    init: str | None = None
     vgg_weights: str | None = None  # ImageNet VGG16 for the perceptual/style terms; None turns them off
     # optimisation (original recipe)
     iterations: int = 80_000
@@ -53,6 +57,9 @@ class TrainConfig:
     eval_every: int = 0  # >0: mean loss on the test split every N steps (eval.csv)
     eval_batches: int = 4
     max_minutes: float | None = None  # stop cleanly (checkpoint + export) after this much wall time
+    # Stop cleanly at this step, the lr schedule still following `iterations`: a deterministic max_minutes
+    # (replays a run that was stopped and resumed, step for step).
+    max_steps: int | None = None
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in output_dir
 
     def __post_init__(self) -> None:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from upocr.model import UPOCR, UPOCRConfig, build_model
+from upocr.model.checkpoint import load_into_extended_model, load_model
 from upocr.tasks import Task
 from upocr.train import checkpoint as ckpt
 from upocr.train.config import TrainConfig, write_yaml
@@ -332,12 +333,15 @@ def _train(
     if state is not None:
         model = build_model(UPOCRConfig.from_dict(state["model_config"]))
         model.load_state_dict(state["model"])
-    elif config.init:
-        from upocr.model.checkpoint import load_model
-
+    elif config.init and config.model is None:
         model = load_model(config.init)
-    else:
+    elif config.init:
         model = build_model(model_config_from(config.model))
+        added = load_into_extended_model(model, config.init)
+        if added:
+            _say(context, f"{config.init}: loaded into {config.model}; new zero-initialised modules: {', '.join(added)}")
+    else:
+        model = build_model(model_config_from(config.model or "small"))
     if model.config.input_size != config.image_size:
         # The exported weights remember the resolution they were trained at (the Predictor's default size).
         model.config = dataclasses.replace(model.config, input_size=config.image_size)
@@ -436,6 +440,7 @@ def _train(
             )
             # for upocr.load_model / --weights, with a record of how the weights were made
             record = {"trained": True, "steps": at_step, "config": config.model if isinstance(config.model, str) else "custom",
+                      "init": config.init,
                       "input_size": config.image_size, "images": at_step * images_per_step,
                       "data": str(config.data_root) if config.data_root else "in-memory", "seed": config.seed}  # fmt: skip
             model.save_pretrained(str(run_dir / "model"), training=record)
@@ -514,7 +519,8 @@ def _train(
             shown["img/s"] = f"{images_per_s:.1f}"
             bar.set_postfix(shown, refresh=False)
         stop_for_time = bool(summary[-1] > 0)
-        if train_log is not None and (step % config.log_every == 0 or step == config.iterations or stop_for_time):
+        stop_at_step = config.max_steps is not None and step >= config.max_steps
+        if train_log is not None and (step % config.log_every == 0 or step == config.iterations or stop_for_time or stop_at_step):
             train_log.write(
                 {
                     "step": step,
@@ -535,10 +541,13 @@ def _train(
             context.barrier()
         if step == config.iterations:
             finished = True
-        if finished or stop_for_time or (config.checkpoint_every and step % config.checkpoint_every == 0):
+        if finished or stop_for_time or stop_at_step or (config.checkpoint_every and step % config.checkpoint_every == 0):
             save(step)
         if stop_for_time and not finished:
             _say(context, f"time limit of {config.max_minutes} min reached at step {step}; checkpoint written, resume with --resume")
+            break
+        if stop_at_step and not finished:
+            _say(context, f"stopped at step {step} (max_steps); checkpoint written, resume with --resume")
             break
     bar.close()
 
