@@ -41,6 +41,7 @@ def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypa
     assert cli_main(["train", "--config", str(RECIPE_STAGE2), *short, "--output", str(second), "--init", str(first / "model")]) == 0
     record = training_record(second / "model")
     assert record["trained"] and record["steps"] == 2 and record["input_size"] == 64 and record["init"] == str(first / "model")
+    assert record["config"] == "small + image_skip=True, removal_residual=True"
     continued = upocr.load_model(second / "model")
     assert continued.config.image_skip and continued.config.removal_residual
     # The bundling step of the recipe: fp16 copy that loads back as the same architecture and carries

@@ -141,6 +141,15 @@ def model_config_from(spec: str | Mapping[str, Any]) -> UPOCRConfig:
     return UPOCRConfig.from_dict({**base.to_dict(), **fields})
 
 
+def describe_model_spec(spec: str | Mapping[str, Any]) -> str:
+    """The model option in one line for training records: 'small', 'small + image_skip=True, ...'."""
+    if isinstance(spec, str):
+        return spec
+    fields = dict(spec)
+    base = str(fields.pop("preset", "small"))
+    return " + ".join([base, ", ".join(f"{k}={v}" for k, v in fields.items())]) if fields else base
+
+
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over all parameters (weight decay on all, as the original); encoder at lr x encoder_lr_ratio."""
     encoder, rest = [], []
@@ -439,7 +448,7 @@ def _train(
                 },
             )
             # for upocr.load_model / --weights, with a record of how the weights were made
-            record = {"trained": True, "steps": at_step, "config": config.model if isinstance(config.model, str) else "custom",
+            record = {"trained": True, "steps": at_step, "config": describe_model_spec(config.model or ("init's" if config.init else "small")),
                       "init": config.init,
                       "input_size": config.image_size, "images": at_step * images_per_step,
                       "data": str(config.data_root) if config.data_root else "in-memory", "seed": config.seed}  # fmt: skip
