@@ -245,9 +245,8 @@ def per_image_score(task: Task, pred_path: Path, gt_path: Path) -> float:
     else:
         matrix, classes = ConfusionMatrix(3), (1, 2)
         matrix.update(*tampering_pair_reader(pred_format="classes")(gt_path, pred_path))
-    m = matrix.matrix
-    ious = [m[c, c] / (m[c, :].sum() + m[:, c].sum() - m[c, c]) for c in classes if m[c, :].sum() + m[:, c].sum()]
-    return float(np.mean(ious)) if ious else 1.0
+    ious = matrix.iou()[list(classes)]  # NaN: a class neither in the ground truth nor predicted
+    return float(np.nanmean(ious)) if not np.isnan(ious).all() else 1.0
 
 
 def successes_and_failures(task: Task, report: EvaluationReport, samples: Sequence, count: int) -> list:
@@ -260,15 +259,17 @@ def successes_and_failures(task: Task, report: EvaluationReport, samples: Sequen
     by_gt = {baseline_methods.ground_truth_path(s, task): s for s in samples}
     ranked = []
     for pred, gt in model.pairs:
+        if gt not in by_gt:
+            continue
         try:
-            ranked.append((per_image_score(task, pred, gt), str(gt)))
+            ranked.append((per_image_score(task, pred, gt), str(gt), by_gt[gt]))
         except (ImageError, ValueError, OSError):
             continue
     ranked.sort(key=lambda item: (-item[0], item[1]))
     if not ranked:
         return list(samples[:count])
     picks = sorted({round(i * (len(ranked) - 1) / max(count - 1, 1)) for i in range(count)})
-    return [by_gt[Path(ranked[i][1])] for i in picks if Path(ranked[i][1]) in by_gt]
+    return [ranked[i][2] for i in picks]
 
 
 def write_samples_picture(path: str | os.PathLike, report: EvaluationReport, samples_by_task: dict, *, count: int) -> Path:
