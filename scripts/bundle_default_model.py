@@ -17,6 +17,20 @@ import torch
 from upocr.model.checkpoint import DEFAULT_WEIGHTS, CheckpointError, load_model, save_pretrained, training_record
 
 
+def complete_init_records(record: dict) -> None:
+    """A run that started from other weights (`init`) keeps their record as `init_record`, and so on down
+    the chain of stages: the bundle travels without the earlier weights. Links already filled (say, by a
+    bundle made on another machine) stay; a missing one is read from the `init` path where it exists."""
+    for _ in range(16):  # a chain of stages, never a cycle
+        if not record.get("init"):
+            return
+        if not record.get("init_record"):
+            record["init_record"] = training_record(record["init"])
+        if not record["init_record"]:
+            return
+        record = record["init_record"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", type=Path, help="trained weights (a run's model/ folder or any checkpoint)")
@@ -28,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     record = training_record(args.weights) or {"trained": False, "note": "no training record"}
-    if record.get("init") and "init_record" not in record:
-        # A run that started from other weights: keep their record too, the bundle travels without them.
-        record["init_record"] = training_record(record["init"])
+    complete_init_records(record)
     save_pretrained(model, args.out, dtype=torch.float16, training=record)
     size = (args.out / "model.safetensors").stat().st_size
     print(f"bundled {args.weights} -> {args.out} ({size / 1e6:.1f} MB, fp16); record: {record}")

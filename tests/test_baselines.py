@@ -8,11 +8,10 @@ from upocr.evaluate.baselines import (
     all_real_classes,
     detect_text_strokes,
     detected_word_boxes,
-    dilate,
     otsu_text_mask,
     sauvola_text_mask,
-    telea_inpaint,
 )
+from upocr.inpaint import dilate, telea_inpaint
 
 
 def _gradient_with_strokes(dark: bool = True) -> tuple[np.ndarray, np.ndarray]:

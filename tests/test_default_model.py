@@ -17,6 +17,7 @@ from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "default-model.yaml"  # stage 1: the small config from scratch
 RECIPE_STAGE2 = ROOT / "configs" / "default-model-stage2.yaml"  # stage 2: + image skip, residual removal
+LATER_STAGES = [ROOT / "configs" / f"default-model-stage{n}.yaml" for n in (3, 4)]  # GPU: larger batches
 
 
 def _run_script(monkeypatch, script: str, *args: str) -> None:
@@ -44,13 +45,34 @@ def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypa
     assert record["config"] == "small + image_skip=True, removal_residual=True"
     continued = upocr.load_model(second / "model")
     assert continued.config.image_skip and continued.config.removal_residual
-    # The bundling step of the recipe: fp16 copy that loads back as the same architecture and carries
-    # both stages' records.
+    # Stages 3 and 4 continue the previous stage's weights with the same architecture.
+    previous, previous_config = second, stage2
+    for number, path in enumerate(LATER_STAGES, start=3):
+        stage = yaml.safe_load(path.read_text())
+        assert stage["model"] == stage2["model"] and stage["init"] == previous_config["output_dir"] + "/model"
+        out_dir = tmp_path / f"stage{number}"
+        assert cli_main(["train", "--config", str(path), *short, "--batch-per-task", "1", "--output", str(out_dir),
+                         "--init", str(previous / "model")]) == 0  # fmt: skip
+        assert training_record(out_dir / "model")["init"] == str(previous / "model")
+        previous, previous_config = out_dir, stage
+    # The bundling step of the recipe: an fp16 copy that loads back as the same architecture and carries
+    # every stage's record, down to stage 1.
     out = tmp_path / "bundle"
-    _run_script(monkeypatch, "bundle_default_model.py", str(second / "model"), "--out", str(out))
+    _run_script(monkeypatch, "bundle_default_model.py", str(previous / "model"), "--out", str(out))
     bundled = upocr.load_model(out)
     assert bundled.config.input_size == 64 and bundled.config == continued.config
-    assert training_record(out)["steps"] == 2 and training_record(out)["init_record"]["steps"] == 2
+    record, depth = training_record(out), 1
+    while record.get("init_record"):
+        record, depth = record["init_record"], depth + 1
+    assert depth == 4 and record["init"] is None and record["config"] == "small"
+
+
+def test_time_boxed_training_measures_steps_per_second_after_start_up(tmp_path):
+    box = runpy.run_path(str(ROOT / "scripts" / "train_time_boxed.py"))
+    log = tmp_path / "train.csv"
+    # the first row includes start-up (10 steps in 30 s); then 20 steps every 4 s: 5 steps/s
+    log.write_text("step,loss,images_per_s,elapsed_s\n10,1,1,30\n30,1,1,34\n50,1,1,38\n")
+    assert box["steady_steps_per_second"](log) == 5.0
 
 
 def test_bundled_weights_load_and_say_how_they_were_trained():
@@ -58,6 +80,10 @@ def test_bundled_weights_load_and_say_how_they_were_trained():
     assert model.config.input_size % 32 == 0
     record = training_record(DEFAULT_WEIGHTS)
     assert record is not None and record.get("trained") is True, record
+    if record.get("init_record"):  # a multi-stage model says so, with every stage's images counted
+        from upocr.commands.predict import describe_weights
+
+        assert "training images in all" in describe_weights(None)
     with torch.no_grad():
         outputs = model(torch.rand(1, 3, 64, 64), [0])
     assert outputs[-1].shape == (1, 3, 64, 64)

@@ -181,11 +181,12 @@ def test_model_command_scores_a_tiny_model_beside_the_baselines(test_split_root,
     assert set(tasks["tampering"]["model"]) >= {"real", "tampered", "miou", "mf", "count"}
     removal_output = Image.open(next((tmp_path / "out" / "removal" / "model").glob("*.png")))
     assert removal_output.size == (64, 64)  # kept at the model size, as the original saves it
-    # upocr's blended removal is scored beside it, at the image's own resolution.
-    assert tasks["removal"]["model+blend"]["count"] == 2
-    blended = Image.open(next((tmp_path / "out" / "removal" / "model+blend").glob("*.png")))
+    # Each of upocr's removal result modes is scored beside it, at the image's own resolution.
     image = Image.open(next((test_split_root / "TextRemoval" / "SCUT-ENS" / "test" / "image").glob("*")))
-    assert blended.size == image.size
+    for method in ("model+blend", "model+model-fill", "model+telea-fill"):
+        assert tasks["removal"][method]["count"] == 2
+        written = Image.open(next((tmp_path / "out" / "removal" / method).glob("*.png")))
+        assert written.size == image.size
 
 
 def test_picture_rows_run_from_the_models_best_to_its_worst_image(tmp_path):

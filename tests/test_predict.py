@@ -53,7 +53,7 @@ def test_tile_weights_of_neighbours_sum_to_one():
 )
 def test_tiling_an_identity_model_reproduces_the_input(shape, tile, overlap, batch):
     image = RNG.integers(0, 256, (*shape, 3), dtype=np.uint8)
-    predictor = Predictor(identity, tile=tile, overlap=overlap, batch_size=batch, size=64)
+    predictor = Predictor(identity, tile=tile, overlap=overlap, batch_size=batch, size=64, removal="blend")
     prediction = predictor.predict(image, "removal")
     assert prediction.output.shape == (3, *shape)
     np.testing.assert_allclose(prediction.output, image.transpose(2, 0, 1) / 255, atol=1e-5)
@@ -168,21 +168,21 @@ def erase_square(images, tasks):
 
 def test_removal_keeps_input_pixels_where_the_model_changed_nothing():
     image = RNG.integers(0, 200, (300, 400, 3), dtype=np.uint8)  # larger than the working size
-    prediction = Predictor(erase_square, size=64).predict(image, "removal")
+    prediction = Predictor(erase_square, size=64, removal="blend").predict(image, "removal")
     changed = prediction.change_mask > 0
     assert 0.04 < changed.mean() < 0.3  # about the square (1/16 of the image) plus a feathered margin
     assert not changed[:40].any() and not changed[:, -80:].any()
     np.testing.assert_array_equal(prediction.image[~changed], image[~changed])  # sharp, untouched
     assert (prediction.image[90:135, 120:180] >= 250).all()  # the erased area is the model's (white)
     # without the blend, the whole picture is the (blurry) resized model output
-    raw = Predictor(erase_square, size=64, keep_unchanged=False).predict(image, "removal")
+    raw = Predictor(erase_square, size=64, removal="raw").predict(image, "removal")
     assert raw.change_mask is None
     assert (raw.image[~changed] != image[~changed]).mean() > 0.5
 
 
 def test_removal_blend_in_tiled_mode_is_exact_outside_the_change():
     image = RNG.integers(0, 200, (100, 150, 3), dtype=np.uint8)
-    prediction = Predictor(erase_square, tile=64, overlap=16, size=64).predict(image, "removal")
+    prediction = Predictor(erase_square, tile=64, overlap=16, size=64, removal="blend").predict(image, "removal")
     unchanged = prediction.change_mask == 0
     assert unchanged.mean() > 0.3
     np.testing.assert_array_equal(prediction.image[unchanged], image[unchanged])
@@ -197,6 +197,78 @@ def test_change_mask_is_zero_for_an_unchanged_image_and_covers_a_change():
     assert weight[22:28, 22:28].min() > 0.95 and weight[0:5, 0:5].max() == 0
 
 
+def text_on_gradient(height: int = 96, width: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, clean background, text mask): dark 3-px strokes on a smooth horizontal gradient."""
+    ramp = np.linspace(90, 170, width).astype(np.uint8)
+    clean = np.repeat(np.repeat(ramp[None, :, None], height, axis=0), 3, axis=2).copy()
+    text = np.zeros((height, width), bool)
+    for x in range(30, 90, 12):
+        text[30:60, x : x + 3] = True
+    image = clean.copy()
+    image[text] = 10
+    return image, clean, text
+
+
+def text_finder(coarse_value: float = 0.5):
+    """A fake model: the segmentation prompt answers "text" for dark pixels (the strokes of
+    text_on_gradient, in any tile), the removal prompt's full output is the input unchanged and its
+    coarse (1/4) output a flat grey."""
+
+    def model(images, tasks):
+        full = images.clone()
+        for i, task in enumerate(tasks):
+            if task == Task.TEXT_SEGMENTATION:
+                full[i] = (images[i].mean(0, keepdim=True) < 0.3).float().expand(3, -1, -1)
+        quarter = torch.full_like(images[:, :, ::4, ::4], coarse_value)
+        return [quarter, images[:, :, ::2, ::2], full]
+
+    return model
+
+
+@pytest.mark.parametrize("tile", [None, 64])
+def test_telea_fill_erases_the_model_text_mask_and_keeps_everything_else(tile):
+    image, clean, text = text_on_gradient()
+    prediction = Predictor(text_finder(), size=64, tile=tile, overlap=16, removal="telea-fill").predict(image, "removal")
+    erased = prediction.change_mask > 0
+    assert erased[text].all()  # every stroke pixel is inside the grown mask
+    assert not erased[:20].any() and not erased[70:].any()  # grown by a few pixels, not the whole image
+    np.testing.assert_array_equal(prediction.image[~erased], image[~erased])
+    # Telea continues the gradient: the strokes are gone (dark 10 -> about the background's 90..170)
+    error = np.abs(prediction.image.astype(int) - clean.astype(int))[text]
+    assert error.mean() < 8 and np.abs(image.astype(int) - clean.astype(int))[text].mean() > 70
+
+
+def test_model_fill_paints_the_mask_with_the_coarse_removal_output():
+    image, _, text = text_on_gradient()
+    prediction = Predictor(text_finder(coarse_value=0.5), size=64, removal="model-fill").predict(image, "removal")
+    assert np.abs(prediction.image[text].astype(int) - 128).max() <= 1  # the coarse output's grey
+    far = prediction.change_mask == 0
+    assert far.mean() > 0.5
+    np.testing.assert_array_equal(prediction.image[far], image[far])
+    assert prediction.output.shape == (3, *text.shape) and abs(float(prediction.output.mean()) - 0.5) < 1e-6
+
+
+def test_fill_modes_run_the_segmentation_prompt_once_with_the_removal():
+    image, _, text = text_on_gradient()
+    seen: list[list[Task]] = []
+    finder = text_finder()
+
+    def recording(images, tasks):
+        seen.append(list(tasks))
+        return finder(images, tasks)
+
+    predictor = Predictor(recording, size=64, batch_size=4, removal="telea-fill")
+    removal, segmentation = predictor.predict_tasks(image, ["removal", "segmentation"])
+    assert seen == [[Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION]]  # no extra pass for the mask
+    assert segmentation.mask[text].mean() > 0.9
+    seen.clear()
+    predictor.predict(image, "removal")
+    assert seen == [[Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION]]
+    seen.clear()
+    Predictor(recording, size=64, removal="raw").predict(image, "removal")
+    assert seen == [[Task.TEXT_REMOVAL]]
+
+
 # ------------------------------------------------------------------ options and their errors
 
 
@@ -209,6 +281,7 @@ def test_change_mask_is_zero_for_an_unchanged_image_and_covers_a_change():
         ({"batch_size": 0}, "batch_size"),
         ({"precision": "int8"}, "precision"),
         ({"precision": "fp16"}, "CUDA"),
+        ({"removal": "smudge"}, "removal must be one of raw, blend, model-fill, telea-fill"),
     ],
 )
 def test_bad_options_raise_clear_errors(options, message):

@@ -185,7 +185,7 @@ def _run_model(args: argparse.Namespace) -> int:
     from upocr.predict import Predictor
 
     # Resize mode at --size, raw decoding: the original's evaluation path (see upocr.evaluate.runner).
-    predictor = Predictor(weights=args.weights, device=args.device, size=args.size, threshold=args.threshold, keep_unchanged=False)
+    predictor = Predictor(weights=args.weights, device=args.device, size=args.size, threshold=args.threshold)
     return _run_benchmarks(args, predictor)
 
 

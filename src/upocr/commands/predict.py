@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from upocr.io import DEFAULT_MAX_PIXELS, ImageError, expand_inputs, read_image, write_image
-from upocr.predict import Prediction, Predictor
+from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Prediction, Predictor
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 from upocr.visualize import image_grid, overlay_classes, overlay_mask
 
@@ -60,10 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_predictor_options(parser)
         if task == Task.TEXT_REMOVAL:
             parser.add_argument(
-                "--raw",
-                action="store_true",
-                help="write the model output as it is (resized back); by default pixels the model did not "
-                "change are copied from the input, so they stay sharp",
+                "--mode",
+                choices=REMOVAL_MODES,
+                default=DEFAULT_REMOVAL_MODE,
+                help=f"how the result is built (default {DEFAULT_REMOVAL_MODE}): telea-fill: the model's text mask "
+                "filled by Telea inpainting; model-fill: the same mask filled by the model's own (coarse) removal "
+                "output; blend: the model's removal output where it changed the image; raw: the output as it is",
             )
         if task == Task.TEXT_SEGMENTATION:
             parser.add_argument(
@@ -133,7 +135,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
         batch_size=args.batch_size,
         precision=args.precision,
         threshold=getattr(args, "threshold", None),
-        keep_unchanged=not getattr(args, "raw", False),
+        removal=getattr(args, "mode", DEFAULT_REMOVAL_MODE),
         max_pixels=args.max_pixels,
     )
 
@@ -299,4 +301,9 @@ def describe_weights(weights: Path | None) -> str:
     if record.get("trained") is False:
         return f"{name} - UNTRAINED ({record.get('note', 'random initialisation')})"
     summary = ", ".join(f"{k}={v}" for k, v in record.items() if k in ("steps", "images", "data", "config", "input_size"))
+    stages, images, earlier = 1, record.get("images") or 0, record.get("init_record")
+    while isinstance(earlier, dict):  # weights continued from others: count every stage
+        stages, images, earlier = stages + 1, images + (earlier.get("images") or 0), earlier.get("init_record")
+    if stages > 1:
+        summary += f"; last of {stages} stages, {images:,} training images in all"
     return f"{name} - trained ({summary})"

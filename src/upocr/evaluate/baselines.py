@@ -38,6 +38,7 @@ from skimage.filters import threshold_otsu, threshold_sauvola
 from tqdm import tqdm
 
 from upocr.evaluate.removal import REMOVAL_SIZE, read_rgb_as_original
+from upocr.inpaint import dilate, telea_inpaint
 from upocr.io import ImageError, write_image
 from upocr.tasks import Task
 
@@ -45,7 +46,6 @@ ORACLE_DILATION = 2  # px at 512x512
 DETECTOR_KERNEL = 15  # px: black/top-hat structuring element, wider than typical strokes at 512x512
 DETECTOR_MIN_CONTRAST = 20  # grey levels: weaker hat responses are never text
 DETECTOR_DILATION = 3  # px
-TELEA_RADIUS = 3  # px: cv2.inpaint neighbourhood
 SAUVOLA_WINDOW = 25
 SAUVOLA_K = 0.2
 WORD_GAP = 0.04  # closing width along the line, as a fraction of the shorter image side: letters -> words
@@ -54,19 +54,6 @@ WORD_GAP = 0.04  # closing width along the line, as a fraction of the shorter im
 # --------------------------------------------------------------------------------------------
 # Image-level baselines (arrays in, arrays out)
 # --------------------------------------------------------------------------------------------
-
-
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Grow a bool mask by `pixels` with an elliptical structuring element."""
-    if pixels <= 0:
-        return mask.astype(bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(mask.astype(np.uint8), kernel) > 0
-
-
-def telea_inpaint(image: np.ndarray, text: np.ndarray, *, radius: int = TELEA_RADIUS) -> np.ndarray:
-    """Fill the `text` pixels of a uint8 RGB image with OpenCV's Telea inpainting."""
-    return cv2.inpaint(np.ascontiguousarray(image), text.astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
 
 
 def detect_text_strokes(image: np.ndarray) -> np.ndarray:

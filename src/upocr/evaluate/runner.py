@@ -43,13 +43,14 @@ from upocr.evaluate.removal import (
 )
 from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
+from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_segmentation_target
 from upocr.visualize import image_grid, overlay_classes
 
 MODEL_METHOD = "model"
-# Text removal only: the model's output blended into the full-resolution input where the model changed
-# it (upocr's default inference, `Predictor(keep_unchanged=True)`); no ground truth is used.
-MODEL_BLEND_METHOD = "model+blend"
+# Text removal only: one more row per result mode of the Predictor (upocr.predict: "blend", "model-fill",
+# "telea-fill"), each what `upocr remove-text --mode MODE` writes; none uses ground truth.
+MODEL_REMOVAL_METHODS = {mode: f"model+{mode}" for mode in REMOVAL_MODES if mode != "raw"}
 SPLIT = "test"
 
 
@@ -114,7 +115,8 @@ def write_model_predictions(
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Run the predictor on every sample; write what the evaluation reads. Returns (pairs, errors).
 
-    blend (text removal): write the predictor's blended full-resolution `.image` instead of the raw output."""
+    blend (text removal): write the predictor's full-resolution `.image` (its `removal` mode) instead of the
+    raw output, which is scored at size x size as the original saves it."""
     pairs: list[tuple[Path, Path]] = []
     errors: list[str] = []
     for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
@@ -125,6 +127,9 @@ def write_model_predictions(
             elif task == Task.TEXT_REMOVAL:
                 # Resize here (the original's test transform) so the output stays size x size, as it saves it.
                 pixels = np.asarray(image.resize((predictor.size, predictor.size), Image.Resampling.BICUBIC))
+                if getattr(predictor, "removal", "raw") != "raw":
+                    predictor = copy.copy(predictor)
+                    predictor.removal = "raw"
                 # decode_removal of the raw output (not `.image`, which may blend in input pixels).
                 result = decode_removal(torch.from_numpy(predictor.predict(pixels, task).output)).numpy()
             elif task == Task.TEXT_SEGMENTATION:
@@ -188,12 +193,13 @@ def evaluate_on_benchmarks(
                 pred_dir = root / task.short / MODEL_METHOD
                 pairs, errors = write_model_predictions(predictor, task, samples, pred_dir, progress=progress)
                 report.results.append(_run_method(task, MODEL_METHOD, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
-                if task == Task.TEXT_REMOVAL and getattr(predictor, "keep_unchanged", None) is not None:
-                    blending = copy.copy(predictor)
-                    blending.keep_unchanged = True
-                    pred_dir = root / task.short / MODEL_BLEND_METHOD
-                    pairs, errors = write_model_predictions(blending, task, samples, pred_dir, blend=True, progress=progress)
-                    report.results.append(_run_method(task, MODEL_BLEND_METHOD, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
+                if task == Task.TEXT_REMOVAL and getattr(predictor, "removal", None) is not None:
+                    for mode, method in MODEL_REMOVAL_METHODS.items():
+                        moded = copy.copy(predictor)
+                        moded.removal = mode
+                        pred_dir = root / task.short / method
+                        pairs, errors = write_model_predictions(moded, task, samples, pred_dir, blend=True, progress=progress)
+                        report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
             if baselines:
                 for baseline in baseline_methods.baselines_for(task):
                     pred_dir = root / task.short / baseline.name
@@ -253,7 +259,7 @@ def successes_and_failures(task: Task, report: EvaluationReport, samples: Sequen
     """`count` samples from the model's best to its worst test image (evenly spaced in the ranking, so
     the middle rows are typical); the first `count` samples when the model was not evaluated."""
     results = {r.method: r for r in report.results if r.task == task}
-    model = results.get(MODEL_BLEND_METHOD) or results.get(MODEL_METHOD)
+    model = results.get(MODEL_REMOVAL_METHODS[DEFAULT_REMOVAL_MODE]) or results.get(MODEL_METHOD)
     if model is None or count < 1:
         return list(samples[:count])
     by_gt = {baseline_methods.ground_truth_path(s, task): s for s in samples}
