@@ -109,3 +109,25 @@ def test_segmentation_threshold_travels_with_the_weights(tmp_path, tiny_weights,
     assert "best threshold on 2 train images" in capsys.readouterr().out
     stored = upocr.load_model(weights).config.segmentation_threshold
     assert 0.05 <= stored <= 0.5
+
+
+def test_bundled_model_is_useful_on_a_bundled_sample(tmp_path):
+    """The receipt sample (dark print on paper): the defaults find the print and erase it."""
+    from upocr.commands.predict import SAMPLES_DIR
+    from upocr.io import read_image
+
+    image = read_image(SAMPLES_DIR / "receipt.jpg")
+    ink = image.mean(axis=2) < 100
+    assert 0.005 < ink.mean() < 0.2
+    predictor = upocr.Predictor(upocr.load_model())
+    removal, segmentation, tampering = predictor.predict_tasks(image, ["removal", "segmentation", "tampering"])
+    assert segmentation.mask[ink].mean() > 0.7 and segmentation.mask.mean() < 0.25  # the print, not the paper
+    assert (tampering.classes[ink] == 1).mean() > 0.5  # found as (real) text
+    assert (removal.image.mean(axis=2) < 100).sum() < 0.2 * ink.sum()  # most of the print is gone
+    untouched = removal.change_mask == 0
+    assert untouched.mean() > 0.5
+    assert (removal.image[untouched] == image[untouched]).all()
+    # the CLI's other modes run on the same weights
+    for mode in ("model-fill", "raw"):
+        assert cli_main(["remove-text", str(SAMPLES_DIR / "receipt.jpg"), "-o", str(tmp_path / mode), "--mode", mode]) == 0
+        assert (tmp_path / mode / "receipt.png").exists()
