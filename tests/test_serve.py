@@ -202,6 +202,9 @@ def test_cli_options():
     args = build_parser().parse_args(["serve", "--port", "0", "--weights", "w", "--size", "64", "--device", "cpu"])
     assert (args.host, args.port, args.weights, args.size, args.device) == ("127.0.0.1", 0, Path("w"), 64, "cpu")
     assert args.func.__module__ == "upocr.commands.serve"
+    defaults = build_parser().parse_args(["serve"])
+    assert defaults.size is None  # the weights' own training size, as the other commands
+    assert defaults.removal_mode == "telea-fill"
 
 
 def test_cli_missing_weights_is_one_line_error(tmp_path, capsys):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from upocr.commands.predict import describe_weights
-from upocr.predict import Predictor
+from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Predictor
 from upocr.serve import DEFAULT_MAX_UPLOAD_BYTES, serve
 
 
@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    parser.add_argument("--size", type=int, default=512, help="the model's working resolution (default 512)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="the model's working resolution (default: what the weights were trained at, 512 for original weights)")
+    parser.add_argument("--removal-mode", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE,
+                        help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help=f"refuse larger uploads (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})")
     parser.set_defaults(func=run_serve)
@@ -35,7 +38,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"upocr: --port must be between 0 and 65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(weights=args.weights, device=args.device, size=args.size)
+        predictor = Predictor(weights=args.weights, device=args.device, size=args.size, removal=args.removal_mode)
     except Exception as error:  # noqa: BLE001 - missing/bad weights, no CUDA, bad size: one clear line
         print(f"upocr: {error}", file=sys.stderr)
         return 1
