@@ -12,8 +12,8 @@ Two ways to fit an image of any size to the model:
   depends on the tile size, not the image size. `tile="auto"` tiles (with tile = size) only images with
   more than 4 x size^2 pixels.
 
-Text removal has four result modes (`removal=`); every one keeps the input's own pixels outside the
-region it erases, so untouched areas stay sharp at the original resolution:
+Text removal has four result modes (`removal=`); all but "raw" keep the input's own pixels outside the
+region they erase, so untouched areas stay sharp at the original resolution:
 
 * "raw": the removal prompt's full-resolution output as it is (the original's result);
 * "blend": that output, kept only where it changed the image (`removal_change_mask`);
