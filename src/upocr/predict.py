@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import cv2
 import numpy as np
@@ -63,7 +63,7 @@ AUTO_TILE_AREA_FACTOR = 4
 REMOVAL_CHANGE_THRESHOLD = 0.08
 
 RemovalMode = Literal["raw", "blend", "model-fill", "telea-fill"]
-REMOVAL_MODES: tuple[str, ...] = ("raw", "blend", "model-fill", "telea-fill")
+REMOVAL_MODES: tuple[str, ...] = get_args(RemovalMode)
 DEFAULT_REMOVAL_MODE = "telea-fill"
 # Fill modes: the text mask grows by this many pixels at the working resolution, so anti-aliased edges
 # and halos just outside the strokes are erased too (3 scored best of 2/3/4/6 on a validation split).
@@ -325,9 +325,8 @@ class Predictor:
                 return Prediction(task, output, image=telea_inpaint(pixels, text), change_mask=text.astype(np.float32))
             radius = max(1.0, REMOVAL_TEXT_DILATION * scale)
             weight = np.clip(cv2.GaussianBlur(text.astype(np.float32), (0, 0), radius / 2), 0, 1)
-            weight = np.maximum(weight, text)[:, :, None]  # feathered outside, the whole mask inside
-            blended = np.rint(weight * removed + (1 - weight) * pixels).astype(np.uint8)
-            return Prediction(task, output, image=blended, change_mask=weight[:, :, 0])
+            weight = np.maximum(weight, text)  # feathered outside, the whole mask inside
+            return Prediction(task, output, image=composite(removed, pixels, weight), change_mask=weight)
         if model_pair is None:  # tiled: model input and output are already at the original resolution
             weight = removal_change_mask(pixels, output)
         else:  # resized: find the change at the working size, then upsample the (smooth) mask
@@ -335,9 +334,14 @@ class Predictor:
             height, width = pixels.shape[:2]
             if weight.shape != (height, width):
                 weight = cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
-        weight = np.clip(weight, 0, 1)[:, :, None]
-        blended = np.rint(weight * removed + (1 - weight) * pixels).astype(np.uint8)
-        return Prediction(task, output, image=blended, change_mask=weight[:, :, 0])
+        weight = np.clip(weight, 0, 1)
+        return Prediction(task, output, image=composite(removed, pixels, weight), change_mask=weight)
+
+
+def composite(fill: np.ndarray, pixels: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): `weight * fill + (1 - weight) * pixels`, rounded; weight (H, W) in [0, 1]."""
+    weight = weight[:, :, None]
+    return np.rint(weight * fill + (1 - weight) * pixels).astype(np.uint8)
 
 
 def removal_change_mask(model_input: np.ndarray, model_output: np.ndarray) -> np.ndarray:
