@@ -14,21 +14,26 @@ from pathlib import Path
 
 import torch
 
-from upocr.model.checkpoint import DEFAULT_WEIGHTS, CheckpointError, load_model, save_pretrained, training_record
+from upocr.model.checkpoint import (
+    DEFAULT_WEIGHTS,
+    CheckpointError,
+    load_model,
+    save_pretrained,
+    training_record,
+    training_stages,
+)
 
 
 def complete_init_records(record: dict) -> None:
     """A run that started from other weights (`init`) keeps their record as `init_record`, and so on down
     the chain of stages: the bundle travels without the earlier weights. Links already filled (say, by a
     bundle made on another machine) stay; a missing one is read from the `init` path where it exists."""
-    for _ in range(16):  # a chain of stages, never a cycle
-        if not record.get("init"):
+    for _ in range(64):  # a chain of stages; never follow a cycle of init paths for ever
+        last = training_stages(record)[-1]
+        earlier = training_record(last["init"]) if last.get("init") else None
+        if not earlier:
             return
-        if not record.get("init_record"):
-            record["init_record"] = training_record(record["init"])
-        if not record["init_record"]:
-            return
-        record = record["init_record"]
+        last["init_record"] = earlier
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -292,7 +292,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def describe_weights(weights: Path | None) -> str:
     """Which weights ran, and whether they were trained (the `upocr_training` record saved with them)."""
-    from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record
+    from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record, training_stages
 
     name = str(weights) if weights is not None else f"bundled default {DEFAULT_WEIGHTS}"
     record = training_record(weights if weights is not None else None)
@@ -301,9 +301,8 @@ def describe_weights(weights: Path | None) -> str:
     if record.get("trained") is False:
         return f"{name} - UNTRAINED ({record.get('note', 'random initialisation')})"
     summary = ", ".join(f"{k}={v}" for k, v in record.items() if k in ("steps", "images", "data", "config", "input_size"))
-    stages, images, earlier = 1, record.get("images") or 0, record.get("init_record")
-    while isinstance(earlier, dict):  # weights continued from others: count every stage
-        stages, images, earlier = stages + 1, images + (earlier.get("images") or 0), earlier.get("init_record")
-    if stages > 1:
-        summary += f"; last of {stages} stages, {images:,} training images in all"
+    stages = training_stages(record)  # weights continued from others: count every stage
+    if len(stages) > 1:
+        images = sum(stage.get("images") or 0 for stage in stages)
+        summary += f"; last of {len(stages)} stages, {images:,} training images in all"
     return f"{name} - trained ({summary})"

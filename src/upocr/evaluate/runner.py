@@ -110,26 +110,32 @@ def score(task: Task, pairs: list[tuple[Path, Path]], *, progress: bool = True) 
     return evaluate_tampering_pairs(pairs, pred_format="classes", progress=progress)
 
 
+def with_removal_mode(predictor, mode: str):
+    """A shallow copy of `predictor` whose text removal builds its result in `mode` (upocr.predict)."""
+    moded = copy.copy(predictor)
+    moded.removal = mode
+    return moded
+
+
 def write_model_predictions(
-    predictor, task: Task, samples: Sequence, out_dir: Path, *, blend: bool = False, progress: bool = True
+    predictor, task: Task, samples: Sequence, out_dir: Path, *, full_resolution: bool = False, progress: bool = True
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Run the predictor on every sample; write what the evaluation reads. Returns (pairs, errors).
 
-    blend (text removal): write the predictor's full-resolution `.image` (its `removal` mode) instead of the
-    raw output, which is scored at size x size as the original saves it."""
+    full_resolution (text removal): write the predictor's full-resolution `.image` (its `removal` mode)
+    instead of the raw output, which is scored at size x size as the original saves it."""
     pairs: list[tuple[Path, Path]] = []
     errors: list[str] = []
+    if task == Task.TEXT_REMOVAL and not full_resolution and getattr(predictor, "removal", "raw") != "raw":
+        predictor = with_removal_mode(predictor, "raw")  # `.output` must be the full-resolution removal output
     for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
         try:
             image = read_rgb_as_original(sample.image)
-            if task == Task.TEXT_REMOVAL and blend:
+            if task == Task.TEXT_REMOVAL and full_resolution:
                 result = predictor.predict(np.asarray(image), task).image
             elif task == Task.TEXT_REMOVAL:
                 # Resize here (the original's test transform) so the output stays size x size, as it saves it.
                 pixels = np.asarray(image.resize((predictor.size, predictor.size), Image.Resampling.BICUBIC))
-                if getattr(predictor, "removal", "raw") != "raw":
-                    predictor = copy.copy(predictor)
-                    predictor.removal = "raw"
                 # decode_removal of the raw output (not `.image`, which may blend in input pixels).
                 result = decode_removal(torch.from_numpy(predictor.predict(pixels, task).output)).numpy()
             elif task == Task.TEXT_SEGMENTATION:
@@ -195,10 +201,9 @@ def evaluate_on_benchmarks(
                 report.results.append(_run_method(task, MODEL_METHOD, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
                 if task == Task.TEXT_REMOVAL and getattr(predictor, "removal", None) is not None:
                     for mode, method in MODEL_REMOVAL_METHODS.items():
-                        moded = copy.copy(predictor)
-                        moded.removal = mode
                         pred_dir = root / task.short / method
-                        pairs, errors = write_model_predictions(moded, task, samples, pred_dir, blend=True, progress=progress)
+                        pairs, errors = write_model_predictions(with_removal_mode(predictor, mode), task, samples, pred_dir,
+                                                                full_resolution=True, progress=progress)
                         report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
             if baselines:
                 for baseline in baseline_methods.baselines_for(task):

@@ -92,6 +92,16 @@ def training_record(path: str | Path | None = None) -> dict[str, Any] | None:
         return None
 
 
+def training_stages(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A training record and the records of the weights it continued (`init_record`, and so on down),
+    newest first: one entry per training stage."""
+    stages: list[dict[str, Any]] = []
+    while isinstance(record, dict) and len(stages) < 64:  # a chain of stages, never a cycle
+        stages.append(record)
+        record = record.get("init_record")
+    return stages
+
+
 def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], UPOCRConfig | None]:
     try:
         state = load_file(path, device="cpu")
