@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 
 from upocr.cli import main
-from upocr.commands.predict import SAMPLES_DIR, output_names
+from upocr.commands.predict import SAMPLES_DIR
+from upocr.files import output_names
 
 RNG = np.random.default_rng(1)
 
@@ -67,10 +69,10 @@ def test_remove_text_processes_good_inputs_and_reports_each_bad_one(tmp_path, in
 
 def test_segment_text_writes_binary_masks_and_overlays(tmp_path, inputs, tiny_weights):
     out = tmp_path / "out"
-    assert _run("segment-text", inputs / "a", "-o", out, "--weights", tiny_weights, "--size", "64", "--threshold", "0") == 0
+    assert _run("segment-text", inputs / "a", "-o", out, "--weights", tiny_weights, "--size", "64", "--threshold", "1e-9") == 0
     mask = np.asarray(Image.open(out / "photo_mask.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
-    assert (mask == 255).all()  # threshold 0: every pixel with any score is text
+    assert (mask == 255).all()  # threshold ~0: every pixel with any score is text
     overlay = np.asarray(Image.open(out / "photo_overlay.jpg"))
     assert overlay.shape == (50, 70, 3)
     assert _files(out) == ["photo_mask.png", "photo_overlay.jpg"]
@@ -150,3 +152,88 @@ def test_demo_writes_one_side_by_side_picture(tmp_path, tiny_weights, capsys):
     assert str(tmp_path / "demo" / "demo.png") in printed and "weights:" in printed
     grid = np.asarray(Image.open(tmp_path / "demo" / "demo.png"))
     assert grid.ndim == 3 and grid.shape[0] > 240 * len(samples) and grid.shape[1] > 4 * 240
+
+
+def test_existing_outputs_are_refused_with_a_hint(tmp_path, tiny_weights, capsys):
+    """D1: `remove-text photos/*.jpg -o photos` used to replace the user's photos/holiday.png."""
+    Image.fromarray(_photo()).save(tmp_path / "holiday.jpg")
+    Image.fromarray(_photo()).save(tmp_path / "holiday.png")
+    Image.fromarray(_photo()).save(tmp_path / "beach.jpg")
+    before = (tmp_path / "holiday.png").read_bytes()
+    argv = ["remove-text", tmp_path / "holiday.jpg", tmp_path / "beach.jpg", "-o", tmp_path, "--weights", tiny_weights, "--size", "64"]
+    assert _run(*argv) == 1
+    err = capsys.readouterr().err
+    assert f"upocr: {tmp_path / 'holiday.jpg'}: output {tmp_path / 'holiday.png'} exists (use --overwrite)\n" in err
+    assert (tmp_path / "holiday.png").read_bytes() == before and (tmp_path / "beach.png").exists()
+    assert _run(*argv) == 1  # a second run into the same folder: both refused, and told what to do
+    assert "2 image(s) skipped because their outputs exist" in capsys.readouterr().err
+    assert _run(*argv, "--overwrite") == 0
+    assert (tmp_path / "holiday.png").read_bytes() != before
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--threshold", "0"), ("--threshold", "1"), ("--threshold", "-1"), ("--threshold", "1.5"),
+     ("--threshold", "nan"), ("--threshold", "inf"), ("--max-pixels", "0"), ("--max-pixels", "-1"),
+     ("--size", "100000"), ("--size", "0")],
+)
+def test_bad_option_values_are_argparse_errors(tmp_path, option, value, capsys):
+    """D21: these were accepted (all text / no text, every image "a decompression bomb", out of memory)."""
+    with pytest.raises(SystemExit) as stopped:
+        _run("segment-text", tmp_path, "-o", tmp_path / "o", option, value)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"upocr segment-text: error: argument {option}")  # after the usage lines
+    assert sum("error" in line for line in err) == 1
+    if value == "100000":
+        assert "--tile" in err[-1]
+
+
+def test_ctrl_c_during_a_folder_is_one_line_and_exit_130(tmp_path, inputs, tiny_weights, monkeypatch, capsys):
+    """D12: Ctrl-C used to print a 53-line traceback and no summary."""
+    from upocr.predict import Predictor
+
+    calls = {"n": 0}
+    real_predict = Predictor.predict
+
+    def predict(self, image, task):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_predict(self, image, task)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    assert _run("segment-text", inputs / "grey.png", inputs / "alpha.png", inputs / "deep16.png", "-o", tmp_path / "o",
+                "--weights", tiny_weights, "--size", "64") == 130
+    err = capsys.readouterr().err
+    assert err == "upocr: interrupted after 2 of 3 image(s); outputs written so far are complete\n"
+    assert _files(tmp_path / "o") == ["alpha_mask.png", "alpha_overlay.jpg", "grey_mask.png", "grey_overlay.jpg"]
+
+
+def test_ctrl_c_reaching_main_is_one_line_and_exit_130(tmp_path, inputs, monkeypatch, capsys):
+    import upocr.commands.predict as predict_command
+
+    def load(args):
+        raise KeyboardInterrupt  # e.g. while the weights load
+
+    monkeypatch.setattr(predict_command, "build_predictor", load)
+    assert _run("remove-text", inputs / "grey.png", "-o", tmp_path / "o") == 130
+    assert capsys.readouterr().err == "upocr: interrupted\n"
+
+
+def test_images_wider_than_jpeg_allows_get_png_overlays(tmp_path, tiny_weights, capfd):
+    """D13: a 65,600 px wide image failed with "broken data stream" and a stray libjpeg line."""
+    Image.fromarray(np.full((2, 65_600), 128, np.uint8)).save(tmp_path / "wide.png")
+    assert _run("segment-text", tmp_path / "wide.png", "-o", tmp_path / "o", "--weights", tiny_weights, "--size", "64") == 0
+    assert _files(tmp_path / "o") == ["wide_mask.png", "wide_overlay.png"]
+    assert Image.open(tmp_path / "o" / "wide_overlay.png").size == (65_600, 2)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_newline_in_a_file_name_does_not_split_the_error_line(tmp_path, tiny_weights, capsys):
+    (tmp_path / "bad\nname.png").write_text("not a picture")
+    (tmp_path / "fifo.png").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "fifo.png")
+    assert _run("remove-text", tmp_path, "-o", tmp_path / "o", "--weights", tiny_weights, "--size", "64") == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [f"upocr: {tmp_path}/bad\\nname.png: not an image file (or an unsupported format)"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
+import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 from PIL import Image
 
 from upocr.io import ImageError, expand_inputs, list_images, read_image, write_image
+from upocr.utils import atomic_output, remove_stale_temporaries
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)
@@ -168,3 +173,96 @@ def test_list_images_expands_folders(tmp_path):
         (tmp_path / "sub/c.webp", tmp_path / "sub"),
         (tmp_path / "b.png", None),
     ]
+
+
+def test_folder_walk_reports_folders_it_cannot_list(tmp_path, monkeypatch):
+    """D16: rglob skipped unreadable folders silently. We run as root (permissions are not enforced),
+    so os.scandir, which os.walk lists folders with, refuses the two folders as it would for a user."""
+    for name in ["top/a.png", "top/locked/b.png", "top/open/c.png", "shut/d.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    locked = {str(tmp_path / "top" / "locked"), str(tmp_path / "shut")}
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in locked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    errors: list[tuple[Path, OSError]] = []
+    found = expand_inputs([tmp_path / "top", tmp_path / "shut"], on_error=lambda folder, error: errors.append((folder, error)))
+    assert [path for path, _ in found] == [tmp_path / "top/a.png", tmp_path / "top/open/c.png"]
+    assert sorted(str(folder) for folder, _ in errors) == sorted(locked)
+    assert all(isinstance(error, PermissionError) for _, error in errors)
+
+
+def test_fifo_and_devices_are_not_regular_files(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    for path in (tmp_path / "pipe.png", Path("/dev/zero")):
+        with pytest.raises(ImageError, match="not a regular file"):  # was "empty file" (D22)
+            read_image(path)
+
+
+def test_newline_in_a_file_name_keeps_the_error_on_one_line(tmp_path):
+    path = tmp_path / "bad\nname.png"
+    path.write_text("not a picture")
+    with pytest.raises(ImageError) as caught:
+        read_image(path)
+    assert "\n" not in str(caught.value) and "bad\\nname.png: not an image" in str(caught.value)
+    assert caught.value.path == path
+
+
+def test_corrupt_exif_warning_is_not_printed(tmp_path):
+    """D22: PIL warns "Corrupt EXIF data" (2 lines on stderr) for a truncated EXIF block; the image reads."""
+    ifd = struct.pack("<H", 5) + struct.pack("<HHI4s", 0x0112, 3, 1, b"\x06\x00\x00\x00")  # 5 tags, 1 present
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd
+    Image.fromarray(PIXELS).save(tmp_path / "exif.jpg", exif=exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = read_image(tmp_path / "exif.jpg")
+    assert pixels.shape == (40, 24, 3)  # the orientation tag that is there still applies
+    assert [str(w.message) for w in caught] == []
+
+
+def test_atomic_output_gives_new_files_the_usual_mode_and_keeps_a_replaced_files_mode(tmp_path):
+    """D8: mkstemp's 0600 used to stick to every output."""
+    previous = os.umask(0o022)
+    try:
+        write_image(tmp_path / "new.png", PIXELS)
+        assert stat.S_IMODE((tmp_path / "new.png").stat().st_mode) == 0o644
+        (tmp_path / "shared.png").write_bytes(b"old")
+        os.chmod(tmp_path / "shared.png", 0o664)
+        write_image(tmp_path / "shared.png", PIXELS)
+        assert stat.S_IMODE((tmp_path / "shared.png").stat().st_mode) == 0o664
+        os.umask(0o077)
+        with atomic_output(tmp_path / "private.txt") as tmp:
+            tmp.write_text("x")
+        assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
+
+
+def test_remove_stale_temporaries_only_touches_old_files_of_our_pattern(tmp_path):
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "photo.png") as tmp:
+            left = tmp
+            raise RuntimeError("fail")
+    assert not left.exists()  # a failed write cleans up after itself
+    stale = [tmp_path / ".photo_mask.ab12_z9q.tmp.png", tmp_path / ".step-00000006.wvif39jh.tmp.pt"]
+    kept = [
+        tmp_path / ".photo.tmp.png",  # no random part: not ours
+        tmp_path / ".notes.abcdefgh.tmp.txt.bak",  # does not end like ours
+        tmp_path / "photo.ab12cd34.tmp.png",  # not hidden
+        tmp_path / ".Photo.ABCDEFGH.tmp.png",  # upper case random part: not mkstemp's
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - 3600,) * 2)
+    fresh = tmp_path / ".photo_overlay.k2j4h5g6.tmp.jpg"  # being written by a run that is still going
+    fresh.write_bytes(b"x")
+    (tmp_path / ".sub.abcdefgh.tmp.png").mkdir()  # a folder, whatever its name
+    os.utime(tmp_path / ".sub.abcdefgh.tmp.png", (time.time() - 3600,) * 2)
+    removed = remove_stale_temporaries(tmp_path, older_than=time.time() - 60)
+    assert sorted(removed) == sorted(stale)
+    assert all(path.exists() for path in [*kept, fresh, tmp_path / ".sub.abcdefgh.tmp.png"])

@@ -24,11 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    # Each sub-command sets `func` (via set_defaults) returning an exit code.
-    return int(args.func(args) or 0)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        # Each sub-command sets `func` (via set_defaults) returning an exit code.
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        # Commands that have something to say (what was done, how to resume) catch it themselves;
+        # whatever reaches here gets one line instead of a traceback.
+        print("upocr: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

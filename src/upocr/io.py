@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from upocr.utils import atomic_output
+from upocr.utils import atomic_output, printable
 
 # Refuse images above this many pixels before decoding them (decompression bombs: a few KB of PNG
 # can claim 100k x 100k pixels). 100 MP is a 10000 x 10000 photo; raise it with `max_pixels=`.
@@ -29,6 +30,9 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 # JPEG/WebP quality for written pictures (overlays, grids); PNG is lossless anyway.
 _LOSSY_QUALITY = 95
 
+# libjpeg cannot store an image with a side longer than this (JPEG_MAX_DIMENSION).
+JPEG_MAX_SIDE = 65500
+
 
 class ImageError(ValueError):
     """A file that cannot be used as an image. The message is one line: "<path>: <problem>"."""
@@ -36,7 +40,7 @@ class ImageError(ValueError):
     def __init__(self, path: str | os.PathLike, problem: str) -> None:
         self.path = Path(path)
         self.problem = " ".join(str(problem).split())  # always one line
-        super().__init__(f"{self.path}: {self.problem}")
+        super().__init__(f"{printable(self.path)}: {self.problem}")  # even with a newline in the name
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -48,17 +52,15 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     more than `max_pixels` pixels (checked from the header, before decoding).
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(path, "no such file")
-    if path.is_dir():
-        raise ImageError(path, "is a folder, not an image file")
-    if path.stat().st_size == 0:
-        raise ImageError(path, "empty file")
+    _check_regular_file(path)
     try:
         # PIL's own bomb guard is a process-wide setting that warns (or raises at 2x); we apply
-        # our own limit from the header instead, so silence its warning here only.
+        # our own limit from the header instead, so silence its warning here only. PIL's other
+        # warnings are about the file's metadata (e.g. "Corrupt EXIF data"): the image either
+        # reads or fails with an ImageError, so they are only noise on the user's terminal.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
@@ -90,6 +92,30 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
             raise ImageError(path, f"truncated image file ({message})") from None
         raise ImageError(path, f"corrupt or unreadable image ({message})") from None
     return array
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse what cannot be an image file before opening it (opening a FIFO would block)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except OSError as error:
+        raise ImageError(path, error.strerror or str(error)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(path, "is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        if stat.S_ISFIFO(info.st_mode):
+            kind = "a FIFO"
+        elif stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+            kind = "a device"
+        else:
+            kind = "a socket"
+        raise ImageError(path, f"not a regular file ({kind})")
+    if info.st_size == 0:
+        raise ImageError(path, "empty file")
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -149,6 +175,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use .png, .jpg, .webp, .bmp or .tif")
+    if image_format == "JPEG" and max(array.shape[:2]) > JPEG_MAX_SIDE:
+        raise ValueError(f"{path}: JPEG cannot store a side over {JPEG_MAX_SIDE} px (image {array.shape[1]}x{array.shape[0]}); use .png")
     options = {"quality": _LOSSY_QUALITY} if image_format in ("JPEG", "WEBP") else {}
     with atomic_output(path) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=image_format, **options)
@@ -165,26 +193,53 @@ def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return [path for path, _ in expand_inputs(inputs)]
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path | None]]:
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike], *, on_error: Callable[[Path, OSError], None] | None = None
+) -> list[tuple[Path, Path | None]]:
     """Like `list_images`, but each path comes with the folder argument it was found in (None for a
-    path given directly), so that outputs can mirror the input folder structure."""
+    path given directly), so that outputs can mirror the input folder structure.
+
+    A folder that cannot be listed (e.g. permission denied) is passed to `on_error(folder, error)`
+    and skipped; without `on_error` it is skipped silently.
+    """
     found: list[tuple[Path, Path | None]] = []
     for item in inputs:
         item = Path(item)
-        if item.is_dir():
-            found.extend(
-                (path, item)
-                for path in sorted(
-                    p
-                    for p in item.rglob("*")
-                    if p.is_file()
-                    and p.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                )
-            )
+        if _is_folder(item):
+            found.extend((path, item) for path in _images_below(item, on_error))
         else:
             found.append((item, None))
     unique: dict[Path, tuple[Path, Path | None]] = {}
     for path, root in found:
         unique.setdefault(path.resolve(), (path, root))
     return list(unique.values())
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # e.g. its parent is unreadable: reading it as a file reports the problem
+        return False
+
+
+def _images_below(folder: Path, on_error: Callable[[Path, OSError], None] | None) -> list[Path]:
+    """Image files below `folder`, sorted; hidden files and folders skipped; symlinked folders not
+    followed (no cycles). os.walk, unlike Path.rglob, reports the folders it cannot list."""
+
+    def failed(error: OSError) -> None:
+        if on_error is not None:
+            on_error(Path(error.filename) if error.filename else folder, error)
+
+    images: list[Path] = []
+    for parent, folders, files in os.walk(folder, onerror=failed):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        for name in files:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            path = Path(parent, name)
+            try:
+                if path.is_file():  # follows a symlink to a file; not a FIFO, socket or dangling link
+                    images.append(path)
+            except OSError as error:
+                failed(error)
+    return sorted(images)

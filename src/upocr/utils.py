@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import re
+import secrets
+import stat
+import string
+import unicodedata
 from pathlib import Path
 from typing import Iterator
+
+# Temporary files of `atomic_output`: ".<stem>.<8 random characters>.tmp<suffix>" beside the final file.
+# The random part uses tempfile.mkstemp's alphabet, so files left by earlier versions match too.
+_TEMP_ALPHABET = string.ascii_lowercase + string.digits + "_"
+TEMP_FILE_PATTERN = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[A-Za-z0-9]+)?$")
 
 
 @contextlib.contextmanager
@@ -15,18 +24,65 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
     Readers never see a half-written file, and an exception (or a kill) leaves any previous file
     at `path` untouched. The temporary keeps the final suffix so writers that pick the format from
-    the extension (PIL, cv2, safetensors) still work.
+    the extension (PIL, cv2, safetensors) still work. The file gets the mode of the file it replaces,
+    or a new file's usual mode (0o666 minus the umask), not mkstemp's private 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temporary(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:  # make the bytes durable before the rename
             os.fsync(handle.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp_path, stat.S_IMODE(os.stat(path).st_mode))  # replacing: keep the old mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _create_temporary(path: Path) -> Path:
+    """Create an empty, new temporary file for `path` (never an existing one: O_EXCL).
+
+    Created with mode 0o666 so that the kernel applies the process umask, as for any new file
+    (reading the umask with os.umask() would briefly change it for every thread).
+    """
+    for _ in range(100):
+        token = "".join(secrets.choice(_TEMP_ALPHABET) for _ in range(8))
+        candidate = path.with_name(f".{path.stem}.{token}.tmp{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float) -> list[Path]:
+    """Delete `atomic_output` temporaries in `folder` (not below it) last modified before `older_than`
+    (a time.time() value), e.g. left by a killed run. Only names of our own pattern, only regular files;
+    a temporary being written right now is newer than the current run's start and stays."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # missing or unreadable: writing there will report it
+        return removed
+    for entry in entries:
+        if not TEMP_FILE_PATTERN.match(entry.name):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def printable(text: object) -> str:
+    """`text` with control characters (newlines, tabs, escape sequences, undecodable bytes) escaped as
+    Python does in repr, so that a file name can never split or garble a one-line message."""
+    return "".join(
+        char.encode("unicode_escape", "backslashreplace").decode("ascii")
+        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") else char
+        for char in str(text)
+    )

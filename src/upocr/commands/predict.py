@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
-from upocr.io import DEFAULT_MAX_PIXELS, ImageError, expand_inputs, read_image, write_image
-from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Prediction, Predictor
+from upocr.cli import EXIT_INTERRUPTED
+from upocr.files import FilesInterrupted, FilesReport, predict_files
+from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
+from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Predictor
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
+from upocr.utils import printable
 from upocr.visualize import image_grid, overlay_classes, overlay_mask
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEMO_TASKS = (Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION)
 
-# Errors that concern one input (or its outputs) only: report the file and go on with the others.
-PER_INPUT_ERRORS = (ImageError, OSError, MemoryError, torch.OutOfMemoryError)
+# --size above this is refused: the model's memory grows with size^2 (attention: faster), and large
+# images are better served by tiles at their native resolution.
+MAX_SIZE = 4096
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,11 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             name,
             help=short_help,
             description=f"{description} Inputs may be files or folders (searched recursively); outputs "
-            "keep the folder structure under OUT. A failed input is reported on one line; the others "
-            "are still processed and the exit status is 1.",
+            "keep the folder structure under OUT. Existing files are not replaced (see --overwrite). "
+            "A failed input is reported on one line; the others are still processed and the exit status is 1.",
         )
         parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
         parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace output files that already exist (e.g. from an earlier run); "
+                            "inputs are never replaced")
         add_predictor_options(parser)
         if task == Task.TEXT_REMOVAL:
             parser.add_argument(
@@ -70,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         if task == Task.TEXT_SEGMENTATION:
             parser.add_argument(
                 "--threshold",
-                type=float,
+                type=_threshold_value,
                 default=None,
                 help=f"text score threshold (default: the one calibrated for the weights; {SEGMENTATION_THRESHOLD}, "
                 "the original's, for weights without one)",
@@ -94,7 +97,9 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
     group.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     group.add_argument(
-        "--size", type=int, default=None, help="the model's working resolution (default: what the weights were trained at, 512 for original weights)"
+        "--size", type=_size_value, default=None,
+        help=f"the model's working resolution, a multiple of 32 up to {MAX_SIZE} (default: what the weights were "
+        "trained at, 512 for original weights)",
     )
     group.add_argument(
         "--tile",
@@ -110,7 +115,7 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default 1)")
     group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                        help="fp32 (default), bf16 autocast (CPU/CUDA) or fp16 autocast (CUDA)")
-    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    group.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
 
 
@@ -123,6 +128,36 @@ def _tile_value(text: str) -> int | str | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected off, auto or a tile size in pixels, got {text!r}") from None
+
+
+def _threshold_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _size_value(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{value} is too large (at most {MAX_SIZE}: memory grows with the square of the size); "
+            "for detail in large images use --tile N, which runs N x N tiles at the image's own resolution"
+        )
+    return value
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
@@ -141,7 +176,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
 
 
 def _fail(message: object) -> None:
-    tqdm.write(f"upocr: {message}", file=sys.stderr)
+    tqdm.write(f"upocr: {printable(message)}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,116 +185,33 @@ def _fail(message: object) -> None:
 
 
 def run_task(args: argparse.Namespace) -> int:
-    task: Task = args.task
-    items = expand_inputs(args.inputs)
-    failures = 0
-    for folder in {Path(i) for i in args.inputs if Path(i).is_dir()}:
-        if not any(root == folder for _, root in items):
-            _fail(f"{folder}: no images found in this folder")
-            failures += 1
-    if not items:
-        return 1
+    """remove-text / segment-text / detect-tampering: `upocr.files.predict_files` with one-line errors."""
     try:
         predictor = build_predictor(args)
     except Exception as error:  # noqa: BLE001 - model/option problems: one clear line, no traceback
         _fail(error)
         return 1
-    names = output_names(items)
-    inputs = {path.resolve() for path, _ in items}
-    done = 0
-    # disable=None: no bar when stderr is not a terminal (logs stay clean); none for a single image.
-    bar = tqdm(items, desc=task.short, unit="image", disable=True if len(items) < 2 else None, file=sys.stderr)
-    for (path, _), name in zip(bar, names):
-        outputs = task_outputs(task, args.output, name)
-        clash = next((out for out, _ in outputs if out.resolve() in inputs), None)
-        if clash is not None:
-            _fail(f"{path}: output {clash} would overwrite an input; choose another output folder (-o)")
-            failures += 1
-            continue
-        try:
-            image = read_image(path, max_pixels=args.max_pixels)
-            prediction = predictor.predict(image, task)
-            write_all([(out, render(image, prediction)) for out, render in outputs])
-            done += 1
-        except PER_INPUT_ERRORS as error:
-            _fail(error if isinstance(error, ImageError) else f"{path}: {_describe(error)}")
-            failures += 1
-    print(f"{task.title}: {done} of {len(items)} image(s) written to {args.output}"
-          + (f"; {failures} failed" if failures else ""))
-    return 1 if failures else 0
-
-
-Renderer = Callable[[np.ndarray, Prediction], np.ndarray]
-
-
-def task_outputs(task: Task, out_dir: Path, name: Path) -> list[tuple[Path, Renderer]]:
-    """The files one input produces for `task`, and how each is drawn from (image, prediction)."""
-    base = out_dir / name
-    if task == Task.TEXT_REMOVAL:
-        return [(base.with_name(base.name + ".png"), lambda image, p: p.image)]
-    if task == Task.TEXT_SEGMENTATION:
-        return [
-            (base.with_name(base.name + "_mask.png"), lambda image, p: p.mask.astype(np.uint8) * 255),
-            (base.with_name(base.name + "_overlay.jpg"), lambda image, p: overlay_mask(image, p.mask)),
-        ]
-    return [
-        (base.with_name(base.name + "_classes.png"), lambda image, p: p.classes),
-        (base.with_name(base.name + "_overlay.jpg"), lambda image, p: overlay_classes(image, p.classes)),
-    ]
-
-
-def write_all(files: list[tuple[Path, np.ndarray]]) -> None:
-    """Write every file of one input, or none: on a failure the ones already written are removed."""
-    written: list[Path] = []
     try:
-        for path, array in files:
-            write_image(path, array)
-            written.append(path)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+        report = predict_files(predictor, args.inputs, args.output, args.task,
+                               overwrite=args.overwrite, on_error=_fail, progress=True)
+    except FilesInterrupted as stop:
+        _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
+              "outputs written so far are complete")
+        return EXIT_INTERRUPTED
+    return _summarize(report)
 
 
-def output_names(items: list[tuple[Path, Path | None]]) -> list[Path]:
-    """A distinct output name (relative path, no suffix) for each input.
-
-    Images found in a folder argument keep their path relative to that folder; files named directly use
-    their stem. Inputs whose names still clash (same stem in different folders, or x.jpg beside x.png)
-    keep their path relative to the clashing files' common folder, then their suffix (x_jpg), then a
-    counter.
-    """
-    names = [path.relative_to(root).with_suffix("") if root else Path(path.stem) for path, root in items]
-
-    def clashes() -> dict[Path, list[int]]:
-        groups: dict[Path, list[int]] = {}
-        for index, name in enumerate(names):
-            groups.setdefault(name, []).append(index)
-        return {name: group for name, group in groups.items() if len(group) > 1}
-
-    for group in clashes().values():  # 1: the path below the clashing files' common folder
-        resolved = [items[i][0].resolve() for i in group]
-        common = Path(os.path.commonpath([p.parent for p in resolved]))
-        for i, path in zip(group, resolved):
-            names[i] = path.relative_to(common).with_suffix("")
-    for group in clashes().values():  # 2: keep the suffix in the name
-        for i in group:
-            suffix = items[i][0].suffix.lstrip(".")
-            names[i] = names[i].with_name(f"{names[i].name}_{suffix}" if suffix else names[i].name)
-    counts: Counter[Path] = Counter()
-    for group in clashes().values():  # 3: number what is left
-        for i in group[1:]:
-            counts[names[i]] += 1
-            names[i] = names[i].with_name(f"{names[i].name}_{counts[names[i]] + 1}")
-    return names
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
-        return "out of memory; try --tile 512 (memory then depends on the tile, not the image)"
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror}" + (f": {error.filename}" if error.filename else "")
-    return " ".join(str(error).split()) or type(error).__name__
+def _summarize(report: FilesReport) -> int:
+    """Print the summary line (and a hint when outputs existed); the exit status."""
+    if report.total == 0:
+        return 1
+    failed = len(report.errors)
+    print(f"{report.task.title}: {report.done} of {report.total} image(s) written to {printable(report.out_dir)}"
+          + (f"; {failed} failed" if failed else ""))
+    if report.existing > 1:
+        _fail(f"{report.existing} image(s) skipped because their outputs exist (an earlier run?); "
+              "add --overwrite to replace them, or choose another output folder (-o)")
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------

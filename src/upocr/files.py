@@ -1,0 +1,295 @@
+"""Image files and folders in, result files out: the one file pipeline of upocr.
+
+`predict_files(predictor, inputs, out_dir, task)` is what `upocr remove-text | segment-text |
+detect-tampering` run, for any caller that wants the same rules:
+
+* inputs: files, and folders searched recursively (`upocr.io.expand_inputs`); a folder that cannot be
+  listed, or holds no images, is an error of its own;
+* output names: the path below the folder given (or the file's stem), made unique (`output_names`);
+* writing: each input's files all or none, every file atomically (`upocr.io.write_image`); an existing
+  file is never replaced unless `overwrite=True`, and an input never; stale temporaries of a killed run
+  are removed from the folders written to;
+* errors: a bad input (unreadable, corrupt, too large, out of memory, unwritable output) is one line
+  "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from upocr.io import JPEG_MAX_SIDE, ImageError, expand_inputs, read_image, write_image
+from upocr.predict import Prediction, Predictor
+from upocr.tasks import Task
+from upocr.utils import printable, remove_stale_temporaries
+from upocr.visualize import overlay_classes, overlay_mask
+
+# Errors that concern one input (or its outputs) only: report the file and go on with the others.
+# Out of memory also arrives as a RuntimeError from torch's CPU allocator: see `is_out_of_memory`.
+PER_INPUT_ERRORS = (ImageError, OSError, MemoryError, torch.OutOfMemoryError)
+
+# How allocators word a failed allocation (torch CPU, CUDA, OpenCV).
+_OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "failed to allocate", "insufficient memory")
+
+Renderer = Callable[[np.ndarray, Prediction], np.ndarray]
+ErrorHandler = Callable[[str], None]
+
+
+@dataclass
+class FilesReport:
+    """What `predict_files` did. `errors` holds one line per failed input or folder."""
+
+    task: Task
+    out_dir: Path
+    total: int = 0  # images found
+    done: int = 0  # images whose outputs were all written
+    written: list[Path] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    existing: int = 0  # images refused because an output already existed (overwrite=False)
+
+
+class FilesInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `predict_files`; `report` says what was done. Every output written is complete."""
+
+    def __init__(self, report: FilesReport) -> None:
+        super().__init__(f"interrupted after {report.done} of {report.total} image(s)")
+        self.report = report
+
+
+def predict_files(
+    predictor: Predictor,
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    task: Task | str,
+    *,
+    overwrite: bool = False,
+    on_error: ErrorHandler | None = None,
+    progress: bool = False,
+) -> FilesReport:
+    """Run `task` on every image of `inputs` and write its result files under `out_dir`.
+
+    `on_error(line)` is called with each error line as it happens (they are also in the report);
+    `progress` shows a progress bar on stderr when it is a terminal and there are several images.
+    """
+    started = time.time()
+    task = Task.parse(task)
+    out_dir = Path(out_dir)
+    report = FilesReport(task=task, out_dir=out_dir)
+
+    def fail(line: str) -> None:
+        report.errors.append(line)
+        if on_error is not None:
+            on_error(line)
+
+    items = find_images(inputs, fail)
+    report.total = len(items)
+    names = output_names(items)
+    planned = [task_outputs(task, out_dir, name) for name in names]
+    check_unique([path for outputs in planned for path, _ in outputs])
+    inputs_resolved = {path.resolve() for path, _ in items}
+    written: set[Path] = set()  # outputs of this run: the only existing files it may replace
+    cleaned: set[Path] = set()
+    bar = tqdm(total=len(items), desc=task.short, unit="image", file=sys.stderr,
+               disable=True if not progress or len(items) < 2 else None)  # None: only on a terminal
+    try:
+        for (path, _), name, outputs in zip(items, names, planned):
+            try:
+                _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
+                files = _predict_one(predictor, task, path, out_dir, name, inputs_resolved, written, overwrite)
+                for folder in {out.parent for out, _ in files} - cleaned:
+                    remove_stale_temporaries(folder, older_than=started)
+                    cleaned.add(folder)
+                write_all(files)
+                written.update(out for out, _ in files)
+                report.written.extend(out for out, _ in files)
+                report.done += 1
+            except _Refused as refused:
+                report.existing += refused.exists
+                fail(f"{printable(path)}: {refused}")
+            except Exception as error:  # noqa: BLE001 - sorted by `_per_input_problem`, re-raised if not per input
+                problem = _per_input_problem(error, predictor)
+                if problem is None:
+                    raise
+                fail(problem if isinstance(error, ImageError) else f"{printable(path)}: {problem}")
+            bar.update()
+    except KeyboardInterrupt:
+        raise FilesInterrupted(report) from None
+    finally:
+        bar.close()
+    return report
+
+
+class _Refused(Exception):
+    """An output of this input may not be written: it is an input, or it exists (`exists`)."""
+
+    def __init__(self, message: str, *, exists: bool) -> None:
+        super().__init__(message)
+        self.exists = exists
+
+
+def _predict_one(
+    predictor: Predictor, task: Task, path: Path, out_dir: Path, name: Path,
+    inputs: set[Path], written: set[Path], overwrite: bool,
+) -> list[tuple[Path, np.ndarray]]:
+    """Read one image and run the task: its files and their pixels, ready to write."""
+    image = read_image(path, max_pixels=predictor.max_pixels)
+    outputs = task_outputs(task, out_dir, name, image.shape[:2])  # the overlay may become a PNG
+    _check_may_write(outputs, inputs, written, overwrite)
+    prediction = predictor.predict(image, task)
+    _check_may_write(outputs, inputs, written, overwrite)  # again: the model may have run for minutes
+    return [(out, render(image, prediction)) for out, render in outputs]
+
+
+def _check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:
+    """Raise _Refused unless every output may be written. An input is never replaced; any other
+    existing file only with `overwrite`, or when this run wrote it."""
+    for out, _ in outputs:
+        if out.resolve() in inputs:
+            raise _Refused(f"output {printable(out)} would overwrite an input; choose another output folder (-o)", exists=False)
+    for out, _ in outputs:
+        if not overwrite and os.path.lexists(out) and out not in written:
+            raise _Refused(f"output {printable(out)} exists (use --overwrite)", exists=True)
+
+
+def _per_input_problem(error: Exception, predictor: Predictor) -> str | None:
+    """The one-line problem of an error that concerns one input only, or None (a bug: re-raise it)."""
+    if is_out_of_memory(error):
+        # The model's memory depends on --size (or the tile and batch); the image and its full-size
+        # results (about 16 bytes per pixel) on the image alone, whatever the mode.
+        model = "a smaller --size" if predictor.tile is None else "a smaller --tile or --batch-size 1"
+        return f"out of memory; try {model}, or skip images this large with a lower --max-pixels"
+    if isinstance(error, ImageError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror + (f": {printable(error.filename)}" if error.filename else "")
+    if isinstance(error, PER_INPUT_ERRORS):
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A failed allocation: MemoryError, torch.OutOfMemoryError, or torch's CPU allocator's RuntimeError
+    ("DefaultCPUAllocator: can't allocate memory", e.g. under `ulimit -v`), or OpenCV's."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    if isinstance(error, ImageError) or not isinstance(error, (RuntimeError, *_cv2_error())):
+        return False
+    message = str(error).lower()
+    return any(words in message for words in _OUT_OF_MEMORY_MESSAGES)
+
+
+def _cv2_error() -> tuple[type[BaseException], ...]:
+    cv2 = sys.modules.get("cv2")  # only loaded when Telea inpainting ran
+    return (cv2.error,) if cv2 is not None else ()
+
+
+def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list[tuple[Path, Path | None]]:
+    """`expand_inputs`, with a line to `fail` for each folder that cannot be listed (permission denied)
+    and for each folder argument with no images in it."""
+    inputs = [Path(item) for item in inputs]
+    unreadable: set[Path] = set()
+
+    def cannot_list(folder: Path, error: OSError) -> None:
+        unreadable.add(folder)
+        problem = "permission denied" if isinstance(error, PermissionError) else (error.strerror or str(error))
+        fail(f"{printable(folder)}: {problem}")
+
+    items = expand_inputs(inputs, on_error=cannot_list)
+    for folder in dict.fromkeys(item for item in inputs if os.path.isdir(item)):
+        hidden_by_error = any(bad == folder or folder in bad.parents for bad in unreadable)
+        if not hidden_by_error and not any(root == folder for _, root in items):
+            fail(f"{printable(folder)}: no images found in this folder")
+    return items
+
+
+def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] | None = None) -> list[tuple[Path, Renderer]]:
+    """The files one input produces for `task`, and how each is drawn from (image, prediction).
+
+    Overlays are JPEG, or PNG for an image (`shape` = (H, W)) with a side JPEG cannot store.
+    """
+    base = out_dir / name
+    overlay = "_overlay.png" if shape is not None and max(shape) > JPEG_MAX_SIDE else "_overlay.jpg"
+    if task == Task.TEXT_REMOVAL:
+        return [(base.with_name(base.name + ".png"), lambda image, p: p.image)]
+    if task == Task.TEXT_SEGMENTATION:
+        return [
+            (base.with_name(base.name + "_mask.png"), lambda image, p: p.mask.astype(np.uint8) * 255),
+            (base.with_name(base.name + overlay), lambda image, p: overlay_mask(image, p.mask)),
+        ]
+    return [
+        (base.with_name(base.name + "_classes.png"), lambda image, p: p.classes),
+        (base.with_name(base.name + overlay), lambda image, p: overlay_classes(image, p.classes)),
+    ]
+
+
+def write_all(files: list[tuple[Path, np.ndarray]]) -> None:
+    """Write every file of one input, or none: on a failure the ones already written are removed."""
+    written: list[Path] = []
+    try:
+        for path, array in files:
+            write_image(path, array)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def output_names(items: list[tuple[Path, Path | None]]) -> list[Path]:
+    """A distinct output name (relative path, no suffix) for each input.
+
+    Images found in a folder argument keep their path relative to that folder; files named directly use
+    their stem. Inputs whose names still clash (same stem in different folders, or x.jpg beside x.png)
+    keep their path relative to the clashing files' common folder, then their suffix (x_jpg), then a
+    counter (x_jpg_2, the first number no other name has). Names are compared ignoring case, as
+    macOS and Windows file systems do.
+    """
+    names = [path.relative_to(root).with_suffix("") if root else Path(path.stem) for path, root in items]
+    natural = list(names)
+
+    def key(name: Path) -> str:
+        return name.as_posix().casefold()
+
+    def clashes() -> list[list[int]]:
+        groups: dict[str, list[int]] = {}
+        for index, name in enumerate(names):
+            groups.setdefault(key(name), []).append(index)
+        return [group for group in groups.values() if len(group) > 1]
+
+    for group in clashes():  # 1: the path below the clashing files' common folder
+        resolved = [items[i][0].resolve() for i in group]
+        common = Path(os.path.commonpath([p.parent for p in resolved]))
+        for i, path in zip(group, resolved):
+            names[i] = path.relative_to(common).with_suffix("")
+    for group in clashes():  # 2: keep the suffix in the name
+        for i in group:
+            suffix = items[i][0].suffix.lstrip(".")
+            names[i] = names[i].with_name(f"{names[i].name}_{suffix}" if suffix else names[i].name)
+    taken = {key(name) for name in names}
+    for group in clashes():  # 3: number what is left, skipping numbers another name already has
+        group.sort(key=lambda i: names[i] != natural[i])  # a file named x_png.jpg keeps x_png
+        for i in group[1:]:
+            number = 2
+            while key(candidate := names[i].with_name(f"{names[i].name}_{number}")) in taken:
+                number += 1
+            names[i] = candidate
+            taken.add(key(candidate))
+    return names
+
+
+def check_unique(paths: list[Path]) -> None:
+    """Refuse to start when two outputs would be the same file (one input's result would be lost)."""
+    seen: set[str] = set()
+    for path in paths:
+        key = path.as_posix().casefold()
+        if key in seen:
+            raise RuntimeError(f"internal error: two inputs would both write {path}; please report this")
+        seen.add(key)

@@ -1,0 +1,194 @@
+"""upocr.files: the file pipeline behind remove-text / segment-text / detect-tampering (names,
+overwriting, per-input errors, interrupts, temporaries, folders that cannot be listed)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from upocr.files import FilesInterrupted, is_out_of_memory, output_names, predict_files, task_outputs
+from upocr.predict import Predictor
+from upocr.tasks import Task
+
+COLOURS = {"x.jpg": "red", "x.png": "lime", "x_png.jpg": "blue", "x_png_2.jpg": "yellow"}
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_weights) -> Predictor:
+    return Predictor(weights=tiny_weights, size=64, removal="raw")
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """Three small images."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index, name in enumerate(["a.png", "b.png", "c.png"]):
+        Image.new("RGB", (40, 30), (index * 80, 0, 0)).save(folder / name)
+    return folder
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_names_that_clash_after_disambiguation_are_still_distinct(tmp_path):
+    """D2: x_png.jpg and x_png_2.jpg both used to become x_png_2 (one result silently lost)."""
+    items = [(tmp_path / name, tmp_path) for name in COLOURS]
+    names = output_names(items)
+    assert len({str(name) for name in names}) == 4
+    assert names == [Path("x_jpg"), Path("x_png_3"), Path("x_png"), Path("x_png_2")]  # files keep their own stem
+    # names differing only in case are one file on macOS and Windows
+    upper = [(tmp_path / "A.jpg", None), (tmp_path / "a.jpg", None), (tmp_path / "a_jpg.png", None)]
+    assert len({str(name).casefold() for name in output_names(upper)}) == 3
+
+
+def test_four_clashing_inputs_give_four_outputs(tmp_path, predictor):
+    for name, colour in COLOURS.items():
+        Image.new("RGB", (32, 32), colour).save(tmp_path / name)
+    report = predict_files(predictor, [tmp_path], tmp_path / "out", "removal")
+    assert report.done == 4 and len(set(report.written)) == 4
+    assert _files(tmp_path / "out") == ["x_jpg.png", "x_png.png", "x_png_2.png", "x_png_3.png"]
+
+
+def test_existing_files_are_kept_unless_overwrite(tmp_path, folder, predictor):
+    """D1: a user's own file at an output path used to be replaced silently."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_mask.png").write_bytes(b"the user's own file")
+    errors: list[str] = []
+    report = predict_files(predictor, [folder], out, "segmentation", on_error=errors.append)
+    assert errors == [f"{folder / 'b.png'}: output {out / 'b_mask.png'} exists (use --overwrite)"]
+    assert (out / "b_mask.png").read_bytes() == b"the user's own file"
+    assert not (out / "b_overlay.jpg").exists()  # none of that input's files
+    assert report.done == 2 and report.existing == 1
+    # running again into the same folder: every input refused, nothing touched
+    again = predict_files(predictor, [folder], out, "segmentation")
+    assert again.done == 0 and again.existing == 3
+    replaced = predict_files(predictor, [folder], out, "segmentation", overwrite=True)
+    assert replaced.done == 3 and not replaced.errors
+    assert (out / "b_mask.png").read_bytes() != b"the user's own file"
+
+
+def test_an_input_is_never_overwritten_even_with_overwrite(tmp_path, predictor):
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "keep.png")
+    before = (tmp_path / "keep.png").read_bytes()
+    report = predict_files(predictor, [tmp_path / "keep.png"], tmp_path, "removal", overwrite=True)
+    assert report.done == 0 and "would overwrite an input" in report.errors[0]
+    assert (tmp_path / "keep.png").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                     "you tried to allocate 972000000 bytes. Error code 12 (Cannot allocate memory)"),
+        MemoryError(),
+    ],
+    ids=["torch-cpu-allocator", "MemoryError"],
+)
+def test_out_of_memory_fails_one_image_and_the_run_goes_on(tmp_path, folder, predictor, monkeypatch, error):
+    """D4: torch's CPU allocator raises a plain RuntimeError, which used to abort the whole batch."""
+    real_predict = Predictor.predict
+
+    def predict(self, image, task):
+        if image[0, 0, 0] == 80:  # b.png
+            raise error
+        return real_predict(self, image, task)
+
+    monkeypatch.setattr(Predictor, "predict", predict)
+    report = predict_files(predictor, [folder], tmp_path / "out", "tampering")
+    assert report.done == 2
+    assert report.errors == [f"{folder / 'b.png'}: out of memory; try a smaller --size, "
+                             "or skip images this large with a lower --max-pixels"]
+    assert _files(tmp_path / "out") == ["a_classes.png", "a_overlay.jpg", "c_classes.png", "c_overlay.jpg"]
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory():
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert not is_out_of_memory(RuntimeError("expected scalar type Float but found Half"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # only allocator errors
+
+
+def test_interrupt_reports_progress_and_leaves_only_complete_outputs(tmp_path, folder, predictor, monkeypatch):
+    """D12: Ctrl-C between or inside images: FilesInterrupted with the count; no partial or temp files."""
+    real_write = Image.Image.save
+    calls = {"n": 0}
+
+    def save(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second file of the second image: its first file must go too
+            raise KeyboardInterrupt
+        return real_write(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(FilesInterrupted) as caught:
+        predict_files(predictor, [folder], tmp_path / "out", "segmentation")
+    assert (caught.value.report.done, caught.value.report.total) == (1, 3)
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert [p.name for p in (tmp_path / "out").iterdir()] and _files(tmp_path / "out") == ["a_mask.png", "a_overlay.jpg"]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_stale_temporaries_in_output_folders_are_removed(tmp_path, folder, predictor):
+    """D9: a killed run's hidden temporaries used to stay forever."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".a_mask.x1y2z3w4.tmp.png"
+    stale.write_bytes(b"half a picture")
+    os.utime(stale, (time.time() - 600,) * 2)
+    mine = out / ".notes.tmp.png"  # not our pattern
+    mine.write_bytes(b"x")
+    os.utime(mine, (time.time() - 600,) * 2)
+    predict_files(predictor, [folder], out, "segmentation")
+    assert not stale.exists() and mine.exists()
+    assert _files(out) == [".notes.tmp.png"] + [f"{n}_{k}" for n in "abc" for k in ("mask.png", "overlay.jpg")]
+
+
+def test_folders_that_cannot_be_listed_are_errors(tmp_path, folder, predictor, monkeypatch):
+    """D16: an unreadable folder was "no images found", an unreadable subfolder skipped silently.
+    Root ignores permissions, so os.scandir (which os.walk uses) refuses as it would for a user."""
+    (folder / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "sub" / "d.png")
+    (tmp_path / "noread").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "noread" / "e.png")
+    refused = {str(folder / "sub"), str(tmp_path / "noread")}
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = predict_files(predictor, [folder, tmp_path / "noread"], tmp_path / "out", "removal")
+    assert report.errors == [f"{folder / 'sub'}: permission denied", f"{tmp_path / 'noread'}: permission denied"]
+    assert report.done == 3
+
+
+def test_overlays_of_images_too_wide_for_jpeg_are_png(tmp_path):
+    """D13: libjpeg cannot store a side over 65500 px."""
+    names = [path.name for path, _ in task_outputs(Task.TEXT_SEGMENTATION, tmp_path, Path("w"), (1, 65_501))]
+    assert names == ["w_mask.png", "w_overlay.png"]
+    names = [path.name for path, _ in task_outputs(Task.TAMPERED_TEXT_DETECTION, tmp_path, Path("w"), (65_500, 2))]
+    assert names == ["w_classes.png", "w_overlay.jpg"]
+
+
+def test_outputs_are_written_with_the_usual_permissions(tmp_path, folder, predictor):
+    previous = os.umask(0o022)
+    try:
+        report = predict_files(predictor, [folder / "a.png"], tmp_path / "out", "removal")
+    finally:
+        os.umask(previous)
+    assert [oct(path.stat().st_mode & 0o777) for path in report.written] == ["0o644"]
+
+
+def test_report_pixels_match_the_predictor(tmp_path, folder, predictor):
+    report = predict_files(predictor, [folder / "c.png"], tmp_path / "out", "removal")
+    expected = predictor.predict(np.asarray(Image.open(folder / "c.png").convert("RGB")), "removal").image
+    np.testing.assert_array_equal(np.asarray(Image.open(report.written[0])), expected)
