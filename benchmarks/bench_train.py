@@ -3,9 +3,9 @@
     python benchmarks/bench_train.py                        # small and paper at 256x256, 1 and 2 processes
     python benchmarks/bench_train.py --configs paper --size 512 --steps 2
 
-Each measurement runs the trainer's own step (1:1:1 batch -> model in train mode -> task_loss ->
-backward -> grad clipping -> AdamW with the lr schedule) on in-memory random batches, so data loading
-is excluded. N processes use PyTorch's DDP over gloo on CPU (nccl on CUDA) with OMP threads split
+Each measurement runs the trainer's own step (`Trainer.train_step`: 1:1:1 batch -> model in train mode
+-> task_loss -> the per-step loss all-reduce -> backward -> grad clipping -> AdamW with the lr schedule)
+on in-memory random batches, so data loading is excluded. N processes use PyTorch's DDP over gloo on CPU (nccl on CUDA) with OMP threads split
 between them, exactly like `torchrun --nproc_per_node=N`; images/s counts the images of all processes.
 The paper config at 512x512 costs many seconds per image on a CPU: the default size is 256.
 """
@@ -17,17 +17,16 @@ import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from upocr.model import build_model
 from upocr.tasks import Task
 from upocr.train.config import TrainConfig
-from upocr.train.losses import task_loss
-from upocr.train.trainer import build_optimizer, build_schedule, resolve_precision, setup_distributed
+from upocr.train.trainer import Trainer, setup_distributed
 
 
 def _batch(batch_per_task: int, size: int, device: torch.device) -> dict:
@@ -41,48 +40,47 @@ def _batch(batch_per_task: int, size: int, device: torch.device) -> dict:
     }
 
 
+class _RandomItems(torch.utils.data.Dataset):
+    """Enough in-memory items for the Trainer's loader to start (the timed steps use `_batch`)."""
+
+    def __init__(self, task: Task, size: int, count: int) -> None:
+        self.task, self.size, self.count = task, size, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.size
+        return {"image": torch.zeros(3, s, s), "target": torch.zeros(3, s, s), "mask": torch.ones(1, s, s), "task": int(self.task)}
+
+
 def _measure(rank: int, world: int, port: int, args: argparse.Namespace, preset: str, results) -> None:
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(max(1, args.threads // world))
     context = setup_distributed(args.device)
     device = context.device
-    config = TrainConfig(model=preset, image_size=args.size, batch_per_task=args.batch_per_task, iterations=1000,
-                         precision=args.precision, device=args.device)  # fmt: skip
-    torch.manual_seed(0)
-    model = build_model(preset).to(device).train()
-    optimizer = build_optimizer(model, config)
-    schedule = build_schedule(config)
-    amp_dtype = resolve_precision(config.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    net = torch.nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False) if world > 1 else model
-    batch = _batch(args.batch_per_task, args.size, device)
-    times = []
-    for step in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        tick = time.perf_counter()
-        schedule.apply(optimizer, step)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-            loss = task_loss(net(batch["image"], batch["task"]), batch)["loss"]
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if world > 1:
-            dist.barrier()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - tick)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = TrainConfig(model=preset, image_size=args.size, batch_per_task=args.batch_per_task, iterations=1000,
+                             precision=args.precision, device=args.device, num_workers=0, output_dir=scratch)  # fmt: skip
+        datasets = {t: _RandomItems(t, args.size, args.batch_per_task * world) for t in Task}
+        trainer = Trainer(config, context, datasets=datasets, progress=False)
+        trainer.restore()  # the model, optimizer, schedule and DDP wrapper of a real run (writes nothing)
+        batch = _batch(args.batch_per_task, args.size, device)
+        times = []
+        for step in range(args.warmup + args.steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            tick = time.perf_counter()
+            trainer.train_step(batch)  # the trainer's own step: forward, loss, all-reduce, backward, clip, update
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if world > 1:
+                dist.barrier()
+            if step >= args.warmup:
+                times.append(time.perf_counter() - tick)
     if rank == 0:
-        results.put((statistics.median(times), sum(p.numel() for p in model.parameters())))
+        results.put((statistics.median(times), sum(p.numel() for p in trainer.model.parameters())))
     if world > 1:
         dist.destroy_process_group()
 

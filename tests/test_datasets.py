@@ -99,3 +99,21 @@ def test_color_jitter_changes_only_the_image_colours():
     jittered = transforms.color_jitter(image, random.Random(5), 0.5, 0.5, 0.5, 0.5)
     assert jittered.size == image.size and jittered.mode == "RGB"
     assert not np.array_equal(np.asarray(jittered), np.asarray(image))
+
+
+def test_removal_label_or_mask_of_another_size_is_an_error_unless_a_pixel_or_two_off(tmp_path):
+    from upocr.data.layouts import LayoutError
+
+    base = tmp_path / "TextRemoval" / "SCUT-ENS" / "train"
+    for folder in ("image", "label", "mask"):
+        (base / folder).mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(base / "image" / "a.jpg")
+    Image.new("RGB", (65, 63), (10, 200, 10)).save(base / "label" / "a.jpg")  # rounding: resized onto the input
+    Image.new("L", (64, 64), 255).save(base / "mask" / "a.jpg")
+    dataset = build_dataset("removal", tmp_path, "train", size=64, augment=False)
+    assert dataset[0]["target"].shape == (3, 64, 64)
+    Image.new("RGB", (7, 300), (10, 200, 10)).save(base / "label" / "a.jpg")  # the 7x300 label of D14
+    with pytest.raises(LayoutError, match=r"label/a.jpg: size 7x300 differs from .*image/a.jpg 64x64"):
+        dataset[0]
+    with pytest.raises(LayoutError, match=r"label/a.jpg: size 7x300"):
+        dataset.check_sample(0, full=False)

@@ -244,3 +244,214 @@ def test_bundled_configs_resolve_and_paper_is_the_original_recipe():
     schedule = build_schedule(paper)
     assert paper.lr * schedule.factor(0) == pytest.approx(1e-4) and paper.lr * schedule.factor(2000) == pytest.approx(4.8625e-4)
     assert resolve_config(root / "small-synth.yaml").model == "small"
+
+
+# --------------------------------------------------------------------------------------------
+# Run folders, interrupted writes, bad data, interrupts (reliability findings D3-D23)
+# --------------------------------------------------------------------------------------------
+
+
+def _cli_args(data_root, *extra: str) -> list[str]:
+    return ["train", "--model", "tiny", "--image-size", "64", "--batch-per-task", "2", "--precision", "fp32",
+            "--num-workers", "0", "--lr-epoch-steps", "1", "--no-progress", "--data-root", str(data_root), *extra]  # fmt: skip
+
+
+def _error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
+
+
+def test_a_new_run_into_another_runs_folder_is_refused_unless_overwrite(tmp_path, tiny_data_root, capsys, monkeypatch):
+    out = tmp_path / "runs" / "x"
+    args = _cli_args(tiny_data_root, "--checkpoint-every", "1", "--keep-checkpoints", "3")
+    assert cli_main(args + ["--iterations", "3", "--output", str(out)]) == 0
+    capsys.readouterr()
+    assert cli_main(args + ["--iterations", "2", "--output", str(out)]) == 2
+    assert _error_lines(capsys) == [
+        f"upocr train: error: {out} already holds a training run (checkpoints/step-00000003.pt); "
+        "use --resume to continue it, --overwrite to replace it, or another --output"
+    ]
+    assert [p.name for p in ckpt.list_checkpoints(out)] == [f"step-0000000{n}.pt" for n in (1, 2, 3)]  # untouched
+    assert cli_main(args + ["--iterations", "2", "--output", str(out), "--overwrite"]) == 0
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-00000001.pt", "step-00000002.pt"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["last_checkpoint"] == str(out / "checkpoints" / "step-00000002.pt")
+    assert load_model(out / "model").config.embed_dim == 16
+    # Without --output every run gets a new folder runs/<model>-<date>-<time>[-n].
+    monkeypatch.chdir(tmp_path / "runs")
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "1")) == 0
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "1")) == 0
+    made = sorted(p.name for p in (tmp_path / "runs" / "runs").iterdir())
+    assert len(made) == 2 and all(name.startswith("tiny-20") for name in made)
+    assert all(ckpt.latest_checkpoint(tmp_path / "runs" / "runs" / name).name == "step-00000001.pt" for name in made)
+
+
+def test_resume_removes_temp_files_of_a_killed_write(tmp_path, synthetic_datasets):
+    config = _config(tmp_path, iterations=2, checkpoint_every=1)
+    train(config, datasets=synthetic_datasets(), progress=False)
+    run = tmp_path / "run"
+    stale = [run / "checkpoints" / ".step-00000003.wvif39jh.tmp.pt", run / "model" / ".model.qpc5wsdo.tmp.safetensors",
+             run / ".train.abcd1234.tmp.csv"]  # fmt: skip
+    for path in stale:
+        path.write_bytes(b"half a file")
+    kept = run / "checkpoints" / "notes.txt"
+    kept.write_text("mine")
+    train(dataclasses.replace(config, iterations=3, resume="auto"), datasets=synthetic_datasets(), progress=False)
+    assert not any(path.exists() for path in stale)
+    assert kept.read_text() == "mine"
+
+
+def _bad_copy(tiny_data_root, tmp_path, keep_bytes) -> tuple[object, object]:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data_root, root)
+    victim = sorted((root / "TextRemoval" / "SCUT-ENS" / "train" / "image").iterdir())[4]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: keep_bytes(len(data))])
+    return root, victim
+
+
+def test_unreadable_samples_are_listed_before_training(tmp_path, tiny_data_root, capsys):
+    root, victim = _bad_copy(tiny_data_root, tmp_path, lambda n: 200)  # the reproduction of D10: 200 bytes left
+    out = tmp_path / "run"
+    assert cli_main(_cli_args(root, "--iterations", "2", "--output", str(out))) == 2
+    lines = _error_lines(capsys)
+    assert lines[0].startswith(f"bad sample: {victim}: not a readable image")
+    assert lines[-1].startswith(f"upocr train: error: 1 of 24 training samples unusable: {victim}: not a readable image")
+    assert len(lines) == 2 and ckpt.list_checkpoints(out) == []
+
+
+def test_a_truncated_image_found_during_training_is_one_line_also_with_loader_workers(tmp_path, tiny_data_root, capsys):
+    # Header intact, pixel data cut: the default header check passes it; --check-data full finds it.
+    root, victim = _bad_copy(tiny_data_root, tmp_path, lambda n: n - 100)
+    out = tmp_path / "run"
+    assert cli_main(_cli_args(root, "--iterations", "8", "--output", str(out), "--num-workers", "2",
+                              "--checkpoint-every", "0")) == 2  # fmt: skip
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"upocr train: error: {victim}: ") and "truncated" in lines[0], lines
+    assert cli_main(_cli_args(root, "--iterations", "2", "--output", str(out), "--check-data", "full")) == 2
+    lines = _error_lines(capsys)
+    assert lines[0].startswith(f"bad sample: {victim}: ") and "1 of 24 training samples unusable" in lines[-1]
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_earlier_checkpoints(tmp_path, tiny_data_root, capsys, monkeypatch):
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # what torch's zip writer raises when the disk fills up
+            with open(f, "wb") as handle:
+                handle.write(b"PK\x03\x04 half a zip")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5527488 vs 5527376")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    out = tmp_path / "run"
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "3", "--checkpoint-every", "1", "--output", str(out))) == 1
+    lines = _error_lines(capsys)
+    target = out / "checkpoints" / "step-00000002.pt"
+    assert len(lines) == 1 and lines[0].startswith(f"upocr train: error: cannot write checkpoint {target}: write failed (")
+    assert lines[0].endswith(" free)")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001.pt"]  # no temp, earlier intact
+    assert ckpt.load_checkpoint(out / "checkpoints" / "step-00000001.pt")["step"] == 1
+
+
+class _InterruptingDataset(torch.utils.data.Dataset):
+    """Wraps a dataset and sends this process SIGINT (Ctrl+C) while item number `at` is read."""
+
+    def __init__(self, dataset, at: int) -> None:
+        self.dataset, self.left = dataset, at
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        import os
+        import signal
+
+        self.left -= 1
+        if self.left == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.dataset[index]
+
+
+def test_ctrl_c_checkpoints_the_current_step_and_resume_is_exact(tmp_path, synthetic_datasets):
+    from upocr.train.trainer import TrainingInterrupted
+
+    datasets = synthetic_datasets(count=8)
+    straight = train(_config(tmp_path / "a", iterations=8, checkpoint_every=0), datasets=datasets, progress=False)
+    interrupted = dict(datasets)
+    interrupted[Task.TEXT_SEGMENTATION] = _InterruptingDataset(datasets[Task.TEXT_SEGMENTATION], at=2 * 4 + 1)
+    config = _config(tmp_path / "b", iterations=8, checkpoint_every=0)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 5; resume with --resume") as stop:
+        train(config, datasets=interrupted, progress=False)  # Ctrl+C while step 5 loads: step 5 completes
+    assert stop.value.step == 5 and stop.value.checkpoint.name == "step-00000005.pt"
+    assert ckpt.latest_checkpoint(config.output_dir).name == "step-00000005.pt"
+    resumed = train(dataclasses.replace(config, resume="auto"), datasets=datasets, progress=False)
+    assert resumed.losses == straight.losses[5:] and resumed.weights_sha256 == straight.weights_sha256
+
+
+def test_cli_ctrl_c_exits_130_with_a_resume_hint(tmp_path, tiny_data_root, capsys, monkeypatch):
+    import os
+    import signal
+
+    from upocr.train import trainer
+
+    real = trainer._to_device
+    calls = {"n": 0}
+
+    def interrupt_on_second_batch(batch, device):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(batch, device)
+
+    monkeypatch.setattr(trainer, "_to_device", interrupt_on_second_batch)
+    out = tmp_path / "run"
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "5", "--output", str(out))) == 130
+    assert _error_lines(capsys)[-1] == "upocr train: interrupted at step 2; resume with --resume"
+    assert ckpt.latest_checkpoint(out).name == "step-00000002.pt"
+
+
+def test_resume_refuses_another_model_and_records_the_checkpoints(tmp_path, tiny_data_root, capsys):
+    out = tmp_path / "run"
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "1", "--output", str(out))) == 0
+    capsys.readouterr()
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "2", "--output", str(out), "--resume", "--model", "small")) == 2
+    assert _error_lines(capsys) == [
+        f"upocr train: error: model small (from --model or --config) differs from {out / 'checkpoints' / 'step-00000001.pt'}, "
+        "which holds model tiny; leave --model out to continue it, or start a new run with another --output"
+    ]
+    args = [a for a in _cli_args(tiny_data_root, "--iterations", "2", "--output", str(out), "--resume") if a not in ("--model", "tiny")]
+    assert cli_main(args) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "tiny"
+    assert json.loads((out / "summary.json").read_text())["step"] == 2
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, synthetic_datasets, capsys):
+    config = _config(tmp_path, iterations=3, checkpoint_every=1, keep_checkpoints=3)
+    train(config, datasets=synthetic_datasets(), progress=False)
+    newest = ckpt.checkpoint_dir(config.output_dir) / "step-00000003.pt"
+    newest.write_bytes(newest.read_bytes()[:5000])  # truncated
+    capsys.readouterr()
+    resumed = train(dataclasses.replace(config, iterations=4, resume="auto"), datasets=synthetic_datasets(), progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: {newest}: unreadable training checkpoint" in err and "resuming from the intact step-00000002.pt" in err
+    assert resumed.step == 4 and len(resumed.losses) == 2
+    assert (newest.parent / "step-00000003.pt.unreadable").is_file()  # kept for the user, out of the listing
+
+
+def test_train_csv_after_a_resume_matches_the_uninterrupted_run(tmp_path, synthetic_datasets):
+    datasets = synthetic_datasets(count=8)
+    train(_config(tmp_path / "a", iterations=6, checkpoint_every=0, log_every=3), datasets=datasets, progress=False)
+    config = _config(tmp_path / "b", iterations=6, checkpoint_every=0, log_every=3, max_steps=4)
+    train(config, datasets=datasets, progress=False)  # stops at step 4, in the middle of the window 4..6
+    train(dataclasses.replace(config, resume="auto", max_steps=None), datasets=datasets, progress=False)
+
+    def rows(folder):
+        return [{k: r[k] for k in ("step", "lr", "loss", "removal", "segmentation", "tampering")}
+                for r in csv.DictReader(open(folder / "run" / "train.csv"))]  # fmt: skip
+
+    assert [r["step"] for r in rows(tmp_path / "a")] == ["3", "6"]
+    assert rows(tmp_path / "b") == rows(tmp_path / "a")

@@ -29,7 +29,9 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--seed", "seed", int, "base seed; rank r uses seed + r (original 42)"),
     ("--device", "device", str, "auto, cpu or cuda (under torchrun each rank uses cuda:LOCAL_RANK)"),
     ("--num-workers", "num_workers", int, "data loading worker processes per task"),
-    ("--output", "output_dir", str, "run directory (checkpoints, logs, exported model)"),
+    ("--check-data", "check_data", str, "before training, check every sample: headers (default: opened, sizes compared), "
+     "full (decoded as training reads them), off; unusable samples are listed and the run does not start"),
+    ("--output", "output_dir", str, "run directory (checkpoints, logs, exported model); default a new runs/<model>-<date>-<time>"),
     ("--checkpoint-every", "checkpoint_every", int, "write a checkpoint every N steps (and always at the end)"),
     ("--keep-checkpoints", "keep_checkpoints", int, "keep the newest N checkpoints (0 = all)"),
     ("--log-every", "log_every", int, "write a train.csv row every N steps"),
@@ -55,6 +57,8 @@ def register(subparsers) -> None:
     parser.add_argument("--size", dest="image_size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="continue from a checkpoint (no value: the newest in the run directory)")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", default=None,
+                        help="start a new run in an --output that holds another run, removing its checkpoints and model")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="turn augmentations off")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
     parser.set_defaults(func=run)
@@ -62,21 +66,34 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from upocr.model.checkpoint import CheckpointError
+    from upocr.train.checkpoint import CheckpointWriteError
     from upocr.train.config import resolve_config
-    from upocr.train.trainer import NonFiniteLossError, train
+    from upocr.train.trainer import NonFiniteLossError, TrainingInterrupted, train
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in _OPTIONS}
-    overrides.update(tasks=args.tasks, resume=args.resume, augment=args.augment)
+    overrides.update(tasks=args.tasks, resume=args.resume, augment=args.augment, overwrite=args.overwrite)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         config = resolve_config(args.config, overrides)
         result = train(config, progress=args.progress)
     except NonFiniteLossError as error:
         print(f"upocr train: stopped: {error}", file=sys.stderr)
         return 1
+    except CheckpointWriteError as error:
+        print(f"upocr train: error: {error}", file=sys.stderr)
+        return 1
     except (ValueError, CheckpointError, FileNotFoundError) as error:
         print(f"upocr train: error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        if main_rank:
+            print(f"upocr train: {stop}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the first step, or a second Ctrl+C
+        if main_rank:
+            print("upocr train: interrupted (no checkpoint written since the last one)", file=sys.stderr)
+        return 130
     state = "finished" if result.finished else "stopped early (resume with --resume)"
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(f"{state} at step {result.step}; run directory {result.run_dir}, model in {result.run_dir / 'model'}")
     return 0

@@ -39,6 +39,17 @@ class _LayoutDataset(Dataset):
     def load(self, index: int) -> transforms.Sample:
         raise NotImplementedError
 
+    def check_headers(self, index: int) -> None:
+        """LayoutError if a file of sample `index` is not an image or the sizes disagree (headers only)."""
+        raise NotImplementedError
+
+    def check_sample(self, index: int, *, full: bool) -> None:
+        """Check sample `index` before training: headers only (cheap), or `full`y decoded as training reads it."""
+        if full:
+            self.load(index)
+        else:
+            self.check_headers(index)
+
     def __getitem__(self, index: int) -> dict:
         sample = self.load(index)
         if self.augment:
@@ -63,13 +74,21 @@ class RemovalDataset(_LayoutDataset):
     def load(self, index: int) -> transforms.Sample:
         s = self.samples[index]
         image, label = layouts.read_rgb(s.image), layouts.read_rgb(s.label)
-        if label.size != image.size:  # a few real pairs differ by a pixel; align to the input
+        mask_image = Image.fromarray(layouts.read_removal_mask(s.mask))
+        # A pixel or two off (some real pairs) is resized onto the input; more is a LayoutError.
+        layouts.check_aligned(s.label, label.size, s.image, image.size, slack=True)
+        layouts.check_aligned(s.mask, mask_image.size, s.image, image.size, slack=True)
+        if label.size != image.size:
             label = label.resize(image.size, Image.Resampling.BICUBIC)
-        mask = layouts.read_removal_mask(s.mask)
-        mask_image = Image.fromarray(mask)
         if mask_image.size != image.size:
             mask_image = mask_image.resize(image.size, Image.Resampling.NEAREST)
         return {"image": image, "label": label, "mask": mask_image}
+
+    def check_headers(self, index: int) -> None:
+        s = self.samples[index]
+        size = layouts.image_size(s.image)
+        for path in (s.label, s.mask):
+            layouts.check_aligned(path, layouts.image_size(path), s.image, size, slack=True)
 
 
 class SegmentationDataset(_LayoutDataset):
@@ -79,9 +98,12 @@ class SegmentationDataset(_LayoutDataset):
         s = self.samples[index]
         image = layouts.read_rgb(s.image)
         label = Image.fromarray(layouts.read_segmentation_label(s.label))
-        if label.size != image.size:
-            raise layouts.LayoutError(f"{s.label}: size {label.size} differs from {s.image} {image.size}")
+        layouts.check_aligned(s.label, label.size, s.image, image.size)
         return {"image": image, "label": label}
+
+    def check_headers(self, index: int) -> None:
+        s = self.samples[index]
+        layouts.check_aligned(s.label, layouts.image_size(s.label), s.image, layouts.image_size(s.image))
 
 
 class TamperingDataset(_LayoutDataset):
@@ -92,6 +114,11 @@ class TamperingDataset(_LayoutDataset):
         image = layouts.read_rgb(s.image)
         classes = layouts.read_tampering_label(s.gt, size=(image.height, image.width))
         return {"image": image, "label": Image.fromarray(classes)}
+
+    def check_headers(self, index: int) -> None:
+        s = self.samples[index]
+        layouts.image_size(s.image)
+        layouts.read_tampering_boxes(s.gt)
 
 
 def build_dataset(task: Task | str | int, data_root: str | Path, split: str, *, size: int = 512,

@@ -163,6 +163,34 @@ def _open(path: str | Path) -> Image.Image:
         raise LayoutError(f"{path}: not a readable image ({error})") from None
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header only (no decoding): the cheap check before training."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise LayoutError(f"{path}: file not found") from None
+    except (OSError, Image.DecompressionBombError) as error:
+        raise LayoutError(f"{path}: not a readable image ({error})") from None
+
+
+# A label or mask may differ from its image by this much per side and still be resized onto it: a few
+# real SCUT-EnsText pairs are off by a pixel or two (rounding when the dataset was made). More than
+# max(4 px, 2 %) is not rounding but another picture (or a broken file), and training on it would be silent garbage.
+SIZE_SLACK_PX, SIZE_SLACK_FRACTION = 4, 0.02
+
+
+def check_aligned(path: str | Path, size: tuple[int, int], image: str | Path, image_size: tuple[int, int], *,
+                  slack: bool = False) -> None:
+    """LayoutError naming both files unless `size` equals `image_size` (or, with `slack`, is within
+    SIZE_SLACK_PX / SIZE_SLACK_FRACTION of it on each side)."""
+    if size == image_size:
+        return
+    if slack and all(abs(a - b) <= max(SIZE_SLACK_PX, SIZE_SLACK_FRACTION * b) for a, b in zip(size, image_size)):
+        return
+    raise LayoutError(f"{path}: size {size[0]}x{size[1]} differs from {image} {image_size[0]}x{image_size[1]}")
+
+
 def read_rgb(path: str | Path) -> Image.Image:
     return _open(path).convert("RGB")
 

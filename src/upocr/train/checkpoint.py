@@ -7,15 +7,20 @@ A checkpoint is a plain dict of tensors, dicts, lists, strings, numbers and None
     config (the resolved training config)
 
 Files are ``<run>/checkpoints/step-<step>.pt`` written through :func:`upocr.utils.atomic_output`
-(temp file, fsync, rename), so killing a run at any moment leaves every ``step-*.pt`` complete.
+(temp file, fsync, rename), so killing a run at any moment leaves every ``step-*.pt`` complete; the
+hidden temp file a kill leaves behind is removed when the run starts or resumes
+(:func:`remove_stale_temp_files`). A failed write (disk full) raises :class:`CheckpointWriteError`
+with one line naming the file, the reason and the free space.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -25,6 +30,13 @@ from upocr.utils import atomic_output
 FORMAT = "upocr-train"
 VERSION = 1
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+# The temp files of upocr.utils.atomic_output: ".<stem>.<random>.tmp<suffix>" (hidden, beside the target).
+_TEMP_NAME = re.compile(r"^\..+\.tmp(\.[^.]+)?$")
+MODEL_DIR = "model"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or the exported model could not be written (disk full, permissions...)."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -49,11 +61,51 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000:
+            return f"{count:.3g} {unit}"
+        count /= 1000
+    return f"{count:.3g} TB"
+
+
+def describe_write_failure(path: Path, error: BaseException) -> str:
+    """'cannot write <what> <path>: <reason> (<free> free)' in one line.
+
+    torch.save reports a full disk as a RuntimeError from its zip writer ("[enforce fail at
+    inline_container.cc] . unexpected pos ..."): that says nothing to a user, so it becomes a
+    plain "write failed" next to the free space, which shows the cause.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        reason = os.strerror(error.errno)
+    elif isinstance(error, OSError):
+        reason = str(error) or type(error).__name__
+    else:
+        reason = "write failed"
+    try:
+        free = f"{_human_bytes(shutil.disk_usage(path.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return f"{path}: {reason} ({free})"
+
+
+def write_or_explain(path: Path, what: str, write: Callable[[], Any]) -> None:
+    """Run `write`; an OSError or torch's RuntimeError for a failed write becomes a CheckpointWriteError."""
+    try:
+        write()
+    except (OSError, RuntimeError) as error:
+        raise CheckpointWriteError(f"cannot write {what} {describe_write_failure(path, error)}") from error
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """Write `state` (plus format/version) atomically to `path`."""
+    """Write `state` (plus format/version) atomically to `path` (CheckpointWriteError if that fails)."""
     path = Path(path)
-    with atomic_output(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+
+    def write() -> None:
+        with atomic_output(path) as tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+
+    write_or_explain(path, "checkpoint", write)
     return path
 
 
@@ -63,6 +115,69 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         return
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the hidden temp files an interrupted atomic write (kill -9) left in the run directory,
+    its checkpoints/ and model/; each is as large as a checkpoint and nothing else removes them."""
+    removed = []
+    for folder in (Path(run_dir), checkpoint_dir(run_dir), Path(run_dir) / MODEL_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if _TEMP_NAME.match(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def existing_run(run_dir: str | Path) -> str | None:
+    """What shows that `run_dir` already holds a training run ('checkpoints/step-00000030.pt',
+    'model/model.safetensors'), relative to it; None for a new or empty folder."""
+    from upocr.model.checkpoint import WEIGHTS_FILE
+
+    newest = latest_checkpoint(run_dir)
+    if newest is not None:
+        return f"{checkpoint_dir(run_dir).name}/{newest.name}"
+    if (Path(run_dir) / MODEL_DIR / WEIGHTS_FILE).is_file():
+        return f"{MODEL_DIR}/{WEIGHTS_FILE}"
+    return None
+
+
+def clear_run(run_dir: str | Path) -> None:
+    """Remove an old run's checkpoints and exported model (for --overwrite); logs are rewritten anyway."""
+    from upocr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+
+    for path in list_checkpoints(run_dir):
+        path.unlink()
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        (Path(run_dir) / MODEL_DIR / name).unlink(missing_ok=True)
+    for name in ("summary.json", "samples.png"):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+def load_newest_intact(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[str]] | None:
+    """The newest checkpoint of `run_dir` that loads, its state, and a warning per newer unreadable one
+    (each renamed to '<name>.unreadable' so that the resumed run's listing and pruning skip it).
+    None when the run has no checkpoint; ValueError naming the newest when none loads."""
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return None
+    failures: list[tuple[Path, ValueError]] = []
+    for path in reversed(checkpoints):
+        try:
+            state = load_checkpoint(path)
+        except ValueError as error:
+            failures.append((path, error))
+            continue
+        warnings = []
+        for bad, error in failures:
+            kept = bad.with_name(bad.name + ".unreadable")
+            bad.replace(kept)
+            warnings.append(f"warning: {error}; kept as {kept.name}; resuming from the intact {path.name} instead")
+        return path, state, warnings
+    newest, error = failures[0]
+    raise ValueError(f"{error} (and no older checkpoint in {checkpoint_dir(run_dir)} loads either)")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -11,18 +11,24 @@ Augmentations are made reproducible per sample: each item is produced with the g
 NumPy and torch generators seeded from (seed, task, epoch, sample index) and restored afterwards.
 The same sample therefore gets the same augmentation whatever the number of ranks, the number of
 loader workers, or whether the run was interrupted and resumed.
+
+A sample that cannot be read raises :class:`SampleError` with one line naming the file, also when it
+was read in a loader worker process (whose traceback the DataLoader would otherwise pass on).
 """
 
 from __future__ import annotations
 
 import random
+import signal
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from upocr.data.layouts import LayoutError
 from upocr.tasks import Task
 
 
@@ -30,6 +36,39 @@ def item_seed(seed: int, task: Task, epoch: int, index: int) -> int:
     """A 63-bit seed for one sample's augmentation (a fixed hash, the same in every process)."""
     state = np.random.SeedSequence([seed, int(task), epoch, index]).generate_state(1, dtype=np.uint64)
     return int(state[0]) & ((1 << 63) - 1)
+
+
+class SampleError(ValueError):
+    """A training sample could not be read; the message (one line) names the file and the problem."""
+
+
+# What a broken file raises in the readers: LayoutError (a ValueError), OSError, PIL's bomb check.
+DATA_ERRORS = (ValueError, OSError, Image.DecompressionBombError)
+
+
+def describe_data_error(dataset: Dataset, index: int, error: BaseException) -> str:
+    """One line for a sample that failed to load: a LayoutError already names the file; anything else
+    gets the sample's image path (layout datasets) or its index in front."""
+    if isinstance(error, LayoutError):
+        return str(error)
+    samples = getattr(dataset, "samples", None)
+    image = getattr(samples[index], "image", None) if samples is not None else None
+    where = str(image) if image is not None else f"sample {index} of {type(dataset).__name__}"
+    return f"{where}: {type(error).__name__}: {error}"
+
+
+def _one_line(error: SampleError) -> str:
+    """The SampleError's own message, without the worker traceback DataLoader wraps around it."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    prefix = f"{SampleError.__module__}.{SampleError.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    # Ctrl+C reaches the whole process group; the training process handles it (checkpoint, then stop)
+    # and needs its loader workers alive until then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class SeededItems(Dataset):
@@ -53,6 +92,10 @@ class SeededItems(Dataset):
             np.random.seed(seed % (1 << 32))
             torch.manual_seed(seed)
             return self.dataset[index]
+        except SampleError:
+            raise
+        except DATA_ERRORS as error:
+            raise SampleError(describe_data_error(self.dataset, index, error)) from error
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
@@ -146,6 +189,7 @@ class MultiTaskLoader:
                 # so a resumed run's random stream matches the uninterrupted run's. Items are seeded
                 # by SeededItems anyway.
                 generator=torch.Generator().manual_seed(0),
+                worker_init_fn=_ignore_sigint if self.num_workers > 0 else None,
             )
         )
 
@@ -156,7 +200,10 @@ class MultiTaskLoader:
             self._iterators.pop(task, None)
         if task not in self._iterators:
             self._iterators[task] = self._loader(task)
-        batch = next(self._iterators[task])
+        try:
+            batch = next(self._iterators[task])
+        except SampleError as error:
+            raise SampleError(_one_line(error)) from None
         sampler.position.batch += 1
         return batch
 
