@@ -191,19 +191,22 @@ class DemoApp:
         tasks = parse_tasks(task_text)
         if not data:
             raise RequestError("the upload is empty; choose an image file")
+        return self.run_preview(lambda: self.decode_upload(data, filename), tasks)
+
+    def decode_upload(self, data: bytes, filename: str) -> np.ndarray:
+        """The upload's pixels; over `max_pixels` (from the header, before decoding) -> 413, unreadable -> 400."""
         suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in IMAGE_SUFFIXES else ""
         # read_image works on files (EXIF, bombs, truncation, every format) - give it one to read.
         with tempfile.TemporaryDirectory(prefix="upocr-serve-") as folder:
             path = Path(folder) / f"upload{suffix}"
             path.write_bytes(data)
             try:
-                image = read_image(path, max_pixels=self.max_pixels)  # the size is checked before decoding
+                return read_image(path, max_pixels=self.max_pixels)
             except ImageError as error:
                 # upocr.io words its pixel-limit refusal "image too large: ..." (tests/test_serve.py checks it).
                 status = (HTTPStatus.REQUEST_ENTITY_TOO_LARGE if error.problem.startswith("image too large")
                           else HTTPStatus.BAD_REQUEST)
                 raise RequestError(f"{filename or 'upload'}: {error.problem}", status) from None
-        return self.run(image, tasks)
 
     def predict_sample(self, name: str, task_text: str) -> dict[str, Any]:
         tasks = parse_tasks(task_text)
@@ -214,12 +217,21 @@ class DemoApp:
         if name not in names:  # also keeps the request inside the samples folder
             raise RequestError(f"unknown sample {name!r}; choose one of: {', '.join(names)}", HTTPStatus.NOT_FOUND)
         assert self.samples_dir is not None
-        return self.run(read_image(self.samples_dir / name), tasks)
+        samples_dir = self.samples_dir
+        return self.run_preview(lambda: read_image(samples_dir / name), tasks)
 
-    def run(self, image: np.ndarray, tasks: Sequence[Task]) -> dict[str, Any]:
-        """The task(s) on `image`, downscaled first when it is larger than a preview (the memory bound)."""
-        height, width = image.shape[:2]
+    def run_preview(self, load: Callable[[], np.ndarray], tasks: Sequence[Task]) -> dict[str, Any]:
+        """`run` on the image `load()` gives, downscaled first when it is larger than a preview (the
+        memory bound). Loading it here, nothing else holds its full-resolution pixels: they are freed
+        before the model runs."""
+        image = load()
+        full_size = image.shape[:2]
         image = downscale(image, PREVIEW_MAX_SIDE)
+        return self.run(image, tasks, full_size)
+
+    def run(self, image: np.ndarray, tasks: Sequence[Task], full_size: tuple[int, int] | None = None) -> dict[str, Any]:
+        """The task(s) on `image`, which is a preview of an image of `full_size` (height, width) if given."""
+        height, width = full_size or image.shape[:2]
         start = time.perf_counter()
         with self.lock:
             predictions = self.predictor.predict_tasks(image, list(tasks))
@@ -249,8 +261,9 @@ def downscale(image: np.ndarray, max_side: int) -> np.ndarray:
     if scale >= 1:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    # reducing_gap: a fast box reduction first, then Lanczos; indistinguishable from Lanczos alone.
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
+    # reducing_gap: a fast box reduction by an integer factor first, then Lanczos over at least twice the
+    # target size (PIL's suggested trade-off; 2.5x faster than Lanczos alone from 9000 px).
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0))
 
 
 def without_paths(text: str) -> str:
@@ -338,7 +351,7 @@ def first_multipart_file(body: bytes, content_type: str) -> tuple[bytes, str]:
             continue  # an ordinary form field (e.g. task=...), not a file
         filename = re.search(r'filename="([^"]*)"', disposition.group(0), re.IGNORECASE)
         return data.removesuffix(b"\r\n"), Path((filename.group(1) if filename else "") or "upload").name
-    raise RequestError("the form has no file; send the image as a file field (e.g. curl -F image=@photo.jpg)")
+    raise RequestError("the form has no file; send the image as a file field (e.g. curl -H 'X-Upocr: 1' -F image=@photo.jpg)")
 
 
 class DemoHandler(BaseHTTPRequestHandler):
