@@ -158,7 +158,8 @@ def main() -> int:
     parser.add_argument("--small-size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"),
                         help="small image size (default 96 128)")
     parser.add_argument("--task", default="segmentation", help="task of the small requests (default segmentation)")
-    parser.add_argument("--huge-side", type=int, default=9000, help="side of the blank huge PNG; 0: none (default 9000)")
+    parser.add_argument("--huge-side", type=int, default=9000,
+                        help="side of the blank huge PNG; 0: none (default 9000)")
     parser.add_argument("--huge-delay", type=float, default=1.0, help="seconds after the clients start (default 1)")
     parser.add_argument("--weights", help="checkpoint (default: the bundled weights)")
     parser.add_argument("--serve-args", default="", help="more `upocr serve` options, one string")
@@ -215,7 +216,8 @@ def main() -> int:
     expected = args.clients * args.requests
     mb = 2**20
     print(f"upocr serve load test: {args.clients} clients x {args.requests} {height}x{width} PNGs (task={args.task})"
-          + (f" + one blank {args.huge_side}x{args.huge_side} PNG ({len(huge) / 1024:.0f} KB, task=all)" if huge else "")
+          + (f" + one blank {args.huge_side}x{args.huge_side} PNG ({len(huge) / 1024:.0f} KB, task=all)"
+             if huge else "")
           + f"; server options: {args.serve_args or '(defaults)'}; max_pixels={health['max_pixels']:,}")
     rows = [
         ("small requests sent / answered", f"{expected} / {len(small)}"),
@@ -233,7 +235,8 @@ def main() -> int:
                                     + (f": {outcome.error}" if outcome.error else "")))
     rows += [
         ("server RSS idle (MB)", f"{idle_rss / mb:.0f}"),
-        ("server RSS peak sampled / VmHWM (MB)", f"{max(memory.samples, default=0) / mb:.0f} / {memory.high_water / mb:.0f}"),
+        ("server RSS peak sampled / VmHWM (MB)",
+         f"{max(memory.samples, default=0) / mb:.0f} / {memory.high_water / mb:.0f}"),
         ("health after the load", health_after),
         ("wall time (s)", f"{time.monotonic() - started:.1f}"),
     ]

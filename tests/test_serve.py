@@ -236,7 +236,8 @@ def _stop(demo) -> None:
     demo.server_close()
 
 
-@pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "127.0.0.1:1", "localhost.evil.example:{port}", ""])
+@pytest.mark.parametrize(
+    "host", ["evil.example:{port}", "evil.example", "127.0.0.1:1", "localhost.evil.example:{port}", ""])
 def test_foreign_host_header_is_refused(server, host):
     """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
     port = server.server_address[1]
@@ -279,16 +280,17 @@ def test_cross_origin_post_is_refused(server):
                         {**own, "Origin": "null", "Content-Type": "image/png"}, image)
     assert status == 403
     # A "simple" (no preflight) content type without Origin, as an old browser's form post: needs X-Upocr.
+    path = "/api/predict?task=segmentation"
     for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
-        status, answer, _ = _raw(server, "POST", "/api/predict?task=segmentation", {**own, "Content-Type": content_type}, image)
+        status, answer, _ = _raw(server, "POST", path, {**own, "Content-Type": content_type}, image)
         assert status == 403 and "X-Upocr" in answer["error"], content_type
-    status, _, _ = _raw(server, "POST", "/api/predict?task=segmentation", own, image)  # no Content-Type at all
+    status, _, _ = _raw(server, "POST", path, own, image)  # no Content-Type at all
     assert status == 403
     # The page itself (same origin, application/octet-stream) and scripts with the header are served.
-    status, answer, _ = _raw(server, "POST", "/api/predict?task=segmentation",
-                             {**own, "Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/octet-stream"}, image)
+    same_origin = {**own, "Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/octet-stream"}
+    status, answer, _ = _raw(server, "POST", path, same_origin, image)
     assert status == 200 and answer["width"] == 24
-    status, _, _ = _raw(server, "POST", "/api/predict?task=segmentation", {**own, "Content-Type": "text/plain", "X-Upocr": "1"}, image)
+    status, _, _ = _raw(server, "POST", path, {**own, "Content-Type": "text/plain", "X-Upocr": "1"}, image)
     assert status == 200
     # A cross-origin GET of a prediction is refused too.
     status, _, _ = _raw(server, "GET", "/api/example?task=segmentation", {**own, "Origin": "http://evil.example"})

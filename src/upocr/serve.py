@@ -351,7 +351,8 @@ def first_multipart_file(body: bytes, content_type: str) -> tuple[bytes, str]:
             continue  # an ordinary form field (e.g. task=...), not a file
         filename = re.search(r'filename="([^"]*)"', disposition.group(0), re.IGNORECASE)
         return data.removesuffix(b"\r\n"), Path((filename.group(1) if filename else "") or "upload").name
-    raise RequestError("the form has no file; send the image as a file field (e.g. curl -H 'X-Upocr: 1' -F image=@photo.jpg)")
+    raise RequestError("the form has no file; send the image as a file field "
+                       "(e.g. curl -H 'X-Upocr: 1' -F image=@photo.jpg)")
 
 
 class DemoHandler(BaseHTTPRequestHandler):

@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-upload-mb", type=_positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help=f"refuse larger uploads (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})")
     parser.add_argument("--max-pixels", type=_positive(int), default=DEFAULT_MAX_PIXELS,
-                        help=f"refuse images with more pixels, checked before decoding (default {DEFAULT_MAX_PIXELS:,}); "
-                        f"images over {PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews")
+                        help="refuse images with more pixels, checked before decoding "
+                        f"(default {DEFAULT_MAX_PIXELS:,}); images over {PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews")
     parser.add_argument("--max-concurrent", type=_positive(int), default=DEFAULT_MAX_CONCURRENT,
                         help=f"predictions decoded, run and encoded at once (default {DEFAULT_MAX_CONCURRENT})")
     parser.add_argument("--max-queue", type=_positive(int, allow_zero=True), default=DEFAULT_MAX_QUEUE,
