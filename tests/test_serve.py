@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
+import re
+import struct
 import threading
+import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from upocr import serve as serve_module
 from upocr.cli import build_parser
 from upocr.predict import Predictor
-from upocr.serve import first_multipart_file, make_server
+from upocr.serve import DemoApp, DemoServer, first_multipart_file, make_server
 
 SIZE = 64
 UPLOAD_LIMIT = 200_000  # bytes; small so the "too large" test sends little
@@ -36,7 +42,8 @@ def server(tiny_weights):
 
 
 def _request(server, path: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes, str]:
-    request = urllib.request.Request(server.url.rstrip("/") + path, data=data, headers=headers or {},
+    headers = {"Content-Type": "application/octet-stream", **(headers or {})} if data is not None else headers or {}
+    request = urllib.request.Request(server.url.rstrip("/") + path, data=data, headers=headers,
                                      method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -124,7 +131,7 @@ def test_predict_multipart_upload(server):
         "Content-Type: image/png\r\n\r\n"
     ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
     status, answer = _json(server, "/api/predict?task=segmentation", body,
-                           {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                           {"Content-Type": f"multipart/form-data; boundary={boundary}", "X-Upocr": "1"})
     assert status == 200, answer
     assert (answer["width"], answer["height"]) == (47, 33)
     assert first_multipart_file(body, f"multipart/form-data; boundary={boundary}") == (image, "scan.png")
@@ -164,20 +171,6 @@ def test_too_large_upload_is_refused(server):
     assert _json(server, "/api/health")[0] == 200
 
 
-def test_pixel_limit_from_predictor(tiny_weights):
-    """An image over the predictor's pixel limit (upocr.io's decompression-bomb check) is a 400."""
-    predictor = Predictor(weights=tiny_weights, size=SIZE, max_pixels=1000)
-    demo = make_server(predictor, "127.0.0.1", 0, log_requests=False)
-    thread = threading.Thread(target=demo.serve_forever, daemon=True)
-    thread.start()
-    try:
-        status, answer = _json(demo, "/api/predict?task=removal&filename=big.png", _png_bytes(40, 40))
-        assert status == 400 and "big.png: image too large" in answer["error"]
-    finally:
-        demo.shutdown()
-        demo.server_close()
-
-
 def test_unknown_paths_are_404_json(server):
     assert _json(server, "/nothing-here")[0] == 404
     assert _json(server, "/api/other", b"x")[0] == 404
@@ -213,3 +206,283 @@ def test_cli_missing_weights_is_one_line_error(tmp_path, capsys):
     assert main(["serve", "--weights", str(tmp_path / "missing"), "--port", "0"]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("upocr: ") and "missing" in error and "\n" not in error
+
+
+# ---------------------------------------------------------------------- hardening (reliability finding D5, D20)
+
+def _raw(server, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict, dict]:
+    """A request with exactly these headers (urllib always sends its own Host): (status, JSON, headers)."""
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.headers)
+    finally:
+        connection.close()
+
+
+def _running(demo):
+    thread = threading.Thread(target=demo.serve_forever, daemon=True)
+    thread.start()
+    return demo
+
+
+def _stop(demo) -> None:
+    demo.shutdown()
+    demo.server_close()
+
+
+@pytest.mark.parametrize(
+    "host", ["evil.example:{port}", "evil.example", "127.0.0.1:1", "localhost.evil.example:{port}", ""])
+def test_foreign_host_header_is_refused(server, host):
+    """DNS rebinding: a page of evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
+    port = server.server_address[1]
+    status, answer, _ = _raw(server, "GET", "/api/health", {"Host": host.format(port=port)})
+    assert status == 403 and "Host" in answer["error"] and "\n" not in answer["error"]
+    status, _, _ = _raw(server, "POST", "/api/predict?task=segmentation",
+                        {"Host": host.format(port=port), "Content-Type": "image/png"}, _png_bytes(20, 20))
+    assert status == 403
+
+
+@pytest.mark.parametrize("host", ["localhost:{port}", "127.0.0.1:{port}", "LOCALHOST:{port}"])
+def test_own_host_names_are_served(server, host):
+    status, answer, _ = _raw(server, "GET", "/api/health", {"Host": host.format(port=server.server_address[1])})
+    assert status == 200 and answer["status"] == "ok"
+
+
+def test_host_check_of_a_wildcard_bind(tiny_weights):
+    """Bound to 0.0.0.0: any IP address of this computer is fine, names only when allowed (--allow-host).
+    (Not bound for real: the tests listen on loopback only.)"""
+    app = DemoApp(Predictor(BlockingModel(), size=32))
+    demo = DemoServer(("0.0.0.0", 8000), app, allowed_hosts=["mybox.local"], bind_and_activate=False)
+    try:
+        assert demo.host_allowed("192.168.1.20:8000") and demo.host_allowed("mybox.local:8000")
+        assert demo.host_allowed("[::1]:8000") and demo.host_allowed("localhost:8000")
+        assert not demo.host_allowed("evil.example:8000") and not demo.host_allowed("192.168.1.20:8001")
+        assert not demo.host_allowed("192.168.1.20") and not demo.host_allowed("mybox.local:8000:1")
+    finally:
+        demo.server_close()
+
+
+def test_cross_origin_post_is_refused(server):
+    port = server.server_address[1]
+    own = {"Host": f"127.0.0.1:{port}"}
+    image = _png_bytes(20, 24)
+    # Another site's page: the browser adds its Origin.
+    status, answer, _ = _raw(server, "POST", "/api/predict?task=segmentation",
+                             {**own, "Origin": "http://evil.example", "Content-Type": "image/png"}, image)
+    assert status == 403 and "cross-origin" in answer["error"]
+    status, _, _ = _raw(server, "POST", "/api/predict?task=segmentation",
+                        {**own, "Origin": "null", "Content-Type": "image/png"}, image)
+    assert status == 403
+    # A "simple" (no preflight) content type without Origin, as an old browser's form post: needs X-Upocr.
+    path = "/api/predict?task=segmentation"
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, answer, _ = _raw(server, "POST", path, {**own, "Content-Type": content_type}, image)
+        assert status == 403 and "X-Upocr" in answer["error"], content_type
+    status, _, _ = _raw(server, "POST", path, own, image)  # no Content-Type at all
+    assert status == 403
+    # The page itself (same origin, application/octet-stream) and scripts with the header are served.
+    same_origin = {**own, "Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/octet-stream"}
+    status, answer, _ = _raw(server, "POST", path, same_origin, image)
+    assert status == 200 and answer["width"] == 24
+    status, _, _ = _raw(server, "POST", path, {**own, "Content-Type": "text/plain", "X-Upocr": "1"}, image)
+    assert status == 200
+    # A cross-origin GET of a prediction is refused too.
+    status, _, _ = _raw(server, "GET", "/api/example?task=segmentation", {**own, "Origin": "http://evil.example"})
+    assert status == 403
+
+
+def test_page_posts_with_a_non_simple_content_type(server):
+    page = _request(server, "/")[1].decode("utf-8")
+    assert '"Content-Type": "application/octet-stream"' in page
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width x height whose pixel data is 8 garbage bytes: decoding it would fail, so a 413
+    for it shows that the size was refused from the header alone."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage!")
+
+
+def test_too_many_pixels_is_413_before_decoding(server):
+    # 9000 x 9000 = 81 MP: under upocr.io's 100 MP default for files, over the server's 25 MP.
+    status, answer = _json(server, "/api/predict?task=all&filename=bomb.png", _png_header_only(9000, 9000))
+    assert status == 413 and answer["error"].startswith("bomb.png: image too large: 9000x9000")
+    assert "limit 25,000,000" in answer["error"]
+    # Just under the limit the same kind of file is decoded, and fails: a 400.
+    status, answer = _json(server, "/api/predict?task=all&filename=cut.png", _png_header_only(5000, 5000))
+    assert status == 400 and "cut.png" in answer["error"]
+
+
+def test_max_pixels_option(tiny_weights):
+    demo = _running(make_server(Predictor(weights=tiny_weights, size=SIZE), "127.0.0.1", 0, max_pixels=1000,
+                                log_requests=False))
+    try:
+        status, answer = _json(demo, "/api/predict?task=removal&filename=big.png", _png_bytes(40, 40))
+        assert status == 413 and "big.png: image too large: 40x40" in answer["error"]
+        assert _json(demo, "/api/health")[1]["max_pixels"] == 1000
+        status, answer = _json(demo, "/api/predict?task=removal", _png_bytes(20, 30))
+        assert status == 200
+    finally:
+        _stop(demo)
+
+
+def test_large_images_are_answered_with_previews(server, monkeypatch):
+    """Above PREVIEW_MAX_SIDE the model runs on (and the answer carries) a downscaled copy, and says so."""
+    monkeypatch.setattr(serve_module, "PREVIEW_MAX_SIDE", 32)
+    status, answer = _json(server, "/api/predict?task=all", _png_bytes(45, 70))
+    assert status == 200
+    assert (answer["width"], answer["height"], answer["preview"]) == (70, 45, True)
+    assert (answer["result_width"], answer["result_height"]) == (32, 21)
+    assert _decode(answer["input"]).shape == (21, 32, 3)
+    for result in answer["results"]:
+        for picture in result["images"]:
+            assert _decode(picture["png"]).shape[:2] == (21, 32)
+    status, answer = _json(server, "/api/predict?task=removal", _png_bytes(20, 30))
+    assert (answer["preview"], answer["result_width"]) == (False, 30)
+    page = _request(server, "/")[1].decode("utf-8")
+    assert "answer.preview" in page  # the page tells the user the results are previews
+
+
+class BlockingModel:
+    """A stand-in model whose forward pass waits until `release` is set (records that it was entered)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, images, tasks):
+        self.entered.set()
+        assert self.release.wait(30)
+        return images.clone()
+
+
+def _post_in_thread(demo, results: list, path: str = "/api/predict?task=segmentation") -> threading.Thread:
+    thread = threading.Thread(target=lambda: results.append(_json(demo, path, _png_bytes(16, 16))[0]))
+    thread.start()
+    return thread
+
+
+def _wait_for(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_queue_full_is_503_with_retry_after():
+    model = BlockingModel()
+    demo = _running(make_server(Predictor(model, size=32), "127.0.0.1", 0, max_concurrent=1, max_queue=1,
+                                log_requests=False))
+    try:
+        results: list[int] = []
+        running = _post_in_thread(demo, results)
+        assert model.entered.wait(20)
+        waiting = _post_in_thread(demo, results)
+        _wait_for(lambda: demo.app.queue.admitted == 2)
+        status, answer, headers = _raw(demo, "POST", "/api/predict?task=segmentation",
+                                       {"Host": f"127.0.0.1:{demo.server_address[1]}", "Content-Type": "image/png"},
+                                       _png_bytes(16, 16))
+        assert status == 503 and headers["Retry-After"] == str(serve_module.RETRY_AFTER_SECONDS)
+        assert answer["error"].startswith("server busy") and "\n" not in answer["error"]
+        assert _json(demo, "/api/health")[0] == 200  # health is not queued
+        model.release.set()
+        running.join(30)
+        waiting.join(30)
+        assert results == [200, 200]
+        assert _json(demo, "/api/predict?task=segmentation", _png_bytes(16, 16))[0] == 200  # places are freed
+    finally:
+        model.release.set()
+        _stop(demo)
+
+
+def test_decoding_model_and_encoding_all_run_inside_the_concurrency_limit(tiny_weights, monkeypatch):
+    """With max_concurrent=1, no two requests ever decode, predict or encode PNGs at the same time."""
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    def counted(function):
+        def wrapper(*args, **kwargs):
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            try:
+                time.sleep(0.02)  # widen the window in which an overlap would show
+                return function(*args, **kwargs)
+            finally:
+                with lock:
+                    active[0] -= 1
+        return wrapper
+
+    monkeypatch.setattr(serve_module, "read_image", counted(serve_module.read_image))
+    monkeypatch.setattr(serve_module, "png_base64", counted(serve_module.png_base64))
+    demo = _running(make_server(Predictor(weights=tiny_weights, size=SIZE), "127.0.0.1", 0, max_concurrent=1,
+                                log_requests=False))
+    try:
+        results: list[int] = []
+        threads = [_post_in_thread(demo, results, "/api/predict?task=all") for _ in range(4)]
+        for thread in threads:
+            thread.join(60)
+        assert results == [200] * 4
+        assert most[0] == 1
+    finally:
+        _stop(demo)
+
+
+def test_health_has_no_absolute_paths(tiny_weights):
+    from upocr.commands.predict import describe_weights
+    from upocr.model.checkpoint import DEFAULT_WEIGHTS
+
+    label = describe_weights(None) + f" and {tiny_weights}"  # what `upocr serve` passes, plus a user path
+    assert str(DEFAULT_WEIGHTS) in label
+    demo = _running(make_server(Predictor(weights=tiny_weights, size=SIZE), "127.0.0.1", 0, model_label=label,
+                                log_requests=False))
+    try:
+        status, health = _json(demo, "/api/health")
+        assert status == 200
+        text = json.dumps(health)
+        assert str(DEFAULT_WEIGHTS) not in text and str(tiny_weights.parent) not in text
+        assert not re.search(r'(^|[\s="(])/\w', text), text
+        assert "upocr/weights" in health["model"] and tiny_weights.name in health["model"]
+    finally:
+        _stop(demo)
+
+
+def test_ipv6_loopback():
+    """--host ::1 serves over IPv6 (it used to fail: the server was IPv4-only)."""
+    demo = _running(make_server(Predictor(BlockingModel(), size=32), "::1", 0, log_requests=False))
+    try:
+        assert demo.url == f"http://[::1]:{demo.server_address[1]}/"
+        status, health = _json(demo, "/api/health")
+        assert status == 200 and health["status"] == "ok"
+    finally:
+        _stop(demo)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--max-upload-mb", "-1"], ["--max-upload-mb", "0"], ["--max-upload-mb", "nan"], ["--max-pixels", "0"],
+     ["--max-concurrent", "0"], ["--max-queue", "-1"], ["--max-pixels", "lots"]],
+)
+def test_cli_refuses_bad_limits(option, capsys):
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["serve", *option])
+    assert stop.value.code == 2
+    assert option[0] in capsys.readouterr().err
+
+
+def test_cli_limit_options():
+    args = build_parser().parse_args(["serve", "--max-upload-mb", "0.5", "--max-pixels", "1000000",
+                                      "--max-concurrent", "2", "--max-queue", "0", "--allow-host", "a.local"])
+    assert (args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue, args.allow_host) == (
+        0.5, 1_000_000, 2, 0, ["a.local"])
+    assert build_parser().parse_args(["serve"]).max_pixels == 25_000_000

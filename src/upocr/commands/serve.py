@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 from upocr.commands.predict import describe_weights
 from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Predictor
-from upocr.serve import DEFAULT_MAX_UPLOAD_BYTES, serve
+from upocr.serve import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    PREVIEW_MAX_SIDE,
+    serve,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "loaded once; requests run one at a time. Nothing is fetched from the internet.",
     )
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this computer only)")
+                        help="address to listen on (default 127.0.0.1: this computer only; ::1 for IPv6)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
@@ -28,9 +36,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the model's working resolution (default: what the weights were trained at, 512 for original weights)")
     parser.add_argument("--removal-mode", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE,
                         help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+    parser.add_argument("--max-upload-mb", type=_positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help=f"refuse larger uploads (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})")
+    parser.add_argument("--max-pixels", type=_positive(int), default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels, checked before decoding "
+                        f"(default {DEFAULT_MAX_PIXELS:,}); images over {PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews")
+    parser.add_argument("--max-concurrent", type=_positive(int), default=DEFAULT_MAX_CONCURRENT,
+                        help=f"predictions decoded, run and encoded at once (default {DEFAULT_MAX_CONCURRENT})")
+    parser.add_argument("--max-queue", type=_positive(int, allow_zero=True), default=DEFAULT_MAX_QUEUE,
+                        help=f"requests that may wait for one; more are answered 503 (default {DEFAULT_MAX_QUEUE})")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also accept this host name in requests (e.g. mybox.local with --host 0.0.0.0); "
+                        "repeatable. Other names are refused (DNS rebinding)")
     parser.set_defaults(func=run_serve)
+
+
+def _positive(kind: Callable[[str], int | float], *, allow_zero: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: `kind(text)`, which must be > 0 (>= 0 with allow_zero)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (value >= 0 if allow_zero else value > 0):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'more than 0'}, got {text}")
+        return value
+
+    return parse
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -43,10 +76,11 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"upocr: {error}", file=sys.stderr)
         return 1
     label = describe_weights(args.weights)
-    print(f"weights: {label}", flush=True)
+    print(f"weights: {label}", flush=True)  # the page shows it without absolute paths
     try:
         serve(predictor, args.host, args.port, model_label=label,
-              max_upload_bytes=int(args.max_upload_mb * 2**20))
+              max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+              max_concurrent=args.max_concurrent, max_queue=args.max_queue, allowed_hosts=args.allow_host)
     except OSError as error:  # e.g. the port is taken
         print(f"upocr: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
         return 1
