@@ -160,13 +160,19 @@ def segmentation_ground_truths(gt_dir: str | os.PathLike, split: str = "test") -
 
 
 def check_textseg_label(path: Path) -> None:
-    """Refuse a file that is not a TextSeg label (a removal label, a prediction, an RGB image): scoring
+    """Refuse a file that is not a TextSeg label (a removal label, a prediction, a 0/255 mask): scoring
     against one gives meaningless numbers."""
     values = read_plain(path)
-    found = set(np.unique(values).tolist()) if values.ndim == 2 else None
-    if found is None or not found <= TEXTSEG_VALUES:
-        what = "an RGB image" if found is None else f"values {sorted(found - TEXTSEG_VALUES)[:5]}"
-        raise ValueError(f"{path}: not a TextSeg label ({what}; expected only 0, 100, 200, 255); for 0/255 masks use --gt-format binary")
+    if values.ndim == 3:  # grey stored as RGB is fine; colour is not a label
+        if not (np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 0], values[..., 2])):
+            raise ValueError(f"{path}: not a TextSeg label (a colour image; expected grey values 0, 100, 200, 255)")
+        values = values[..., 0]
+    found = set(np.unique(values).tolist())
+    if not found <= TEXTSEG_VALUES:
+        shown = ", ".join(str(v) for v in sorted(found - TEXTSEG_VALUES)[:5])
+        raise ValueError(f"{path}: not a TextSeg label (holds {shown}; expected only 0, 100, 200, 255)")
+    if 255 in found and not found & {100, 200}:
+        raise ValueError(f"{path}: a 0/255 mask, not a TextSeg label (no text value 100); use --gt-format binary")
 
 
 def tampering_ground_truths(gt_dir: str | os.PathLike) -> dict[str, Path]:
