@@ -1,8 +1,11 @@
 """Loading every supported checkpoint format, and refusing bad ones with one clear line."""
 
 import argparse
+import json
 import os
 import pickle
+import re
+import warnings
 
 import pytest
 import torch
@@ -176,3 +179,134 @@ def test_load_into_extended_model(tiny, tmp_path):
     # Anything else missing is still an error naming the file.
     with pytest.raises(CheckpointError, match=r"plain.*does not fit.*only decoder\.image_fusions\. may be new"):
         load_into_extended_model(upocr.build_model(dataclasses.replace(upocr.UPOCRConfig.preset("mini"), image_skip=True)), tmp_path / "plain")
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints that lie or are broken: refused early, in one line naming the file
+# --------------------------------------------------------------------------------------------
+
+
+def save_with_config(model, path, **changes):
+    """A lone safetensors file of `model`'s weights whose metadata config has `changes` applied."""
+    from safetensors.torch import save_file
+
+    config = {**model.config.to_dict(), **changes}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"upocr_config": json.dumps(config)})
+    return path
+
+
+@pytest.fixture
+def built_models(monkeypatch):
+    """Every UPOCR constructed while the test runs, to see whether (and how) a network was built."""
+    built = []
+    original = upocr.UPOCR.__init__
+
+    def counting_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(upocr.UPOCR, "__init__", counting_init)
+    return built
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"embed_dim": 16384}, r"config says embed_dim 16384 but encoder\.backbone\.patch_embed\.proj\.weight is \[16, 3, 4, 4\]"),
+        ({"encoder_depths": [1, 1, 10**6, 1]}, r"config says encoder_depths \[1, 1, 1000000, 1\] but the file holds blocks for \[1, 1, 1, 1\]"),
+        ({"decoder_depths": [1, 1, 1, 1, 10**6]}, r"config says decoder_depths .* but the file holds blocks for \[1, 1, 1, 1, 1\]"),
+        # A 200-wide window: a (40000, 40000) int64 position index per block, 48 GiB in all.
+        ({"encoder_window": 200}, r"config.s window sizes \(encoder 200, decoder 4\) need \d+\.\d GiB of position buffers"),
+    ],
+)
+def test_config_claiming_a_huge_network_fails_before_building(tiny, tmp_path, built_models, changes, message):
+    path = save_with_config(tiny, tmp_path / "huge.safetensors", **changes)
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}/huge\.safetensors: {message}"):
+        upocr.load_model(path)
+    assert built_models == []  # refused from the shapes alone: no network (not even a shape-only one)
+
+
+def test_config_with_misfitting_widths_is_compared_on_a_shape_only_network(tiny, tmp_path, built_models):
+    # mlp_ratio 10**6 would mean a (16M, 16) first MLP layer in every block: tens of GB if allocated.
+    path = save_with_config(tiny, tmp_path / "wide.safetensors", mlp_ratio=1e6)
+    with pytest.raises(CheckpointError, match=r"wide\.safetensors: does not fit the model config: .*shape mismatches.*mlp\.fc1\.weight"):
+        upocr.load_model(path)
+    assert len(built_models) == 1
+    assert {p.device.type for p in built_models[0].parameters()} == {"meta"}
+
+
+def test_loading_builds_one_network_holding_the_files_tensors(tiny, tmp_path, built_models):
+    path = save_with_config(tiny, tmp_path / "ok.safetensors")
+    loaded = upocr.load_model(path)
+    assert len(built_models) == 1 and {p.device.type for p in loaded.parameters()} == {"cpu"}
+    assert same_outputs(tiny, loaded)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_non_finite_weights_are_refused(tiny, tmp_path, bad, suffix):
+    state = {k: v.clone() for k, v in tiny.state_dict().items()}
+    key = next(k for k in state if k.startswith("decoder.") and k.endswith("weight"))
+    state[key].view(-1)[3] = bad
+    path = tmp_path / f"bad{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": state, "model_config": tiny.config.to_dict()}, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"upocr_config": tiny.config.to_json()})
+    with pytest.raises(CheckpointError, match=rf"^{path}: {re.escape(key)} has NaN/Inf values$"):
+        upocr.load_model(path)
+
+
+def test_invalid_config_json_names_the_file(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "badjson.safetensors"
+    save_file(dict(tiny.state_dict()), str(path), metadata={"upocr_config": "{'embed_dim': 16}"})
+    with pytest.raises(CheckpointError, match=r"badjson\.safetensors: invalid model config in the safetensors metadata .*Expecting property name"):
+        upocr.load_model(path)
+    tiny.save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"m/config\.json: invalid model config in config\.json \(expected a JSON object, found list\)"):
+        upocr.load_model(tmp_path / "m")
+
+
+def test_unknown_config_key_names_the_file(tiny, tmp_path):
+    path = save_with_config(tiny, tmp_path / "bogus.safetensors", bogus_field=1)
+    with pytest.raises(CheckpointError, match=r"bogus\.safetensors: invalid model config .*unknown model config keys: bogus_field"):
+        upocr.load_model(path)
+    torch.save({"model": dict(tiny.state_dict()), "model_config": {**tiny.config.to_dict(), "bogus_field": 1}}, tmp_path / "t.pt")
+    with pytest.raises(CheckpointError, match=r"t\.pt: invalid model config in the checkpoint .*bogus_field"):
+        upocr.load_model(tmp_path / "t.pt")
+
+
+def test_allocation_failure_names_the_file(tiny, tmp_path, monkeypatch):
+    tiny.save_pretrained(tmp_path / "m")
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory\nmore")
+
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", out_of_memory)
+    with pytest.raises(CheckpointError, match=r"m: cannot build the model its config describes \(.*can't allocate memory\)$"):
+        upocr.load_model(tmp_path / "m")
+
+
+def test_files_torch_did_not_write_are_called_so(tmp_path):
+    (tmp_path / "notes.pth").write_text("some notes\nnot weights\n")
+    with pytest.raises(CheckpointError, match=r"notes\.pth: not a PyTorch checkpoint"):
+        upocr.load_model(tmp_path / "notes.pth")
+    (tmp_path / "plain.pth").write_bytes(pickle.dumps({"w": [1.0, 2.0]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's 2-line pickle-protocol UserWarning must not appear
+        with pytest.raises(CheckpointError, match=r"plain\.pth: a plain pickle, not a PyTorch checkpoint"):
+            upocr.load_model(tmp_path / "plain.pth")
+
+
+def test_pickle_protocol_the_safe_loader_cannot_read(tiny, tmp_path):
+    path = tmp_path / "p4.pth"
+    torch.save(tiny.state_dict(), path, pickle_protocol=4, _use_new_zipfile_serialization=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError, match=r"p4\.pth: pickled with an instruction the safe loader cannot read"):
+            upocr.load_model(path)

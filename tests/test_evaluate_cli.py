@@ -211,3 +211,99 @@ def test_picture_rows_run_from_the_models_best_to_its_worst_image(tmp_path):
     assert [s.name for s in picked] == ["4", "3", "2"]  # best, median, worst
     # Without a model result: the first samples, as before.
     assert [s.name for s in successes_and_failures(Task.TEXT_REMOVAL, EvaluationReport(), samples, 2)] == ["0", "1"]
+
+
+# ---------------------------------------------------------------- partial or wrong inputs (D17)
+
+
+def _textseg(root: Path, names: dict[str, str]) -> Path:
+    """A TextSeg folder: semantic_label/<name>_maskfg.png for each name, split.json by the given split."""
+    label = np.array([[100, 100, 0, 200], [255, 100, 0, 0]], np.uint8)
+    for name in names:
+        _save(root / "TextSeg" / "semantic_label" / f"{name}_maskfg.png", label)
+    split: dict[str, list[str]] = {}
+    for name, part in names.items():
+        split.setdefault(part, []).append(name)
+    (root / "TextSeg" / "split.json").write_text(json.dumps(split))
+    return root / "TextSeg" / "semantic_label"
+
+
+def _mask(path: Path, shape=(2, 4)) -> Path:
+    return _save(path, np.full(shape, 255, np.uint8))
+
+
+def test_missing_test_predictions_fail_unless_allowed(tmp_path, capsys):
+    gt = _textseg(tmp_path, {"a": "test", "b": "test", "c": "test", "t1": "train", "t2": "train"})
+    _mask(tmp_path / "pred" / "a_mask.png")
+    args = ["evaluate", "segmentation", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    # Only the test split counts: the train labels in the same folder are not "missing".
+    assert err == f"error: {tmp_path / 'pred'}: 2 ground truths in {gt} have no prediction; " \
+                  "scores on a partial set are not comparable (--allow-missing scores it anyway)"
+    assert main(args + ["--allow-missing"]) == 0
+    assert "warning: 2 of 3 ground truths have no prediction and are not evaluated: b, c" in capsys.readouterr().err
+
+
+def test_tampering_missing_predictions_and_images_are_reported(tmp_path, capsys):
+    gt_dir, img_dir = tmp_path / "test_gt", tmp_path / "test_img"
+    gt_dir.mkdir()
+    for name in ("a", "b", "c"):
+        (gt_dir / f"{name}.txt").write_text("0,0,1,1,1\n")
+        _save(tmp_path / "pred" / f"{name}_classes.png", np.zeros((4, 6), np.uint8))
+    _save(img_dir / "a.jpg", np.zeros((4, 6, 3), np.uint8))
+    args = ["evaluate", "tampering", "--pred", str(tmp_path / "pred"), "--gt", str(gt_dir), "--images", str(img_dir), "--quiet"]
+    assert main(args) == 0
+    assert f"warning: 2 ground truths have no image in {img_dir} (boxes drawn at the prediction's size): b; c" in capsys.readouterr().err
+    (tmp_path / "pred" / "c_classes.png").unlink()
+    assert main(args) == 1
+    assert "1 ground truths in" in capsys.readouterr().err
+
+
+def test_prediction_of_another_aspect_ratio_is_reported(tmp_path, capsys):
+    gt = _textseg(tmp_path, {"a": "test", "b": "test"})
+    _mask(tmp_path / "pred" / "a_mask.png", shape=(2, 4))
+    _mask(tmp_path / "pred" / "b_mask.png", shape=(20, 300))
+    assert main(["evaluate", "segmentation", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: 1 predictions differ in aspect ratio from their ground truth (resized anyway): {tmp_path / 'pred' / 'b_mask.png'} is 300x20, its ground truth 4x2" in err
+    assert "a_mask.png" not in err
+    # Removal too (the original resizes both to 512 on the shorter side, silently).
+    rng = np.random.default_rng(0)
+    _save(tmp_path / "rgt" / "x.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    _save(tmp_path / "rpred" / "x.png", rng.integers(0, 256, (37, 100, 3), dtype=np.uint8))
+    assert main(["evaluate", "removal", "--pred", str(tmp_path / "rpred"), "--gt", str(tmp_path / "rgt"), "--quiet"]) == 0
+    assert "x.png is 100x37, its ground truth 64x64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("wrong", ["removal-labels", "own-predictions", "odd-values"])
+def test_segmentation_ground_truths_must_be_textseg_labels(tmp_path, capsys, wrong):
+    _mask(tmp_path / "pred" / "a.png")
+    gt = tmp_path / "gt"
+    if wrong == "removal-labels":
+        _save(gt / "a.png", np.random.default_rng(0).integers(0, 256, (2, 4, 3), dtype=np.uint8))
+    elif wrong == "own-predictions":
+        gt = tmp_path / "pred"
+    else:
+        _save(gt / "a.png", np.array([[0, 17, 100, 255]], np.uint8))
+    code = main(["evaluate", "segmentation", "--pred", str(tmp_path / "pred"), "--gt", str(gt), "--quiet"])
+    assert code == 2  # nothing could be scored
+    assert "not a TextSeg label" in capsys.readouterr().err
+
+
+def test_model_command_reports_a_bad_image_once(test_split_root, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(test_split_root / "TextRemoval", root / "TextRemoval")
+    image = sorted((root / "TextRemoval" / "SCUT-ENS" / "test" / "image").glob("*"))[0]
+    image.write_bytes(b"not an image")
+    from upocr.model import build_model
+    from upocr.model.checkpoint import save_pretrained
+
+    save_pretrained(build_model("tiny"), tmp_path / "weights")
+    code = main(["evaluate", "model", "--weights", str(tmp_path / "weights"), "--data-root", str(root), "--size", "64",
+                 "--tasks", "removal", "--quiet"])
+    assert code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and image.name in errors[0]

@@ -73,6 +73,8 @@ def _add_folders(parser: argparse.ArgumentParser, gt_help: str = "folder of grou
     parser.add_argument("--gt", type=Path, required=True, help=gt_help)
     parser.add_argument("--json", type=Path, help="also write the metrics as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="score a partial set: ground truths without a prediction are a warning, not an error")
 
 
 def _add_benchmark_options(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +100,10 @@ def _exit_code(errors: list[str], count: int) -> int:
 def _finish_folder(args: argparse.Namespace, evaluation) -> int:
     from upocr.evaluate.report import markdown_table, write_json
 
+    if evaluation.missing and not args.allow_missing:
+        print(f"error: {args.pred}: {evaluation.missing} ground truths in {args.gt} have no prediction; "
+              "scores on a partial set are not comparable (--allow-missing scores it anyway)", file=sys.stderr)
+        return 1
     for warning in evaluation.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(markdown_table(args.task, {str(args.pred): evaluation.metrics}))

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from upocr.evaluate.confusion import ConfusionMatrix
-from upocr.evaluate.removal import FolderEvaluation
+from upocr.evaluate.removal import LISTED_NOTES, FolderEvaluation, aspect_mismatch, summarise
 from upocr.io import ImageError, list_images, read_image
 from upocr.tasks import decode_tampering, segmentation_probability
 
@@ -28,8 +28,8 @@ from upocr.tasks import decode_tampering, segmentation_probability
 SEGMENTATION_PRED_SUFFIXES = ("_mask", "", "_maskfg", "_output", "_raw")
 TAMPERING_PRED_SUFFIXES = ("_classes", "", "_output", "_raw")
 TEXTSEG_LABEL_SUFFIX = "_maskfg"
-# How many names a warning lists before "...".
-_LIST_NAMES = 5
+# The values a TextSeg *_maskfg.png label holds: background, text, word effect, ignore.
+TEXTSEG_VALUES = frozenset((0, 100, 200, 255))
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,12 +142,37 @@ def find_prediction(index: dict[str, Path], key: str, suffixes: tuple[str, ...])
     return None
 
 
-def segmentation_ground_truths(gt_dir: str | os.PathLike) -> dict[str, Path]:
+def segmentation_ground_truths(gt_dir: str | os.PathLike, split: str = "test") -> dict[str, Path]:
     """Labels by sample name. A TextSeg `semantic_label` folder: `<name>_maskfg.png` -> name (its other
-    files are ignored); any other folder: every image by stem."""
+    files are ignored), only the names of `split` when `split.json` lies beside the folder (the label
+    folder also holds the train labels); any other folder: every image by stem."""
+    from upocr.data.layouts import _read_split_json
+
     files = index_by_stem(gt_dir)
     textseg = {stem[: -len(TEXTSEG_LABEL_SUFFIX)]: path for stem, path in files.items() if stem.endswith(TEXTSEG_LABEL_SUFFIX)}
+    split_file = Path(gt_dir).parent / "split.json"
+    if textseg and split_file.is_file():
+        names = set(_read_split_json(split_file).get(split, []))
+        textseg = {name: path for name, path in textseg.items() if name in names}
+        if not textseg:
+            raise FileNotFoundError(f"{gt_dir}: no label of the {split!r} split listed in {split_file}")
     return textseg or files
+
+
+def check_textseg_label(path: Path) -> None:
+    """Refuse a file that is not a TextSeg label (a removal label, a prediction, a 0/255 mask): scoring
+    against one gives meaningless numbers."""
+    values = read_plain(path)
+    if values.ndim == 3:  # grey stored as RGB is fine; colour is not a label
+        if not (np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 0], values[..., 2])):
+            raise ValueError(f"{path}: not a TextSeg label (a colour image; expected grey values 0, 100, 200, 255)")
+        values = values[..., 0]
+    found = set(np.unique(values).tolist())
+    if not found <= TEXTSEG_VALUES:
+        shown = ", ".join(str(v) for v in sorted(found - TEXTSEG_VALUES)[:5])
+        raise ValueError(f"{path}: not a TextSeg label (holds {shown}; expected only 0, 100, 200, 255)")
+    if 255 in found and not found & {100, 200}:
+        raise ValueError(f"{path}: a 0/255 mask, not a TextSeg label (no text value 100); use --gt-format binary")
 
 
 def tampering_ground_truths(gt_dir: str | os.PathLike) -> dict[str, Path]:
@@ -196,13 +221,17 @@ def match_predictions(
             f"prediction images; names tried: <name>{{{','.join(suffixes)}}}.png)"
         )
     if missing:
-        shown = ", ".join(missing[:_LIST_NAMES]) + (", ..." if len(missing) > _LIST_NAMES else "")
-        warnings.append(f"{len(missing)} ground truths have no prediction and are not evaluated: {shown}")
+        shown = ", ".join(missing[:LISTED_NOTES]) + (", ..." if len(missing) > LISTED_NOTES else "")
+        warnings.append(f"{len(missing)} of {len(keys_to_gt)} ground truths have no prediction and are not evaluated: {shown}")
     used = {pred for pred, _ in pairs}
     unused = [path for path in pred_index.values() if path not in used]
     if unused:
         warnings.append(f"{len(unused)} prediction images match no ground truth and are ignored, e.g. {unused[0]}")
     return pairs, warnings
+
+
+def _missing_count(keys_to_gt: dict[str, Path], pairs: list[tuple[Path, Path]]) -> int:
+    return len(keys_to_gt) - len(pairs)
 
 
 def _confusion_over_pairs(
@@ -213,12 +242,15 @@ def _confusion_over_pairs(
     description: str,
     progress: bool,
 ) -> FolderEvaluation:
-    """One confusion matrix over every (prediction, ground truth) pair; unreadable pairs -> errors."""
+    """One confusion matrix over every (prediction, ground truth) pair; unreadable pairs -> errors;
+    predictions whose aspect ratio differs from their ground truth's -> one warning."""
     matrix = ConfusionMatrix(num_classes)
     errors: list[str] = []
+    distorted: list[str] = []
     count = 0
     for pred_path, gt_path in tqdm(pairs, desc=description, unit="img", disable=not progress, file=sys.stderr):
         try:
+            pred_size = image_size(pred_path)
             gt, pred = read_pair(gt_path, pred_path)
             matrix.update(gt, pred)
         except (ImageError, ValueError) as error:
@@ -226,9 +258,12 @@ def _confusion_over_pairs(
             errors.append(message if str(pred_path) in message or str(gt_path) in message else f"{pred_path}: {message}")
             continue
         count += 1
+        if note := aspect_mismatch(pred_path, pred_size, gt.shape[:2]):
+            distorted.append(note)
     metrics = matrix.compute()
     metrics["count"] = count
-    return FolderEvaluation(metrics=metrics, errors=errors, warnings=[])
+    warnings = summarise(distorted, "predictions differ in aspect ratio from their ground truth (resized anyway)")
+    return FolderEvaluation(metrics=metrics, errors=errors, warnings=warnings)
 
 
 def segmentation_pair_reader(
@@ -242,6 +277,7 @@ def segmentation_pair_reader(
 
     def read_pair(gt_path: Path, pred_path: Path) -> tuple[np.ndarray, np.ndarray]:
         if gt_format == "textseg":
+            check_textseg_label(gt_path)
             gt = read_segmentation_label(gt_path)
         else:
             values = read_plain(gt_path)
@@ -314,9 +350,11 @@ def evaluate_segmentation(
     read by `upocr.data.layouts.read_segmentation_label`; a `semantic_label` folder works as is) or
     0/255 masks (`gt_format='binary'`).
     """
-    pairs, warnings = match_predictions(segmentation_ground_truths(gt_dir), index_by_stem(pred_dir), SEGMENTATION_PRED_SUFFIXES)
+    ground_truths = segmentation_ground_truths(gt_dir)
+    pairs, warnings = match_predictions(ground_truths, index_by_stem(pred_dir), SEGMENTATION_PRED_SUFFIXES)
     result = evaluate_segmentation_pairs(pairs, threshold=threshold, gt_format=gt_format, progress=progress)
     result.warnings[:0] = warnings
+    result.missing = _missing_count(ground_truths, pairs)
     return result
 
 
@@ -337,9 +375,14 @@ def evaluate_tampering(
     """
     image_dir = Path(image_dir) if image_dir is not None else sibling_image_folder(gt_dir)
     images = index_by_stem(image_dir) if image_dir is not None else {}
-    pairs, warnings = match_predictions(tampering_ground_truths(gt_dir), index_by_stem(pred_dir), TAMPERING_PRED_SUFFIXES)
+    ground_truths = tampering_ground_truths(gt_dir)
+    pairs, warnings = match_predictions(ground_truths, index_by_stem(pred_dir), TAMPERING_PRED_SUFFIXES)
     result = evaluate_tampering_pairs(pairs, images=images, pred_format=pred_format, channel_order=channel_order, progress=progress)
     result.warnings[:0] = warnings
+    result.missing = _missing_count(ground_truths, pairs)
+    without_image = sorted(key for key in ground_truths if key not in images)
+    if images and without_image:
+        result.warnings += summarise(without_image, f"ground truths have no image in {image_dir} (boxes drawn at the prediction's size)")
     if not images:
         result.warnings.append("no image folder found: ground-truth boxes drawn at each prediction's size")
     return result

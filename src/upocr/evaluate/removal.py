@@ -321,9 +321,33 @@ class FolderEvaluation:
     metrics: dict
     errors: list[str]
     warnings: list[str]
+    # Ground truths of the evaluated set that had no prediction (the CLI refuses these unless --allow-missing).
+    missing: int = 0
 
     def to_json(self) -> dict:
         return {**self.metrics, "errors": list(self.errors), "warnings": list(self.warnings)}
+
+
+# Relative difference of width/height ratios beyond which a prediction is reported as distorted.
+ASPECT_TOLERANCE = 0.02
+# How many per-file notes a summary warning lists before "...".
+LISTED_NOTES = 5
+
+
+def aspect_mismatch(pred_path: Path, pred_size: tuple[int, int], gt_size: tuple[int, int]) -> str | None:
+    """A note when the prediction's width/height ratio differs from the ground truth's (it gets resized)."""
+    (ph, pw), (gh, gw) = pred_size, gt_size
+    if min(ph, pw, gh, gw) <= 0 or abs((pw / ph) / (gw / gh) - 1) <= ASPECT_TOLERANCE:
+        return None
+    return f"{pred_path} is {pw}x{ph}, its ground truth {gw}x{gh}"
+
+
+def summarise(notes: list[str], what: str) -> list[str]:
+    """One warning line for a list of per-file notes."""
+    if not notes:
+        return []
+    shown = "; ".join(notes[:LISTED_NOTES]) + ("; ..." if len(notes) > LISTED_NOTES else "")
+    return [f"{len(notes)} {what}: {shown}"]
 
 
 def evaluate_removal_pairs(
@@ -333,14 +357,19 @@ def evaluate_removal_pairs(
     way (`prepare_removal_pair`). Unreadable files go to `errors`; the others are still evaluated."""
     metrics = RemovalMetrics(pixels_per_image=size * size)
     errors: list[str] = []
+    distorted: list[str] = []
     for pred_path, gt_path in tqdm(pairs, desc="removal metrics", unit="img", disable=not progress, file=sys.stderr):
         try:
-            pred_arr, gt_arr = prepare_removal_pair(read_rgb_as_original(pred_path), read_rgb_as_original(gt_path), size)
+            pred, gt = read_rgb_as_original(pred_path), read_rgb_as_original(gt_path)
+            pred_arr, gt_arr = prepare_removal_pair(pred, gt, size)
         except ImageError as error:
             errors.append(str(error))
             continue
+        if note := aspect_mismatch(pred_path, pred.size[::-1], gt.size[::-1]):
+            distorted.append(note)
         metrics.update(pred_arr, gt_arr)
-    return FolderEvaluation(metrics=metrics.compute(), errors=errors, warnings=[])
+    warnings = summarise(distorted, "predictions differ in aspect ratio from their ground truth (resized anyway)")
+    return FolderEvaluation(metrics=metrics.compute(), errors=errors, warnings=warnings)
 
 
 def evaluate_removal(

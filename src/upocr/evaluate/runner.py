@@ -76,7 +76,8 @@ class EvaluationReport:
 
     @property
     def errors(self) -> list[str]:
-        return [e for r in self.results for e in r.evaluation.errors]
+        # Once each: a bad input image fails every method alike (D22).
+        return list(dict.fromkeys(e for r in self.results for e in r.evaluation.errors))
 
     def markdown(self) -> str:
         return markdown_report(self.by_task())
