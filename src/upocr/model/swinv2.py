@@ -103,6 +103,7 @@ class WindowAttention(nn.Module):
         n = self.window * self.window
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.heads)
         bias = table[self.relative_position_index.view(-1)].view(n, n, self.heads).permute(2, 0, 1)
+        bias = bias.contiguous()  # else the mask built from it is strided too, and attention copies it
         return 16 * torch.sigmoid(bias)
 
     def _bias_source_key(self) -> tuple | None:
