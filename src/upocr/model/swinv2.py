@@ -124,7 +124,11 @@ class WindowAttention(nn.Module):
         """x: (num_windows*B, N, C); mask: (num_windows, N, N) additive, or None."""
         windows, n, channels = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias).view(windows, n, 3, self.heads, -1)
+        if isinstance(self.qkv, nn.Linear):
+            qkv = F.linear(x, self.qkv.weight, bias)
+        else:  # an int8 (dynamically quantized) layer keeps its weight packed: apply it, then the bias
+            qkv = self.qkv(x) + bias
+        qkv = qkv.view(windows, n, 3, self.heads, -1)
         q, k = self._scaled_unit_query_key(qkv[:, :, :2])
         v = qkv[:, :, 2].transpose(1, 2)  # (windows, heads, N, d), as q and k
         attn_bias = self.position_bias().to(q.dtype)
