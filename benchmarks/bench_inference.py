@@ -1,14 +1,19 @@
-"""Inference cost per task: seconds per image and peak memory (RSS), fp32 on CPU by default.
+"""Inference cost and fidelity: one table of config x precision x backend x size -> s/image, images/s,
+peak RSS, and agreement with fp32, on CPU.
 
-    python benchmarks/bench_inference.py                      # paper and small configs, 512x512, all tasks
-    python benchmarks/bench_inference.py --configs paper --runs 5 --threads 2
+    python benchmarks/bench_inference.py                                   # paper and small, 512, fp32 + int8
+    python benchmarks/bench_inference.py --configs small --weights src/upocr/weights --sizes 256 512
+    python benchmarks/bench_inference.py --configs paper --precisions fp32 bf16 int8 --runs 2
 
-Each (config, task) runs in a fresh process so that its peak RSS is its own: build the model (random
-weights; cost does not depend on the values), one warm-up `Predictor.predict` on a 512x512 photo, then
-`--runs` timed calls (the median is reported). Time covers the whole predict call: resize, forward,
-resize back and decoding. Removal runs in `--removal` mode (default: the Predictor's, telea-fill, which
-adds the segmentation pass and Telea inpainting; with random weights the text mask, and so the Telea
-time, is arbitrary: compare modes with `--weights`).
+Each row runs in a fresh process so that its peak RSS is its own: build the model (random weights unless
+`--weights`; cost does not depend on the values), one warm-up `Predictor.predict_tasks` on a bundled
+sample photo resized to size x size, then `--runs` timed calls (the median is reported). Time covers the
+whole call for all `--tasks`: resize, forward passes, resize back, decoding (removal in `--removal` mode,
+default raw, so that the table measures the model rather than the classical inpainting).
+Fidelity compares each precision with the fp32 row of the same config and size (run first): PSNR of the
+text-removal image and agreement of the segmentation mask. With random weights these say little about
+trained ones: pass `--weights` for meaningful numbers. bf16 is skipped on CPUs without native bf16
+(AVX512-BF16 / AMX), where autocast emulates it and runs many times slower, unless `--precisions` names it.
 """
 
 from __future__ import annotations
@@ -19,80 +24,131 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES
+from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES
 
 TASKS = ("removal", "segmentation", "tampering")
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples" / "poster.jpg"
 
 
-def measure(config: str, task: str, size: int, runs: int, threads: int, precision: str, tile: int | None,
-            removal: str, weights: str | None) -> dict:
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def measure(config: str, precision: str, size: int, args: argparse.Namespace, reference: Path) -> dict:
     import numpy as np
     import torch
     from PIL import Image
-    from skimage import data
 
     from upocr.model import build_model
     from upocr.model.checkpoint import load_model
     from upocr.predict import Predictor
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = (load_model(weights) if weights else build_model(config)).eval()
-    model_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
-    image = np.asarray(Image.fromarray(data.astronaut()).resize((size, size), Image.Resampling.BICUBIC))
-    predictor = Predictor(model, size=size, precision=precision, tile=tile, removal=removal)
-    predictor.predict(image, task)  # warm-up (allocator, kernels)
+    model = (load_model(args.weights) if args.weights else build_model(config)).eval()
+    image = np.asarray(Image.open(SAMPLE).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+    predictor = Predictor(model, size=size, precision=precision, tile=args.tile, removal=args.removal)
+    del model  # int8 quantized a copy
+    predictor.predict_tasks(image, args.tasks)  # warm-up (allocator, kernels, cached position biases)
     seconds = []
-    for _ in range(runs):
+    for _ in range(args.runs):
         start = time.perf_counter()
-        predictor.predict(image, task)
+        results = predictor.predict_tasks(image, args.tasks)
         seconds.append(time.perf_counter() - start)
-    return {
+    row = {
         "config": config,
-        "task": f"removal ({removal})" if task == "removal" else task,
-        "params_m": model.num_parameters / 1e6,
+        "precision": precision,
+        "size": size,
         "s_per_image": statistics.median(seconds),
-        "model_rss_mib": model_rss,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
     }
+    by_task = {prediction.task.name: prediction for prediction in results}
+    arrays = {name: prediction.result for name, prediction in by_task.items()}
+    if precision == "fp32":
+        np.savez(reference, **arrays)
+    elif reference.exists():
+        row.update(fidelity(np.load(reference), arrays))
+    return row
+
+
+def fidelity(reference, arrays: dict) -> dict:
+    import numpy as np
+
+    scores = {}
+    if "TEXT_REMOVAL" in arrays:
+        mse = np.mean((arrays["TEXT_REMOVAL"].astype(np.float64) - reference["TEXT_REMOVAL"]) ** 2)
+        scores["psnr_db"] = float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+    for task in ("TEXT_SEGMENTATION", "TAMPERED_TEXT_DETECTION"):
+        if task in arrays:
+            scores.setdefault("agreement", []).append(float(np.mean(arrays[task] == reference[task])))
+    if "agreement" in scores:
+        scores["agreement"] = min(scores["agreement"])
+    return scores
+
+
+def format_fidelity(row: dict) -> str:
+    if row["precision"] == "fp32":
+        return "reference"
+    parts = []
+    if "psnr_db" in row:
+        parts.append(f"removal {row['psnr_db']:.1f} dB" if row["psnr_db"] < 100 else "removal identical")
+    if "agreement" in row:
+        parts.append(f"masks {100 * row['agreement']:.2f}%")
+    return ", ".join(parts) or "-"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["paper", "small"])
+    parser.add_argument("--precisions", nargs="+", choices=[p for p in PRECISIONS if p != "fp16"], default=None,
+                        help="default: fp32, int8, and bf16 where the CPU has native bf16")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[512])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--tile", type=int, default=None, help="tile size (default: resize mode)")
-    parser.add_argument("--removal", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE, help="text removal result mode")
+    parser.add_argument("--removal", choices=REMOVAL_MODES, default="raw",
+                        help=f"text removal result mode (default raw: the model alone; the Predictor's default, "
+                        f"{DEFAULT_REMOVAL_MODE}, adds inpainting whose time grows with the text area)")
     parser.add_argument("--weights", default=None, help="trained weights instead of random ones (--configs names the rows)")
-    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TASK"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, metavar=("CONFIG", "PRECISION", "SIZE", "REFERENCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child, args.size, args.runs, args.threads, args.precision, args.tile, args.removal, args.weights)))
+        config, precision, size, reference = args.child
+        print(json.dumps(measure(config, precision, int(size), args, Path(reference))))
         return
+    precisions = args.precisions or ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
+    precisions = sorted(set(precisions), key=["fp32", "int8", "bf16"].index)  # fp32 first: the reference
 
-    print(f"UPOCR inference, {args.size}x{args.size} image, {args.precision}, CPU, {args.threads} threads, "
-          f"median of {args.runs} runs after 1 warm-up; fresh process per row")
-    header = f"{'config':<8} {'params':>8} {'task':<22} {'s/image':>8} {'RSS model':>10} {'peak RSS':>9}"
+    print(f"UPOCR inference on CPU, {args.threads} threads, tasks: {', '.join(args.tasks)} per image "
+          f"(removal: {args.removal}), median of {args.runs} runs after 1 warm-up, fresh process per row; "
+          f"weights: {args.weights or 'random'}; native bf16: {cpu_has_native_bf16()}")
+    header = f"{'config':<8} {'precision':<9} {'backend':<8} {'size':>5} {'s/image':>8} {'images/s':>9} {'peak RSS':>9}  fidelity vs fp32"
     print(header)
     print("-" * len(header))
-    for config in args.configs:
-        for task in args.tasks:
-            command = [sys.executable, __file__, "--child", config, task, "--size", str(args.size),
-                       "--runs", str(args.runs), "--threads", str(args.threads), "--precision", args.precision,
-                       "--removal", args.removal]
-            if args.weights:
-                command += ["--weights", args.weights]
-            if args.tile:
-                command += ["--tile", str(args.tile)]
-            row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-            print(f"{config:<8} {row['params_m']:>7.1f}M {row['task']:<22} {row['s_per_image']:>8.2f} "
-                  f"{row['model_rss_mib']:>7.0f} MiB {row['peak_rss_mib']:>5.0f} MiB", flush=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        for config in args.configs:
+            for size in args.sizes:
+                reference = Path(scratch) / f"{config}-{size}.npz"
+                for precision in precisions:
+                    command = [sys.executable, __file__, "--child", config, precision, str(size), str(reference),
+                               "--runs", str(args.runs), "--threads", str(args.threads), "--removal", args.removal,
+                               "--tasks", *args.tasks]
+                    if args.weights:
+                        command += ["--weights", args.weights]
+                    if args.tile:
+                        command += ["--tile", str(args.tile)]
+                    row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+                    print(f"{config:<8} {precision:<9} {'pytorch':<8} {size:>5} {row['s_per_image']:>8.2f} "
+                          f"{1 / row['s_per_image']:>9.2f} {row['peak_rss_mib']:>5.0f} MiB  {format_fidelity(row)}", flush=True)
 
 
 if __name__ == "__main__":

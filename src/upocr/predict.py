@@ -69,7 +69,8 @@ DEFAULT_REMOVAL_MODE = "telea-fill"
 # and halos just outside the strokes are erased too (3 scored best of 2/3/4/6 on a validation split).
 REMOVAL_TEXT_DILATION = 3
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 ModelFn = Callable[[torch.Tensor, Any], Any]
 
 
@@ -106,7 +107,8 @@ class Predictor:
     tile: None -> resize mode; an int (multiple of 32) -> tiled mode with that tile size; "auto" -> tiled
     with tile = size for images of more than 4 x size^2 pixels, else resize. overlap: pixels shared by
     neighbouring tiles (default: tile / 8, i.e. 64 for 512).
-    precision: "fp32", "bf16" (autocast; CPU or CUDA) or "fp16" (autocast; CUDA only).
+    precision: "fp32", "bf16" (autocast; CPU or CUDA), "fp16" (autocast; CUDA only) or "int8" (Linear
+    layers dynamically quantized, `upocr.model.quantize`; CPU only; a given model is copied, not changed).
     removal: how text removal builds its result: "raw", "blend", "model-fill" or "telea-fill" (module
     docstring); the fill modes also run the segmentation prompt for the text mask.
     """
@@ -127,6 +129,7 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = resolve_device(device)
+        loaded_here = model is None
         if model is None:
             import upocr  # the package API; imported here so `upocr.predict` loads without a model
 
@@ -148,10 +151,12 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = int(batch_size)
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 on CPU")
+            raise ValueError("precision fp16 needs a CUDA device; use bf16 or int8 on CPU")
+        if precision == "int8" and (self.device.type != "cpu" or not isinstance(model, torch.nn.Module)):
+            raise ValueError("precision int8 (dynamic quantization) needs a torch model on the CPU")
         self.precision = precision
         if threshold is None:  # the threshold calibrated for these weights (0.4, the original's, if none)
             threshold = getattr(getattr(model, "config", None), "segmentation_threshold", SEGMENTATION_THRESHOLD)
@@ -162,6 +167,10 @@ class Predictor:
         self.max_pixels = max_pixels
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
+        if precision == "int8":
+            from upocr.model.quantize import quantize_int8
+
+            model = quantize_int8(model, inplace=loaded_here)
         self.model = model
 
     # ------------------------------------------------------------------ public API
@@ -234,7 +243,7 @@ class Predictor:
             return result.float().clamp(0, 1).cpu().numpy()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "int8"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)

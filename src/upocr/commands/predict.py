@@ -12,7 +12,7 @@ from tqdm import tqdm
 from upocr.cli import EXIT_INTERRUPTED
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
-from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Predictor
+from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 from upocr.utils import printable
 from upocr.visualize import image_grid, overlay_classes, overlay_mask
@@ -113,8 +113,8 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--overlap", type=int, default=None,
                        help="pixels shared by neighbouring tiles (default: tile / 8, i.e. 64 for 512)")
     group.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default 1)")
-    group.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="fp32 (default), bf16 autocast (CPU/CUDA) or fp16 autocast (CUDA)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU)")
     group.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
 

@@ -65,7 +65,13 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 
 class WindowAttention(nn.Module):
-    """Scaled cosine attention with a learnable per-head temperature and a continuous position bias."""
+    """Scaled cosine attention with a learnable per-head temperature and a continuous position bias.
+
+    At inference (autograd off) the position bias is computed once and cached: it depends on the weights
+    alone, and recomputing it (an MLP, a gather and a sigmoid per block) cost about a tenth of a forward
+    pass. The cache is keyed on the storage and version counter of every tensor it is derived from, so
+    loading weights, an optimizer step or moving the module recomputes it; train() drops it.
+    """
 
     def __init__(self, *, dim: int, heads: int, window: int, pretrained_window: int, cpb_hidden: int = 512) -> None:
         super().__init__()
@@ -80,29 +86,73 @@ class WindowAttention(nn.Module):
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))  # keys get no bias (SwinV2)
         self.proj = nn.Linear(dim, dim)
+        self._cached_bias: tuple[tuple, torch.Tensor] | None = None  # (source key, (heads, N, N) bias)
 
     def position_bias(self) -> torch.Tensor:
-        """(heads, N, N) bias in (0, 16)."""
+        """(heads, N, N) bias in (0, 16): computed when autograd is on, else cached (class docstring)."""
+        if torch.is_grad_enabled():
+            return self._compute_position_bias()
+        key = self._bias_source_key()
+        if key is None:
+            return self._compute_position_bias()
+        if self._cached_bias is None or self._cached_bias[0] != key:
+            self._cached_bias = (key, self._compute_position_bias())
+        return self._cached_bias[1]
+
+    def _compute_position_bias(self) -> torch.Tensor:
         n = self.window * self.window
         table = self.cpb_mlp(self.relative_coords_table).view(-1, self.heads)
         bias = table[self.relative_position_index.view(-1)].view(n, n, self.heads).permute(2, 0, 1)
+        bias = bias.contiguous()  # else the mask built from it is strided too, and attention copies it
         return 16 * torch.sigmoid(bias)
+
+    def _bias_source_key(self) -> tuple | None:
+        """What the position bias is computed from: (storage, version) of each tensor, and the autocast
+        state; None when a tensor has no version counter (created under inference_mode): no caching."""
+        sources = [*self.cpb_mlp.parameters(), self.relative_coords_table, self.relative_position_index]
+        if any(t.is_inference() for t in sources):
+            return None
+        device = self.relative_coords_table.device.type
+        autocast = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device)
+        return (autocast, *((t.data_ptr(), t.dtype, t._version) for t in sources))
+
+    def train(self, mode: bool = True) -> "WindowAttention":
+        self._cached_bias = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (num_windows*B, N, C); mask: (num_windows, N, N) additive, or None."""
         windows, n, channels = x.shape
         bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(windows, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
-        q = F.normalize(q, dim=-1) * scale  # fold the temperature into q: cos-sim * scale
-        k = F.normalize(k, dim=-1)
-        attn_bias = self.position_bias().unsqueeze(0).to(q.dtype)  # (1, heads, N, N)
-        if mask is not None:
+        if isinstance(self.qkv, nn.Linear):
+            qkv = F.linear(x, self.qkv.weight, bias)
+        else:  # an int8 (dynamically quantized) layer keeps its weight packed: apply it, then the bias
+            qkv = self.qkv(x) + bias
+        qkv = qkv.view(windows, n, 3, self.heads, -1)
+        q, k = self._scaled_unit_query_key(qkv[:, :, :2])
+        v = qkv[:, :, 2].transpose(1, 2)  # (windows, heads, N, d), as q and k
+        attn_bias = self.position_bias().to(q.dtype)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.unsqueeze(0), scale=1.0)
+        else:
             groups = mask.shape[0]
-            attn_bias = (attn_bias + mask.to(q.dtype).unsqueeze(1)).repeat(windows // groups, 1, 1, 1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=1.0)
+            attn_bias = attn_bias + mask.to(q.dtype).unsqueeze(1)  # (groups, heads, N, N)
+            # One call per image: all images share the mask, and repeating it for the batch would copy it.
+            out = torch.cat([
+                F.scaled_dot_product_attention(q[i : i + groups], k[i : i + groups], v[i : i + groups], attn_mask=attn_bias, scale=1.0)
+                for i in range(0, windows, groups)
+            ]) if windows > groups else F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=1.0)
         return self.proj(out.transpose(1, 2).reshape(windows, n, channels))
+
+    def _scaled_unit_query_key(self, qk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """qk: (windows, N, 2, heads, d) -> q / |q| * temperature and k / |k|, each (windows, heads, N, d).
+
+        One norm and one division for both (F.normalize semantics: norms clamped at 1e-12); the temperature
+        divides q's norms, so that cos-sim * scale needs no extra pass over q."""
+        norms = torch.linalg.vector_norm(qk, dim=-1, keepdim=True).clamp_min(1e-12)
+        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp().view(1, 1, self.heads, 1)
+        unit = qk / norms
+        return (unit[:, :, 0] * scale).transpose(1, 2), unit[:, :, 1].transpose(1, 2)
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -120,7 +170,16 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
 
 
 @lru_cache(maxsize=32)
-def _shift_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.Tensor:
+def shift_mask(padded_h: int, padded_w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """(nW, N, N) additive mask keeping attention inside each region of a cyclically shifted map.
+
+    Cached per map size and device (it depends on nothing else): every shifted block of a stage shares it.
+    Built outside inference mode, so that a mask first made at inference also serves training."""
+    with torch.inference_mode(False):
+        return _region_mask(padded_h, padded_w, window, shift).to(device)
+
+
+def _region_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.Tensor:
     regions = torch.zeros(1, padded_h, padded_w, 1)
     spans = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -131,11 +190,6 @@ def _shift_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.
     ids = window_partition(regions, window).squeeze(-1)  # (nW, N)
     different = ids.unsqueeze(1) != ids.unsqueeze(2)
     return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
-
-
-def shift_mask(padded_h: int, padded_w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
-    """(nW, N, N) additive mask keeping attention inside each region of a cyclically shifted map."""
-    return _shift_mask(padded_h, padded_w, window, shift).to(device)
 
 
 class SwinV2Block(nn.Module):
@@ -166,7 +220,9 @@ class SwinV2Block(nn.Module):
         b, _, c = x.shape
         ws = self.window
         pad_b, pad_r = (-h) % ws, (-w) % ws
-        y = F.pad(x.view(b, h, w, c), (0, 0, 0, pad_r, 0, pad_b))
+        y = x.view(b, h, w, c)
+        if pad_b or pad_r:  # F.pad copies even when it pads nothing
+            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
         hp, wp = h + pad_b, w + pad_r
         mask = None
         if self.shift:
