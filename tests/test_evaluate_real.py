@@ -1,0 +1,148 @@
+"""The real-image benchmark (`upocr evaluate real`): reading the layout, the erasure metric, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from upocr.evaluate import real
+
+BACKGROUND = (180, 170, 160)
+WORDS = [(10, 12, 40, 24), (60, 40, 110, 54)]  # x0, y0, x1, y1 of dark "words" on a 128x96 picture
+
+
+def _quad(x0: int, y0: int, x1: int, y1: int) -> list[list[float]]:
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def _picture() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image with dark words, text-free label, ink mask)."""
+    label = np.empty((96, 128, 3), np.uint8)
+    label[:] = BACKGROUND
+    image = label.copy()
+    ink = np.zeros((96, 128), np.uint8)
+    for x0, y0, x1, y1 in WORDS:
+        image[y0:y1, x0:x1] = 20
+        ink[y0:y1, x0:x1] = 255
+    return image, label, ink
+
+
+@pytest.fixture
+def real_dir(tmp_path: Path) -> Path:
+    """A tiny real-dev-layout folder: one removal pair, one box image, one ink-mask image."""
+    image, label, ink = _picture()
+    polygons = [{"points": _quad(*w), "text": "w", "ignore": False} for w in WORDS]
+    for kind, name, extra in [
+        ("removal-pairs", "scut_1", {"label": "scut_1_label.png"}),
+        ("scene-boxes", "ic15_1", {}),
+        ("seg-masks", "dibco_1", {"mask": "dibco_1_mask.png", "mask_type": "stroke"}),
+    ]:
+        folder = tmp_path / kind
+        folder.mkdir()
+        Image.fromarray(image).save(folder / f"{name}.png")
+        if "label" in extra:
+            Image.fromarray(label).save(folder / extra["label"])
+        if "mask" in extra:
+            Image.fromarray(ink).save(folder / extra["mask"])
+        meta = {"image": f"{name}.png", "polygons": polygons, "complete": True, **extra}
+        (folder / f"{name}.json").write_text(json.dumps(meta))
+    return tmp_path
+
+
+def dark_box_detector(image: np.ndarray) -> list[np.ndarray]:
+    """A perfect detector for the fixture: bounding boxes of dark regions."""
+    dark = (image.max(axis=2) < 80).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(dark)
+    return [np.array(_quad(x, y, x + w, y + h), np.float32) for x, y, w, h, _ in stats[1:count]]
+
+
+def paint_background(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[image.max(axis=2) < 80] = BACKGROUND
+    return out
+
+
+def test_reads_the_layout(real_dir: Path) -> None:
+    samples = real.read_real_samples(real_dir)
+    assert [s.kind for s in samples] == ["removal-pairs", "scene-boxes", "seg-masks"]
+    pair = samples[0]
+    assert pair.label is not None and pair.label.name == "scut_1_label.png"
+    assert pair.source == "scut" and len(pair.words) == 2 and pair.complete
+    assert samples[2].mask_type == "stroke"
+
+
+def test_layout_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no annotated images"):
+        real.read_real_samples(tmp_path)
+    (tmp_path / "a.json").write_text('{"polygons": []}')
+    with pytest.raises(ValueError, match="a.json: its image is missing"):
+        real.read_real_samples(tmp_path)
+
+
+def test_polygon_iou_and_matching() -> None:
+    box = np.array(_quad(0, 0, 10, 10), np.float32)
+    assert real.polygon_iou(box, box) == pytest.approx(1.0)
+    assert real.polygon_iou(box, box + 50) == 0.0
+    half = np.array(_quad(0, 0, 10, 5), np.float32)
+    assert 0.4 < real.polygon_iou(box, half) < 0.65
+    # one detection finds one word at most
+    assert real.words_found([box, box.copy()], [box]) == 1
+    assert real.words_found([box], [box + 50]) == 0
+
+
+def test_benchmark_scores_order_methods(real_dir: Path) -> None:
+    samples = real.read_real_samples(real_dir)
+    result = real.run_real_benchmark(
+        samples,
+        {"paint": paint_background, "detector + Telea": real.detector_telea(dark_box_detector)},
+        {"oracle": lambda im: im.max(axis=2) < 80, "nothing": lambda im: np.zeros(im.shape[:2], bool)},
+        dark_box_detector,
+        progress=False,
+    )
+    assert result.before_erasure == 1.0  # the detector finds every word of the input
+    summary = {name: scores.summary() for name, scores in result.removal.items()}
+    assert summary["input (no change)"]["erasure"] == 1.0
+    assert summary["paint"]["erasure"] == 0.0
+    assert summary["paint"]["removal_psnr"] is None  # a perfect result is skipped, as the original does
+    assert summary["paint"]["outside_change"] == 0.0
+    assert summary["detector + Telea"]["erasure"] == 0.0
+    assert summary["detector + Telea"]["removal_psnr"] > summary["input (no change)"]["removal_psnr"] + 5
+    assert summary["input (no change)"]["removal_psnr_by_source"].keys() == {"scut"}
+    oracle = result.segmentation["oracle"].summary()
+    assert oracle["ink"]["fg_iou"] == pytest.approx(1.0)
+    assert oracle["box_recall"] == 1.0 and oracle["box_precision"] == 1.0
+    nothing = result.segmentation["nothing"].summary()
+    assert nothing["box_recall"] == 0.0 and nothing["ink"]["fg_iou"] == 0.0
+    text, data = real.real_report(result)
+    assert "| paint |" in text and "| oracle | 1.000 |" in text
+    assert data["removal"]["paint"]["per_image"]["ic15_1"]["erasure"] == 0.0
+
+
+def test_unreadable_image_is_reported_and_skipped(real_dir: Path) -> None:
+    (real_dir / "scene-boxes" / "ic15_1.png").write_bytes(b"not an image")
+    result = real.run_real_benchmark(real.read_real_samples(real_dir), {}, {}, dark_box_detector, progress=False)
+    assert len(result.errors) == 1 and "ic15_1.png" in result.errors[0]
+    assert result.removal["input (no change)"].words == 4  # the other two images were scored
+
+
+def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "upocr.cli", "evaluate", "real", "--data", str(real_dir), "--weights", str(tiny_weights),
+        "--detector", "strokes", "--variants", "resize", "tiles", "--quiet",
+        "--json", str(out / "real.json"), "--markdown", str(out / "real.md"), "--picture", str(out / "real.png"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| upocr (resize) |" in done.stdout and "| upocr (tiles) |" in done.stdout
+    data = json.loads((out / "real.json").read_text())
+    assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)", "strokes detector + Telea"}
+    assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu"}
+    assert Image.open(out / "real.png").size[0] > 500
