@@ -122,7 +122,9 @@ def test_several_tasks_in_one_batch_match_single_runs(tiny_model):
     together = predictor.predict_tasks(IMAGE, ["tampering", "removal", "segmentation"])
     for prediction in together:
         alone = predictor.predict(IMAGE, prediction.task)
-        np.testing.assert_allclose(prediction.output, alone.output, atol=1e-5)
+        # float32 kernels sum in another order for batches of 3 than of 1 (1.3e-5 seen); a task mix-up
+        # would differ by orders of magnitude more.
+        np.testing.assert_allclose(prediction.output, alone.output, atol=1e-4)
 
 
 def test_segmentation_threshold_and_tampering_argmax():
