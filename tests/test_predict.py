@@ -302,3 +302,20 @@ def test_bad_image_arrays_are_rejected():
         Predictor(identity, size=64).predict(IMAGE.astype(np.float32), "removal")
     with pytest.raises(ValueError, match="unknown task"):
         Predictor(identity, size=64).predict(IMAGE, "colouring")
+
+
+def test_auto_tiles_find_text_to_erase_at_both_scales():
+    """tile="auto" on a large image: the fill modes' text mask is the union of native tiles and the whole
+    image resized. A stand-in model calls a whole input "text" when its mean is dark: the resized whole image
+    (mostly dark) is text everywhere, while tiles on the light right part are not."""
+
+    def dark_is_text(images: torch.Tensor, tasks) -> torch.Tensor:
+        dark = (images.mean(dim=(1, 2, 3), keepdim=True) < 0.5).float()
+        return dark.expand_as(images).clone()
+
+    image = np.full((128, 320, 3), 20, np.uint8)
+    image[:, 256:] = 230  # a light strip, 64 px wide: its tiles are light
+    auto = Predictor(dark_is_text, size=64, tile="auto", removal="telea-fill").predict(image, "removal")
+    tiles = Predictor(dark_is_text, size=64, tile=64, removal="telea-fill").predict(image, "removal")
+    assert tiles.change_mask[:, -8:].max() == 0  # tiles alone: nothing to erase at the right edge
+    assert auto.change_mask.min() == 1  # the union: the resized whole image marks everything
