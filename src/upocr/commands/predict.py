@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from upocr.cli import EXIT_INTERRUPTED
+from upocr.commands import positive
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
 from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
@@ -115,7 +116,7 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default 1)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU)")
-    group.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+    group.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
 
 
@@ -140,18 +141,8 @@ def _threshold_value(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _size_value(text: str) -> int:
-    value = _positive_int(text)
+    value = positive(int)(text)
     if value > MAX_SIZE:
         raise argparse.ArgumentTypeError(
             f"{value} is too large (at most {MAX_SIZE}: memory grows with the square of the size); "

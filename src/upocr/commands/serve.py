@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
 
+from upocr.commands import positive
 from upocr.commands.predict import describe_weights
 from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Predictor
 from upocr.serve import (
@@ -36,34 +36,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the model's working resolution (default: what the weights were trained at, 512 for original weights)")
     parser.add_argument("--removal-mode", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE,
                         help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
-    parser.add_argument("--max-upload-mb", type=_positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
+    parser.add_argument("--max-upload-mb", type=positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help=f"refuse larger uploads (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})")
-    parser.add_argument("--max-pixels", type=_positive(int), default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
                         help="refuse images with more pixels, checked before decoding "
                         f"(default {DEFAULT_MAX_PIXELS:,}); images over {PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews")
-    parser.add_argument("--max-concurrent", type=_positive(int), default=DEFAULT_MAX_CONCURRENT,
+    parser.add_argument("--max-concurrent", type=positive(int), default=DEFAULT_MAX_CONCURRENT,
                         help=f"predictions decoded, run and encoded at once (default {DEFAULT_MAX_CONCURRENT})")
-    parser.add_argument("--max-queue", type=_positive(int, allow_zero=True), default=DEFAULT_MAX_QUEUE,
+    parser.add_argument("--max-queue", type=positive(int, allow_zero=True), default=DEFAULT_MAX_QUEUE,
                         help=f"requests that may wait for one; more are answered 503 (default {DEFAULT_MAX_QUEUE})")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="also accept this host name in requests (e.g. mybox.local with --host 0.0.0.0); "
                         "repeatable. Other names are refused (DNS rebinding)")
     parser.set_defaults(func=run_serve)
-
-
-def _positive(kind: Callable[[str], int | float], *, allow_zero: bool = False) -> Callable[[str], int | float]:
-    """An argparse type: `kind(text)`, which must be > 0 (>= 0 with allow_zero)."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (value >= 0 if allow_zero else value > 0):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'more than 0'}, got {text}")
-        return value
-
-    return parse
 
 
 def run_serve(args: argparse.Namespace) -> int:
