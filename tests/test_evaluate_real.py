@@ -125,6 +125,34 @@ def test_benchmark_scores_order_methods(real_dir: Path) -> None:
     assert data["removal"]["paint"]["per_image"]["ic15_1"]["erasure"] == 0.0
 
 
+def test_tampering_false_alarms_and_recall(real_dir: Path) -> None:
+    # Mark the second word of the box image as a constructed forgery; everything else is genuine text.
+    sidecar = real_dir / "scene-boxes" / "ic15_1.json"
+    meta = json.loads(sidecar.read_text())
+    meta["polygons"][1]["tampered"] = True
+    sidecar.write_text(json.dumps(meta))
+    samples = real.read_real_samples(real_dir)
+    assert samples[1].tampered == (False, True) and samples[0].tampered == (False, False)
+
+    def flag_right_half(image: np.ndarray) -> np.ndarray:
+        classes = np.where(image.max(axis=2) < 80, 1, 0).astype(np.uint8)
+        classes[:, 50:] = 2  # the second word lies right of x = 50, the first left of it
+        return classes
+
+    result = real.run_real_benchmark(
+        samples, {}, {}, dark_box_detector, progress=False,
+        tampering_methods={"right half": flag_right_half, "all real": lambda im: np.ones(im.shape[:2], np.uint8)},
+    )
+    right, all_real = (result.tampering[name].summary() for name in ("right half", "all real"))
+    # 3 images x 2 words: the second word is genuine in two images and flagged there.
+    first, second = (int(real.polygon_mask([w], (96, 128)).sum()) for w in samples[0].words)
+    assert right["false_alarms"] == pytest.approx(2 * second / (3 * first + 2 * second))
+    assert right["tampered_recall"] == 1.0
+    assert all_real["false_alarms"] == 0.0 and all_real["tampered_recall"] == 0.0
+    text, data = real.real_report(result)
+    assert "Tampered text detection" in text and data["tampering"]["right half"]["tampered_recall"] == 1.0
+
+
 def test_unreadable_image_is_reported_and_skipped(real_dir: Path) -> None:
     (real_dir / "scene-boxes" / "ic15_1.png").write_bytes(b"not an image")
     result = real.run_real_benchmark(real.read_real_samples(real_dir), {}, {}, dark_box_detector, progress=False)
@@ -145,4 +173,5 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     data = json.loads((out / "real.json").read_text())
     assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)", "strokes detector + Telea"}
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu"}
+    assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)"}
     assert Image.open(out / "real.png").size[0] > 500

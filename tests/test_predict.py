@@ -86,7 +86,8 @@ def test_auto_tiles_only_large_images():
     predictor = Predictor(identity, tile="auto", size=64)
     assert not predictor.uses_tiles(128, 128)  # 4 x 64^2 pixels: resized
     assert predictor.uses_tiles(129, 128)
-    assert not Predictor(identity, size=64).uses_tiles(4000, 4000)
+    assert not Predictor(identity, size=64, tile=None).uses_tiles(4000, 4000)
+    assert Predictor(identity, size=64).tile == "auto"  # the default: small print survives in large photos
     assert Predictor(identity, tile=64, size=64).uses_tiles(10, 10)
 
 
@@ -170,14 +171,14 @@ def erase_square(images, tasks):
 
 def test_removal_keeps_input_pixels_where_the_model_changed_nothing():
     image = RNG.integers(0, 200, (300, 400, 3), dtype=np.uint8)  # larger than the working size
-    prediction = Predictor(erase_square, size=64, removal="blend").predict(image, "removal")
+    prediction = Predictor(erase_square, size=64, tile=None, removal="blend").predict(image, "removal")
     changed = prediction.change_mask > 0
     assert 0.04 < changed.mean() < 0.3  # about the square (1/16 of the image) plus a feathered margin
     assert not changed[:40].any() and not changed[:, -80:].any()
     np.testing.assert_array_equal(prediction.image[~changed], image[~changed])  # sharp, untouched
     assert (prediction.image[90:135, 120:180] >= 250).all()  # the erased area is the model's (white)
     # without the blend, the whole picture is the (blurry) resized model output
-    raw = Predictor(erase_square, size=64, removal="raw").predict(image, "removal")
+    raw = Predictor(erase_square, size=64, tile=None, removal="raw").predict(image, "removal")
     assert raw.change_mask is None
     assert (raw.image[~changed] != image[~changed]).mean() > 0.5
 

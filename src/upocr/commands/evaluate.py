@@ -218,7 +218,7 @@ def _run_model(args: argparse.Namespace) -> int:
     from upocr.predict import Predictor
 
     # Resize mode at --size, raw decoding: the original's evaluation path (see upocr.evaluate.runner).
-    predictor = Predictor(weights=args.weights, device=args.device, size=args.size, threshold=args.threshold)
+    predictor = Predictor(weights=args.weights, device=args.device, size=args.size, tile=None, threshold=args.threshold)
     return _run_benchmarks(args, predictor)
 
 
@@ -239,7 +239,7 @@ def _run_real(args: argparse.Namespace) -> int:
     samples = real.read_real_samples(args.data, limit=args.limit)
     detector = real.rapidocr_detector() if args.detector == "rapidocr" else real.stroke_detector
     model = upocr.load_model(args.weights, device=args.device)
-    removal, segmentation = {}, {}
+    removal, segmentation, tampering = {}, {}, {}
     for variant in args.variants:
         options = dict(REAL_VARIANTS[variant][0])
         if options.get("tile") == "native":
@@ -247,10 +247,12 @@ def _run_real(args: argparse.Namespace) -> int:
         predictor = upocr.Predictor(model, device=args.device, **options)
         removal[f"upocr ({variant})"] = real.predictor_removal(predictor)
         segmentation[f"upocr ({variant})"] = real.predictor_segmentation(predictor)
+        tampering[f"upocr ({variant})"] = real.predictor_tampering(predictor)
     removal[f"{args.detector} detector + Telea"] = real.detector_telea(detector)
     segmentation["Sauvola"] = sauvola_text_mask
     segmentation["Otsu"] = otsu_text_mask
-    result = real.run_real_benchmark(samples, removal, segmentation, detector, progress=not args.quiet)
+    result = real.run_real_benchmark(samples, removal, segmentation, detector, tampering_methods=tampering,
+                                     progress=not args.quiet)
     text, data = real.real_report(result, title=f"Real-image benchmark: {len(samples)} images in {args.data.name}")
     print(text)
     if args.markdown:

@@ -105,11 +105,11 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--tile",
         type=_tile_value,
-        default=None,
+        default="auto",
         metavar="off|auto|N",
-        help="off (default): resize every image to SIZE x SIZE like the original; N: run on overlapping "
-        "N x N tiles at the native resolution (memory bounded by the tile); auto: tile (N = SIZE) only "
-        "images with more than 4 x SIZE^2 pixels",
+        help="auto (default): images with more than 4 x SIZE^2 pixels run on SIZE x SIZE tiles at their "
+        "native resolution (small print survives), smaller ones are resized to SIZE x SIZE; off: always "
+        "resize, like the original; N: always overlapping N x N tiles (memory bounded by the tile)",
     )
     group.add_argument("--overlap", type=int, default=None,
                        help="pixels shared by neighbouring tiles (default: tile / 8, i.e. 64 for 512)")

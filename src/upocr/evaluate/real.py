@@ -15,6 +15,9 @@ sidecar `NAME.json` with word `polygons`, optional `label` = text-free image, op
   on box-annotated images, proxies: **box precision** = the share of predicted text pixels inside the
   grown polygons (complete annotations only), **box recall** = the share of words with at least
   `BOX_HIT_SHARE` of their polygon predicted as text.
+* **tampering** (every image with word polygons): **false alarms** = the share of the pixels of genuine
+  words (polygons without `"tampered": true`) classified as tampered text; where polygons are marked
+  `"tampered": true`, **tampered recall** = the share of their pixels classified as tampered.
 
 Competitors: doing nothing; an OCR detector's boxes filled by OpenCV Telea (RapidOCR's detector, the
 optional extra `pip install 'upocr[real]'`; its wheel ships the ONNX weights); Otsu and Sauvola masks.
@@ -49,6 +52,7 @@ DETECTOR_FILL_GROWTH = 3  # px: detector boxes grow before Telea fills them (ant
 Detector = Callable[[np.ndarray], list[np.ndarray]]  # RGB uint8 (H, W, 3) -> word quads, each (4, 2)
 RemovalMethod = Callable[[np.ndarray], np.ndarray]  # RGB -> RGB without text
 SegmentationMethod = Callable[[np.ndarray], np.ndarray]  # RGB -> bool text mask
+TamperingMethod = Callable[[np.ndarray], np.ndarray]  # RGB -> uint8 classes (0 background, 1 real, 2 tampered)
 
 
 # --------------------------------------------------------------------------------------------
@@ -69,6 +73,7 @@ class RealSample:
     label: Path | None = None
     mask: Path | None = None
     mask_type: str | None = None
+    tampered: tuple[bool, ...] = ()  # per word: marked `"tampered": true` (constructed forgeries)
 
     @property
     def name(self) -> str:
@@ -98,11 +103,16 @@ def read_real_samples(root: str | os.PathLike, *, limit: int | None = None) -> l
             if not candidates:
                 raise ValueError(f"{sidecar}: its image is missing")
             image = candidates[0]
-        words, ignored = [], []
+        words, ignored, tampered = [], [], []
         for polygon in meta["polygons"]:
             points = np.asarray(polygon["points"], np.float32).reshape(-1, 2)
-            if len(points) >= 3:
-                (ignored if polygon.get("ignore") else words).append(points)
+            if len(points) < 3:
+                continue
+            if polygon.get("ignore"):
+                ignored.append(points)
+            else:
+                words.append(points)
+                tampered.append(bool(polygon.get("tampered", False)))
         optional = {key: sidecar.parent / meta[key] for key in ("label", "mask") if meta.get(key)}
         samples.append(
             RealSample(
@@ -114,6 +124,7 @@ def read_real_samples(root: str | os.PathLike, *, limit: int | None = None) -> l
                 label=optional.get("label"),
                 mask=optional.get("mask"),
                 mask_type=meta.get("mask_type"),
+                tampered=tuple(tampered),
             )
         )
     if not samples:
@@ -218,6 +229,10 @@ def predictor_segmentation(predictor) -> SegmentationMethod:
     return lambda image: predictor.predict(image, "segmentation").mask
 
 
+def predictor_tampering(predictor) -> TamperingMethod:
+    return lambda image: predictor.predict(image, "tampering").classes
+
+
 # --------------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------------
@@ -237,6 +252,11 @@ class MethodScores:
     predicted_inside: int = 0
     words_hit: int = 0
     words_for_hits: int = 0
+    genuine_pixels: int = 0
+    genuine_flagged: int = 0
+    tampered_pixels: int = 0
+    tampered_flagged: int = 0
+    flagged_share: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     per_image: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -255,6 +275,9 @@ class MethodScores:
             "ink": ink,
             "box_precision": self.predicted_inside / self.predicted_pixels if self.predicted_pixels else None,
             "box_recall": self.words_hit / self.words_for_hits if self.words_for_hits else None,
+            "false_alarms": self.genuine_flagged / self.genuine_pixels if self.genuine_pixels else None,
+            "tampered_recall": self.tampered_flagged / self.tampered_pixels if self.tampered_pixels else None,
+            "flagged_share": float(np.mean(self.flagged_share)) if self.flagged_share else None,
             "seconds_per_image": float(np.mean(self.seconds)) if self.seconds else None,
             "per_image": self.per_image,
         }
@@ -310,12 +333,28 @@ def score_segmentation(scores: MethodScores, sample: RealSample, mask: np.ndarra
                 scores.words_hit += int(mask[area].mean() >= BOX_HIT_SHARE)
 
 
+def score_tampering(scores: MethodScores, sample: RealSample, classes: np.ndarray) -> None:
+    record = scores.per_image.setdefault(sample.name, {})
+    flagged = classes == 2
+    scores.flagged_share.append(float(flagged.mean()))
+    record["flagged_share"] = float(flagged.mean())
+    genuine = polygon_mask([w for w, t in zip(sample.words, sample.tampered) if not t], classes.shape)
+    forged = polygon_mask([w for w, t in zip(sample.words, sample.tampered) if t], classes.shape) & ~genuine
+    scores.genuine_pixels += int(genuine.sum())
+    scores.genuine_flagged += int((flagged & genuine).sum())
+    scores.tampered_pixels += int(forged.sum())
+    scores.tampered_flagged += int((flagged & forged).sum())
+    if genuine.any():
+        record["false_alarms"] = float(flagged[genuine].mean())
+
+
 @dataclass
 class RealBenchmark:
     """Scores of every method, plus the pictures' material (first images of each kind)."""
 
     removal: dict[str, MethodScores]
     segmentation: dict[str, MethodScores]
+    tampering: dict[str, MethodScores]
     before_erasure: float | None
     pictures: list[list[np.ndarray]]
     picture_titles: list[str]
@@ -328,6 +367,7 @@ def run_real_benchmark(
     segmentation_methods: Mapping[str, SegmentationMethod],
     detector: Detector,
     *,
+    tampering_methods: Mapping[str, TamperingMethod] | None = None,
     picture_rows: int = 8,
     progress: bool = True,
 ) -> RealBenchmark:
@@ -335,6 +375,8 @@ def run_real_benchmark(
     `errors` and skipped; a method that fails on a sample propagates (a bug, not bad input)."""
     removal = {name: MethodScores() for name in ("input (no change)", *removal_methods)}
     segmentation = {name: MethodScores() for name in segmentation_methods}
+    tampering_methods = tampering_methods or {}
+    tampering = {name: MethodScores() for name in tampering_methods}
     words = found_before = 0
     pictures: list[list[np.ndarray]] = []
     errors: list[str] = []
@@ -368,10 +410,15 @@ def run_real_benchmark(
             scores.seconds.append(seconds)
             score_segmentation(scores, sample, mask, ink)
             row.append(mask)
+        if sample.words:
+            for name, scores in tampering.items():
+                classes, seconds = _timed(tampering_methods[name], image)
+                scores.seconds.append(seconds)
+                score_tampering(scores, sample, classes)
         if len(pictures) < picture_rows:
             pictures.append(row + ([label] if label is not None else [ink] if ink is not None else []))
     titles = ["input", *removal_methods, *(f"{name} mask" for name in segmentation_methods), "ground truth"]
-    return RealBenchmark(removal, segmentation, found_before / words if words else None, pictures, titles, errors)
+    return RealBenchmark(removal, segmentation, tampering, found_before / words if words else None, pictures, titles, errors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +464,20 @@ def real_report(result: RealBenchmark, *, title: str = "Real-image benchmark") -
             f"| {name} | {_fmt(ink.get('fg_iou'))} | {_fmt(ink.get('precision'))} | {_fmt(ink.get('recall'))} | {_fmt(ink.get('f_score'))} | "
             f"{_fmt(summary['box_precision'])} | {_fmt(summary['box_recall'])} | {_fmt(summary['seconds_per_image'], 2)} |"
         )
+    if result.tampering:
+        lines += [
+            "",
+            "### Tampered text detection (real images)",
+            "",
+            "| method | false alarms (genuine text pixels flagged) | tampered recall | image share flagged | s/image |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, scores in result.tampering.items():
+            summary = scores.summary()
+            lines.append(
+                f"| {name} | {_fmt(summary['false_alarms'], 4)} | {_fmt(summary['tampered_recall'])} | "
+                f"{_fmt(summary['flagged_share'], 4)} | {_fmt(summary['seconds_per_image'], 2)} |"
+            )
     lines += [
         "",
         f"Erasure: the share of annotated words the OCR detector finds after removal ({_fmt(result.before_erasure)} "
@@ -426,5 +487,6 @@ def real_report(result: RealBenchmark, *, title: str = "Real-image benchmark") -
         "polygons (the share of predicted text pixels inside them; the share of words with some text predicted).",
         "",
     ]
-    data = {"removal": removal, "segmentation": segmentation, "erasure_before": result.before_erasure, "errors": result.errors}
+    tampering = {name: scores.summary() for name, scores in result.tampering.items()}
+    data = {"removal": removal, "segmentation": segmentation, "tampering": tampering, "erasure_before": result.before_erasure, "errors": result.errors}
     return "\n".join(lines), data
