@@ -105,6 +105,37 @@ class BlockGeometry:
         return crop.reshape(y1 - y0, x1 - x0, channels), (slice(y0, y1), slice(x0, x1))
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a v2 block is drawn (see `world.py`); v1 blocks have no plan and draw their own choices."""
+
+    font: fonts.FontSpec
+    script: str
+    size: int  # font size in pixels
+    lines: int
+    words_per_line: int
+    max_width: float  # pixels
+    angle: float  # degrees
+    perspective: float  # corner jitter as a fraction of the block's size (0: none)
+    curve: bool = False
+    align: str = "left"
+    plate: "Plate | None" = None
+    min_contrast: float = 70.0
+
+
+@dataclass(frozen=True)
+class Plate:
+    """A sign/label/paper under a block: drawn into the BACKGROUND (the label keeps it), warped with
+    the block. `texture` (layer-sized, optional) replaces the flat colour (paper)."""
+
+    colour: np.ndarray
+    padding: int  # pixels around the text
+    corner: int  # corner radius
+    border: int = 0
+    border_colour: np.ndarray | None = None
+    texture_kind: int | None = None  # procedural background kind (5: paper)
+
+
 @dataclass
 class Word:
     text: str
@@ -131,6 +162,8 @@ class Degradation:
     motion_kernel: np.ndarray | None
     noise: np.ndarray | None  # (H, W, 3) additive field
     jpeg_quality: int
+    # (H, W, 3) shot-noise field: adds field * sqrt(signal), so it differs only where the signal does.
+    shot_noise: np.ndarray | None = None
 
     @property
     def reach(self) -> float:
@@ -148,6 +181,8 @@ class Degradation:
             out = cv2.filter2D(out, -1, self.motion_kernel)
         if self.noise is not None:
             out = out + self.noise
+        if self.shot_noise is not None:
+            out = out + self.shot_noise * np.sqrt(np.clip(out, 0, 255))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -313,9 +348,12 @@ def _random_degradation(rng: np.random.Generator, hw: tuple[int, int]) -> Degrad
 
 
 def _layout_lines(rng: np.random.Generator, script: str, style: TextStyle, font_path: list[fonts.FontSpec],
-                  document: bool, max_width: float) -> list[list[str]]:
-    lines_count = int(rng.integers(3, 9)) if document else int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
-    words_max = 7 if document else 4
+                  document: bool, max_width: float, plan: BlockPlan | None = None) -> list[list[str]]:
+    if plan is not None:
+        lines_count, words_max = plan.lines, plan.words_per_line
+    else:
+        lines_count = int(rng.integers(3, 9)) if document else int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
+        words_max = 7 if document else 4
     font = fonts.load_font(style.font.path, style.size)
     lines = []
     for _ in range(lines_count):
@@ -333,34 +371,45 @@ def _layout_lines(rng: np.random.Generator, script: str, style: TextStyle, font_
 
 
 def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndarray, split: str,
-               document: bool, blur_reach: float, block_index: int, size_scale: float):
-    """Choose, lay out and place one block; returns (Block, words, warped layers) or None."""
+               document: bool, blur_reach: float, block_index: int, size_scale: float,
+               plan: BlockPlan | None = None):
+    """Choose, lay out and place one block; returns (Block, words, warped layers, region, plate) or
+    None or "too-big". `plan` (v2) fixes font, script, size, layout and geometry; else v1 draws them."""
     h, w = occupied.shape
     min_dim = min(h, w)
-    font = fonts.fonts_for_split(split)[int(rng.integers(len(fonts.fonts_for_split(split))))]
-    if document:
-        size = rng.uniform(0.025, 0.05) * min_dim
+    if plan is not None:
+        font, script = plan.font, plan.script
+        size = max(MIN_FONT_PX, int(round(plan.size * size_scale)))
     else:
-        size = math.exp(rng.uniform(math.log(0.03), math.log(0.17))) * min_dim
-    size = max(MIN_FONT_PX, int(round(size * size_scale)))
-    script = text.choose_script(rng)
-    if not fonts.covers(font, text.random_word(rng, script)):
-        script = "english"
+        font = fonts.fonts_for_split(split)[int(rng.integers(len(fonts.fonts_for_split(split))))]
+        if document:
+            size = rng.uniform(0.025, 0.05) * min_dim
+        else:
+            size = math.exp(rng.uniform(math.log(0.03), math.log(0.17))) * min_dim
+        size = max(MIN_FONT_PX, int(round(size * size_scale)))
+        script = text.choose_script(rng)
+        if not fonts.covers(font, text.random_word(rng, script)):
+            script = "english"
     # Colour decided against the background's overall colour; refined after placement below.
     global_mean = np.asarray(cv2.mean(scene_bg)[:3], np.float32)
     style = _random_style(rng, font, size, global_mean)
-    lines = _layout_lines(rng, script, style, [font], document, max_width=w * 0.9)
+    lines = _layout_lines(rng, script, style, [font], document, max_width=plan.max_width if plan else w * 0.9,
+                          plan=plan)
     if not lines:
         return None
     pil_font = fonts.load_font(font.path, size)
     margin = style.margin(blur_reach)
-    pad = margin + 2
+    plate_pad = 0 if plan is None or plan.plate is None else plan.plate.padding
+    pad = margin + 2 + plate_pad
     ascent, descent = pil_font.getmetrics()
     line_height = (ascent + descent) * rng.uniform(1.0, 1.35)
     space = pil_font.getlength(" ") * rng.uniform(1.0, 1.6)
     widths = [sum(pil_font.getlength(wd) for wd in line) + space * (len(line) - 1) for line in lines]
     block_w = max(widths)
-    align = rng.choice(["left", "center"]) if not document else "left"
+    if plan is not None:
+        align = plan.align
+    else:
+        align = rng.choice(["left", "center"]) if not document else "left"
     layer_w = int(math.ceil(block_w + 2 * pad + style.stroke_width * 2))
     layer_h = int(math.ceil(line_height * (len(lines) - 1) + ascent + descent + 2 * pad))
     placed: list[tuple[str, tuple[float, float]]] = []
@@ -372,12 +421,17 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
             x += pil_font.getlength(word) + space
     # Geometry: curve, rotation, perspective, position.
     amplitude = 0.0
-    if not document and rng.random() < 0.15 and len(lines) <= 2:
+    if plan is not None:
+        if plan.curve and len(lines) <= 2:
+            amplitude = float(rng.uniform(0.05, 0.25) * layer_w * rng.choice([-1, 1]) * 0.3)
+    elif not document and rng.random() < 0.15 and len(lines) <= 2:
         amplitude = float(rng.uniform(0.05, 0.25) * layer_w * rng.choice([-1, 1]) * 0.3)
     period = float(layer_w * rng.uniform(1.5, 3.0))
     phase = float(rng.uniform(0, 2 * np.pi))
     r = rng.random()
-    if document:
+    if plan is not None:
+        angle = plan.angle
+    elif document:
         angle = rng.normal(0, 1.5)
     elif r < 0.55:
         angle = rng.normal(0, 3)
@@ -391,7 +445,11 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     theta = np.deg2rad(angle)
     rot = np.float32([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     dst = centred @ rot.T
-    if rng.random() < 0.35:
+    if plan is not None:
+        if plan.perspective > 0:
+            jitter = plan.perspective * max(layer_w, layer_h)
+            dst = dst + rng.uniform(-jitter, jitter, dst.shape).astype(np.float32)
+    elif rng.random() < 0.35:
         jitter = rng.uniform(0.02, 0.12) * max(layer_w, layer_h)
         dst = dst + rng.uniform(-jitter, jitter, dst.shape).astype(np.float32)
     ext = dst.max(0) - dst.min(0)
@@ -423,9 +481,16 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
                 local = (max(local[0], 0.0), max(local[1], 0.0), min(local[2], layer_w), min(local[3], layer_h))
                 polygon = polygon_of(geometry, local)
                 words.append(Word(word, script, block_index, origin, local, polygon, box_of(polygon, (h, w))))
+            plate = None
+            if plan is not None and plan.plate is not None:
+                plate = _draw_plate(rng, plan.plate, geometry, (layer_h, layer_w), (h, w))
+                local_bg = plate[2]
+            else:
+                local_bg = np.asarray(cv2.mean(scene_bg, mask=footprint)[:3], np.float32) if footprint.any() else global_mean
             # Re-pick the colour against the actual local background so contrast is as intended.
-            local_bg = np.asarray(cv2.mean(scene_bg, mask=footprint)[:3], np.float32) if footprint.any() else global_mean
             recoloured = _random_style(rng, font, size, local_bg)
+            if plan is not None and abs(luminance(recoloured.fill) - luminance(local_bg)) < plan.min_contrast:
+                recoloured.fill = contrasting_colour(rng, local_bg, plan.min_contrast)
             style.fill, style.fill_bottom = recoloured.fill, (
                 None if style.fill_bottom is None else recoloured.fill_bottom)
             if style.stroke_width > 0:
@@ -433,14 +498,56 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
             layers = draw_word_layers(style, placed, (layer_h, layer_w))
             warped, region = geometry.warp(layers, (h, w))
             occupied |= cv2.dilate(footprint, np.ones((3, 3), np.uint8))
-            return Block(style, geometry), words, warped, region
+            return Block(style, geometry), words, warped, region, plate
     return None
 
 
-def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train") -> Scene:
-    """One scene of `size` (height, width) drawn with the split's fonts and photos."""
+def _draw_plate(rng: np.random.Generator, plate: Plate, geometry: BlockGeometry, layer_hw: tuple[int, int],
+                out_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray]:
+    """(warped RGBA crop, region, mean colour) of a plate filling the block's layer (rounded corners,
+    optional border and paper texture)."""
+    lh, lw = layer_hw
+    alpha = np.zeros((lh, lw), np.float32)
+    r = int(min(plate.corner, lh // 2, lw // 2))
+    cv2.rectangle(alpha, (r, 0), (lw - 1 - r, lh - 1), 1.0, -1)
+    cv2.rectangle(alpha, (0, r), (lw - 1, lh - 1 - r), 1.0, -1)
+    for cx, cy in ((r, r), (lw - 1 - r, r), (r, lh - 1 - r), (lw - 1 - r, lh - 1 - r)):
+        cv2.circle(alpha, (cx, cy), r, 1.0, -1, lineType=cv2.LINE_AA)
+    if plate.texture_kind is not None:
+        texture = backgrounds.procedural_background(rng, lh, lw, kind=plate.texture_kind)
+        colour = plate.colour[None, None, :] + texture - texture.mean((0, 1), keepdims=True)
+    else:
+        colour = np.broadcast_to(plate.colour, (lh, lw, 3)).astype(np.float32)
+    colour = np.array(colour, np.float32)
+    if plate.border > 0 and plate.border_colour is not None:
+        inner = cv2.erode(alpha, np.ones((2 * plate.border + 1,) * 2, np.uint8))
+        colour = colour * inner[..., None] + plate.border_colour * (1 - inner[..., None])
+    warped, region = geometry.warp(np.dstack([colour / 255.0, alpha]), out_hw)
+    return warped, region, plate.colour.astype(np.float32)
+
+
+def composite_plate(image: np.ndarray, plate: tuple) -> None:
+    """Alpha-composite a warped plate (from `_draw_plate`) onto a float image in place."""
+    warped, region, _ = plate
+    alpha = warped[..., 3:4]
+    view = image[region]
+    view *= 1 - alpha
+    view += alpha * warped[..., :3] * 255.0
+
+
+def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train", options=None) -> Scene:
+    """One scene of `size` (height, width) drawn with the split's fonts and photos; `options`
+    (`world.SceneOptions`) selects v2 scenes and user background photos (default: v1, built-in)."""
+    if options is not None and options.scenes == "v2":
+        from upocr.data.synth.world import render_world_scene
+
+        return render_world_scene(rng, size=size, split=split, options=options)
     h, w = size
-    clean_bg = backgrounds.random_background(rng, split, h, w)
+    if options is not None and options.user_photos:
+        clean_bg = backgrounds.random_background(rng, split, h, w, user_photos=options.user_photos,
+                                                 user_mix=options.background_mix)
+    else:
+        clean_bg = backgrounds.random_background(rng, split, h, w)
     degradation = _random_degradation(rng, (h, w))
     document = rng.random() < 0.15
     if document:
@@ -463,7 +570,7 @@ def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str 
             continue
         if result is None:
             continue
-        block, block_words, warped, region = result
+        block, block_words, warped, region, _ = result
         composite(image[region], warped, block.style)
         np.maximum(fill_cov[region], warped[..., 0], out=fill_cov[region])
         effect = np.maximum(warped[..., 1] if block.style.stroke_width > 0 else 0, warped[..., 2])

@@ -38,7 +38,8 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
-def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: float = 0.92) -> TamperedScene:
+def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: float = 0.92, methods: str = "v1",
+                 options=None) -> TamperedScene:
     h, w = scene.fill.shape
     photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
     words = scene.words
