@@ -291,3 +291,34 @@ def test_v2_fonts_are_discovered_from_the_optional_extra(tmp_path: Path, monkeyp
     finally:
         fonts.fonts_for_split.cache_clear()
         fonts.fonts_for_script.cache_clear()
+
+
+def test_v2_tampering_copy_move_and_splice_are_labelled_exactly():
+    """v2 edits change the photo only inside tampered boxes (grown by 2 px for anti-aliasing); pasted
+    words get their own label-2 boxes that overlap no other box."""
+    import cv2
+
+    from upocr.data.synth.tampering import jpeg_roundtrip
+    from upocr.data.synth.world import SceneOptions
+
+    options = SceneOptions(scenes="v2", kinds=("sign", "poster", "classic"))
+    added = 0
+    for index in range(6):
+        rng = np.random.default_rng([31, index])
+        scene = render_scene(rng, size=(160, 160), split="train", options=options)
+        result = tamper_scene(rng, scene, tamper_probability=1.0, methods="v2", options=options)
+        assert len(result.boxes) == len(result.labels) >= len(scene.words) and 2 in result.labels
+        assert set(result.labels[len(scene.words):]) <= {2}
+        photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
+        tampered = np.zeros((160, 160), np.uint8)
+        for (x1, y1, x2, y2), label in zip(result.boxes, result.labels):
+            if label == 2:
+                tampered[y1:y2 + 1, x1:x2 + 1] = 1
+        near = cv2.dilate(tampered, np.ones((5, 5), np.uint8)).astype(bool)
+        assert np.array_equal(result.image[~near], photo[~near])
+        assert not np.array_equal(result.image[near], photo[near])
+        for j, (x1, y1, x2, y2) in enumerate(result.boxes[len(scene.words):], start=len(scene.words)):
+            added += 1
+            for k, (a1, b1, a2, b2) in enumerate(result.boxes):
+                assert k == j or x2 < a1 or a2 < x1 or y2 < b1 or b2 < y1  # no overlap
+    assert added >= 2  # copy-move / splice happened
