@@ -322,3 +322,29 @@ def test_v2_tampering_copy_move_and_splice_are_labelled_exactly():
             for k, (a1, b1, a2, b2) in enumerate(result.boxes):
                 assert k == j or x2 < a1 or a2 < x1 or y2 < b1 or b2 < y1  # no overlap
     assert added >= 2  # copy-move / splice happened
+
+
+def test_page_curl_bends_text_and_labels_together(monkeypatch):
+    """A curled page: forward map inverts the remap, ground truth stays exact, tampering follows the bend."""
+    from upocr.data.synth import world
+    from upocr.data.synth.tampering import jpeg_roundtrip
+
+    curl = world.random_curl(np.random.default_rng(0), (120, 150))
+    points = np.stack([np.random.default_rng(1).uniform(10, 140, 50), np.random.default_rng(2).uniform(10, 110, 50)], 1)
+    moved = curl.forward(points)
+    map_x, map_y = curl.maps()
+    xi, yi = np.round(moved[:, 0]).astype(int), np.round(moved[:, 1]).astype(int)
+    ok = (xi >= 0) & (xi < 150) & (yi >= 0) & (yi < 120)
+    back = np.stack([map_x[yi[ok], xi[ok]], map_y[yi[ok], xi[ok]]], 1)
+    assert ok.sum() > 20 and np.abs(back - points[ok]).max() < 1.5  # up to the rounding to a pixel
+
+    monkeypatch.setattr(world, "CURL_PROBABILITY", 1.0)
+    options = world.SceneOptions(scenes="v2", kinds=("document",))
+    for index in range(3):
+        rng = np.random.default_rng([41, index])
+        scene = render_scene(rng, size=(160, 160), split="train", options=options)
+        assert scene.words and all(b.geometry.page is not None for b in scene.blocks)
+        inside = fill_polygons([w.polygon for w in scene.words], (160, 160)).astype(bool)
+        assert np.array_equal(scene.image[~inside], scene.background[~inside])
+        result = tamper_scene(rng, scene, tamper_probability=1.0, methods="v2", options=options)
+        assert 2 in result.labels and result.image.shape == scene.image.shape

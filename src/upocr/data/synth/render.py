@@ -51,14 +51,59 @@ class TextStyle:
 
 
 @dataclass
+class PageCurl:
+    """A bent page (v2 books and receipts): a global warp of the image, applied to the background once
+    and to every block through its geometry, so text, labels and polygons bend together.
+
+    Defined in output coordinates (X, Y) <- source (x, y): x = g^-1(X) (a monotone horizontal squeeze),
+    y = Y - (a0 + a1 Y / h) q(X) with q(X) = ((X - spine) / w)^2 (lines bend more away from the spine,
+    and differently at the top and bottom of the page). The forward map has a closed form, so polygons
+    follow the glyphs exactly up to their sampling."""
+
+    hw: tuple[int, int]
+    spine: float
+    a0: float
+    a1: float
+    squeeze: float
+
+    def _g(self, x: np.ndarray) -> np.ndarray:
+        return x + self.squeeze * np.sin(np.pi * x / self.hw[1])
+
+    def _q(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.spine) / self.hw[1]) ** 2
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.hw
+        grid = np.arange(w, dtype=np.float64)
+        map_x = np.interp(grid, self._g(grid), grid)  # g is monotone (|squeeze| < w / pi): invert by table
+        q = self._q(grid)[None, :]
+        Y = np.arange(h, dtype=np.float64)[:, None]
+        map_y = Y - (self.a0 + self.a1 * Y / h) * q
+        return np.broadcast_to(map_x[None, :], (h, w)).astype(np.float32), map_y.astype(np.float32)
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) source points -> (N, 2) output points."""
+        X = self._g(points[:, 0])
+        q = self._q(X)
+        Y = (points[:, 1] + self.a0 * q) / (1 - self.a1 * q / self.hw[0])
+        return np.stack([X, Y], 1)
+
+    def apply(self, image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+        map_x, map_y = self.maps()
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
+@dataclass
 class BlockGeometry:
-    """Layer (height, width) -> curved layer (vertical sine offsets) -> homography into the image."""
+    """Layer (height, width) -> curved layer (vertical sine offsets) -> homography into the image
+    (-> page curl, v2)."""
 
     layer_size: tuple[int, int]
     curve_amplitude: float
     curve_period: float
     curve_phase: float
     homography: np.ndarray  # 3x3, curved-layer pixel coords -> image coords
+    page: PageCurl | None = None
 
     @property
     def curve_pad(self) -> int:
@@ -73,13 +118,19 @@ class BlockGeometry:
         """(N, 2) layer points -> (N, 2) image points."""
         points = np.asarray(points, np.float64)
         curved = np.stack([points[:, 0], points[:, 1] + self.curve_pad + self.curve_offset(points[:, 0])], 1)
-        return cv2.perspectiveTransform(curved[None], self.homography)[0]
+        flat = cv2.perspectiveTransform(curved[None], self.homography)[0]
+        return flat if self.page is None else self.page.forward(flat)
 
     def image_bounds(self, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """(y0, x0, y1, x1) of the warped layer inside the image (end exclusive; may be empty)."""
         h, w = self.layer_size
         corners = np.float64([[0, 0], [w, 0], [w, h + 2 * self.curve_pad], [0, h + 2 * self.curve_pad]])
+        if self.page is not None:  # the outline, densely, so the bent edges are inside the bounds
+            t = np.linspace(0, 1, 33)[:, None]
+            corners = np.concatenate([a + t * (b - a) for a, b in zip(corners, np.roll(corners, -1, 0))])
         warped = cv2.perspectiveTransform(corners[None], self.homography)[0]
+        if self.page is not None:
+            warped = self.page.forward(warped)
         x0, y0 = np.floor(warped.min(0)).astype(int) - 1
         x1, y1 = np.ceil(warped.max(0)).astype(int) + 2
         return max(0, y0), max(0, x0), min(out_hw[0], y1), min(out_hw[1], x1)
@@ -97,6 +148,11 @@ class BlockGeometry:
             layers = np.pad(layers, ((self.curve_pad, self.curve_pad), (0, 0), (0, 0)))
         y0, x0, y1, x1 = self.image_bounds(out_hw)
         channels = layers.shape[2]
+        if self.page is not None and y1 > y0 and x1 > x0:
+            full = cv2.warpPerspective(layers, self.homography, (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            curled = self.page.apply(full).reshape(out_hw[0], out_hw[1], channels)
+            return np.ascontiguousarray(curled[y0:y1, x0:x1]), (slice(y0, y1), slice(x0, x1))
         if y1 <= y0 or x1 <= x0:
             return np.zeros((0, 0, channels), np.float32), (slice(0, 0), slice(0, 0))
         shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
@@ -121,6 +177,7 @@ class BlockPlan:
     align: str = "left"
     plate: "Plate | None" = None
     min_contrast: float = 70.0
+    page: PageCurl | None = None
 
 
 @dataclass(frozen=True)
@@ -399,6 +456,8 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
         return None
     pil_font = fonts.load_font(font.path, size)
     margin = style.margin(blur_reach)
+    if plan is not None and plan.page is not None:
+        margin += 1  # the curl resamples once more (bilinear): one more pixel of reach
     plate_pad = 0 if plan is None or plan.plate is None else plan.plate.padding
     pad = margin + 2 + plate_pad
     ascent, descent = pil_font.getmetrics()
@@ -460,9 +519,10 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     for _ in range(6):
         centre = rng.uniform(lo, hi).astype(np.float32)
         homography = cv2.getPerspectiveTransform(src, (dst + centre).astype(np.float32))
-        geometry = BlockGeometry((layer_h, layer_w), amplitude, period, phase, homography.astype(np.float64))
+        geometry = BlockGeometry((layer_h, layer_w), amplitude, period, phase, homography.astype(np.float64),
+                                 page=plan.page if plan is not None else None)
         # Overlap test on the whole block's outline (cheap); word polygons only once placed.
-        if amplitude == 0:
+        if amplitude == 0 and geometry.page is None:
             outline = cv2.perspectiveTransform(src[None].astype(np.float64), geometry.homography)[0]
         else:
             y0, x0, y1, x1 = geometry.image_bounds((h, w))
@@ -479,7 +539,7 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
                     local = [min(local[0], local[0] + dx), min(local[1], local[1] + dy),
                              max(local[2], local[2] + dx), max(local[3], local[3] + dy)]
                 local = (max(local[0], 0.0), max(local[1], 0.0), min(local[2], layer_w), min(local[3], layer_h))
-                polygon = polygon_of(geometry, local)
+                polygon = polygon_of(geometry, local, points=6 if geometry.page is None else 16)
                 words.append(Word(word, script, block_index, origin, local, polygon, box_of(polygon, (h, w))))
             plate = None
             if plan is not None and plan.plate is not None:

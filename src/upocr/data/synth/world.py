@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
-from upocr.data.synth.render import (MIN_FONT_PX, Block, BlockPlan, Degradation, Plate, Scene, Word, _try_block,
-                                     composite, composite_plate, contrasting_colour, _random_degradation)
+from upocr.data.synth.render import (MIN_FONT_PX, Block, BlockPlan, Degradation, PageCurl, Plate, Scene, Word,
+                                     _random_degradation, _try_block, composite, composite_plate, contrasting_colour)
 
 KINDS = ("classic", "sign", "poster", "ui", "document")
 KIND_WEIGHTS = (0.2, 0.22, 0.16, 0.12, 0.3)
@@ -287,6 +287,24 @@ def _plans(rng: np.random.Generator, kind: str, split: str, hw: tuple[int, int])
     return [_receipt_plan(rng, split, hw)]
 
 
+CURL_PROBABILITY = 0.5  # books and receipts
+
+
+def random_curl(rng: np.random.Generator, hw: tuple[int, int]) -> PageCurl:
+    h, w = hw
+    bend = rng.uniform(0.03, 0.12) * h * rng.choice([-1, 1])
+    return PageCurl(hw=hw, spine=float(rng.choice([0.0, w / 2, float(w)]) + rng.normal(0, 0.05 * w)),
+                    a0=float(bend), a1=float(rng.uniform(-0.5, 0.5) * abs(bend)), squeeze=float(rng.uniform(-0.05, 0.05) * w))
+
+
+def _spine_shading(curl: PageCurl, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 1) darkening towards the spine (the page bends away from the light there)."""
+    h, w = curl.hw
+    xs = np.arange(w, dtype=np.float32)
+    dark = 1 - rng.uniform(0.15, 0.45) * np.exp(-((xs - curl.spine) / (rng.uniform(0.04, 0.12) * w)) ** 2)
+    return np.broadcast_to(dark[None, :, None], (h, w, 1)).astype(np.float32)
+
+
 def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str,
                        options: SceneOptions) -> Scene:
     h, w = size
@@ -296,13 +314,21 @@ def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split
         kind = "book" if rng.random() < 0.6 else "receipt"
     clean_bg = _background(rng, kind, split, size, options)
     degradation = world_degradation(rng, size, kind)
+    plans = _plans(rng, kind, split, size)
+    if kind in ("book", "receipt") and rng.random() < CURL_PROBABILITY:
+        curl = random_curl(rng, size)
+        if kind == "book":  # the whole image is the page: bend it (the text bends through its geometry)
+            clean_bg = curl.apply(clean_bg, cv2.BORDER_REFLECT)
+            shading = _spine_shading(curl, rng)
+            degradation.illumination = shading if degradation.illumination is None else degradation.illumination * shading
+        plans = [replace(plan, page=curl) for plan in plans]
     image = clean_bg.copy()
     occupied = np.zeros((h, w), np.uint8)
     fill_cov = np.zeros((h, w), np.float32)
     effect_cov = np.zeros((h, w), np.float32)
     words: list[Word] = []
     blocks: list[Block] = []
-    for plan in _plans(rng, kind, split, size):
+    for plan in plans:
         size_scale = 1.0
         for _ in range(4):
             result = _try_block(rng, clean_bg, occupied, split, False, degradation.reach, len(blocks), size_scale,
