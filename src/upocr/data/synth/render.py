@@ -506,8 +506,9 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     dst = centred @ rot.T
     if plan is not None:
         if plan.perspective > 0:
-            jitter = plan.perspective * max(layer_w, layer_h)
-            dst = dst + rng.uniform(-jitter, jitter, dst.shape).astype(np.float32)
+            # Per axis, relative to that side: a wide one-line sign keeps its height (no degenerate sliver).
+            jitter = plan.perspective * np.float32([layer_w, layer_h])
+            dst = dst + (rng.uniform(-1, 1, dst.shape) * jitter).astype(np.float32)
     elif rng.random() < 0.35:
         jitter = rng.uniform(0.02, 0.12) * max(layer_w, layer_h)
         dst = dst + rng.uniform(-jitter, jitter, dst.shape).astype(np.float32)
