@@ -1,6 +1,8 @@
 """Contact sheets of synthetic samples (16 per task), read back through the layout readers.
 
-    python -m upocr.data.synth.contact_sheet --out docs/images [--split train] [--seed 0]
+    python -m upocr.data.synth.contact_sheet --out docs/images [--split train] [--seed 0] [--scenes v2]
+                                             [--backgrounds DIR]
+    upocr synth --out unused --count 1 --contact-sheet DIR [--scenes v2] [--backgrounds DIR]
 
 writes synth-removal.jpg (input | text-free label | mask), synth-segmentation.jpg (input | label:
 white text, orange word effect, grey ignore) and synth-tampering.jpg (input | boxes: green real,
