@@ -212,7 +212,8 @@ def test_backgrounds_folder_without_images_is_one_line_error(tmp_path: Path, cap
 def test_annotated_evaluation_images_are_refused_as_backgrounds(tmp_path: Path):
     folder = _magenta_folder(tmp_path / "photos", bad=False)
     (folder / "photo1.json").write_text(json.dumps({"polygons": [{"points": [[0, 0], [5, 0], [5, 5]], "text": "a"}]}))
-    with pytest.raises(SynthError, match="photo1.png: has text annotations"):
+    (folder / "photo1_label.png").write_bytes((folder / "photo0.png").read_bytes())  # sorts after photo1.json's image
+    with pytest.raises(SynthError, match="photo1.png: has text annotations.*evaluation data"):
         generate_dataset(tmp_path / "data", count=1, seed=0, size=64, background_dir=folder, workers=1, progress=False)
 
 

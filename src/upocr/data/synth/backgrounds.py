@@ -86,13 +86,17 @@ def list_user_photos(folder: str | Path, warn=None) -> tuple[str, ...]:
         raise BackgroundError(f"{root}: --backgrounds folder not found")
     if warn is None:
         warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Evaluation data (images with text annotations, and the text-free labels and masks next to them) is
+    # for measuring only: one annotated image refuses the whole folder.
+    for path in files:
+        if path.suffix.lower() in IMAGE_SUFFIXES and _has_text_annotations(path):
+            raise BackgroundError(f"{path}: has text annotations ({path.with_suffix('.json').name}); a folder "
+                                  "of evaluation data is never used for backgrounds")
     usable = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in files:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if _has_text_annotations(path):
-            raise BackgroundError(f"{path}: has text annotations ({path.with_suffix('.json').name}); "
-                                  "annotated evaluation images contain text and are never backgrounds")
         try:
             with Image.open(path) as image:
                 image.verify()  # header + structure, without decoding every pixel
