@@ -172,7 +172,7 @@ class BlockPlan:
     words_per_line: int
     max_width: float  # pixels
     angle: float  # degrees
-    perspective: float  # corner jitter as a fraction of the block's size (0: none)
+    perspective: float  # corner jitter as a fraction of the block's width / height (0: none)
     curve: bool = False
     align: str = "left"
     plate: "Plate | None" = None
@@ -183,7 +183,7 @@ class BlockPlan:
 @dataclass(frozen=True)
 class Plate:
     """A sign/label/paper under a block: drawn into the BACKGROUND (the label keeps it), warped with
-    the block. `texture` (layer-sized, optional) replaces the flat colour (paper)."""
+    the block. `texture_kind` (optional) adds a procedural texture around the colour (paper)."""
 
     colour: np.ndarray
     padding: int  # pixels around the text

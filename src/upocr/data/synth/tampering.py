@@ -150,7 +150,7 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
 # --------------------------------------------------------------------------------------------
 
 
-def _word_patch(image: np.ndarray, word, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _word_patch(image: np.ndarray, word) -> tuple[np.ndarray, np.ndarray]:
     """(patch, polygon mask in [0, 1]) of `word`'s box in `image`."""
     x1, y1, x2, y2 = word.box
     polygon = word.polygon - np.float32([x1, y1])
@@ -229,7 +229,7 @@ def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float
             real = [i for i in range(len(words)) if i not in retyped]
             if not real:
                 continue
-            patch, mask = _word_patch(photo, words[real[int(rng.integers(len(real)))]], (h, w))
+            patch, mask = _word_patch(photo, words[real[int(rng.integers(len(real)))]])
             scale = float(rng.uniform(0.8, 1.25)) if rng.random() < 0.4 else 1.0
         else:
             donor = _donor_scene(rng, scene, options)
@@ -237,7 +237,7 @@ def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float
                 continue
             donor_photo = jpeg_roundtrip(donor.image, int(rng.integers(50, 96)))
             word = donor.words[int(rng.integers(len(donor.words)))]
-            patch, mask = _word_patch(donor_photo, word, donor.fill.shape)
+            patch, mask = _word_patch(donor_photo, word)
             target = heights[int(rng.integers(len(heights)))] * rng.uniform(0.8, 1.2)
             scale = float(np.clip(target / patch.shape[0], 0.3, 3.0))
         box = _paste(rng, canvas, taken, patch, mask, scale)
