@@ -178,6 +178,7 @@ class BlockPlan:
     plate: "Plate | None" = None
     min_contrast: float = 70.0
     page: PageCurl | None = None
+    ink: np.ndarray | None = None  # print: this fill colour, and no stroke, shadow or gradient
 
 
 @dataclass(frozen=True)
@@ -450,6 +451,8 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     # Colour decided against the background's overall colour; refined after placement below.
     global_mean = np.asarray(cv2.mean(scene_bg)[:3], np.float32)
     style = _random_style(rng, font, size, global_mean)
+    if plan is not None and plan.ink is not None:
+        style.stroke_width, style.stroke, style.shadow_offset, style.fill_bottom = 0, None, None, None
     lines = _layout_lines(rng, script, style, [font], document, max_width=plan.max_width if plan else w * 0.9,
                           plan=plan)
     if not lines:
@@ -550,6 +553,8 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
                 local_bg = np.asarray(cv2.mean(scene_bg, mask=footprint)[:3], np.float32) if footprint.any() else global_mean
             # Re-pick the colour against the actual local background so contrast is as intended.
             recoloured = _random_style(rng, font, size, local_bg)
+            if plan is not None and plan.ink is not None:
+                recoloured.fill = plan.ink
             if plan is not None and abs(luminance(recoloured.fill) - luminance(local_bg)) < plan.min_contrast:
                 recoloured.fill = contrasting_colour(rng, local_bg, plan.min_contrast)
             style.fill, style.fill_bottom = recoloured.fill, (

@@ -73,6 +73,20 @@ def _vivid_colour(rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
+def ink_colour(rng: np.random.Generator) -> np.ndarray:
+    """Printed text: mostly near-black, sometimes blue, red or faded (thermal receipts)."""
+    r = rng.random()
+    if r < 0.72:
+        colour = np.full(3, rng.uniform(10, 60))
+    elif r < 0.84:
+        colour = np.array([rng.uniform(10, 50), rng.uniform(20, 60), rng.uniform(90, 150)])
+    elif r < 0.9:
+        colour = np.array([rng.uniform(140, 190), rng.uniform(10, 40), rng.uniform(10, 40)])
+    else:
+        colour = np.full(3, rng.uniform(80, 120))
+    return np.clip(colour + rng.normal(0, 4, 3), 0, 255).astype(np.float32)
+
+
 def print_size(rng: np.random.Generator, hw: tuple[int, int]) -> int:
     """Font px for body print: x-height 8-14 px on a 1000 px page, proportionally less below."""
     x_height = rng.uniform(8, 14) * min(1.0, max(hw) / 1000)
@@ -137,14 +151,15 @@ def _page_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> li
     size = print_size(rng, hw)
     columns = 2 if w > 600 and rng.random() < 0.4 else 1
     angle, perspective = float(rng.normal(0, 0.8)), float(rng.uniform(0, 0.02))
+    ink = ink_colour(rng)
     lines = max(3, int(0.75 * h / (size * 1.2 * 1.4)))  # line height <= 1.2 em x 1.35 spacing
     body = [BlockPlan(font=font, script=script, size=size, lines=lines // (2 if rng.random() < 0.3 else 1),
                       words_per_line=16, max_width=w * (0.8 if columns == 1 else 0.4), angle=angle,
-                      perspective=perspective, min_contrast=120.0) for _ in range(columns)]
+                      perspective=perspective, min_contrast=100.0, ink=ink) for _ in range(columns)]
     if rng.random() < 0.4:  # after the body: placed where the body left room
         body.append(BlockPlan(font=font, script=script, size=int(size * rng.uniform(1.4, 2.5)), lines=1,
                               words_per_line=4, max_width=w * 0.8, angle=angle, perspective=perspective,
-                              min_contrast=120.0))
+                              min_contrast=100.0, ink=ink))
     return body
 
 
@@ -157,7 +172,7 @@ def _receipt_plan(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> 
                      lines=max(4, min(40, int(0.7 * hw[0] / (size * 1.3)))), words_per_line=int(rng.integers(2, 6)),
                      max_width=hw[1] * rng.uniform(0.3, 0.6), angle=float(rng.normal(0, 4)),
                      perspective=float(rng.uniform(0, 0.06)), align=str(rng.choice(["left", "center"])), plate=plate,
-                     min_contrast=110.0)
+                     min_contrast=100.0, ink=ink_colour(rng))
 
 
 # --------------------------------------------------------------------------------------------
