@@ -108,14 +108,15 @@ def list_user_photos(folder: str | Path, warn=None) -> tuple[str, ...]:
     return tuple(usable)
 
 
-@functools.lru_cache(maxsize=32)
+# Per worker: at most 8 decoded photos of <= USER_PHOTO_OVERSAMPLE x the output side (~60 MB at 512 px).
+@functools.lru_cache(maxsize=8)
 def _load_user_photo(path: str, max_side: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale when large
             image = image.convert("RGB")
-            if max(image.size) > 2 * max_side:
-                image.thumbnail((2 * max_side, 2 * max_side), Image.Resampling.BILINEAR)
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise BackgroundError(f"{path}: not a readable image ({error})") from None
