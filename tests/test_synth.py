@@ -157,3 +157,203 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects_bad_sizes(bad):
     with pytest.raises(SynthError):
         parse_size(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# v2: user backgrounds, scene kinds, camera effects, scripts
+# --------------------------------------------------------------------------------------------
+
+
+def _magenta_folder(folder: Path, bad: bool = True) -> Path:
+    """Two magenta PNGs (a colour no built-in background has) and, with `bad`, a broken JPEG."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate([(40, 30), (200, 120)]):
+        pixels = np.zeros(size[::-1] + (3,), np.uint8)
+        pixels[..., 0], pixels[..., 2] = 250, 240 - 20 * i
+        Image.fromarray(pixels).save(folder / f"photo{i}.png")
+    if bad:
+        (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return folder
+
+
+def test_backgrounds_folder_is_used_and_a_bad_file_is_named(tmp_path: Path, capsys):
+    folder = _magenta_folder(tmp_path / "photos")
+    args = ["synth", "--out", str(tmp_path / "data"), "--count", "2", "--size", "64", "--tasks", "removal",
+            "--workers", "1", "--backgrounds", str(folder), "--background-mix", "1"]
+    assert cli_main(args) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "broken.jpg" in line]
+    assert len(warnings) == 1 and "not a readable image" in warnings[0]
+    means = [np.asarray(layouts.read_rgb(s.label), np.float32).mean((0, 1))
+             for s in layouts.removal_samples(tmp_path / "data", "train")]
+    # Magenta (green far below red and blue) shows through; a v1 document scene covers it with 85 % paper.
+    assert any(m[1] < 0.5 * min(m[0], m[2]) for m in means)
+    photos = backgrounds.list_user_photos(folder, warn=lambda message: None)
+    for index in range(5):
+        crop = backgrounds.random_background(np.random.default_rng(index), "train", 48, 64, user_photos=photos,
+                                             user_mix=1.0)
+        assert crop.shape == (48, 64, 3) and (crop[..., 1] < 0.5 * np.minimum(crop[..., 0], crop[..., 2])).all()
+    run = json.loads((tmp_path / "data/synth-manifest.json").read_text())["runs"][0]
+    assert run["backgrounds"]["files"] == 2 and run["scenes"] == "v1"
+
+
+def test_backgrounds_folder_without_images_is_one_line_error(tmp_path: Path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/broken.png").write_bytes(b"\x89PNG garbage")
+    args = ["synth", "--out", str(tmp_path / "data"), "--count", "1", "--size", "64", "--workers", "1",
+            "--backgrounds", str(tmp_path / "empty")]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("upocr synth: error:") and "no readable images" in err[-1] and "empty" in err[-1]
+    assert not (tmp_path / "data").exists()
+
+
+def test_annotated_evaluation_images_are_refused_as_backgrounds(tmp_path: Path):
+    folder = _magenta_folder(tmp_path / "photos", bad=False)
+    (folder / "photo1.json").write_text(json.dumps({"polygons": [{"points": [[0, 0], [5, 0], [5, 5]], "text": "a"}]}))
+    (folder / "photo1_label.png").write_bytes((folder / "photo0.png").read_bytes())  # sorts after photo1.json's image
+    with pytest.raises(SynthError, match="photo1.png: has text annotations.*evaluation data"):
+        generate_dataset(tmp_path / "data", count=1, seed=0, size=64, background_dir=folder, workers=1, progress=False)
+
+
+def test_default_scenes_ignore_the_v2_mix_and_keep_v1_bytes(tmp_path: Path, synth_root: Path):
+    """--scenes v1 is the default: the same bytes as before v2 existed (fixture made without options)."""
+    generate_dataset(tmp_path, count=3, seed=5, split="train", size=SIZE, workers=1, progress=False, scenes="v1")
+    assert _tree_bytes(tmp_path) == _tree_bytes(synth_root)
+
+
+@pytest.mark.parametrize("kind", ["classic", "sign", "poster", "ui", "document"])
+def test_v2_kinds_have_exact_ground_truth(kind):
+    """Before JPEG, image and text-free label are equal outside the word polygons (same lighting, blur,
+    shot noise), every labelled pixel lies inside them, and each kind draws text."""
+    from upocr.data.synth.world import SceneOptions
+
+    options = SceneOptions(scenes="v2", kinds=(kind,))
+    for index in range(3):
+        scene = render_scene(np.random.default_rng([21, index]), size=(160, 192), split="train", options=options)
+        assert scene.words and scene.extra["kind"] in ({kind} if kind != "document" else {"book", "receipt"})
+        inside = fill_polygons([w.polygon for w in scene.words], (160, 192)).astype(bool)
+        assert np.array_equal(scene.image[~inside], scene.background[~inside])
+        assert not np.array_equal(scene.image[inside], scene.background[inside])
+        label = textseg_label(scene)
+        assert (label[~inside] == 0).all() and (label == 100).any()
+
+
+def test_v2_is_deterministic_and_independent_of_other_samples(tmp_path: Path):
+    """Same bytes on a re-run, and a sample does not depend on what the process drew before it (what
+    makes the worker count irrelevant; the spawn-pool path itself is tested with v1 above)."""
+    from upocr.data.synth.generate import write_sample
+    from upocr.data.synth.world import SceneOptions
+
+    kwargs = dict(count=2, seed=9, size=SIZE, scenes="v2", progress=False, workers=1)
+    generate_dataset(tmp_path / "a", **kwargs)
+    generate_dataset(tmp_path / "b", **kwargs)
+    first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
+    assert len(first) == 2 * 7 + 1 and first == second
+    write_sample(tmp_path / "c", Task.TAMPERED_TEXT_DETECTION, "train", 9, 1, (SIZE, SIZE), SceneOptions(scenes="v2"))
+    alone = _tree_bytes(tmp_path / "c")
+    assert alone and all(first[name] == data for name, data in alone.items())
+    for task in Task:  # and readable by the training datasets
+        assert build_dataset(task, tmp_path / "a", "train", size=64, augment=False)[0]["image"].shape == (3, 64, 64)
+
+
+def test_shot_noise_changes_only_where_the_signal_changed():
+    from upocr.data.synth.render import Degradation
+
+    rng = np.random.default_rng(0)
+    field = rng.standard_normal((32, 32, 3), dtype=np.float32) * np.float32(0.4)
+    degradation = Degradation(None, 0.0, None, None, 90, shot_noise=field)
+    clean = np.full((32, 32, 3), 120, np.float32)
+    texted = clean.copy()
+    texted[10:14, 10:20] = 20
+    a, b = degradation.apply(texted), degradation.apply(clean)
+    differs = (a != b).any(2)
+    assert differs[10:14, 10:20].any() and not differs[~np.pad(np.ones((4, 10), bool), ((10, 18), (10, 12)))].any()
+    assert (b != 120).any()  # the noise is there
+
+
+def test_poster_headlines_exceed_a_256_px_tile_and_print_has_real_x_height():
+    from upocr.data.synth.world import X_HEIGHT_RATIO, _poster_plans, print_size
+
+    headlines = [_poster_plans(np.random.default_rng(i), "train", (1024, 1024))[0].size for i in range(20)]
+    assert max(headlines) > 256 and min(headlines) >= 0.12 * 1024 - 1
+    x_heights = [print_size(np.random.default_rng(i), (1200, 900)) * X_HEIGHT_RATIO for i in range(50)]
+    assert 7.5 <= min(x_heights) and max(x_heights) <= 14.5
+
+
+def test_v2_fonts_are_discovered_from_the_optional_extra(tmp_path: Path, monkeypatch):
+    """A package of the synth-fonts extra is found by its files (here a stand-in holding a copy of DejaVu)."""
+    import shutil
+
+    real_dir = fonts._package_font_dir
+    shutil.copy(Path(real_dir("matplotlib")) / "DejaVuSans.ttf", tmp_path / "Caveat[wght].ttf")
+    monkeypatch.setattr(fonts, "_package_font_dir",
+                        lambda package: tmp_path if package == "fontpkg_caveat" else real_dir(package))
+    fonts.fonts_for_split.cache_clear()
+    fonts.fonts_for_script.cache_clear()
+    try:
+        v2_train = fonts.fonts_for_split("train", True)
+        assert "Caveat" in {f.family for f in v2_train}
+        assert "Caveat" not in {f.family for f in fonts.fonts_for_split("train")}  # v1 never changes
+        assert "Caveat" not in {f.family for f in fonts.fonts_for_split("test", True)}
+    finally:
+        fonts.fonts_for_split.cache_clear()
+        fonts.fonts_for_script.cache_clear()
+
+
+def test_v2_tampering_copy_move_and_splice_are_labelled_exactly():
+    """v2 edits change the photo only inside tampered boxes (grown by 2 px for anti-aliasing); pasted
+    words get their own label-2 boxes that overlap no other box."""
+    import cv2
+
+    from upocr.data.synth.tampering import jpeg_roundtrip
+    from upocr.data.synth.world import SceneOptions
+
+    options = SceneOptions(scenes="v2", kinds=("sign", "poster", "classic"))
+    added = 0
+    for index in range(6):
+        rng = np.random.default_rng([31, index])
+        scene = render_scene(rng, size=(160, 160), split="train", options=options)
+        result = tamper_scene(rng, scene, tamper_probability=1.0, methods="v2", options=options)
+        assert len(result.boxes) == len(result.labels) >= len(scene.words) and 2 in result.labels
+        assert set(result.labels[len(scene.words):]) <= {2}
+        photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
+        tampered = np.zeros((160, 160), np.uint8)
+        for (x1, y1, x2, y2), label in zip(result.boxes, result.labels):
+            if label == 2:
+                tampered[y1:y2 + 1, x1:x2 + 1] = 1
+        near = cv2.dilate(tampered, np.ones((5, 5), np.uint8)).astype(bool)
+        assert np.array_equal(result.image[~near], photo[~near])
+        assert not np.array_equal(result.image[near], photo[near])
+        for j, (x1, y1, x2, y2) in enumerate(result.boxes[len(scene.words):], start=len(scene.words)):
+            added += 1
+            for k, (a1, b1, a2, b2) in enumerate(result.boxes):
+                assert k == j or x2 < a1 or a2 < x1 or y2 < b1 or b2 < y1  # no overlap
+    assert added >= 2  # copy-move / splice happened
+
+
+def test_page_curl_bends_text_and_labels_together(monkeypatch):
+    """A curled page: forward map inverts the remap, ground truth stays exact, tampering follows the bend."""
+    from upocr.data.synth import world
+    from upocr.data.synth.tampering import jpeg_roundtrip
+
+    curl = world.random_curl(np.random.default_rng(0), (120, 150))
+    points = np.stack([np.random.default_rng(1).uniform(10, 140, 50), np.random.default_rng(2).uniform(10, 110, 50)], 1)
+    moved = curl.forward(points)
+    map_x, map_y = curl.maps()
+    xi, yi = np.round(moved[:, 0]).astype(int), np.round(moved[:, 1]).astype(int)
+    ok = (xi >= 0) & (xi < 150) & (yi >= 0) & (yi < 120)
+    back = np.stack([map_x[yi[ok], xi[ok]], map_y[yi[ok], xi[ok]]], 1)
+    assert ok.sum() > 20 and np.abs(back - points[ok]).max() < 1.5  # up to the rounding to a pixel
+
+    monkeypatch.setattr(world, "CURL_PROBABILITY", 1.0)
+    options = world.SceneOptions(scenes="v2", kinds=("document",))
+    for index in range(3):
+        rng = np.random.default_rng([41, index])
+        scene = render_scene(rng, size=(160, 160), split="train", options=options)
+        assert scene.words and all(b.geometry.page is not None for b in scene.blocks)
+        inside = fill_polygons([w.polygon for w in scene.words], (160, 160)).astype(bool)
+        assert np.array_equal(scene.image[~inside], scene.background[~inside])
+        result = tamper_scene(rng, scene, tamper_probability=1.0, methods="v2", options=options)
+        assert 2 in result.labels and result.image.shape == scene.image.shape

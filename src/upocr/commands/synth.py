@@ -24,6 +24,15 @@ def register(subparsers) -> None:
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                         help="subset of: " + ", ".join(t.short for t in Task) + " (default: all)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--scenes", choices=["v1", "v2"], default="v1",
+                        help="v1: the original random blocks (default, same bytes as before); v2: text as in the "
+                             "world (signs, posters, screenshots, book pages, receipts at print size, camera "
+                             "effects, more scripts, copy-move/splice tampering); see docs/data.md")
+    parser.add_argument("--backgrounds", metavar="DIR", default=None,
+                        help="folder of text-free photos (any size; searched recursively) used as backgrounds "
+                             "besides the built-in ones; unreadable files are skipped with a warning")
+    parser.add_argument("--background-mix", type=float, default=0.5, metavar="F",
+                        help="share of backgrounds taken from --backgrounds (0-1, default 0.5)")
     parser.add_argument("--contact-sheet", metavar="DIR", default=None,
                         help="instead of a dataset, write 16-sample contact sheets per task into DIR")
     parser.set_defaults(func=run)
@@ -41,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
             if height != width:
                 raise SynthError("--contact-sheet needs a square --size")
             for task, path in make_contact_sheets(args.contact_sheet, split=args.split, seed=args.seed, size=height,
-                                                  workers=args.workers).items():
+                                                  workers=args.workers, scenes=args.scenes,
+                                                  background_dir=args.backgrounds,
+                                                  background_mix=args.background_mix).items():
                 print(f"{task}: {path}")
             return 0
         summary = generate_dataset(args.out, count=args.count, seed=args.seed, split=args.split, size=args.size,
-                                   tasks=tasks, workers=args.workers)
+                                   tasks=tasks, workers=args.workers, scenes=args.scenes,
+                                   background_dir=args.backgrounds, background_mix=args.background_mix)
     except (SynthError, ValueError) as error:
         print(f"upocr synth: error: {error}", file=sys.stderr)
         return 2

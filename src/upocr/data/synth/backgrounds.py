@@ -10,12 +10,19 @@ together in train so no near-duplicate leaks into test). Photos that contain rea
 
 Procedural backgrounds (flat, gradients, fractal noise, wood/stripes, tiles, paper) are drawn from
 the same generators in both splits (they are random functions, not a finite set).
+
+User photographs (`upocr synth --backgrounds DIR`): any folder of text-free photos, listed once per run
+(`list_user_photos`: sorted, unreadable files reported and skipped, annotated evaluation images
+refused) and used for a `--background-mix` fraction of the scenes, with the same random crop, rescale,
+flip and colour jitter as the built-in photos. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -29,6 +36,13 @@ PHOTOS = {
              "clock_motion.png"),
 }
 PHOTO_PROBABILITY = 0.5
+# Decode user photos at about this many times the output size at most (JPEG draft mode): a 24 MP photo
+# crop rescaled to 512 px needs no more, and full decoding would dominate the sample time.
+USER_PHOTO_OVERSAMPLE = 3
+
+
+class BackgroundError(ValueError):
+    """A --backgrounds folder that cannot be used (one-line message naming the folder or file)."""
 
 
 def _skimage_data_dir() -> Path | None:
@@ -48,6 +62,64 @@ def photos_for_split(split: str) -> tuple[str, ...]:
 def _load_photo(path: str) -> np.ndarray:
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _has_text_annotations(path: Path) -> bool:
+    """True for an image with a sidecar `NAME.json` holding text polygons (the real-dev evaluation
+    layout): such images contain text, so they must never become "text-free" backgrounds."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return False
+    try:
+        return "polygons" in json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def list_user_photos(folder: str | Path, warn=None) -> tuple[str, ...]:
+    """Readable images under `folder` (recursive, sorted: choices are deterministic). A file that is not
+    a readable image is skipped with one warning line through `warn` (default: stderr)."""
+    from upocr.data.layouts import IMAGE_SUFFIXES
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise BackgroundError(f"{root}: --backgrounds folder not found")
+    if warn is None:
+        warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Evaluation data (images with text annotations, and the text-free labels and masks next to them) is
+    # for measuring only: one annotated image refuses the whole folder.
+    for path in files:
+        if path.suffix.lower() in IMAGE_SUFFIXES and _has_text_annotations(path):
+            raise BackgroundError(f"{path}: has text annotations ({path.with_suffix('.json').name}); a folder "
+                                  "of evaluation data is never used for backgrounds")
+    usable = []
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as image:
+                image.verify()  # header + structure, without decoding every pixel
+            usable.append(str(path))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            warn(f"upocr synth: warning: {path}: not a readable image ({error}); skipped")
+    if not usable:
+        raise BackgroundError(f"{root}: no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) for --backgrounds")
+    return tuple(usable)
+
+
+# Per worker: at most 8 decoded photos of <= USER_PHOTO_OVERSAMPLE x the output side (~60 MB at 512 px).
+@functools.lru_cache(maxsize=8)
+def _load_user_photo(path: str, max_side: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale when large
+            image = image.convert("RGB")
+            if max(image.size) > max_side:
+                image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise BackgroundError(f"{path}: not a readable image ({error})") from None
 
 
 def _fractal_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 5) -> np.ndarray:
@@ -78,8 +150,9 @@ def _near_colour(rng: np.random.Generator, colour: np.ndarray, spread: float) ->
     return np.clip(colour + rng.normal(0, spread, 3), 0, 255).astype(np.float32)
 
 
-def procedural_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    kind = int(rng.integers(6))
+def procedural_background(rng: np.random.Generator, height: int, width: int, kind: int | None = None) -> np.ndarray:
+    """Kinds: 0 flat, 1 gradient, 2 fractal, 3 wood/stripes, 4 tiles, 5 paper (random when None)."""
+    kind = int(rng.integers(6)) if kind is None else kind
     base = _random_colour(rng)
     yy = np.arange(height, dtype=np.float32)[:, None]
     xx = np.arange(width, dtype=np.float32)[None, :]
@@ -124,9 +197,10 @@ def procedural_background(rng: np.random.Generator, height: int, width: int) -> 
     return np.clip(image + grain, 0, 255).astype(np.float32)
 
 
-def photo_background(rng: np.random.Generator, path: str, height: int, width: int) -> np.ndarray:
+def photo_background(rng: np.random.Generator, path: str, height: int, width: int, *,
+                     photo: np.ndarray | None = None) -> np.ndarray:
     """A random crop of a photo, rescaled to (height, width), flipped and colour-shifted."""
-    photo = _load_photo(path)
+    photo = _load_photo(path) if photo is None else photo
     ph, pw = photo.shape[:2]
     scale = rng.uniform(0.35, 1.0)
     aspect = width / height * rng.uniform(0.8, 1.25)
@@ -147,8 +221,14 @@ def photo_background(rng: np.random.Generator, path: str, height: int, width: in
     return np.clip(image * gain[None, None, :], 0, 255).astype(np.float32)
 
 
-def random_background(rng: np.random.Generator, split: str, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 255]: a photo crop or a procedural texture of the split."""
+def random_background(rng: np.random.Generator, split: str, height: int, width: int, *,
+                      user_photos: tuple[str, ...] = (), user_mix: float = 0.0) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 255]: a user photo (a `user_mix` share of the calls when `user_photos`
+    is given), else a built-in photo crop or a procedural texture of the split."""
+    if user_photos and rng.random() < user_mix:
+        path = user_photos[int(rng.integers(len(user_photos)))]
+        photo = _load_user_photo(path, USER_PHOTO_OVERSAMPLE * max(height, width))
+        return photo_background(rng, path, height, width, photo=photo)
     photos = photos_for_split(split)
     if photos and rng.random() < PHOTO_PROBABILITY:
         return photo_background(rng, photos[int(rng.integers(len(photos)))], height, width)

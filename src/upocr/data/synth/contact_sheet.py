@@ -1,6 +1,8 @@
 """Contact sheets of synthetic samples (16 per task), read back through the layout readers.
 
-    python -m upocr.data.synth.contact_sheet --out docs/images [--split train] [--seed 0]
+    python -m upocr.data.synth.contact_sheet --out docs/images [--split train] [--seed 0] [--scenes v2]
+                                             [--backgrounds DIR]
+    upocr synth --out unused --count 1 --contact-sheet DIR [--scenes v2] [--backgrounds DIR]
 
 writes synth-removal.jpg (input | text-free label | mask), synth-segmentation.jpg (input | label:
 white text, orange word effect, grey ignore) and synth-tampering.jpg (input | boxes: green real,
@@ -95,12 +97,14 @@ def save_under(path: Path, image: np.ndarray, max_bytes: int = MAX_BYTES) -> int
 
 
 def make_contact_sheets(out_dir: str | Path, *, split: str = "train", seed: int = 0, size: int = 512,
-                        tile: int = 160, workers: int | None = None) -> dict[str, Path]:
+                        tile: int = 160, workers: int | None = None, **generate_options) -> dict[str, Path]:
+    """Sheets of 16 samples per task; `generate_options` go to `generate_dataset` (scenes, backgrounds)."""
     out_dir = Path(out_dir)
     written = {}
     with tempfile.TemporaryDirectory(prefix="upocr-sheet-") as tmp:
         root = Path(tmp)
-        generate_dataset(root, count=SHEET_SAMPLES, seed=seed, split=split, size=size, workers=workers)
+        generate_dataset(root, count=SHEET_SAMPLES, seed=seed, split=split, size=size, workers=workers,
+                         **generate_options)
         makers = {Task.TEXT_REMOVAL: removal_tiles, Task.TEXT_SEGMENTATION: segmentation_tiles,
                   Task.TAMPERED_TEXT_DETECTION: tampering_tiles}
         for task, maker in makers.items():
@@ -117,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--tile", type=int, default=160, help="pixels per panel in the sheet")
+    parser.add_argument("--scenes", choices=["v1", "v2"], default="v1")
+    parser.add_argument("--backgrounds", default=None, help="folder of text-free photos (see upocr synth)")
     args = parser.parse_args(argv)
     for task, path in make_contact_sheets(args.out, split=args.split, seed=args.seed, size=args.size,
-                                          tile=args.tile).items():
+                                          tile=args.tile, scenes=args.scenes,
+                                          background_dir=args.backgrounds).items():
         print(f"{task}: {path} ({path.stat().st_size // 1024} KB)")
     return 0
 

@@ -15,6 +15,13 @@ Partition by *family* (a test family never appears in training, in any weight):
 
 Both splits hold sans, serif-like and hand-drawn/display styles, so the test split measures
 generalisation to unseen typefaces rather than to an unseen *kind* of typeface.
+
+v2 scenes (`--scenes v2`) add the optional extra `upocr[synth-fonts]` (all SIL OFL 1.1, found by
+file, never imported or downloaded at run time): handwriting Caveat (train) / Kalam (test), Thai
+Noto Sans Thai (train) / Sarabun (test), Arabic Noto Sans Arabic (train) / Amiri (test), and Noto Sans
+CJK JP (Chinese, Japanese and Korean glyphs; train only: no second CJK family fits the size budget, so
+the test split has no CJK/Korean text). v1 scenes never use them, so v1 bytes do not depend on them.
+Thai and Arabic need shaping (libraqm in PIL); without it those scripts are not drawn.
 """
 
 from __future__ import annotations
@@ -65,6 +72,18 @@ _CATALOGUE: tuple[tuple[str, str, str, str, str], ...] = (
         "Regular", "Bold", "Light", "SemiBold", "Italic")),
     ("font_intuitive", "Intuitive.ttf", "Intuitive", "hand", "test"),
 )
+# Fonts only v2 scenes use (the optional extra `synth-fonts`); same columns.
+_CATALOGUE_V2: tuple[tuple[str, str, str, str, str], ...] = (
+    ("fontpkg_caveat", "Caveat[wght].ttf", "Caveat", "hand", "train"),
+    ("fontpkg_noto_sans_thai", "NotoSansThai[wdth,wght].ttf", "Noto Sans Thai", "sans", "train"),
+    ("fontpkg_noto_sans_arabic", "NotoSansArabic[wdth,wght].ttf", "Noto Sans Arabic", "sans", "train"),
+    ("noto_cjk_sans_jp_regular", "NotoSansCJKjp-Regular.otf", "Noto Sans CJK", "sans", "train"),
+    *(("fontpkg_kalam", f"Kalam-{w}.ttf", "Kalam", "hand", "test") for w in ("Regular", "Bold", "Light")),
+    *(("fontpkg_sarabun", f"Sarabun-{w}.ttf", "Sarabun", "sans", "test") for w in ("Regular", "Bold", "Light")),
+    *(("fontpkg_amiri", f"Amiri-{w}.ttf", "Amiri", "serif", "test") for w in ("Regular", "Bold")),
+)
+# Families whose script needs a shaping engine (joining, mark placement): laid out with libraqm.
+SHAPED_FAMILIES = frozenset({"Noto Sans Thai", "Noto Sans Arabic", "Sarabun", "Amiri"})
 
 
 def _package_font_dir(package: str) -> Path | None:
@@ -75,16 +94,28 @@ def _package_font_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0]) / "files"
+    folder = Path(list(spec.submodule_search_locations)[0])
+    # font-* packages keep their files in files/, noto-cjk-* next to __init__.py.
+    return folder / "files" if (folder / "files").is_dir() else folder
+
+
+def raqm_available() -> bool:
+    from PIL import features
+
+    return bool(features.check("raqm"))
 
 
 @functools.lru_cache(maxsize=None)
-def fonts_for_split(split: str) -> tuple[FontSpec, ...]:
-    """The installed fonts of one split, in catalogue order (stable, so choices are deterministic)."""
+def fonts_for_split(split: str, v2: bool = False) -> tuple[FontSpec, ...]:
+    """The installed fonts of one split, in catalogue order (stable, so choices are deterministic);
+    `v2` adds the installed fonts of the `synth-fonts` extra (shaped ones only with libraqm)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     found = []
-    for package, name, family, style, font_split in _CATALOGUE:
+    catalogue = _CATALOGUE + _CATALOGUE_V2 if v2 else _CATALOGUE
+    for package, name, family, style, font_split in catalogue:
+        if family in SHAPED_FAMILIES and not raqm_available():
+            continue
         if font_split != split:
             continue
         folder = _package_font_dir(package)
@@ -109,19 +140,38 @@ def covers(font: FontSpec, text: str) -> bool:
     return all(ord(ch) in points for ch in text if not ch.isspace())
 
 
+@functools.lru_cache(maxsize=None)
+def _shaped_paths() -> frozenset[str]:
+    return frozenset(str(_package_font_dir(package) / name) for package, name, family, _, _ in _CATALOGUE_V2
+                     if family in SHAPED_FAMILIES and _package_font_dir(package) is not None)
+
+
 @functools.lru_cache(maxsize=512)
 def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    # Basic layout: identical glyph placement whether or not libraqm is installed (determinism).
-    return ImageFont.truetype(path, size=size, layout_engine=ImageFont.Layout.BASIC)
+    # Basic layout: identical glyph placement whether or not libraqm is installed (determinism); only
+    # the Thai/Arabic fonts (never listed without libraqm) need shaping to be legible.
+    layout = ImageFont.Layout.RAQM if path in _shaped_paths() else ImageFont.Layout.BASIC
+    return ImageFont.truetype(path, size=size, layout_engine=layout)
 
 
 def near_fonts(font: FontSpec) -> list[FontSpec]:
     """Fonts a forger would pick to imitate `font`: other weights of its family, else the same style."""
     pool = fonts_for_split(font.split)
+    if font not in pool:  # a v2-only font (handwriting, Thai, Arabic, CJK)
+        pool = fonts_for_split(font.split, True)
     same_family = [f for f in pool if f.family == font.family and f.path != font.path]
     return same_family or [f for f in pool if f.style == font.style and f.path != font.path] or [font]
 
 
-def installed_font_names() -> dict[str, list[str]]:
+def installed_font_names(v2: bool = False) -> dict[str, list[str]]:
     """Per split, the font files in use (recorded in the manifest: bytes depend on this set)."""
-    return {split: [Path(f.path).name for f in fonts_for_split(split)] for split in SPLITS}
+    return {split: [Path(f.path).name for f in fonts_for_split(split, v2)] for split in SPLITS}
+
+
+@functools.lru_cache(maxsize=None)
+def fonts_for_script(split: str, script: str) -> tuple[FontSpec, ...]:
+    """v2 fonts of `split` that cover every word of `script`'s vocabulary (empty: script not drawable)."""
+    from upocr.data.synth import text
+
+    sample = "".join(text.vocabulary(script))
+    return tuple(f for f in fonts_for_split(split, True) if covers(f, sample))

@@ -28,10 +28,12 @@ from upocr.data import layouts
 from upocr.data.synth import backgrounds, fonts
 from upocr.data.synth.render import removal_mask, render_scene, textseg_label
 from upocr.data.synth.tampering import tamper_scene
+from upocr.data.synth.world import SceneOptions
 from upocr.tasks import Task
 from upocr.utils import atomic_output
 
 GENERATOR_VERSION = 1
+SCENE_VERSIONS = ("v1", "v2")
 MANIFEST_NAME = "synth-manifest.json"
 SPLIT_IDS = {"train": 0, "test": 1}
 # Every 8th training name goes to TextSeg's "val" list (the dataset trains on train + val, as the original).
@@ -89,11 +91,12 @@ def _save_text(path: Path, content: str) -> None:
         tmp.write_text(content, encoding="utf-8")
 
 
-def write_sample(root: Path, task: Task, split: str, seed: int, index: int, size: tuple[int, int]) -> str:
+def write_sample(root: Path, task: Task, split: str, seed: int, index: int, size: tuple[int, int],
+                 options: SceneOptions | None = None) -> str:
     """Render and write one sample of `task`; returns its name."""
     name = sample_name(split, seed, index)
     rng = sample_rng(seed, split, task, index)
-    scene = render_scene(rng, size=size, split=split)
+    scene = render_scene(rng, size=size, split=split, options=options)
     quality = scene.degradation.jpeg_quality
     if task == Task.TEXT_REMOVAL:
         base = root / layouts.REMOVAL_DIR / split
@@ -105,7 +108,8 @@ def write_sample(root: Path, task: Task, split: str, seed: int, index: int, size
         _save_jpeg(base / "image" / f"{name}.jpg", scene.image, quality)
         _save_png(base / "semantic_label" / f"{name}_maskfg.png", textseg_label(scene))
     else:
-        tampered = tamper_scene(rng, scene)
+        v2 = options is not None and options.scenes == "v2"
+        tampered = tamper_scene(rng, scene, methods="v2" if v2 else "v1", options=options)
         base = root / layouts.TAMPERING_DIR
         # Saved again at a new quality: real text is double-compressed, tampered text is not.
         _save_jpeg(base / f"{split}_img" / f"{name}.jpg", tampered.image, int(rng.integers(70, 96)))
@@ -121,8 +125,8 @@ def _worker_init() -> None:
 
 
 def _job(args: tuple) -> tuple[int, str]:
-    root, task, split, seed, index, size = args
-    return int(task), write_sample(Path(root), Task(task), split, seed, index, size)
+    root, task, split, seed, index, size, options = args
+    return int(task), write_sample(Path(root), Task(task), split, seed, index, size, options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,8 +173,14 @@ def generate_dataset(
     tasks: Iterable[Task | str | int] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    scenes: str = "v1",
+    background_dir: str | Path | None = None,
+    background_mix: float = 0.5,
 ) -> dict:
     """Write `count` samples per task into the three layouts under `out_root`.
+
+    `scenes` "v2" draws the scene kinds of `world.py`; `background_dir` adds a folder of text-free
+    photos used for a `background_mix` share of the backgrounds (unreadable files: one warning each).
 
     Returns a summary dict (root, split, seed, count, size, tasks, names per task, seconds,
     samples_per_second). Raises SynthError for a bad request or a (task, split, seed) already
@@ -183,6 +193,17 @@ def generate_dataset(
     if int(seed) < 0:
         raise SynthError(f"seed {seed}: must be a non-negative integer")
     count, seed = int(count), int(seed)
+    if scenes not in SCENE_VERSIONS:
+        raise SynthError(f"scenes {scenes!r}: expected one of {', '.join(SCENE_VERSIONS)}")
+    if not 0.0 <= float(background_mix) <= 1.0:
+        raise SynthError(f"background mix {background_mix}: must be between 0 and 1")
+    user_photos: tuple[str, ...] = ()
+    if background_dir is not None:
+        try:
+            user_photos = backgrounds.list_user_photos(background_dir)
+        except backgrounds.BackgroundError as error:
+            raise SynthError(str(error)) from None
+    options = SceneOptions(scenes=scenes, user_photos=user_photos, background_mix=float(background_mix))
     height, width = parse_size(size)
     task_list = sorted(set(Task.parse_many(tasks))) if tasks is not None else sorted(Task)
     if not task_list:
@@ -198,7 +219,8 @@ def generate_dataset(
                 f"({run.get('count')} samples); use another --seed to add more data")
     root.mkdir(parents=True, exist_ok=True)
 
-    jobs = [(str(root), int(task), split, seed, index, (height, width)) for task in task_list for index in range(count)]
+    jobs = [(str(root), int(task), split, seed, index, (height, width), options)
+            for task in task_list for index in range(count)]
     workers = os.cpu_count() or 1 if workers is None else max(1, int(workers))
     workers = min(workers, len(jobs))
     names: dict[Task, list[str]] = {task: [] for task in task_list}
@@ -228,8 +250,11 @@ def generate_dataset(
         manifest["runs"].append({
             "task": task.short, "split": split, "seed": seed, "count": count, "size": [height, width],
             "first": names[task][0], "last": names[task][-1], "generator_version": GENERATOR_VERSION,
-            "fonts": [Path(f.path).name for f in fonts.fonts_for_split(split)],
+            "fonts": [Path(f.path).name for f in fonts.fonts_for_split(split, scenes == "v2")],
             "photos": [Path(p).name for p in backgrounds.photos_for_split(split)],
+            "scenes": scenes,
+            **({"backgrounds": {"folder": str(background_dir), "files": len(user_photos), "mix": float(background_mix)}}
+               if user_photos else {}),
         })
     _write_json(root / MANIFEST_NAME, manifest)
     return {

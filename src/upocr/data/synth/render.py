@@ -51,14 +51,59 @@ class TextStyle:
 
 
 @dataclass
+class PageCurl:
+    """A bent page (v2 books and receipts): a global warp of the image, applied to the background once
+    and to every block through its geometry, so text, labels and polygons bend together.
+
+    Defined in output coordinates (X, Y) <- source (x, y): x = g^-1(X) (a monotone horizontal squeeze),
+    y = Y - (a0 + a1 Y / h) q(X) with q(X) = ((X - spine) / w)^2 (lines bend more away from the spine,
+    and differently at the top and bottom of the page). The forward map has a closed form, so polygons
+    follow the glyphs exactly up to their sampling."""
+
+    hw: tuple[int, int]
+    spine: float
+    a0: float
+    a1: float
+    squeeze: float
+
+    def _g(self, x: np.ndarray) -> np.ndarray:
+        return x + self.squeeze * np.sin(np.pi * x / self.hw[1])
+
+    def _q(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.spine) / self.hw[1]) ** 2
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.hw
+        grid = np.arange(w, dtype=np.float64)
+        map_x = np.interp(grid, self._g(grid), grid)  # g is monotone (|squeeze| < w / pi): invert by table
+        q = self._q(grid)[None, :]
+        Y = np.arange(h, dtype=np.float64)[:, None]
+        map_y = Y - (self.a0 + self.a1 * Y / h) * q
+        return np.broadcast_to(map_x[None, :], (h, w)).astype(np.float32), map_y.astype(np.float32)
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) source points -> (N, 2) output points."""
+        X = self._g(points[:, 0])
+        q = self._q(X)
+        Y = (points[:, 1] + self.a0 * q) / (1 - self.a1 * q / self.hw[0])
+        return np.stack([X, Y], 1)
+
+    def apply(self, image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+        map_x, map_y = self.maps()
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
+@dataclass
 class BlockGeometry:
-    """Layer (height, width) -> curved layer (vertical sine offsets) -> homography into the image."""
+    """Layer (height, width) -> curved layer (vertical sine offsets) -> homography into the image
+    (-> page curl, v2)."""
 
     layer_size: tuple[int, int]
     curve_amplitude: float
     curve_period: float
     curve_phase: float
     homography: np.ndarray  # 3x3, curved-layer pixel coords -> image coords
+    page: PageCurl | None = None
 
     @property
     def curve_pad(self) -> int:
@@ -73,13 +118,19 @@ class BlockGeometry:
         """(N, 2) layer points -> (N, 2) image points."""
         points = np.asarray(points, np.float64)
         curved = np.stack([points[:, 0], points[:, 1] + self.curve_pad + self.curve_offset(points[:, 0])], 1)
-        return cv2.perspectiveTransform(curved[None], self.homography)[0]
+        flat = cv2.perspectiveTransform(curved[None], self.homography)[0]
+        return flat if self.page is None else self.page.forward(flat)
 
     def image_bounds(self, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
         """(y0, x0, y1, x1) of the warped layer inside the image (end exclusive; may be empty)."""
         h, w = self.layer_size
         corners = np.float64([[0, 0], [w, 0], [w, h + 2 * self.curve_pad], [0, h + 2 * self.curve_pad]])
+        if self.page is not None:  # the outline, densely, so the bent edges are inside the bounds
+            t = np.linspace(0, 1, 33)[:, None]
+            corners = np.concatenate([a + t * (b - a) for a, b in zip(corners, np.roll(corners, -1, 0))])
         warped = cv2.perspectiveTransform(corners[None], self.homography)[0]
+        if self.page is not None:
+            warped = self.page.forward(warped)
         x0, y0 = np.floor(warped.min(0)).astype(int) - 1
         x1, y1 = np.ceil(warped.max(0)).astype(int) + 2
         return max(0, y0), max(0, x0), min(out_hw[0], y1), min(out_hw[1], x1)
@@ -97,12 +148,50 @@ class BlockGeometry:
             layers = np.pad(layers, ((self.curve_pad, self.curve_pad), (0, 0), (0, 0)))
         y0, x0, y1, x1 = self.image_bounds(out_hw)
         channels = layers.shape[2]
+        if self.page is not None and y1 > y0 and x1 > x0:
+            full = cv2.warpPerspective(layers, self.homography, (out_hw[1], out_hw[0]), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            curled = self.page.apply(full).reshape(out_hw[0], out_hw[1], channels)
+            return np.ascontiguousarray(curled[y0:y1, x0:x1]), (slice(y0, y1), slice(x0, x1))
         if y1 <= y0 or x1 <= x0:
             return np.zeros((0, 0, channels), np.float32), (slice(0, 0), slice(0, 0))
         shift = np.array([[1, 0, -x0], [0, 1, -y0], [0, 0, 1]], np.float64)
         crop = cv2.warpPerspective(layers, shift @ self.homography, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return crop.reshape(y1 - y0, x1 - x0, channels), (slice(y0, y1), slice(x0, x1))
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a v2 block is drawn (see `world.py`); v1 blocks have no plan and draw their own choices."""
+
+    font: fonts.FontSpec
+    script: str
+    size: int  # font size in pixels
+    lines: int
+    words_per_line: int
+    max_width: float  # pixels
+    angle: float  # degrees
+    perspective: float  # corner jitter as a fraction of the block's width / height (0: none)
+    curve: bool = False
+    align: str = "left"
+    plate: "Plate | None" = None
+    min_contrast: float = 70.0
+    page: PageCurl | None = None
+    ink: np.ndarray | None = None  # print: this fill colour, and no stroke, shadow or gradient
+
+
+@dataclass(frozen=True)
+class Plate:
+    """A sign/label/paper under a block: drawn into the BACKGROUND (the label keeps it), warped with
+    the block. `texture_kind` (optional) adds a procedural texture around the colour (paper)."""
+
+    colour: np.ndarray
+    padding: int  # pixels around the text
+    corner: int  # corner radius
+    border: int = 0
+    border_colour: np.ndarray | None = None
+    texture_kind: int | None = None  # procedural background kind (5: paper)
 
 
 @dataclass
@@ -131,6 +220,8 @@ class Degradation:
     motion_kernel: np.ndarray | None
     noise: np.ndarray | None  # (H, W, 3) additive field
     jpeg_quality: int
+    # (H, W, 3) shot-noise field: adds field * sqrt(signal), so it differs only where the signal does.
+    shot_noise: np.ndarray | None = None
 
     @property
     def reach(self) -> float:
@@ -148,6 +239,8 @@ class Degradation:
             out = cv2.filter2D(out, -1, self.motion_kernel)
         if self.noise is not None:
             out = out + self.noise
+        if self.shot_noise is not None:
+            out = out + self.shot_noise * np.sqrt(np.clip(out, 0, 255))
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -313,9 +406,12 @@ def _random_degradation(rng: np.random.Generator, hw: tuple[int, int]) -> Degrad
 
 
 def _layout_lines(rng: np.random.Generator, script: str, style: TextStyle, font_path: list[fonts.FontSpec],
-                  document: bool, max_width: float) -> list[list[str]]:
-    lines_count = int(rng.integers(3, 9)) if document else int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
-    words_max = 7 if document else 4
+                  document: bool, max_width: float, plan: BlockPlan | None = None) -> list[list[str]]:
+    if plan is not None:
+        lines_count, words_max = plan.lines, plan.words_per_line
+    else:
+        lines_count = int(rng.integers(3, 9)) if document else int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
+        words_max = 7 if document else 4
     font = fonts.load_font(style.font.path, style.size)
     lines = []
     for _ in range(lines_count):
@@ -333,34 +429,49 @@ def _layout_lines(rng: np.random.Generator, script: str, style: TextStyle, font_
 
 
 def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndarray, split: str,
-               document: bool, blur_reach: float, block_index: int, size_scale: float):
-    """Choose, lay out and place one block; returns (Block, words, warped layers) or None."""
+               document: bool, blur_reach: float, block_index: int, size_scale: float,
+               plan: BlockPlan | None = None):
+    """Choose, lay out and place one block; returns (Block, words, warped layers, region, plate) or
+    None or "too-big". `plan` (v2) fixes font, script, size, layout and geometry; else v1 draws them."""
     h, w = occupied.shape
     min_dim = min(h, w)
-    font = fonts.fonts_for_split(split)[int(rng.integers(len(fonts.fonts_for_split(split))))]
-    if document:
-        size = rng.uniform(0.025, 0.05) * min_dim
+    if plan is not None:
+        font, script = plan.font, plan.script
+        size = max(MIN_FONT_PX, int(round(plan.size * size_scale)))
     else:
-        size = math.exp(rng.uniform(math.log(0.03), math.log(0.17))) * min_dim
-    size = max(MIN_FONT_PX, int(round(size * size_scale)))
-    script = text.choose_script(rng)
-    if not fonts.covers(font, text.random_word(rng, script)):
-        script = "english"
+        font = fonts.fonts_for_split(split)[int(rng.integers(len(fonts.fonts_for_split(split))))]
+        if document:
+            size = rng.uniform(0.025, 0.05) * min_dim
+        else:
+            size = math.exp(rng.uniform(math.log(0.03), math.log(0.17))) * min_dim
+        size = max(MIN_FONT_PX, int(round(size * size_scale)))
+        script = text.choose_script(rng)
+        if not fonts.covers(font, text.random_word(rng, script)):
+            script = "english"
     # Colour decided against the background's overall colour; refined after placement below.
     global_mean = np.asarray(cv2.mean(scene_bg)[:3], np.float32)
     style = _random_style(rng, font, size, global_mean)
-    lines = _layout_lines(rng, script, style, [font], document, max_width=w * 0.9)
+    if plan is not None and plan.ink is not None:
+        style.stroke_width, style.stroke, style.shadow_offset, style.fill_bottom = 0, None, None, None
+    lines = _layout_lines(rng, script, style, [font], document, max_width=plan.max_width if plan else w * 0.9,
+                          plan=plan)
     if not lines:
         return None
     pil_font = fonts.load_font(font.path, size)
     margin = style.margin(blur_reach)
-    pad = margin + 2
+    if plan is not None and plan.page is not None:
+        margin += 1  # the curl resamples once more (bilinear): one more pixel of reach
+    plate_pad = 0 if plan is None or plan.plate is None else plan.plate.padding
+    pad = margin + 2 + plate_pad
     ascent, descent = pil_font.getmetrics()
     line_height = (ascent + descent) * rng.uniform(1.0, 1.35)
     space = pil_font.getlength(" ") * rng.uniform(1.0, 1.6)
     widths = [sum(pil_font.getlength(wd) for wd in line) + space * (len(line) - 1) for line in lines]
     block_w = max(widths)
-    align = rng.choice(["left", "center"]) if not document else "left"
+    if plan is not None:
+        align = plan.align
+    else:
+        align = rng.choice(["left", "center"]) if not document else "left"
     layer_w = int(math.ceil(block_w + 2 * pad + style.stroke_width * 2))
     layer_h = int(math.ceil(line_height * (len(lines) - 1) + ascent + descent + 2 * pad))
     placed: list[tuple[str, tuple[float, float]]] = []
@@ -372,12 +483,17 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
             x += pil_font.getlength(word) + space
     # Geometry: curve, rotation, perspective, position.
     amplitude = 0.0
-    if not document and rng.random() < 0.15 and len(lines) <= 2:
+    if plan is not None:
+        if plan.curve and len(lines) <= 2:
+            amplitude = float(rng.uniform(0.05, 0.25) * layer_w * rng.choice([-1, 1]) * 0.3)
+    elif not document and rng.random() < 0.15 and len(lines) <= 2:
         amplitude = float(rng.uniform(0.05, 0.25) * layer_w * rng.choice([-1, 1]) * 0.3)
     period = float(layer_w * rng.uniform(1.5, 3.0))
     phase = float(rng.uniform(0, 2 * np.pi))
     r = rng.random()
-    if document:
+    if plan is not None:
+        angle = plan.angle
+    elif document:
         angle = rng.normal(0, 1.5)
     elif r < 0.55:
         angle = rng.normal(0, 3)
@@ -391,7 +507,12 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     theta = np.deg2rad(angle)
     rot = np.float32([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     dst = centred @ rot.T
-    if rng.random() < 0.35:
+    if plan is not None:
+        if plan.perspective > 0:
+            # Per axis, relative to that side: a wide one-line sign keeps its height (no degenerate sliver).
+            jitter = plan.perspective * np.float32([layer_w, layer_h])
+            dst = dst + (rng.uniform(-1, 1, dst.shape) * jitter).astype(np.float32)
+    elif rng.random() < 0.35:
         jitter = rng.uniform(0.02, 0.12) * max(layer_w, layer_h)
         dst = dst + rng.uniform(-jitter, jitter, dst.shape).astype(np.float32)
     ext = dst.max(0) - dst.min(0)
@@ -402,9 +523,10 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     for _ in range(6):
         centre = rng.uniform(lo, hi).astype(np.float32)
         homography = cv2.getPerspectiveTransform(src, (dst + centre).astype(np.float32))
-        geometry = BlockGeometry((layer_h, layer_w), amplitude, period, phase, homography.astype(np.float64))
+        geometry = BlockGeometry((layer_h, layer_w), amplitude, period, phase, homography.astype(np.float64),
+                                 page=plan.page if plan is not None else None)
         # Overlap test on the whole block's outline (cheap); word polygons only once placed.
-        if amplitude == 0:
+        if amplitude == 0 and geometry.page is None:
             outline = cv2.perspectiveTransform(src[None].astype(np.float64), geometry.homography)[0]
         else:
             y0, x0, y1, x1 = geometry.image_bounds((h, w))
@@ -421,11 +543,20 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
                     local = [min(local[0], local[0] + dx), min(local[1], local[1] + dy),
                              max(local[2], local[2] + dx), max(local[3], local[3] + dy)]
                 local = (max(local[0], 0.0), max(local[1], 0.0), min(local[2], layer_w), min(local[3], layer_h))
-                polygon = polygon_of(geometry, local)
+                polygon = polygon_of(geometry, local, points=6 if geometry.page is None else 16)
                 words.append(Word(word, script, block_index, origin, local, polygon, box_of(polygon, (h, w))))
+            plate = None
+            if plan is not None and plan.plate is not None:
+                plate = _draw_plate(rng, plan.plate, geometry, (layer_h, layer_w), (h, w))
+                local_bg = plate[2]
+            else:
+                local_bg = np.asarray(cv2.mean(scene_bg, mask=footprint)[:3], np.float32) if footprint.any() else global_mean
             # Re-pick the colour against the actual local background so contrast is as intended.
-            local_bg = np.asarray(cv2.mean(scene_bg, mask=footprint)[:3], np.float32) if footprint.any() else global_mean
             recoloured = _random_style(rng, font, size, local_bg)
+            if plan is not None and plan.ink is not None:
+                recoloured.fill = plan.ink
+            if plan is not None and abs(luminance(recoloured.fill) - luminance(local_bg)) < plan.min_contrast:
+                recoloured.fill = contrasting_colour(rng, local_bg, plan.min_contrast)
             style.fill, style.fill_bottom = recoloured.fill, (
                 None if style.fill_bottom is None else recoloured.fill_bottom)
             if style.stroke_width > 0:
@@ -433,14 +564,56 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
             layers = draw_word_layers(style, placed, (layer_h, layer_w))
             warped, region = geometry.warp(layers, (h, w))
             occupied |= cv2.dilate(footprint, np.ones((3, 3), np.uint8))
-            return Block(style, geometry), words, warped, region
+            return Block(style, geometry), words, warped, region, plate
     return None
 
 
-def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train") -> Scene:
-    """One scene of `size` (height, width) drawn with the split's fonts and photos."""
+def _draw_plate(rng: np.random.Generator, plate: Plate, geometry: BlockGeometry, layer_hw: tuple[int, int],
+                out_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray]:
+    """(warped RGBA crop, region, mean colour) of a plate filling the block's layer (rounded corners,
+    optional border and paper texture)."""
+    lh, lw = layer_hw
+    alpha = np.zeros((lh, lw), np.float32)
+    r = int(min(plate.corner, lh // 2, lw // 2))
+    cv2.rectangle(alpha, (r, 0), (lw - 1 - r, lh - 1), 1.0, -1)
+    cv2.rectangle(alpha, (0, r), (lw - 1, lh - 1 - r), 1.0, -1)
+    for cx, cy in ((r, r), (lw - 1 - r, r), (r, lh - 1 - r), (lw - 1 - r, lh - 1 - r)):
+        cv2.circle(alpha, (cx, cy), r, 1.0, -1, lineType=cv2.LINE_AA)
+    if plate.texture_kind is not None:
+        texture = backgrounds.procedural_background(rng, lh, lw, kind=plate.texture_kind)
+        colour = plate.colour[None, None, :] + texture - texture.mean((0, 1), keepdims=True)
+    else:
+        colour = np.broadcast_to(plate.colour, (lh, lw, 3)).astype(np.float32)
+    colour = np.array(colour, np.float32)
+    if plate.border > 0 and plate.border_colour is not None:
+        inner = cv2.erode(alpha, np.ones((2 * plate.border + 1,) * 2, np.uint8))
+        colour = colour * inner[..., None] + plate.border_colour * (1 - inner[..., None])
+    warped, region = geometry.warp(np.dstack([colour / 255.0, alpha]), out_hw)
+    return warped, region, plate.colour.astype(np.float32)
+
+
+def composite_plate(image: np.ndarray, plate: tuple) -> None:
+    """Alpha-composite a warped plate (from `_draw_plate`) onto a float image in place."""
+    warped, region, _ = plate
+    alpha = warped[..., 3:4]
+    view = image[region]
+    view *= 1 - alpha
+    view += alpha * warped[..., :3] * 255.0
+
+
+def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train", options=None) -> Scene:
+    """One scene of `size` (height, width) drawn with the split's fonts and photos; `options`
+    (`world.SceneOptions`) selects v2 scenes and user background photos (default: v1, built-in)."""
+    if options is not None and options.scenes == "v2":
+        from upocr.data.synth.world import render_world_scene
+
+        return render_world_scene(rng, size=size, split=split, options=options)
     h, w = size
-    clean_bg = backgrounds.random_background(rng, split, h, w)
+    if options is not None and options.user_photos:
+        clean_bg = backgrounds.random_background(rng, split, h, w, user_photos=options.user_photos,
+                                                 user_mix=options.background_mix)
+    else:
+        clean_bg = backgrounds.random_background(rng, split, h, w)
     degradation = _random_degradation(rng, (h, w))
     document = rng.random() < 0.15
     if document:
@@ -463,7 +636,7 @@ def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str 
             continue
         if result is None:
             continue
-        block, block_words, warped, region = result
+        block, block_words, warped, region, _ = result
         composite(image[region], warped, block.style)
         np.maximum(fill_cov[region], warped[..., 0], out=fill_cov[region])
         effect = np.maximum(warped[..., 1] if block.style.stroke_width > 0 else 0, warped[..., 2])

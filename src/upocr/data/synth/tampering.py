@@ -8,12 +8,22 @@ own, slightly different blur and noise. The file is compressed again when writte
 carries double-compression and the scene's blur while tampered text does not: the traces real
 tampering detectors learn from. Every word is labelled 1 (real) or 2 (tampered) with its
 axis-aligned box.
+
+v2 (`methods="v2"`, used by `--scenes v2`) mixes three edits, each leaving the traces real ones do:
+  retype      as above, and the retyped word is saved once more at its own JPEG quality (its own
+              compression history) before the photo is saved again;
+  copy-move   a real word's patch (its polygon, feathered, or the whole box) copied, sometimes
+              rescaled, to an empty place of the same image (the source stays real);
+  splice      a word cut from ANOTHER rendered scene (its own background, font, light, blur, noise
+              and JPEG) pasted into an empty place, scaled to the height of the image's words.
+Added words get their own GT line (label 2); boxes never overlap, so the class map (0 background, 1
+real, 2 tampered) read from the boxes is exact.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -22,6 +32,7 @@ from upocr.data.synth import fonts, text
 from upocr.data.synth.render import Scene, box_of, composite, draw_word_layers, fill_polygons
 
 REAL, TAMPERED = 1, 2
+MAX_EDITS = 5  # v2 edits per image
 
 
 @dataclass
@@ -38,7 +49,12 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
-def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: float = 0.92) -> TamperedScene:
+def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: float = 0.92, methods: str = "v1",
+                 options=None) -> TamperedScene:
+    """Tampered copy of `scene`: v1 retypes words; v2 also copy-moves and splices (`options`: the
+    scene options, for rendering splice donors)."""
+    if methods == "v2":
+        return _tamper_v2(rng, scene, tamper_probability, options)
     h, w = scene.fill.shape
     photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
     words = scene.words
@@ -52,6 +68,17 @@ def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: 
     labels = [TAMPERED if i in chosen else REAL for i in range(len(words))]
     if not chosen:
         return TamperedScene(photo, boxes, labels)
+    canvas = _retype(rng, scene, photo, chosen, boxes)
+    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels)
+
+
+def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: set[int],
+            boxes: list[tuple[int, int, int, int]], jpeg_history: bool = False) -> np.ndarray:
+    """Erase the `chosen` words of `photo` and draw similar words in their place (float canvas);
+    grows their `boxes` to what was drawn. `jpeg_history`: each new word also carries its own JPEG
+    round-trip (saved separately by the forger's editor)."""
+    h, w = scene.fill.shape
+    words = scene.words
 
     # 1. Erase the chosen words.
     erase = fill_polygons([words[i].polygon for i in sorted(chosen)], (h, w), 255)
@@ -105,10 +132,116 @@ def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: 
         if rng.random() < 0.5:  # its own sensor noise, only where the new word is
             noise = rng.standard_normal(patch.shape, dtype=np.float32) * np.float32(rng.uniform(1, 5))
             patch += noise * coverage[..., None]
+        if jpeg_history:
+            recompressed = jpeg_roundtrip(np.clip(np.rint(patch), 0, 255).astype(np.uint8), int(rng.integers(50, 95)))
+            inside = cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8))[..., None] > 0
+            patch[...] = np.where(inside, recompressed.astype(np.float32), patch)
         ys, xs = np.nonzero(coverage > 0.05)
         ys, xs = ys + region[0].start, xs + region[1].start
         if len(xs):
             x1, y1, x2, y2 = word.box
             drawn = box_of(np.array([[xs.min(), ys.min()], [xs.max(), ys.max()]], np.float32), (h, w))
             boxes[i] = (min(x1, drawn[0]), min(y1, drawn[1]), max(x2, drawn[2]), max(y2, drawn[3]))
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------
+# v2: copy-move and splice
+# --------------------------------------------------------------------------------------------
+
+
+def _word_patch(image: np.ndarray, word) -> tuple[np.ndarray, np.ndarray]:
+    """(patch, polygon mask in [0, 1]) of `word`'s box in `image`."""
+    x1, y1, x2, y2 = word.box
+    polygon = word.polygon - np.float32([x1, y1])
+    mask = fill_polygons([polygon], (y2 - y1 + 1, x2 - x1 + 1)).astype(np.float32)
+    return image[y1:y2 + 1, x1:x2 + 1].astype(np.float32), mask
+
+
+def _free_spot(rng: np.random.Generator, taken: np.ndarray, ph: int, pw: int, tries: int = 30):
+    """Top-left (y, x) where a (ph, pw) patch touches no taken pixel, or None."""
+    h, w = taken.shape
+    if ph >= h - 2 or pw >= w - 2:
+        return None
+    for _ in range(tries):
+        y, x = int(rng.integers(1, h - ph)), int(rng.integers(1, w - pw))
+        if not taken[y - 1:y + ph + 1, x - 1:x + pw + 1].any():
+            return y, x
+    return None
+
+
+def _paste(rng: np.random.Generator, canvas: np.ndarray, taken: np.ndarray, patch: np.ndarray, mask: np.ndarray,
+           scale: float) -> tuple[int, int, int, int] | None:
+    """Paste `patch` (rescaled by `scale`) into a free place of `canvas`, through its feathered glyph
+    mask (60 %) or as the whole rectangle; returns the pasted box (inclusive) or None."""
+    ph, pw = max(2, int(round(patch.shape[0] * scale))), max(2, int(round(patch.shape[1] * scale)))
+    patch = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+    if rng.random() < 0.6:
+        alpha = cv2.resize(mask, (pw, ph), interpolation=cv2.INTER_LINEAR)
+        alpha = np.clip(cv2.GaussianBlur(alpha, (0, 0), rng.uniform(0.5, 1.5)), 0, 1)
+    else:
+        alpha = np.ones((ph, pw), np.float32)
+    spot = _free_spot(rng, taken, ph, pw)
+    if spot is None or not (alpha > 0.02).any():
+        return None
+    y, x = spot
+    view = canvas[y:y + ph, x:x + pw]
+    view[...] = view * (1 - alpha[..., None]) + patch * alpha[..., None]
+    ys, xs = np.nonzero(alpha > 0.02)
+    box = (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()), y + int(ys.max()))
+    taken[box[1]:box[3] + 1, box[0]:box[2] + 1] = 1
+    return box
+
+
+def _donor_scene(rng: np.random.Generator, scene: Scene, options) -> Scene | None:
+    """Another scene (other background, fonts, light, JPEG) to cut a word from."""
+    from upocr.data.synth.render import render_scene
+    from upocr.data.synth.world import SceneOptions
+
+    h, w = scene.fill.shape
+    base = options if options is not None else SceneOptions(scenes="v2")
+    donor_options = replace(base, scenes="v2", kinds=("classic", "sign", "poster"))
+    donor = render_scene(rng, size=(max(32, h // 2), max(32, w // 2)), split=scene.split, options=donor_options)
+    return donor if donor.words else None
+
+
+def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float, options) -> TamperedScene:
+    h, w = scene.fill.shape
+    photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
+    words = scene.words
+    boxes = [wd.box for wd in words]
+    labels = [REAL] * len(words)
+    if not words or rng.random() >= tamper_probability:
+        return TamperedScene(photo, boxes, labels)
+    # At most MAX_EDITS: a retyped word re-warps its whole block (a page), a splice renders a donor scene.
+    edits = int(rng.integers(1, min(MAX_EDITS, max(1, int(np.ceil(len(words) * 0.5)))) + 1))
+    kinds = rng.choice(["retype", "copy-move", "splice"], size=edits, p=[0.5, 0.25, 0.25])
+    retyped = {int(i) for i in rng.choice(len(words), size=int((kinds == "retype").sum()), replace=False)}
+    canvas = _retype(rng, scene, photo, retyped, boxes, jpeg_history=True) if retyped else photo.astype(np.float32)
+    for i in retyped:
+        labels[i] = TAMPERED
+    taken = np.zeros((h, w), np.uint8)
+    for x1, y1, x2, y2 in boxes:
+        taken[max(0, y1 - 2):y2 + 3, max(0, x1 - 2):x2 + 3] = 1
+    heights = [wd.box[3] - wd.box[1] + 1 for wd in words]
+    for kind in kinds[kinds != "retype"]:
+        if kind == "copy-move":
+            real = [i for i in range(len(words)) if i not in retyped]
+            if not real:
+                continue
+            patch, mask = _word_patch(photo, words[real[int(rng.integers(len(real)))]])
+            scale = float(rng.uniform(0.8, 1.25)) if rng.random() < 0.4 else 1.0
+        else:
+            donor = _donor_scene(rng, scene, options)
+            if donor is None:
+                continue
+            donor_photo = jpeg_roundtrip(donor.image, int(rng.integers(50, 96)))
+            word = donor.words[int(rng.integers(len(donor.words)))]
+            patch, mask = _word_patch(donor_photo, word)
+            target = heights[int(rng.integers(len(heights)))] * rng.uniform(0.8, 1.2)
+            scale = float(np.clip(target / patch.shape[0], 0.3, 3.0))
+        box = _paste(rng, canvas, taken, patch, mask, scale)
+        if box is not None:
+            boxes.append(box)
+            labels.append(TAMPERED)
     return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels)

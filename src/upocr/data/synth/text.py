@@ -1,7 +1,9 @@
 """Words to draw: sign, shop and document vocabulary in several scripts, plus numbers and codes.
 
 Latin (English, German, French, Spanish with their accents), Greek and Cyrillic: scripts that need no
-shaping engine, so every word renders the same with PIL's basic layout on any machine.
+shaping engine, so every word renders the same with PIL's basic layout on any machine. v2 scenes add
+Chinese, Japanese, Korean (no shaping needed), Thai and Arabic (shaped with libraqm) where a font of the
+`synth-fonts` extra covers them (`choose_script_v2`).
 """
 
 from __future__ import annotations
@@ -28,12 +30,26 @@ _SPANISH = "niño señor mañana año calle farmacia panadería salida entrada a
 _GREEK = "ΚΑΦΕ ταβέρνα έξοδος είσοδος φαρμακείο ξενοδοχείο ΑΘΗΝΑ καλημέρα ψωμί θάλασσα οδός ΣΤΑΣΗ"
 _CYRILLIC = "МАГАЗИН аптека выход вход гостиница улица хлеб молоко кафе МОСКВА открыто закрыто почта"
 
+_CHINESE = "出口 入口 营业时间 欢迎光临 停车场 禁止吸烟 超市 药店 银行 餐厅 咖啡 北京 上海 地铁站 公交车站 洗手间 电话 价格 优惠 新品 大学 图书馆 医院 酒店 免费"
+_JAPANESE = "出口 入口 営業中 東京 駅 コーヒー ラーメン 寿司 いらっしゃいませ 禁煙 お手洗い 駐車場 本日 特売 新宿 薬局 銀行 ありがとう 定食 喫茶店"
+_KOREAN = "출구 입구 영업중 서울 커피 식당 약국 은행 화장실 주차장 금연 할인 환영합니다 지하철 버스 정류장 병원 학교 편의점 감사합니다"
+_THAI = "ทางออก ทางเข้า ร้านอาหาร กาแฟ โรงแรม ธนาคาร ห้องน้ำ ตลาด กรุงเทพ ยินดีต้อนรับ ลดราคา เปิด ปิด สถานี โรงเรียน ขอบคุณ"
+_ARABIC = "مخرج مدخل مطعم قهوة فندق صيدلية بنك مستشفى سوق مرحبا مفتوح مغلق شارع محطة مدرسة شكرا القاهرة دبي"
+
 _SCRIPTS: dict[str, list[str]] = {
     "english": _ENGLISH.split(),
     "latin-accents": (_GERMAN + " " + _FRENCH + " " + _SPANISH).split(),
     "greek": _GREEK.split(),
     "cyrillic": _CYRILLIC.split(),
+    "chinese": _CHINESE.split(),
+    "japanese": _JAPANESE.split(),
+    "korean": _KOREAN.split(),
+    "thai": _THAI.split(),
+    "arabic": _ARABIC.split(),
 }
+# v2: the v1 mix, plus the scripts users ask for (drawn only where an installed font covers them).
+_SCRIPT_WEIGHTS_V2 = {"english": 0.52, "latin-accents": 0.1, "greek": 0.04, "cyrillic": 0.06, "chinese": 0.08,
+                      "japanese": 0.05, "korean": 0.06, "thai": 0.045, "arabic": 0.045}
 # How often each vocabulary is chosen for a text block (English-heavy like the real benchmarks).
 _SCRIPT_WEIGHTS = {"english": 0.7, "latin-accents": 0.14, "greek": 0.08, "cyrillic": 0.08}
 
@@ -41,6 +57,17 @@ _SCRIPT_WEIGHTS = {"english": 0.7, "latin-accents": 0.14, "greek": 0.08, "cyrill
 def choose_script(rng: np.random.Generator) -> str:
     names = list(_SCRIPT_WEIGHTS)
     return names[int(rng.choice(len(names), p=list(_SCRIPT_WEIGHTS.values())))]
+
+
+def vocabulary(script: str) -> list[str]:
+    return _SCRIPTS[script]
+
+
+def choose_script_v2(rng: np.random.Generator, drawable) -> str:
+    """A script by the v2 weights among those `drawable(script)` accepts (English always is)."""
+    names = [name for name in _SCRIPT_WEIGHTS_V2 if name == "english" or drawable(name)]
+    weights = np.array([_SCRIPT_WEIGHTS_V2[name] for name in names])
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
 
 def _number_token(rng: np.random.Generator) -> str:
