@@ -225,7 +225,8 @@ def test_ctrl_c_reaching_main_is_one_line_and_exit_130(tmp_path, inputs, monkeyp
 def test_images_wider_than_jpeg_allows_get_png_overlays(tmp_path, tiny_weights, capfd):
     """D13: a 65,600 px wide image failed with "broken data stream" and a stray libjpeg line."""
     Image.fromarray(np.full((2, 65_600), 128, np.uint8)).save(tmp_path / "wide.png")
-    assert _run("segment-text", tmp_path / "wide.png", "-o", tmp_path / "o", "--weights", tiny_weights, "--size", "64") == 0
+    assert _run("segment-text", tmp_path / "wide.png", "-o", tmp_path / "o", "--weights", tiny_weights, "--size", "64",
+                "--tile", "off") == 0  # 1,000+ tiles of 64 px otherwise: minutes of CPU for a test about PNGs
     assert _files(tmp_path / "o") == ["wide_mask.png", "wide_overlay.png"]
     assert Image.open(tmp_path / "o" / "wide_overlay.png").size == (65_600, 2)
     assert capfd.readouterr().err == ""

@@ -20,7 +20,7 @@ COLOURS = {"x.jpg": "red", "x.png": "lime", "x_png.jpg": "blue", "x_png_2.jpg": 
 
 @pytest.fixture(scope="module")
 def predictor(tiny_weights) -> Predictor:
-    return Predictor(weights=tiny_weights, size=64, removal="raw")
+    return Predictor(weights=tiny_weights, size=64, tile=None, removal="raw")
 
 
 @pytest.fixture
