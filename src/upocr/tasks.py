@@ -169,6 +169,11 @@ class OutputFile:
     label: str  # what it shows, for people (the web page, `--help`, the demo picture)
     draw: Picture
 
+    @property
+    def name_suffix(self) -> str:
+        """The suffix without its image extension: "_mask" for "_mask.png", "" for ".png"."""
+        return self.suffix.rpartition(".")[0]
+
     def suffix_for(self, shape: tuple[int, int] | None = None) -> str:
         """The suffix for an image of `shape` (H, W): a JPEG that could not store it becomes a PNG."""
         if shape is not None and max(shape) > JPEG_MAX_SIDE and self.suffix.endswith(".jpg"):
@@ -193,10 +198,19 @@ class TaskSpec:
     encode: Callable[[np.ndarray], torch.Tensor]  # training label (H, W[, 3]) -> (3, H, W) float target
     decode: Callable[[torch.Tensor, float], torch.Tensor]  # (…, 3, H, W) output, threshold -> result
     result_field: str  # the `upocr.predict.Prediction` field holding the decoded result
-    result_file: OutputFile  # the result as a file: what `upocr evaluate` scores
+    result_kind: str  # the result file (what `upocr evaluate` scores): its kind, suffix and label
+    result_suffix: str
+    result_label: str
+    store: Callable[[np.ndarray], np.ndarray]  # result -> the pixels of its file (bool mask -> 0/255)
     classes: tuple[str, ...] = ()  # class names by value (results that are masks or class maps)
     colours: Mapping[int, Colour] = field(default_factory=dict)  # overlay colours by class value
     overlay_label: str | None = None  # a spec with colours also writes the result drawn over the input
+
+    @property
+    def result_file(self) -> OutputFile:
+        """The file holding the result itself, drawn from the result alone."""
+        store = self.store
+        return OutputFile(self.result_kind, self.result_suffix, self.result_label, lambda image, result: store(result))
 
     @property
     def overlay(self) -> OutputFile | None:
@@ -240,12 +254,7 @@ def _unchanged(result: np.ndarray) -> np.ndarray:
 
 
 def _mask_as_grey(mask: np.ndarray) -> np.ndarray:
-    return np.asarray(mask).astype(np.uint8) * 255
-
-
-def _result_file(kind: str, suffix: str, label: str, pixels: Callable[[np.ndarray], np.ndarray]) -> OutputFile:
-    """A file holding the result itself (no input image needed to draw it)."""
-    return OutputFile(kind, suffix, label, lambda image, result: pixels(result))
+    return np.asarray(mask).astype(bool).astype(np.uint8) * 255
 
 
 # In the order people see the tasks (CLI help, the web page, the demo picture), not the index order.
@@ -260,7 +269,10 @@ TASK_SPECS: Mapping[Task, TaskSpec] = MappingProxyType({
         encode=encode_removal_target,
         decode=lambda output, threshold: decode_removal(output),
         result_field="image",
-        result_file=_result_file("result", ".png", "text removed", _unchanged),
+        result_kind="result",
+        result_suffix=".png",
+        result_label="text removed",
+        store=_unchanged,
     ),
     Task.TEXT_SEGMENTATION: TaskSpec(
         task=Task.TEXT_SEGMENTATION,
@@ -272,7 +284,10 @@ TASK_SPECS: Mapping[Task, TaskSpec] = MappingProxyType({
         encode=encode_segmentation_target,
         decode=decode_segmentation,
         result_field="mask",
-        result_file=_result_file("mask", "_mask.png", "mask: 0 background, 255 text", _mask_as_grey),
+        result_kind="mask",
+        result_suffix="_mask.png",
+        result_label="mask: 0 background, 255 text",
+        store=_mask_as_grey,
         classes=SEGMENTATION_CLASSES,
         colours=MappingProxyType({1: RED}),
         overlay_label="text pixels in red",
@@ -287,8 +302,10 @@ TASK_SPECS: Mapping[Task, TaskSpec] = MappingProxyType({
         encode=encode_tampering_target,
         decode=lambda output, threshold: decode_tampering(output),
         result_field="classes",
-        result_file=_result_file("classes", "_classes.png", "class map: 0 background, 1 real text, 2 tampered text",
-                                 _unchanged),
+        result_kind="classes",
+        result_suffix="_classes.png",
+        result_label="class map: 0 background, 1 real text, 2 tampered text",
+        store=_unchanged,
         classes=TAMPERING_CLASSES,
         colours=MappingProxyType({1: GREEN, 2: RED}),
         overlay_label="real text green, tampered text red",
