@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 
@@ -187,7 +188,9 @@ class OutputFile:
 
 @dataclass(frozen=True, eq=False)
 class TaskSpec:
-    """Everything the layers above `upocr.tasks` need to know about one task (see the module docstring)."""
+    """Everything the layers above `upocr.tasks` need to know about one task (see the module docstring).
+
+    The output files are built once from the fields, so each is one object (`picture in outputs`)."""
 
     task: Task
     title: str  # the original's name: "text removal"
@@ -206,13 +209,13 @@ class TaskSpec:
     colours: Mapping[int, Colour] = field(default_factory=dict)  # overlay colours by class value
     overlay_label: str | None = None  # a spec with colours also writes the result drawn over the input
 
-    @property
+    @cached_property
     def result_file(self) -> OutputFile:
         """The file holding the result itself, drawn from the result alone."""
         store = self.store
         return OutputFile(self.result_kind, self.result_suffix, self.result_label, lambda image, result: store(result))
 
-    @property
+    @cached_property
     def overlay(self) -> OutputFile | None:
         """The classes tinted in their colours over the input image, or None for a task without classes."""
         if self.overlay_label is None:
@@ -224,17 +227,17 @@ class TaskSpec:
 
         return OutputFile(OVERLAY_KIND, OVERLAY_SUFFIX, self.overlay_label, draw)
 
-    @property
+    @cached_property
     def outputs(self) -> tuple[OutputFile, ...]:
         """The files one input produces, in the order they are written: the result file, then the overlay."""
         return (self.result_file,) if self.overlay is None else (self.result_file, self.overlay)
 
-    @property
+    @cached_property
     def pictures(self) -> tuple[OutputFile, ...]:
         """The same, in the order people see them: the one to look at (overlay, or the result) first."""
         return tuple(sorted(self.outputs, key=lambda output: output.kind != OVERLAY_KIND))
 
-    @property
+    @cached_property
     def picture(self) -> OutputFile:
         """The one picture to look at (the demo's column, the web page's card)."""
         return self.pictures[0]

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _writes(spec: TaskSpec) -> str:
-    """'Writes OUT/<name>_mask.png (mask: ...) and OUT/<name>_overlay.jpg (...).' from the spec."""
+    """'Writes OUT/<name><suffix> (<label>) and ...': the files of the task's spec, for --help."""
     return "Writes " + " and ".join(f"OUT/<name>{output.suffix} ({output.label})" for output in spec.outputs) + "."
 
 
