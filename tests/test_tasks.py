@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import upocr
+from upocr.files import task_outputs
+from upocr.predict import Prediction
 from upocr.tasks import (
     OVERLAY_SUFFIX,
     TASK_SPECS,
@@ -170,3 +172,34 @@ def test_no_module_but_tasks_spells_out_an_output_file_name():
             if any(suffix in literal for suffix in suffixes) or value in name_suffixes:
                 offenders.append(f"{path.relative_to(SOURCES)}:{line}: {literal[:60]}")
     assert not offenders, "output file names spelled outside upocr/tasks.py:\n" + "\n".join(offenders)
+
+
+def _tinted(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+    """The overlay as upocr drew it before the specs: 55 % of the colour over the pixel, rounded."""
+    result = image.astype(np.float32)
+    result[where] = 0.45 * result[where] + 0.55 * np.asarray(colour, np.float32)
+    return np.rint(result).astype(np.uint8)
+
+
+def test_files_keep_their_names_and_pixels():
+    """The names and contents `upocr remove-text | segment-text | detect-tampering` wrote before the specs."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    removed = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    mask = rng.random((4, 5)) > 0.5
+    classes = rng.integers(0, 3, (4, 5)).astype(np.uint8)
+    output = np.zeros((3, 4, 5), np.float32)
+    red, green = (255, 40, 40), (40, 220, 40)
+    expected = {
+        Task.TEXT_REMOVAL: (Prediction(Task.TEXT_REMOVAL, output, image=removed), {"w.png": removed}),
+        Task.TEXT_SEGMENTATION: (Prediction(Task.TEXT_SEGMENTATION, output, mask=mask), {
+            "w_mask.png": mask.astype(np.uint8) * 255, "w_overlay.jpg": _tinted(image, mask, red)}),
+        Task.TAMPERED_TEXT_DETECTION: (Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=classes), {
+            "w_classes.png": classes,
+            "w_overlay.jpg": _tinted(_tinted(image, classes == 1, green), classes == 2, red)}),
+    }
+    for task, (prediction, files) in expected.items():
+        outputs = task_outputs(task, Path("out"), Path("w"), (4, 5))
+        assert [path for path, _ in outputs] == [Path("out") / name for name in files]
+        for (path, render), pixels in zip(outputs, files.values()):
+            assert np.array_equal(render(image, prediction), pixels), path
