@@ -203,3 +203,25 @@ def test_files_keep_their_names_and_pixels():
         assert [path for path, _ in outputs] == [Path("out") / name for name in files]
         for (path, render), pixels in zip(outputs, files.values()):
             assert np.array_equal(render(image, prediction), pixels), path
+
+
+def test_every_layer_table_covers_every_task():
+    """What a fourth task needs besides its spec (docs/architecture.md): each table names the place."""
+    from upocr.data import datasets, layouts, transforms
+    from upocr.evaluate import report, runner
+    from upocr.train import losses
+
+    tables = {
+        "data/layouts.py TASK_DIRS": layouts.TASK_DIRS,
+        "data/layouts.py SAMPLE_READERS": layouts.SAMPLE_READERS,
+        "data/datasets.py DATASETS": datasets.DATASETS,
+        "data/transforms.py TRAIN_AUGMENTATION": transforms.TRAIN_AUGMENTATION,
+        "data/transforms.py ROTATE_FILL": transforms.ROTATE_FILL,
+        "train/losses.py TASK_LOSSES": losses.TASK_LOSSES,
+        "evaluate/runner.py _SCORERS": runner._SCORERS,
+        "evaluate/report.py _COLUMNS": report._COLUMNS,
+    }
+    missing = [f"{place}: {task.short}" for place, table in tables.items() for task in Task if task not in table]
+    assert not missing, missing
+    assert all(datasets.DATASETS[task].task is task for task in Task)
+    assert all(task.short in losses.LOSS_TERMS for task in Task)  # each task's total is logged
