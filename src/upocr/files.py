@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from upocr.io import JPEG_MAX_SIDE, ImageError, expand_inputs, read_image, write_image
+from upocr.io import ImageError, expand_inputs, read_image, write_image
 from upocr.predict import Prediction, Predictor
-from upocr.tasks import Task
+from upocr.tasks import OutputFile, Task
 from upocr.utils import printable, remove_stale_temporaries
-from upocr.visualize import overlay_classes, overlay_mask
 
 # Errors that concern one input (or its outputs) only: report the file and go on with the others.
 # Out of memory also arrives as a RuntimeError from torch's CPU allocator: see `is_out_of_memory`.
@@ -211,23 +210,15 @@ def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list
 
 
 def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] | None = None) -> list[tuple[Path, Renderer]]:
-    """The files one input produces for `task`, and how each is drawn from (image, prediction).
-
-    Overlays are JPEG, or PNG for an image (`shape` = (H, W)) with a side JPEG cannot store.
-    """
+    """The files one input produces for `task` (its spec's `outputs`), and how each is drawn from
+    (image, prediction). Overlays are JPEG, or PNG for an image (`shape` = (H, W)) with a side JPEG
+    cannot store."""
     base = out_dir / name
-    overlay = "_overlay.png" if shape is not None and max(shape) > JPEG_MAX_SIDE else "_overlay.jpg"
-    if task == Task.TEXT_REMOVAL:
-        return [(base.with_name(base.name + ".png"), lambda image, p: p.image)]
-    if task == Task.TEXT_SEGMENTATION:
-        return [
-            (base.with_name(base.name + "_mask.png"), lambda image, p: p.mask.astype(np.uint8) * 255),
-            (base.with_name(base.name + overlay), lambda image, p: overlay_mask(image, p.mask)),
-        ]
-    return [
-        (base.with_name(base.name + "_classes.png"), lambda image, p: p.classes),
-        (base.with_name(base.name + overlay), lambda image, p: overlay_classes(image, p.classes)),
-    ]
+    return [(output.path(base, shape), _renderer(output)) for output in task.spec.outputs]
+
+
+def _renderer(output: OutputFile) -> Renderer:
+    return lambda image, prediction: output.draw(image, prediction.result)
 
 
 def write_all(files: list[tuple[Path, np.ndarray]]) -> None:

@@ -47,13 +47,7 @@ from upocr.inpaint import dilate, telea_inpaint
 from upocr.io import DEFAULT_MAX_PIXELS, read_image
 from upocr.model import SIZE_MULTIPLE
 from upocr.model.checkpoint import resolve_device
-from upocr.tasks import (
-    SEGMENTATION_THRESHOLD,
-    Task,
-    decode_removal,
-    decode_segmentation,
-    decode_tampering,
-)
+from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_segmentation
 
 # Working resolution when neither the caller nor the model's config says (the original's).
 DEFAULT_SIZE = 512
@@ -94,7 +88,7 @@ class Prediction:
     @property
     def result(self) -> np.ndarray:
         """The decoded result for this task (image, mask or classes)."""
-        value = {Task.TEXT_REMOVAL: self.image, Task.TEXT_SEGMENTATION: self.mask}.get(self.task, self.classes)
+        value = getattr(self, self.task.spec.result_field)
         assert value is not None
         return value
 
@@ -325,14 +319,11 @@ class Predictor:
         tile: int | None = None,
     ) -> Prediction:
         output = output.astype(np.float32, copy=False)
-        tensor = torch.from_numpy(output)
-        if task == Task.TEXT_SEGMENTATION:
-            return Prediction(task, output, mask=decode_segmentation(tensor, self.threshold).numpy())
-        if task == Task.TAMPERED_TEXT_DETECTION:
-            return Prediction(task, output, classes=decode_tampering(tensor).numpy())
-        removed = decode_removal(tensor).numpy()
-        if self.removal == "raw":
-            return Prediction(task, output, image=removed)
+        spec = task.spec
+        result = spec.decode(torch.from_numpy(output), self.threshold).numpy()
+        if task != Task.TEXT_REMOVAL or self.removal == "raw":
+            return Prediction(task, output, **{spec.result_field: result})
+        removed = result  # text removal's result modes build on the decoded output
         if self._fills_text():
             assert text_output is not None
             text = decode_segmentation(torch.from_numpy(text_output.astype(np.float32, copy=False)), self.threshold).numpy()

@@ -61,8 +61,7 @@ from PIL import Image
 
 from upocr.io import IMAGE_SUFFIXES, ImageError, read_image
 from upocr.predict import Prediction, Predictor
-from upocr.tasks import TAMPERING_CLASSES, Task
-from upocr.visualize import CLASS_COLOURS, RED, overlay_classes, overlay_mask
+from upocr.tasks import TASK_SPECS, Task
 
 # Uploads larger than this are refused before they are read (a 100 MP JPEG is still far below it).
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -70,7 +69,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # message; anything larger gets the error and a closed connection (the client may then see a reset).
 _DRAIN_LIMIT_FACTOR = 4
 # The order the page shows the tasks in, and what "all" means.
-ALL_TASKS = (Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION)
+ALL_TASKS = tuple(TASK_SPECS)
 # The server's own pixel limit, below upocr.io's 100 MP for files: a 79 KB blank 9000 x 9000 PNG took the
 # server to 7.2 GB. 25 MP still admits any phone photo (12-24 MP).
 DEFAULT_MAX_PIXELS = 25_000_000
@@ -285,35 +284,20 @@ def parse_tasks(text: str | None) -> tuple[Task, ...]:
 
 
 def describe_result(image: np.ndarray, prediction: Prediction) -> dict[str, Any]:
-    """The pictures the page shows for one task (each also offered as a download), with its legend."""
-    task = prediction.task
-    if task == Task.TEXT_REMOVAL:
-        assert prediction.image is not None
-        images = [("result", "text removed", prediction.image)]
-        legend: list[dict[str, str]] = []
-    elif task == Task.TEXT_SEGMENTATION:
-        assert prediction.mask is not None
-        images = [
-            ("overlay", "text pixels (red)", overlay_mask(image, prediction.mask, colour=RED)),
-            ("mask", "mask (white = text)", prediction.mask.astype(np.uint8) * 255),
-        ]
-        legend = [{"label": "text", "colour": hex_colour(RED)}]
-    else:
-        assert prediction.classes is not None
-        images = [
-            ("overlay", "real text green, tampered red", overlay_classes(image, prediction.classes)),
-            # The class map itself (0, 1, 2), as `upocr detect-tampering` writes it: for programs, not eyes.
-            ("classes", "class map (0 background, 1 real, 2 tampered)", prediction.classes),
-        ]
-        legend = [{"label": TAMPERING_CLASSES[value], "colour": hex_colour(colour)}
-                  for value, colour in sorted(CLASS_COLOURS.items())]
+    """The pictures the page shows for one task (each also offered as a download), with its legend.
+
+    They are the task's output files (`TaskSpec.pictures`: the one to look at first; the mask or class
+    map, as `upocr segment-text` / `detect-tampering` write it, for programs)."""
+    spec = prediction.task.spec
+    result = prediction.result
     return {
-        "task": task.short,
-        "title": task.title,
-        "legend": legend,
+        "task": spec.short,
+        "title": spec.title,
+        "legend": [{"label": name, "colour": hex_colour(colour)} for name, colour in spec.legend()],
         "images": [
-            {"kind": kind, "label": label, "filename": f"{task.short}_{kind}.png", "png": png_base64(picture)}
-            for kind, label, picture in images
+            {"kind": output.kind, "label": output.label, "filename": f"{spec.short}_{output.kind}.png",
+             "png": png_base64(output.draw(image, result))}
+            for output in spec.pictures
         ],
     }
 

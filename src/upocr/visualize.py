@@ -11,10 +11,10 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-RED = (255, 40, 40)
-GREEN = (40, 220, 40)
-# Tampering classes: 1 real text green, 2 tampered text red (0 background: untouched).
-CLASS_COLOURS: Mapping[int, tuple[int, int, int]] = {1: GREEN, 2: RED}
+Colour = tuple[int, int, int]
+# The palette; which class gets which colour is the task's (`upocr.tasks.TaskSpec.colours`).
+RED: Colour = (255, 40, 40)
+GREEN: Colour = (40, 220, 40)
 
 
 def as_rgb(picture: np.ndarray) -> np.ndarray:
@@ -32,7 +32,7 @@ def as_rgb(picture: np.ndarray) -> np.ndarray:
 
 
 def overlay_mask(
-    image: np.ndarray, mask: np.ndarray, *, colour: tuple[int, int, int] = RED, alpha: float = 0.55
+    image: np.ndarray, mask: np.ndarray, *, colour: Colour = RED, alpha: float = 0.55
 ) -> np.ndarray:
     """Tint the pixels where `mask` is true (non-zero) with `colour`, `alpha` opaque."""
     return overlay_classes(image, np.asarray(mask).astype(bool).astype(np.uint8), colours={1: colour}, alpha=alpha)
@@ -42,10 +42,10 @@ def overlay_classes(
     image: np.ndarray,
     classes: np.ndarray,
     *,
-    colours: Mapping[int, tuple[int, int, int]] = CLASS_COLOURS,
+    colours: Mapping[int, Colour],
     alpha: float = 0.55,
 ) -> np.ndarray:
-    """Tint each pixel whose class has a colour (default: 1 real text green, 2 tampered red)."""
+    """Tint each pixel whose class has a colour in `colours` (class value -> RGB), `alpha` opaque."""
     image = as_rgb(image)
     classes = np.asarray(classes)
     if classes.shape != image.shape[:2]:

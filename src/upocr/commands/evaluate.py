@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     _add_folders(tampering, gt_help="folder of Tampered-IC13 <stem>.txt box files")
     tampering.add_argument("--images", type=Path, help="the images (for their sizes; default: the sibling *_img folder)")
     tampering.add_argument("--pred-format", choices=("auto", "classes", "raw"), default="auto",
-                           help="classes: {0,1,2} maps (e.g. <stem>_classes.png); raw: output colours (argmax)")
+                           help="classes: {0,1,2} maps (e.g. <stem>%s); raw: output colours (argmax)"
+                           % Task.TAMPERED_TEXT_DETECTION.spec.result_suffix)
     tampering.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
                            help="raw outputs: rgb = R background, G real, B tampered; bgr = the original's visualisation files")
     tampering.set_defaults(func=_run_tampering, task=Task.TAMPERED_TEXT_DETECTION)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,12 +15,12 @@ from upocr.commands import positive
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
 from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
-from upocr.tasks import SEGMENTATION_THRESHOLD, Task
+from upocr.tasks import SEGMENTATION_THRESHOLD, TASK_SPECS, Task, TaskSpec
 from upocr.utils import printable
-from upocr.visualize import image_grid, overlay_classes, overlay_mask
+from upocr.visualize import image_grid
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
-DEMO_TASKS = (Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION)
+DEMO_TASKS = tuple(TASK_SPECS)  # one column each, in the specs' order
 
 # --size above this is refused: the model's memory grows with size^2 (attention: faster), and large
 # images are better served by tiles at their native resolution.
@@ -27,34 +28,14 @@ MAX_SIZE = 4096
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    commands = (
-        (
-            "remove-text",
-            Task.TEXT_REMOVAL,
-            "erase text from images",
-            "Writes OUT/<name>.png: the image with its text removed, at the input's resolution.",
-        ),
-        (
-            "segment-text",
-            Task.TEXT_SEGMENTATION,
-            "find text pixels",
-            "Writes OUT/<name>_mask.png (0 background, 255 text) and OUT/<name>_overlay.jpg (text in red).",
-        ),
-        (
-            "detect-tampering",
-            Task.TAMPERED_TEXT_DETECTION,
-            "find tampered text",
-            "Writes OUT/<name>_classes.png (0 background, 1 real text, 2 tampered text) and "
-            "OUT/<name>_overlay.jpg (real text green, tampered text red).",
-        ),
-    )
-    for name, task, short_help, description in commands:
+    for spec in TASK_SPECS.values():  # remove-text, segment-text, detect-tampering
         parser = subparsers.add_parser(
-            name,
-            help=short_help,
-            description=f"{description} Inputs may be files or folders (searched recursively); outputs "
-            "keep the folder structure under OUT. Existing files are not replaced (see --overwrite). "
-            "A failed input is reported on one line; the others are still processed and the exit status is 1.",
+            spec.verb,
+            help=spec.help,
+            description=f"{_writes(spec)} Inputs may be files or folders (searched recursively); outputs "
+            "keep the folder structure under OUT, at the inputs' resolution. Existing files are not replaced "
+            "(see --overwrite). A failed input is reported on one line; the others are still processed and "
+            "the exit status is 1.",
         )
         parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
         parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
@@ -62,24 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             help="replace output files that already exist (e.g. from an earlier run); "
                             "inputs are never replaced")
         add_predictor_options(parser)
-        if task == Task.TEXT_REMOVAL:
-            parser.add_argument(
-                "--mode",
-                choices=REMOVAL_MODES,
-                default=DEFAULT_REMOVAL_MODE,
-                help=f"how the result is built (default {DEFAULT_REMOVAL_MODE}): telea-fill: the model's text mask "
-                "filled by Telea inpainting; model-fill: the same mask filled by the model's own (coarse) removal "
-                "output; blend: the model's removal output where it changed the image; raw: the output as it is",
-            )
-        if task == Task.TEXT_SEGMENTATION:
-            parser.add_argument(
-                "--threshold",
-                type=_threshold_value,
-                default=None,
-                help=f"text score threshold (default: the one calibrated for the weights; {SEGMENTATION_THRESHOLD}, "
-                "the original's, for weights without one)",
-            )
-        parser.set_defaults(func=run_task, task=task)
+        TASK_OPTIONS.get(spec.task, _no_options)(parser)
+        parser.set_defaults(func=run_task, task=spec.task)
 
     demo = subparsers.add_parser(
         "demo",
@@ -91,6 +56,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="output folder (default: ./upocr-demo)")
     add_predictor_options(demo)
     demo.set_defaults(func=run_demo)
+
+
+def _writes(spec: TaskSpec) -> str:
+    """'Writes OUT/<name><suffix> (<label>) and ...': the files of the task's spec, for --help."""
+    return "Writes " + " and ".join(f"OUT/<name>{output.suffix} ({output.label})" for output in spec.outputs) + "."
+
+
+def _no_options(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _removal_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=REMOVAL_MODES,
+        default=DEFAULT_REMOVAL_MODE,
+        help=f"how the result is built (default {DEFAULT_REMOVAL_MODE}): telea-fill: the model's text mask "
+        "filled by Telea inpainting; model-fill: the same mask filled by the model's own (coarse) removal "
+        "output; blend: the model's removal output where it changed the image; raw: the output as it is",
+    )
+
+
+def _segmentation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threshold",
+        type=_threshold_value,
+        default=None,
+        help=f"text score threshold (default: the one calibrated for the weights; {SEGMENTATION_THRESHOLD}, "
+        "the original's, for weights without one)",
+    )
+
+
+# Options of one task's command only (the Predictor options of the others' results).
+TASK_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
+    Task.TEXT_REMOVAL: _removal_options,
+    Task.TEXT_SEGMENTATION: _segmentation_options,
+}
 
 
 def add_predictor_options(parser: argparse.ArgumentParser) -> None:
@@ -223,12 +225,12 @@ def run_demo(args: argparse.Namespace) -> int:
     rows = []
     for path in tqdm(samples, desc="demo", unit="image", file=sys.stderr):
         image = read_image(path)
-        removal, segmentation, tampering = predictor.predict_tasks(image, DEMO_TASKS)
-        rows.append([image, removal.image, overlay_mask(image, segmentation.mask),
-                     overlay_classes(image, tampering.classes)])
-    titles = ["input", "text removal", "text segmentation (red)", "tampering: real green, tampered red"]
+        predictions = predictor.predict_tasks(image, DEMO_TASKS)
+        rows.append([image, *(p.task.spec.picture.draw(image, p.result) for p in predictions)])
+    titles = ["input", *(task.spec.picture.label for task in DEMO_TASKS)]
     out = write_image(args.output / "demo.png", image_grid(rows, titles, height=240))
-    print(f"wrote {out} ({len(samples)} samples: input | removal | segmentation | tampering)")
+    columns = " | ".join(["input", *(task.short for task in DEMO_TASKS)])
+    print(f"wrote {out} ({len(samples)} samples: {columns})")
     print(f"weights: {describe_weights(args.weights)}")
     return 0
 

@@ -16,11 +16,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from upocr.data import layouts, transforms
-from upocr.tasks import Task, encode_segmentation_target, encode_tampering_target
+from upocr.tasks import Task, encode_removal_target
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    return encode_removal_target(np.array(image.convert("RGB")))  # (3, H, W) float in [0, 1]
 
 
 class _LayoutDataset(Dataset):
@@ -55,14 +55,10 @@ class _LayoutDataset(Dataset):
         if self.augment:
             sample = transforms.augment(sample, self.task, self.rng)
         sample = transforms.resize(sample, self.size)
-        label = sample["label"]
-        if self.task == Task.TEXT_REMOVAL:
-            target = _to_tensor(label)
+        target = self.task.spec.encode(np.array(sample["label"], dtype=np.uint8))
+        if "mask" in sample:  # removal's text mask (1 non-text, 0 text), which its loss weights by
             mask = torch.from_numpy(np.array(sample["mask"], dtype=np.float32))[None]
         else:
-            classes = np.array(label, dtype=np.uint8)
-            encode = encode_segmentation_target if self.task == Task.TEXT_SEGMENTATION else encode_tampering_target
-            target = encode(classes)
             mask = torch.ones(1, self.size, self.size)
         return {"image": _to_tensor(sample["image"]), "target": target, "mask": mask, "task": int(self.task),
                 "name": self.samples[index].name}
@@ -126,11 +122,13 @@ def build_dataset(task: Task | str | int, data_root: str | Path, split: str, *, 
     """The dataset of `task` and `split` under `data_root`. Segmentation's "train" is train + val
     (as the original). `augment=True` applies the original per-task training augmentations."""
     task = Task.parse(task)
-    if task == Task.TEXT_REMOVAL:
-        return RemovalDataset(layouts.removal_samples(data_root, split), size=size, augment=augment, rng=rng)
-    if task == Task.TAMPERED_TEXT_DETECTION:
-        return TamperingDataset(layouts.tampering_samples(data_root, split), size=size, augment=augment, rng=rng)
-    samples = layouts.segmentation_samples(data_root, split)
-    if split == "train":
-        samples = sorted(samples + layouts.segmentation_samples(data_root, "val"), key=lambda s: s.name)
-    return SegmentationDataset(samples, size=size, augment=augment, rng=rng)
+    samples = layouts.task_samples(task, data_root, split)
+    if task == Task.TEXT_SEGMENTATION and split == "train":  # TextSeg's val split trains too (the original)
+        samples = sorted(samples + layouts.task_samples(task, data_root, "val"), key=lambda s: s.name)
+    return DATASETS[task](samples, size=size, augment=augment, rng=rng)
+
+
+# The dataset class reading each task's layout.
+DATASETS: dict[Task, type[_LayoutDataset]] = {
+    dataset.task: dataset for dataset in (RemovalDataset, SegmentationDataset, TamperingDataset)
+}

@@ -141,6 +141,16 @@ def tampering_samples(data_root: str | Path, split: str) -> list[TamperingSample
     return samples
 
 
+# Each task's sample reader: (data root, split) -> samples.
+SAMPLE_READERS = {Task.TEXT_REMOVAL: removal_samples, Task.TEXT_SEGMENTATION: segmentation_samples,
+                  Task.TAMPERED_TEXT_DETECTION: tampering_samples}
+
+
+def task_samples(task: Task, data_root: str | Path, split: str) -> list:
+    """The samples of `task`'s layout and `split` under `data_root` (`removal_samples`, ...)."""
+    return SAMPLE_READERS[Task.parse(task)](data_root, split)
+
+
 def available_tasks(data_root: str | Path) -> list[Task]:
     """Tasks whose benchmark folder exists under `data_root`, in prompt-index order."""
     root = Path(data_root)

@@ -187,8 +187,7 @@ def tampering_baseline_prediction(sample, name: str) -> np.ndarray:
 
 def prediction_path(out_dir: Path, task: Task, name: str) -> Path:
     """Where a prediction file for sample `name` goes (the names the folder evaluation looks for)."""
-    suffix = {Task.TEXT_REMOVAL: ".png", Task.TEXT_SEGMENTATION: "_mask.png", Task.TAMPERED_TEXT_DETECTION: "_classes.png"}[task]
-    return out_dir / f"{name}{suffix}"
+    return out_dir / f"{name}{task.spec.result_file.suffix}"
 
 
 def run_baseline(baseline: Baseline, samples: list, out_dir: str | os.PathLike, *, progress: bool = True) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -212,7 +211,7 @@ def run_baseline(baseline: Baseline, samples: list, out_dir: str | os.PathLike, 
             errors.append(str(error))
             continue
         path = prediction_path(out_dir, baseline.task, sample.name)
-        write_image(path, prediction if prediction.dtype != bool else prediction.astype(np.uint8) * 255)
+        write_image(path, baseline.task.spec.store(prediction))
         pairs.append((path, ground_truth_path(sample, baseline.task)))
     return pairs, errors
 

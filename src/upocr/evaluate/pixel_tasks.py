@@ -22,11 +22,12 @@ from tqdm import tqdm
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.removal import LISTED_NOTES, FolderEvaluation, aspect_mismatch, summarise
 from upocr.io import ImageError, list_images, read_image
-from upocr.tasks import decode_tampering, segmentation_probability
+from upocr.tasks import Task, decode_tampering, segmentation_probability
 
-# Prediction names tried for a ground truth named <key>, in this order: <key><suffix>.<image suffix>.
-SEGMENTATION_PRED_SUFFIXES = ("_mask", "", "_maskfg", "_output", "_raw")
-TAMPERING_PRED_SUFFIXES = ("_classes", "", "_output", "_raw")
+# Prediction names tried for a ground truth named <key>, in this order: <key><suffix>.<image suffix>;
+# first the result file upocr writes (<key>_mask.png, <key>_classes.png).
+SEGMENTATION_PRED_SUFFIXES = (Task.TEXT_SEGMENTATION.spec.result_file.name_suffix, "", "_maskfg", "_output", "_raw")
+TAMPERING_PRED_SUFFIXES = (Task.TAMPERED_TEXT_DETECTION.spec.result_file.name_suffix, "", "_output", "_raw")
 TEXTSEG_LABEL_SUFFIX = "_maskfg"
 # The values a TextSeg *_maskfg.png label holds: background, text, word effect, ignore.
 TEXTSEG_VALUES = frozenset((0, 100, 200, 255))

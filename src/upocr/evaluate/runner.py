@@ -16,8 +16,9 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
 from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_segmentation_target
-from upocr.visualize import image_grid, overlay_classes
+from upocr.visualize import image_grid
 
 MODEL_METHOD = "model"
 # Text removal only: one more row per result mode of the Predictor (upocr.predict: "blend", "model-fill",
@@ -91,24 +92,23 @@ class EvaluationReport:
 
 def split_samples(task: Task, data_root: str | os.PathLike, *, limit: int | None = None) -> list:
     """The task's test split from the benchmark layout (`upocr.data.layouts`), first `limit` by name."""
-    from upocr.data import layouts
+    from upocr.data.layouts import task_samples
 
-    reader = {
-        Task.TEXT_REMOVAL: layouts.removal_samples,
-        Task.TEXT_SEGMENTATION: layouts.segmentation_samples,
-        Task.TAMPERED_TEXT_DETECTION: layouts.tampering_samples,
-    }[task]
-    samples = list(reader(data_root, SPLIT))
+    samples = list(task_samples(task, data_root, SPLIT))
     return samples[:limit] if limit is not None else samples
 
 
 def score(task: Task, pairs: list[tuple[Path, Path]], *, progress: bool = True) -> FolderEvaluation:
     """The task's metrics over (prediction, ground truth) file pairs; masks/class maps as written here."""
-    if task == Task.TEXT_REMOVAL:
-        return evaluate_removal_pairs(pairs, progress=progress)
-    if task == Task.TEXT_SEGMENTATION:
-        return evaluate_segmentation_pairs(pairs, progress=progress)
-    return evaluate_tampering_pairs(pairs, pred_format="classes", progress=progress)
+    return _SCORERS[task](pairs, progress=progress)
+
+
+# Each task's metrics over (prediction, ground truth) file pairs, predictions as `TaskSpec.store` writes them.
+_SCORERS: dict[Task, Callable[..., FolderEvaluation]] = {
+    Task.TEXT_REMOVAL: evaluate_removal_pairs,
+    Task.TEXT_SEGMENTATION: evaluate_segmentation_pairs,
+    Task.TAMPERED_TEXT_DETECTION: partial(evaluate_tampering_pairs, pred_format="classes"),
+}
 
 
 def with_removal_mode(predictor, mode: str):
@@ -132,22 +132,18 @@ def write_model_predictions(
     for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
         try:
             image = read_rgb_as_original(sample.image)
-            if task == Task.TEXT_REMOVAL and full_resolution:
-                result = predictor.predict(np.asarray(image), task).image
-            elif task == Task.TEXT_REMOVAL:
+            if task == Task.TEXT_REMOVAL and not full_resolution:
                 # Resize here (the original's test transform) so the output stays size x size, as it saves it.
                 pixels = np.asarray(image.resize((predictor.size, predictor.size), Image.Resampling.BICUBIC))
                 # decode_removal of the raw output (not `.image`, which may blend in input pixels).
                 result = decode_removal(torch.from_numpy(predictor.predict(pixels, task).output)).numpy()
-            elif task == Task.TEXT_SEGMENTATION:
-                result = predictor.predict(np.asarray(image), task).mask
             else:
-                result = predictor.predict(np.asarray(image), task).classes
+                result = predictor.predict(np.asarray(image), task).result
         except (ImageError, ValueError) as error:
             errors.append(str(error))
             continue
         path = baseline_methods.prediction_path(out_dir, task, sample.name)
-        write_image(path, result)
+        write_image(path, task.spec.store(result))
         pairs.append((path, baseline_methods.ground_truth_path(sample, task)))
     return pairs, errors
 
@@ -233,14 +229,20 @@ def _ground_truth_picture(task: Task, sample, image: np.ndarray) -> np.ndarray:
         # White text on black, ignored pixels grey: the image the model is trained to output.
         target = encode_segmentation_target(read_segmentation_label(sample.label))
         return (target.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return overlay_classes(image, read_tampering_label(sample.gt, size=image.shape[:2]))
+    return _overlay(task, image, read_tampering_label(sample.gt, size=image.shape[:2]))
 
 
 def _prediction_picture(task: Task, path: Path, image: np.ndarray) -> np.ndarray:
     values = read_plain(path)
-    if task == Task.TAMPERED_TEXT_DETECTION:
-        return overlay_classes(image, values)
+    if task == Task.TAMPERED_TEXT_DETECTION:  # class values 0, 1, 2 are invisible as a picture
+        return _overlay(task, image, values)
     return values
+
+
+def _overlay(task: Task, image: np.ndarray, result: np.ndarray) -> np.ndarray:
+    overlay = task.spec.overlay
+    assert overlay is not None, f"{task.title} has no overlay"
+    return overlay.draw(image, result)
 
 
 def per_image_score(task: Task, pred_path: Path, gt_path: Path) -> float:

@@ -13,7 +13,7 @@ computed every task's loss on its own sub-batch) and sums the tasks.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,10 @@ REGRESSION_WEIGHTS: tuple[float, ...] = (5.0, 6.0, 10.0)
 # Targets are float32 images; the ignore grey 128/255 survives nearest resizing exactly, the tolerance
 # only guards against a target built in another dtype.
 _IGNORE_TOLERANCE = 1e-3
+
+TaskLoss = Callable[
+    [Sequence[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, "torch.nn.Module | None"], dict[str, torch.Tensor]
+]
 
 # Names of the logged terms, in the order they appear in logs.
 LOSS_TERMS = ("loss", "removal", "removal_msr", "removal_perceptual", "removal_style", "tampering", "segmentation")
@@ -153,13 +157,26 @@ def task_loss(
             index = selected.nonzero().flatten()
             sub_outputs = [o.index_select(0, index) for o in outputs]
             sub_image, sub_target, sub_mask = (t.index_select(0, index.to(t.device)) for t in (image, target, mask))
-        if task is Task.TEXT_REMOVAL:
-            removal = removal_loss(sub_outputs, sub_image, sub_target, sub_mask, vgg)
-            terms.update(removal)
-            total = total + removal["removal"]
-        else:
-            value = ignore_masked_regression_loss(sub_outputs, sub_target)
-            terms[task.short] = value
-            total = total + value
+        task_terms = TASK_LOSSES[task](sub_outputs, sub_image, sub_target, sub_mask, vgg)
+        terms.update(task_terms)
+        total = total + task_terms[task.short]
     terms["loss"] = total
     return terms
+
+
+def _map_loss(task: Task) -> TaskLoss:
+    """The loss of a task whose target is a map with ignored pixels: one term named `task.short`."""
+
+    def loss(outputs: Sequence[torch.Tensor], image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+             vgg: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+        return {task.short: ignore_masked_regression_loss(outputs, target)}
+
+    return loss
+
+
+# Each task's loss: (outputs, image, target, mask, vgg) -> its terms, the task's total under `task.short`.
+TASK_LOSSES: dict[Task, TaskLoss] = {
+    Task.TEXT_REMOVAL: removal_loss,
+    Task.TEXT_SEGMENTATION: _map_loss(Task.TEXT_SEGMENTATION),
+    Task.TAMPERED_TEXT_DETECTION: _map_loss(Task.TAMPERED_TEXT_DETECTION),
+}
