@@ -44,17 +44,15 @@ from PIL import Image
 from upocr.inpaint import dilate, telea_inpaint
 from upocr.io import DEFAULT_MAX_PIXELS, read_image
 from upocr.model import SIZE_MULTIPLE
-from upocr.model.checkpoint import resolve_device
+from upocr.model.checkpoint import load_model, resolve_device
+from upocr.weights import InferenceDefaults
 from upocr.tasks import (
-    SEGMENTATION_THRESHOLD,
     Task,
     decode_removal,
     decode_segmentation,
     decode_tampering,
 )
 
-# Working resolution when neither the caller nor the model's config says (the original's).
-DEFAULT_SIZE = 512
 # `tile="auto"` tiles an image when it has more than this many times size x size pixels.
 AUTO_TILE_AREA_FACTOR = 4
 
@@ -72,6 +70,13 @@ REMOVAL_TEXT_DILATION = 3
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ModelFn = Callable[[torch.Tensor, Any], Any]
+
+
+def inference_defaults(model: Any) -> InferenceDefaults:
+    """The defaults stored with a model's weights (`model.inference`); the original's (512 px, threshold
+    0.4) for callables that carry none."""
+    stored = getattr(model, "inference", None)
+    return stored if isinstance(stored, InferenceDefaults) else InferenceDefaults()
 
 
 @dataclass
@@ -131,13 +136,12 @@ class Predictor:
         self.device = resolve_device(device)
         loaded_here = model is None
         if model is None:
-            import upocr  # the package API; imported here so `upocr.predict` loads without a model
-
-            model = upocr.load_model(weights, device=str(self.device))
+            model = load_model(weights, device=str(self.device))
         elif weights is not None:
             raise ValueError("give either a model or weights, not both")
+        stored = inference_defaults(model)
         if size is None:  # the resolution the weights were trained at (512 for the original's)
-            size = getattr(getattr(model, "config", None), "input_size", DEFAULT_SIZE)
+            size = stored.input_size
         self.size = _check_multiple("size", size)
         if tile not in (None, "auto"):
             tile = _check_multiple("tile", tile)
@@ -159,7 +163,7 @@ class Predictor:
             raise ValueError("precision int8 (dynamic quantization) needs a torch model on the CPU")
         self.precision = precision
         if threshold is None:  # the threshold calibrated for these weights (0.4, the original's, if none)
-            threshold = getattr(getattr(model, "config", None), "segmentation_threshold", SEGMENTATION_THRESHOLD)
+            threshold = stored.segmentation_threshold
         self.threshold = float(threshold)
         if removal not in REMOVAL_MODES:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_MODES)}, got {removal!r}")

@@ -243,7 +243,7 @@ def _run_real(args: argparse.Namespace) -> int:
     for variant in args.variants:
         options = dict(REAL_VARIANTS[variant][0])
         if options.get("tile") == "native":
-            options["tile"] = model.config.input_size
+            options["tile"] = model.inference.input_size
         predictor = upocr.Predictor(model, device=args.device, **options)
         removal[f"upocr ({variant})"] = real.predictor_removal(predictor)
         segmentation[f"upocr ({variant})"] = real.predictor_segmentation(predictor)
