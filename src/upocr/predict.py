@@ -133,6 +133,8 @@ class Predictor:
         removal: RemovalMode = DEFAULT_REMOVAL_MODE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        # The options as given (None: from the weights), for `with_options`: every argument but these three.
+        self._options = {k: v for k, v in locals().items() if k not in ("self", "model", "weights", "device")}
         self.device = resolve_device(device)
         loaded_here = model is None
         if model is None:
@@ -172,10 +174,23 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         if precision == "int8":
-            from upocr.model.quantize import quantize_int8
+            from upocr.model.quantize import is_quantized, quantize_int8
 
-            model = quantize_int8(model, inplace=loaded_here)
+            if not is_quantized(model):  # a quantized model (`with_options`) is shared as it is
+                model = quantize_int8(model, inplace=loaded_here)
         self.model = model
+
+    def with_options(self, **changes: Any) -> "Predictor":
+        """A predictor like this one with some options changed (any keyword argument of `__init__` but
+        model, weights and device), checked as `__init__` checks them. It shares this one's model: no
+        weights are loaded or copied (switching to int8 quantizes a copy; switching from int8 needs the
+        unquantized model, so it is refused)."""
+        fixed = sorted({"model", "weights", "device"} & set(changes))
+        if fixed:
+            raise TypeError(f"with_options keeps the model and device (got {', '.join(fixed)}); make a new Predictor for others")
+        if self.precision == "int8" and changes.get("precision", "int8") != "int8":
+            raise ValueError("with_options cannot undo int8 (the model is quantized); make a new Predictor from the weights")
+        return Predictor(self.model, device=self.device, **{**self._options, **changes})
 
     # ------------------------------------------------------------------ public API
 

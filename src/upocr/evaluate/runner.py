@@ -10,7 +10,6 @@ size and decoded (channel mean > threshold; argmax) into a 0/255 mask / {0,1,2} 
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import sys
@@ -111,13 +110,6 @@ def score(task: Task, pairs: list[tuple[Path, Path]], *, progress: bool = True) 
     return evaluate_tampering_pairs(pairs, pred_format="classes", progress=progress)
 
 
-def with_removal_mode(predictor, mode: str):
-    """A shallow copy of `predictor` whose text removal builds its result in `mode` (upocr.predict)."""
-    moded = copy.copy(predictor)
-    moded.removal = mode
-    return moded
-
-
 def write_model_predictions(
     predictor, task: Task, samples: Sequence, out_dir: Path, *, full_resolution: bool = False, progress: bool = True
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -128,7 +120,7 @@ def write_model_predictions(
     pairs: list[tuple[Path, Path]] = []
     errors: list[str] = []
     if task == Task.TEXT_REMOVAL and not full_resolution and getattr(predictor, "removal", "raw") != "raw":
-        predictor = with_removal_mode(predictor, "raw")  # `.output` must be the full-resolution removal output
+        predictor = predictor.with_options(removal="raw")  # `.output` must be the full-resolution removal output
     for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
         try:
             image = read_rgb_as_original(sample.image)
@@ -203,7 +195,7 @@ def evaluate_on_benchmarks(
                 if task == Task.TEXT_REMOVAL and getattr(predictor, "removal", None) is not None:
                     for mode, method in MODEL_REMOVAL_METHODS.items():
                         pred_dir = root / task.short / method
-                        pairs, errors = write_model_predictions(with_removal_mode(predictor, mode), task, samples, pred_dir,
+                        pairs, errors = write_model_predictions(predictor.with_options(removal=mode), task, samples, pred_dir,
                                                                 full_resolution=True, progress=progress)
                         report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
             if baselines:
