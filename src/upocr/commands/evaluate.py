@@ -155,7 +155,8 @@ def _guard(run):
 def _check_fid_weights(path: Path | None) -> None:
     """Read the FID weights before the long work, so a bad file fails at once (it is cached for later)."""
     if path is not None:
-        from upocr.evaluate.fid import default_device, load_fid_inception
+        from upocr.evaluate.fid import default_device
+        from upocr.evaluate.inception import load_fid_inception
 
         load_fid_inception(path, device=default_device())
 

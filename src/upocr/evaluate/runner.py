@@ -29,7 +29,6 @@ from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.pixel_tasks import (
     evaluate_segmentation_pairs,
     evaluate_tampering_pairs,
-    read_plain,
     segmentation_pair_reader,
     tampering_pair_reader,
 )
@@ -38,8 +37,8 @@ from upocr.evaluate.removal import (
     FolderEvaluation,
     evaluate_removal_pairs,
     prepare_removal_pair,
-    read_rgb_as_original,
 )
+from upocr.evaluate.readers import read_plain, read_rgb_as_original
 from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
 from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES
