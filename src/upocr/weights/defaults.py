@@ -13,9 +13,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# The original's working resolution and text-segmentation threshold ("tune this").
+from upocr.tasks import SEGMENTATION_THRESHOLD
+
+# The original's working resolution (its threshold, "tune this", is upocr.tasks.SEGMENTATION_THRESHOLD).
 ORIGINAL_INPUT_SIZE = 512
-ORIGINAL_SEGMENTATION_THRESHOLD = 0.4
 # Input sides the network accepts are multiples of this: its encoder downsamples 32x and the decoder
 # doubles back (defined here, below the network, so that stored sizes are checked on reading).
 SIZE_MULTIPLE = 32
@@ -28,7 +29,7 @@ class InferenceDefaults:
     these weights (`scripts/calibrate_threshold.py` sets it from a validation split)."""
 
     input_size: int = ORIGINAL_INPUT_SIZE
-    segmentation_threshold: float = ORIGINAL_SEGMENTATION_THRESHOLD
+    segmentation_threshold: float = SEGMENTATION_THRESHOLD
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_size, int) or self.input_size <= 0 or self.input_size % SIZE_MULTIPLE:
