@@ -14,14 +14,8 @@ from pathlib import Path
 
 import torch
 
-from upocr.model.checkpoint import (
-    DEFAULT_WEIGHTS,
-    CheckpointError,
-    load_model,
-    save_pretrained,
-    training_record,
-    training_stages,
-)
+from upocr.model.checkpoint import load_model, save_pretrained
+from upocr.weights import DEFAULT_WEIGHTS, CheckpointError, training_record, training_stages
 
 
 def complete_init_records(record: dict) -> None:

@@ -5,8 +5,8 @@
 The original thresholds the channel mean of the output at a fixed 0.4 ("tune this"). A weakly trained
 model can be under-confident, so this runs the model once per TextSeg image of `--split` (never the
 test split), accumulates one confusion matrix per candidate threshold over all pixels (as the metric
-does), prints fgIoU per threshold and, with --write, saves the best into the weights' config
-(`segmentation_threshold`), which the Predictor, CLI and `evaluate model` then use by default.
+does), prints fgIoU per threshold and, with --write, saves the best with the weights (their inference
+defaults' `segmentation_threshold`), which the Predictor, CLI and `evaluate model` then use by default.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from tqdm import tqdm
 from upocr.data.layouts import read_segmentation_label, segmentation_samples
 from upocr.evaluate.confusion import ConfusionMatrix, segmentation_scores
 from upocr.io import read_image
-from upocr.model.checkpoint import load_model, save_pretrained, training_record
+from upocr.model.checkpoint import load_model, save_pretrained
 from upocr.predict import Predictor
+from upocr.weights import training_record
 
 CANDIDATES = np.round(np.arange(0.05, 0.501, 0.025), 3)
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--split", default="val", help="TextSeg split to calibrate on (default val; never test)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--write", action="store_true", help="store the best threshold in the weights' config")
+    parser.add_argument("--write", action="store_true", help="store the best threshold with the weights")
     args = parser.parse_args(argv)
     if args.split == "test":
         parser.error("calibrating on the test split would leak it into the results; use val or train")
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         import dataclasses
 
-        model.config = dataclasses.replace(model.config, segmentation_threshold=best)
+        model.inference = dataclasses.replace(model.inference, segmentation_threshold=best)
         record = training_record(args.weights) or {}
         record["segmentation_threshold_from"] = f"{args.split} split, {len(samples)} images, fgIoU {ious[best]:.4f}"
         save_pretrained(model, args.weights, training=record)

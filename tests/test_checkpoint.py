@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import upocr
-from upocr.model.checkpoint import CheckpointError, config_from_state_dict, read_checkpoint
+from upocr.model.checkpoint import read_checkpoint
+from upocr.model.convert import config_from_state_dict
+from upocr.weights import CheckpointError
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,34 @@ IO = COMPAT / "upocr-mini-io.npz"
 CASES = ["256x256", "192x320"]
 
 
+def require_compat_file(path: Path, folder: Path = COMPAT) -> Path:
+    """`path`, or a failure (never a skip: these tests are the acceptance check) in one line that says
+    which folder or file is missing and where it should be."""
+    if not folder.is_dir():
+        pytest.fail(f"compat folder missing: {folder} does not exist; put ../shared/compat (upocr-mini.pth, "
+                    "upocr-mini-io.npz) beside the repository", pytrace=False)  # fmt: skip
+    if not path.is_file():
+        pytest.fail(f"compat file missing: {path} (the compat folder {folder} lacks {path.name})", pytrace=False)
+    return path
+
 
 @pytest.fixture(scope="module")
 def model():
-    assert CHECKPOINT.exists(), f"compat fixtures missing: expected {COMPAT} beside the repository"
-    return upocr.load_model(CHECKPOINT)
+    return upocr.load_model(require_compat_file(CHECKPOINT))
 
 
 @pytest.fixture(scope="module")
 def io():
-    return np.load(IO)
+    return np.load(require_compat_file(IO))
+
+
+def test_missing_compat_folder_fails_saying_where_it_should_be(tmp_path):
+    folder = tmp_path / "shared" / "compat"
+    with pytest.raises(pytest.fail.Exception, match=rf"^compat folder missing: {folder} does not exist; put ../shared/compat"):
+        require_compat_file(folder / "upocr-mini.pth", folder)
+    folder.mkdir(parents=True)
+    with pytest.raises(pytest.fail.Exception, match=rf"^compat file missing: {folder}/upocr-mini.pth"):
+        require_compat_file(folder / "upocr-mini.pth", folder)
 
 
 def test_architecture_is_read_from_the_checkpoint_args(model):

@@ -12,7 +12,7 @@ import yaml
 
 import upocr
 from upocr.cli import main as cli_main
-from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record
+from upocr.weights import DEFAULT_WEIGHTS, training_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "default-model.yaml"  # stage 1: the small config from scratch
@@ -60,7 +60,7 @@ def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypa
     out = tmp_path / "bundle"
     _run_script(monkeypatch, "bundle_default_model.py", str(previous / "model"), "--out", str(out))
     bundled = upocr.load_model(out)
-    assert bundled.config.input_size == 64 and bundled.config == continued.config
+    assert bundled.inference.input_size == 64 and bundled.config == continued.config
     record, depth = training_record(out), 1
     while record.get("init_record"):
         record, depth = record["init_record"], depth + 1
@@ -77,7 +77,7 @@ def test_time_boxed_training_measures_steps_per_second_after_start_up(tmp_path):
 
 def test_bundled_weights_load_and_say_how_they_were_trained():
     model = upocr.load_model()
-    assert model.config.input_size % 32 == 0
+    assert model.inference.input_size % 32 == 0
     record = training_record(DEFAULT_WEIGHTS)
     assert record is not None and record.get("trained") is True, record
     if record.get("init_record"):  # a multi-stage model says so, with every stage's images counted
@@ -96,18 +96,18 @@ def test_segmentation_threshold_travels_with_the_weights(tmp_path, tiny_weights,
 
     model = upocr.load_model(tiny_weights)
     assert upocr.Predictor(model).threshold == 0.4  # the original's, when the weights carry none
-    model.config = dataclasses.replace(model.config, segmentation_threshold=0.2)
+    model.inference = dataclasses.replace(model.inference, segmentation_threshold=0.2)
     assert upocr.Predictor(model).threshold == 0.2
     assert upocr.Predictor(model, threshold=0.3).threshold == 0.3
     with pytest.raises(ValueError, match="segmentation_threshold"):
-        dataclasses.replace(model.config, segmentation_threshold=1.5)
+        dataclasses.replace(model.inference, segmentation_threshold=1.5)
     # The calibration script picks one on a validation split and stores it with the weights.
     weights = tmp_path / "w"
     upocr.load_model(tiny_weights).save_pretrained(weights)
     _run_script(monkeypatch, "calibrate_threshold.py", str(weights), "--data-root", str(tiny_data_root), "--split", "train",
                 "--limit", "2", "--write")  # fmt: skip
     assert "best threshold on 2 train images" in capsys.readouterr().out
-    stored = upocr.load_model(weights).config.segmentation_threshold
+    stored = upocr.load_model(weights).inference.segmentation_threshold
     assert 0.05 <= stored <= 0.5
 
 

@@ -19,19 +19,21 @@ from scipy import linalg
 
 from upocr.cli import main
 from upocr.evaluate.fid import (
+    activation_statistics,
+    fid_activations,
+    fid_for_folders,
+    fid_from_activations,
+    frechet_distance,
+    pytorch_fid_file_list,
+)
+from upocr.evaluate.inception import (
     FIDInceptionV3,
     FIDWeightsError,
     InceptionA,
     InceptionC,
     InceptionE,
-    activation_statistics,
     expected_state_keys,
-    fid_activations,
-    fid_for_folders,
-    fid_from_activations,
-    frechet_distance,
     load_fid_inception,
-    pytorch_fid_file_list,
 )
 
 # ---------------------------------------------------------------- the expected pytorch-fid key list

@@ -258,7 +258,8 @@ def test_frechet_distance_by_hand():
 
 
 def test_fid_is_reported_missing_with_the_reason(tmp_path):
-    from upocr.evaluate.fid import FIDWeightsError, fid_for_folders
+    from upocr.evaluate.fid import fid_for_folders
+    from upocr.evaluate.inception import FIDWeightsError
 
     missing = fid_for_folders(tmp_path, tmp_path, weights=None)
     assert missing["fid"] is None and "--fid-weights" in missing["fid_missing"]

@@ -46,11 +46,10 @@ from PIL import Image
 from upocr.inpaint import dilate, telea_inpaint
 from upocr.io import DEFAULT_MAX_PIXELS, read_image
 from upocr.model import SIZE_MULTIPLE
-from upocr.model.checkpoint import resolve_device
-from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_segmentation
+from upocr.model.checkpoint import load_model, resolve_device
+from upocr.tasks import Task, decode_segmentation
+from upocr.weights import InferenceDefaults
 
-# Working resolution when neither the caller nor the model's config says (the original's).
-DEFAULT_SIZE = 512
 # `tile="auto"` tiles an image when it has more than this many times size x size pixels.
 AUTO_TILE_AREA_FACTOR = 4
 
@@ -68,6 +67,13 @@ REMOVAL_TEXT_DILATION = 3
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ModelFn = Callable[[torch.Tensor, Any], Any]
+
+
+def inference_defaults(model: Any) -> InferenceDefaults:
+    """The defaults stored with a model's weights (`model.inference`); the original's (512 px, threshold
+    0.4) for callables that carry none."""
+    stored = getattr(model, "inference", None)
+    return stored if isinstance(stored, InferenceDefaults) else InferenceDefaults()
 
 
 @dataclass
@@ -125,16 +131,17 @@ class Predictor:
         removal: RemovalMode = DEFAULT_REMOVAL_MODE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
+        # The options as given (None: from the weights), for `with_options`: every argument but these three.
+        self._options = {k: v for k, v in locals().items() if k not in ("self", "model", "weights", "device")}
         self.device = resolve_device(device)
         loaded_here = model is None
         if model is None:
-            import upocr  # the package API; imported here so `upocr.predict` loads without a model
-
-            model = upocr.load_model(weights, device=str(self.device))
+            model = load_model(weights, device=str(self.device))
         elif weights is not None:
             raise ValueError("give either a model or weights, not both")
+        stored = inference_defaults(model)
         if size is None:  # the resolution the weights were trained at (512 for the original's)
-            size = getattr(getattr(model, "config", None), "input_size", DEFAULT_SIZE)
+            size = stored.input_size
         self.size = _check_multiple("size", size)
         if tile not in (None, "auto"):
             tile = _check_multiple("tile", tile)
@@ -156,7 +163,7 @@ class Predictor:
             raise ValueError("precision int8 (dynamic quantization) needs a torch model on the CPU")
         self.precision = precision
         if threshold is None:  # the threshold calibrated for these weights (0.4, the original's, if none)
-            threshold = getattr(getattr(model, "config", None), "segmentation_threshold", SEGMENTATION_THRESHOLD)
+            threshold = stored.segmentation_threshold
         self.threshold = float(threshold)
         if removal not in REMOVAL_MODES:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_MODES)}, got {removal!r}")
@@ -165,10 +172,23 @@ class Predictor:
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         if precision == "int8":
-            from upocr.model.quantize import quantize_int8
+            from upocr.model.quantize import is_quantized, quantize_int8
 
-            model = quantize_int8(model, inplace=loaded_here)
+            if not is_quantized(model):  # a quantized model (`with_options`) is shared as it is
+                model = quantize_int8(model, inplace=loaded_here)
         self.model = model
+
+    def with_options(self, **changes: Any) -> "Predictor":
+        """A predictor like this one with some options changed (any keyword argument of `__init__` but
+        model, weights and device), checked as `__init__` checks them. It shares this one's model: no
+        weights are loaded or copied (switching to int8 quantizes a copy; switching from int8 needs the
+        unquantized model, so it is refused)."""
+        fixed = sorted({"model", "weights", "device"} & set(changes))
+        if fixed:
+            raise TypeError(f"with_options keeps the model and device (got {', '.join(fixed)}); make a new Predictor for others")
+        if self.precision == "int8" and changes.get("precision", "int8") != "int8":
+            raise ValueError("with_options cannot undo int8 (the model is quantized); make a new Predictor from the weights")
+        return Predictor(self.model, device=self.device, **{**self._options, **changes})
 
     # ------------------------------------------------------------------ public API
 

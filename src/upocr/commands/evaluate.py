@@ -156,7 +156,8 @@ def _guard(run):
 def _check_fid_weights(path: Path | None) -> None:
     """Read the FID weights before the long work, so a bad file fails at once (it is cached for later)."""
     if path is not None:
-        from upocr.evaluate.fid import default_device, load_fid_inception
+        from upocr.evaluate.fid import default_device
+        from upocr.evaluate.inception import load_fid_inception
 
         load_fid_inception(path, device=default_device())
 
@@ -244,7 +245,7 @@ def _run_real(args: argparse.Namespace) -> int:
     for variant in args.variants:
         options = dict(REAL_VARIANTS[variant][0])
         if options.get("tile") == "native":
-            options["tile"] = model.config.input_size
+            options["tile"] = model.inference.input_size
         predictor = upocr.Predictor(model, device=args.device, **options)
         removal[f"upocr ({variant})"] = real.predictor_removal(predictor)
         segmentation[f"upocr ({variant})"] = real.predictor_segmentation(predictor)

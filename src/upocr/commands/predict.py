@@ -237,7 +237,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def describe_weights(weights: Path | None) -> str:
     """Which weights ran, and whether they were trained (the `upocr_training` record saved with them)."""
-    from upocr.model.checkpoint import DEFAULT_WEIGHTS, training_record, training_stages
+    from upocr.weights import DEFAULT_WEIGHTS, training_record, training_stages
 
     name = str(weights) if weights is not None else f"bundled default {DEFAULT_WEIGHTS}"
     record = training_record(weights if weights is not None else None)

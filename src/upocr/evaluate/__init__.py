@@ -7,6 +7,8 @@ Folder-level evaluation (the CLI's `upocr evaluate removal|segmentation|tamperin
     evaluate_removal, evaluate_segmentation, evaluate_tampering
 Model and baselines on the benchmark test splits (`upocr evaluate model|baselines`):
     upocr.evaluate.runner.evaluate_on_benchmarks, upocr.evaluate.baselines
+Files read as the original reads them: upocr.evaluate.readers. FID: upocr.evaluate.fid (statistics) on
+the features of upocr.evaluate.inception (the network).
 """
 
 from upocr.evaluate.confusion import ConfusionMatrix, segmentation_scores, tampering_scores

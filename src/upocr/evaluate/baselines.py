@@ -37,7 +37,8 @@ from PIL import Image
 from skimage.filters import threshold_otsu, threshold_sauvola
 from tqdm import tqdm
 
-from upocr.evaluate.removal import REMOVAL_SIZE, read_rgb_as_original
+from upocr.evaluate.readers import image_size, read_rgb_as_original
+from upocr.evaluate.removal import REMOVAL_SIZE
 from upocr.inpaint import dilate, telea_inpaint
 from upocr.io import ImageError, write_image
 from upocr.tasks import Task
@@ -176,7 +177,6 @@ def segmentation_baseline_prediction(sample, name: str) -> np.ndarray:
 def tampering_baseline_prediction(sample, name: str) -> np.ndarray:
     """The baseline's class map at the image's size."""
     from upocr.data.layouts import read_tampering_label
-    from upocr.evaluate.pixel_tasks import image_size
 
     if name == "all-real":
         return all_real_classes(read_tampering_label(sample.gt, size=image_size(sample.image)))

@@ -14,110 +14,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.removal import LISTED_NOTES, FolderEvaluation, aspect_mismatch, summarise
-from upocr.io import ImageError, list_images, read_image
-from upocr.tasks import Task, decode_tampering, segmentation_probability
+from upocr.evaluate.readers import check_textseg_label, image_size, read_plain, segmentation_prediction, tampering_prediction
+from upocr.io import ImageError, list_images
+from upocr.tasks import Task
 
 # Prediction names tried for a ground truth named <key>, in this order: <key><suffix>.<image suffix>;
 # first the result file upocr writes (<key>_mask.png, <key>_classes.png).
 SEGMENTATION_PRED_SUFFIXES = (Task.TEXT_SEGMENTATION.spec.result_file.name_suffix, "", "_maskfg", "_output", "_raw")
 TAMPERING_PRED_SUFFIXES = (Task.TAMPERED_TEXT_DETECTION.spec.result_file.name_suffix, "", "_output", "_raw")
 TEXTSEG_LABEL_SUFFIX = "_maskfg"
-# The values a TextSeg *_maskfg.png label holds: background, text, word effect, ignore.
-TEXTSEG_VALUES = frozenset((0, 100, 200, 255))
-
-
-# --------------------------------------------------------------------------------------------
-# Reading prediction files
-# --------------------------------------------------------------------------------------------
-
-
-def read_plain(path: str | os.PathLike) -> np.ndarray:
-    """A label-like image as stored: (H, W) values for single-channel files (L, P indices, 1 -> 0/255,
-    I/I;16 raw), (H, W, 3) uint8 RGB otherwise (via upocr.io.read_image)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode in ("L", "P", "I", "I;16", "1") and "transparency" not in image.info:
-                image.load()
-                if mode == "1":
-                    return np.asarray(image.convert("L"))
-                return np.asarray(image).copy()
-    except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
-    except UnidentifiedImageError:
-        raise ImageError(path, "not an image file (or an unsupported format)") from None
-    except OSError as error:
-        raise ImageError(path, f"corrupt or unreadable image ({error})") from None
-    return read_image(path)
-
-
-def _resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) integer map -> size (H', W') by nearest neighbour (for masks and class maps)."""
-    if values.shape[:2] == size:
-        return values
-    return np.asarray(Image.fromarray(values.astype(np.uint8)).resize((size[1], size[0]), Image.Resampling.NEAREST))
-
-
-def _raw_to_tensor(raw: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (H, W[, 3]) output image -> float (3, H', W') in [0, 1], bilinear (align_corners=False)
-    to the ground-truth size when it differs, as the original resizes its outputs."""
-    if raw.ndim == 2:
-        raw = np.repeat(raw[:, :, None], 3, axis=2)
-    tensor = torch.from_numpy(np.ascontiguousarray(raw[:, :, :3])).permute(2, 0, 1).float().div(255)
-    if tuple(tensor.shape[1:]) != size:
-        tensor = F.interpolate(tensor[None], size, mode="bilinear", align_corners=False)[0]
-    return tensor
-
-
-def segmentation_prediction(path: str | os.PathLike, size: tuple[int, int], threshold: float | None) -> np.ndarray:
-    """Read a segmentation prediction as an (H, W) {0, 1} map at `size`.
-
-    threshold None: the file is a mask, text = value > 127 (channel mean for RGB), nearest-resized.
-    threshold t: the file is the model's raw output image: bilinear resize, channel mean of RGB/255 > t
-    (`upocr.tasks.segmentation_probability`, the original's rule).
-    """
-    values = read_plain(path)
-    if threshold is None:
-        grey = values if values.ndim == 2 else values.mean(axis=2)
-        if grey.max(initial=0) > 255:
-            raise ImageError(path, "mask values above 255; expected a 0/255 mask")
-        return _resize_nearest((grey > 127).astype(np.uint8), size)
-    if values.ndim == 2 and values.dtype != np.uint8:
-        raise ImageError(path, f"raw outputs must be 8-bit images, got {values.dtype}")
-    probability = segmentation_probability(_raw_to_tensor(values, size))
-    return (probability > threshold).numpy().astype(np.uint8)
-
-
-def tampering_prediction(path: str | os.PathLike, size: tuple[int, int], *, pred_format: str = "auto", channel_order: str = "rgb") -> np.ndarray:
-    """Read a tampering prediction as an (H, W) class map {0 background, 1 real, 2 tampered} at `size`.
-
-    pred_format 'classes': a class-map image (single channel, or equal channels) with values 0..2,
-    nearest-resized. 'raw': the model's output colours (R background, G real, B tampered; channel_order
-    'bgr' for files written in the original's visualisation colours), bilinear resize then argmax.
-    'auto': a class map when the values fit 0..2 in one (or equal) channel(s), raw otherwise.
-    """
-    values = read_plain(path)
-    grey = values if values.ndim == 2 else (values[:, :, 0] if (values == values[:, :, :1]).all() else None)
-    is_classes = grey is not None and grey.max(initial=0) <= 2
-    if pred_format == "classes" or (pred_format == "auto" and is_classes):
-        if not is_classes:
-            raise ImageError(path, "not a class map: expected one channel with values 0 (background), 1 (real), 2 (tampered)")
-        return _resize_nearest(grey.astype(np.uint8), size)
-    if pred_format not in ("raw", "auto"):
-        raise ValueError(f"unknown prediction format {pred_format!r}; expected auto, classes or raw")
-    if values.ndim == 2:
-        raise ImageError(path, "a raw tampering output must be an RGB image")
-    if channel_order == "bgr":
-        values = values[:, :, ::-1]
-    return decode_tampering(_raw_to_tensor(values, size)).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,22 +69,6 @@ def segmentation_ground_truths(gt_dir: str | os.PathLike, split: str = "test") -
     return textseg or files
 
 
-def check_textseg_label(path: Path) -> None:
-    """Refuse a file that is not a TextSeg label (a removal label, a prediction, a 0/255 mask): scoring
-    against one gives meaningless numbers."""
-    values = read_plain(path)
-    if values.ndim == 3:  # grey stored as RGB is fine; colour is not a label
-        if not (np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 0], values[..., 2])):
-            raise ValueError(f"{path}: not a TextSeg label (a colour image; expected grey values 0, 100, 200, 255)")
-        values = values[..., 0]
-    found = set(np.unique(values).tolist())
-    if not found <= TEXTSEG_VALUES:
-        shown = ", ".join(str(v) for v in sorted(found - TEXTSEG_VALUES)[:5])
-        raise ValueError(f"{path}: not a TextSeg label (holds {shown}; expected only 0, 100, 200, 255)")
-    if 255 in found and not found & {100, 200}:
-        raise ValueError(f"{path}: a 0/255 mask, not a TextSeg label (no text value 100); use --gt-format binary")
-
-
 def tampering_ground_truths(gt_dir: str | os.PathLike) -> dict[str, Path]:
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
@@ -191,16 +84,6 @@ def sibling_image_folder(gt_dir: str | os.PathLike) -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) from the image header, as the original's canvas size (no EXIF rotation: cv2/PIL raw)."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, UnidentifiedImageError) as error:
-        raise ImageError(path, f"cannot read the image size ({error})") from None
-    return height, width
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from scipy import ndimage, signal
 from tqdm import tqdm
 
 from upocr.evaluate.fid import fid_for_folders
+from upocr.evaluate.readers import original_file_list, read_rgb_as_original
 from upocr.io import ImageError
 
 # Side of the square the original evaluates at (Resize(512); pEPs/pCEPs divide by 512*512).
@@ -37,9 +38,6 @@ ERROR_PIXEL_THRESHOLD = 20
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 # MS-SSIM level weights (Wang et al. 2003); the last one weights the SSIM term.
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-# File suffixes the original picks up (case-sensitive, exactly its list; '.Jpg' is not an image to it).
-ORIGINAL_IMAGE_SUFFIXES = (".png", ".PNG", ".jpg", ".JPG", ".jpeg", ".JPEG", ".bmp", ".BMP")
-
 REMOVAL_KEYS = ("psnr", "mssim", "mse", "age", "peps", "pceps")
 
 
@@ -236,23 +234,6 @@ def removal_metrics(
 # --------------------------------------------------------------------------------------------
 
 
-def original_file_list(folder: str | os.PathLike) -> list[Path]:
-    """The original's list: every file under `folder` (recursive) with one of its suffixes, sorted as
-    path strings. Hidden files (e.g. half-written temporaries) are left out."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder")
-    found = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(
-            os.path.join(root, name)
-            for name in names
-            if name.endswith(ORIGINAL_IMAGE_SUFFIXES) and not name.startswith(".")
-        )
-    return [Path(p) for p in sorted(found)]
-
-
 def removal_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> tuple[list[tuple[Path, Path]], list[str]]:
     """Pair predictions with ground truths by position in the sorted lists (as the original).
 
@@ -271,21 +252,6 @@ def removal_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> tup
         f"{p}: paired by position with {g} (different names)" for p, g in zip(preds, gts) if p.stem != g.stem
     ]
     return list(zip(preds, gts)), warnings
-
-
-def read_rgb_as_original(path: str | os.PathLike) -> Image.Image:
-    """Open an image as the original does: PIL `.convert('RGB')` (no EXIF rotation, alpha dropped)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(path, "no such file") from None
-    except UnidentifiedImageError:
-        raise ImageError(path, "not an image file (or an unsupported format)") from None
-    except Exception as error:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, ...
-        raise ImageError(path, f"corrupt or unreadable image ({error or type(error).__name__})") from None
 
 
 def resize_shorter_side(image: Image.Image, size: int = REMOVAL_SIZE) -> Image.Image:

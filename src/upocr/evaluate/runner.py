@@ -10,7 +10,6 @@ size and decoded (channel mean > threshold; argmax) into a 0/255 mask / {0,1,2} 
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import sys
@@ -31,7 +30,6 @@ from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.pixel_tasks import (
     evaluate_segmentation_pairs,
     evaluate_tampering_pairs,
-    read_plain,
     segmentation_pair_reader,
     tampering_pair_reader,
 )
@@ -40,8 +38,8 @@ from upocr.evaluate.removal import (
     FolderEvaluation,
     evaluate_removal_pairs,
     prepare_removal_pair,
-    read_rgb_as_original,
 )
+from upocr.evaluate.readers import read_plain, read_rgb_as_original
 from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
 from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES
@@ -111,13 +109,6 @@ _SCORERS: dict[Task, Callable[..., FolderEvaluation]] = {
 }
 
 
-def with_removal_mode(predictor, mode: str):
-    """A shallow copy of `predictor` whose text removal builds its result in `mode` (upocr.predict)."""
-    moded = copy.copy(predictor)
-    moded.removal = mode
-    return moded
-
-
 def write_model_predictions(
     predictor, task: Task, samples: Sequence, out_dir: Path, *, full_resolution: bool = False, progress: bool = True
 ) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -128,7 +119,7 @@ def write_model_predictions(
     pairs: list[tuple[Path, Path]] = []
     errors: list[str] = []
     if task == Task.TEXT_REMOVAL and not full_resolution and getattr(predictor, "removal", "raw") != "raw":
-        predictor = with_removal_mode(predictor, "raw")  # `.output` must be the full-resolution removal output
+        predictor = predictor.with_options(removal="raw")  # `.output` must be the full-resolution removal output
     for sample in tqdm(samples, desc=f"{task.short}: model", unit="img", disable=not progress, file=sys.stderr):
         try:
             image = read_rgb_as_original(sample.image)
@@ -199,7 +190,7 @@ def evaluate_on_benchmarks(
                 if task == Task.TEXT_REMOVAL and getattr(predictor, "removal", None) is not None:
                     for mode, method in MODEL_REMOVAL_METHODS.items():
                         pred_dir = root / task.short / method
-                        pairs, errors = write_model_predictions(with_removal_mode(predictor, mode), task, samples, pred_dir,
+                        pairs, errors = write_model_predictions(predictor.with_options(removal=mode), task, samples, pred_dir,
                                                                 full_resolution=True, progress=progress)
                         report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
             if baselines:

@@ -42,11 +42,6 @@ class UPOCRConfig:
     # removal_residual: the text-removal outputs are `input + decoder output`, so the network only learns
     #   what to change; untouched background passes through exactly.
     removal_residual: bool = False
-    # Working resolution the weights were trained at; the Predictor's default `size` (not architecture).
-    input_size: int = 512
-    # Text-segmentation threshold on the output's channel mean that suits these weights (original: 0.4,
-    # "tune this"); `scripts/calibrate_threshold.py` sets it from a validation split.
-    segmentation_threshold: float = 0.4
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON/YAML) but store tuples so configs stay hashable and comparable.
@@ -62,10 +57,6 @@ class UPOCRConfig:
         for stage, heads in enumerate(self.decoder_heads):
             if (self.bottleneck_dim // 2**stage) % heads:
                 raise ValueError(f"decoder stage {stage}: {self.bottleneck_dim // 2**stage} channels not divisible by {heads} heads")
-        if not 0.0 < self.segmentation_threshold < 1.0:
-            raise ValueError(f"segmentation_threshold must be in (0, 1), got {self.segmentation_threshold}")
-        if self.input_size % 32:
-            raise ValueError(f"input_size must be a multiple of 32, got {self.input_size}")
         if self.embed_dim % 16:
             raise ValueError(f"embed_dim must be a multiple of 16 (the decoder halves it 4 more times), got {self.embed_dim}")
 

@@ -16,6 +16,13 @@ def quantizable_linears(model: nn.Module) -> set[str]:
     return {name for name, module in model.named_modules() if isinstance(module, nn.Linear) and ".cpb_mlp." not in f".{name}."}
 
 
+def is_quantized(model: object) -> bool:
+    """Whether `model` holds dynamically quantized Linear layers (`quantize_int8` already ran on it)."""
+    from torch.ao.nn.quantized.dynamic import Linear as QuantizedLinear
+
+    return isinstance(model, nn.Module) and any(isinstance(module, QuantizedLinear) for module in model.modules())
+
+
 def quantize_int8(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """The model with its Linear layers replaced by dynamically quantized int8 ones (CPU only)."""
     from torch.ao.quantization import quantize_dynamic

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +14,8 @@ from upocr.model.decoder import SwinV2Decoder
 from upocr.model.encoder import SwinV2Encoder
 from upocr.model.swinv2 import init_swin_weights
 from upocr.tasks import Task, task_indices
-
-# Input sides must be multiples of this: the encoder downsamples 32x and the decoder doubles back.
-SIZE_MULTIPLE = 32
+from upocr.weights import InferenceDefaults, save_weights
+from upocr.weights.defaults import SIZE_MULTIPLE
 
 
 class TaskPrompt(nn.Module):
@@ -59,6 +59,9 @@ class UPOCR(nn.Module):
     def __init__(self, config: UPOCRConfig | str = "small") -> None:
         super().__init__()
         self.config = UPOCRConfig.preset(config) if isinstance(config, str) else config
+        # How these weights are best run (working size, segmentation threshold): saved and loaded with the
+        # weights, not part of the architecture; `load_model` sets the stored ones.
+        self.inference = InferenceDefaults()
         self.encoder = SwinV2Encoder(self.config)
         self.proj = nn.Linear(self.config.bottleneck_dim, self.config.bottleneck_dim)
         self.task_prompt = TaskPrompt(num_tasks=self.config.num_tasks, dim=self.config.bottleneck_dim)
@@ -93,13 +96,13 @@ class UPOCR(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str, **kwargs) -> None:
-        """Write `model.safetensors` + `config.json` (what `upocr.load_model(directory)` reads).
-
-        kwargs: `dtype`, `training` (see `upocr.model.checkpoint.save_pretrained`)."""
-        from upocr.model.checkpoint import save_pretrained
-
-        save_pretrained(self, directory, **kwargs)
+    def save_pretrained(
+        self, directory: str | Path, *, dtype: torch.dtype | None = None, training: dict[str, Any] | None = None
+    ) -> Path:
+        """Write `model.safetensors` + `config.json` (what `upocr.load_model(directory)` reads), with
+        `self.inference` in the metadata. `dtype=torch.float16` halves the file (the bundled weights);
+        `training`: a JSON-able record of how the weights were trained (`upocr.weights.training_record`)."""
+        return save_weights(directory, self.state_dict(), self.config.to_dict(), self.inference, dtype=dtype, training=training)
 
 
 def build_model(config: UPOCRConfig | str = "small") -> UPOCR:

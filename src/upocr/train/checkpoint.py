@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors, dicts, lists, strings, numbers and None (no pickled classes):
 
-    format "upocr-train", version 1, step, model (state dict), model_config (dict), optimizer,
+    format "upocr-train", version 1, step, model (state dict), model_config (dict), inference (dict: the
+    inference defaults, absent in older checkpoints), optimizer,
     scheduler (dict), scaler (dict), rng (list, one entry per rank), data (loader position),
     config (the resolved training config)
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from upocr.utils import atomic_output
+from upocr.weights import CONFIG_FILE, WEIGHTS_FILE
 
 FORMAT = "upocr-train"
 VERSION = 1
@@ -134,8 +136,6 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
 def existing_run(run_dir: str | Path) -> str | None:
     """What shows that `run_dir` already holds a training run ('checkpoints/step-00000030.pt',
     'model/model.safetensors'), relative to it; None for a new or empty folder."""
-    from upocr.model.checkpoint import WEIGHTS_FILE
-
     newest = latest_checkpoint(run_dir)
     if newest is not None:
         return f"{checkpoint_dir(run_dir).name}/{newest.name}"
@@ -146,8 +146,6 @@ def existing_run(run_dir: str | Path) -> str | None:
 
 def clear_run(run_dir: str | Path) -> None:
     """Remove an old run's checkpoints and exported model (for --overwrite); logs are rewritten anyway."""
-    from upocr.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-
     for path in list_checkpoints(run_dir):
         path.unlink()
     for name in (WEIGHTS_FILE, CONFIG_FILE):

@@ -47,6 +47,7 @@ from upocr.train.multitask import DATA_ERRORS, MultiTaskLoader, describe_data_er
 from upocr.train.schedule import LRSchedule
 from upocr.train.vgg import VGG16Features, load_vgg16
 from upocr.utils import atomic_output
+from upocr.weights import InferenceDefaults, split_legacy_fields
 
 LOG_COLUMNS = ("step", "lr", *LOSS_TERMS, "grad_norm", "images_per_s", "elapsed_s")
 
@@ -132,6 +133,16 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------
+
+
+def _model_from_checkpoint(state: Mapping[str, Any]) -> UPOCR:
+    """The model of a training checkpoint, with its inference defaults (checkpoints written before
+    those had their own entry keep them among the model config's fields)."""
+    architecture, legacy = split_legacy_fields(state["model_config"])
+    model = build_model(UPOCRConfig.from_dict(architecture))
+    model.load_state_dict(state["model"])
+    model.inference = InferenceDefaults.from_dict(state.get("inference") or legacy)
+    return model
 
 
 def model_config_from(spec: str | Mapping[str, Any]) -> UPOCRConfig:
@@ -491,8 +502,7 @@ class Trainer:
         # Model: identical initial weights on every rank (seed before building).
         seed_everything(config.seed)
         if state is not None:
-            model = build_model(UPOCRConfig.from_dict(state["model_config"]))
-            model.load_state_dict(state["model"])
+            model = _model_from_checkpoint(state)
         elif config.init and config.model is None:
             model = load_model(config.init)
         elif config.init:
@@ -502,9 +512,9 @@ class Trainer:
                 self.say(f"{config.init}: loaded into {config.model}; new zero-initialised modules: {', '.join(added)}")
         else:
             model = build_model(model_config_from(config.model or "small"))
-        if model.config.input_size != config.image_size:
+        if model.inference.input_size != config.image_size:
             # The exported weights remember the resolution they were trained at (the Predictor's default size).
-            model.config = dataclasses.replace(model.config, input_size=config.image_size)
+            model.inference = dataclasses.replace(model.inference, input_size=config.image_size)
         self.model = model.to(self.device).train()  # train mode: drop path on
         self.vgg: VGG16Features | None = load_vgg16(config.vgg_weights, self.device) if config.vgg_weights else None
 
@@ -602,9 +612,7 @@ class Trainer:
         saved_spec = saved.get("model")
         if self.config.model is not None:
             wanted = model_config_from(self.config.model).to_dict()
-            held = UPOCRConfig.from_dict(state["model_config"]).to_dict()
-            wanted.pop("input_size", None)
-            held.pop("input_size", None)
+            held = UPOCRConfig.from_dict(split_legacy_fields(state["model_config"])[0]).to_dict()
             if wanted != held:
                 theirs = describe_model_spec(saved_spec) if saved_spec is not None else "another architecture"
                 raise ValueError(f"model {describe_model_spec(self.config.model)} (from --model or --config) differs from "
@@ -784,6 +792,7 @@ class Trainer:
                 "step": step,
                 "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "model_config": model.config.to_dict(),
+                "inference": model.inference.to_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},

@@ -1,0 +1,62 @@
+"""Inference defaults stored with the weights: how these weights are best run, not what the network is.
+
+They travel in the safetensors metadata (`upocr_inference`) and in our training checkpoints
+(`inference`). Files written before they moved out of the architecture config keep them among the
+config's fields (`input_size`, `segmentation_threshold`): those are read as a fallback, and files
+with neither get the original's values (512 px, threshold 0.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from upocr.tasks import SEGMENTATION_THRESHOLD
+
+# The original's working resolution (its threshold, "tune this", is upocr.tasks.SEGMENTATION_THRESHOLD).
+ORIGINAL_INPUT_SIZE = 512
+# Input sides the network accepts are multiples of this: its encoder downsamples 32x and the decoder
+# doubles back (defined here, below the network, so that stored sizes are checked on reading).
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """input_size: the working resolution the weights were trained at (the Predictor's default `size`).
+    segmentation_threshold: the text-segmentation threshold on the output's channel mean that suits
+    these weights (`scripts/calibrate_threshold.py` sets it from a validation split)."""
+
+    input_size: int = ORIGINAL_INPUT_SIZE
+    segmentation_threshold: float = SEGMENTATION_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_size, int) or self.input_size <= 0 or self.input_size % SIZE_MULTIPLE:
+            raise ValueError(f"input_size must be a positive multiple of {SIZE_MULTIPLE}, got {self.input_size!r}")
+        if not 0.0 < float(self.segmentation_threshold) < 1.0:
+            raise ValueError(f"segmentation_threshold must be in (0, 1), got {self.segmentation_threshold}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "InferenceDefaults":
+        unknown = sorted(set(data) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown inference default keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(InferenceDefaults))
+
+
+def split_legacy_fields(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An architecture config as older files store it -> (the architecture alone, the inference
+    defaults it carried among its fields)."""
+    architecture = {key: value for key, value in config.items() if key not in FIELDS}
+    legacy = {key: value for key, value in config.items() if key in FIELDS}
+    return architecture, legacy

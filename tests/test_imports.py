@@ -1,0 +1,220 @@
+"""The package's import graph: no module imports another in a circle, none imports from a higher layer.
+
+The graph is read with `ast` from the sources (nothing is imported): every `import upocr...` and
+`from upocr... import ...` of a module, at module level or inside a function (a function-level import
+that closes a loop is still a loop, only a deferred one), except under `if TYPE_CHECKING:`.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "upocr"
+
+# Layers, lowest first. A module may import from its own layer and the layers below it, never above.
+# `upocr.weights` (file formats, safe loading, inference defaults, training record) imports nothing from
+# the network; the network loads and saves through it, so it sits below `upocr.model`.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundations", ("upocr.utils", "upocr.tasks", "upocr.io", "upocr.inpaint", "upocr.visualize", "upocr.weights",
+                     "upocr.samples")),  # fmt: skip
+    ("network and data", ("upocr.model", "upocr.data")),
+    ("inference", ("upocr.predict",)),
+    ("file pipeline", ("upocr.files",)),
+    ("applications", ("upocr.evaluate", "upocr.train", "upocr.serve")),
+    ("front", ("upocr.commands", "upocr.cli", "upocr")),  # `upocr` itself: the package's API (__init__)
+]
+
+
+def module_files() -> dict[str, tuple[Path, bool]]:
+    """{module name: (file, is a package's __init__)} for every module of the package."""
+    modules = {}
+    for path in sorted((SOURCE / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(SOURCE).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        modules[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return modules
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    found, pending = [], [tree]
+    while pending:
+        node = pending.pop()
+        if _type_checking_only(node):
+            pending.extend(node.orelse)  # the `if` body runs for type checkers only
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _owning_module(name: str, modules: dict) -> str | None:
+    """The module that `name` (a module, or a name inside one) belongs to."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(module: str, modules: dict) -> set[str]:
+    path, is_package = modules[module]
+    targets = set()
+    for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            base = node.module or ""
+            if node.level:  # relative: from the module's package, one level up per extra dot
+                package = module if is_package else module.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    package = package.rpartition(".")[0]
+                base = f"{package}.{base}" if base else package
+            # `from a import b` imports the module a.b when there is one, else a name of module a
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        for name in names:
+            if name == PACKAGE or name.startswith(PACKAGE + "."):
+                owner = _owning_module(name, modules)
+                if owner is not None and owner != module:
+                    targets.add(owner)
+    return targets
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = module_files()
+    return {module: imports_of(module, modules) for module in modules}
+
+
+def layer_of(module: str) -> int | None:
+    """Index of the layer whose longest matching prefix covers `module`."""
+    best: tuple[int, int] | None = None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    return None if best is None else best[1]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (as a path that returns to its start) per strongly connected group of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm (the graph has ~70 nodes: recursion is fine)
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return [_path_within(group, graph) for group in groups]
+
+
+def _path_within(group: list[str], graph: dict[str, set[str]]) -> list[str]:
+    """A cycle through the group's first module, by breadth-first search inside the group."""
+    start, members = group[0], set(group)
+    previous: dict[str, str] = {}
+    queue = [start]
+    while queue:
+        node = queue.pop(0)
+        for target in sorted(graph[node] & members):
+            if target == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(previous[path[-1]])
+                return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, node, start]
+            if target not in previous:
+                previous[target] = node
+                queue.append(target)
+    return group
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in found)
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted(module for module in module_files() if layer_of(module) is None)
+    assert not unplaced, f"modules in no layer of tests/test_imports.py LAYERS: {', '.join(unplaced)}"
+
+
+def test_no_module_imports_from_a_higher_layer():
+    upward = []
+    for module, targets in sorted(import_graph().items()):
+        for target in sorted(targets):
+            if layer_of(target) is not None and layer_of(module) is not None and layer_of(target) > layer_of(module):
+                upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})")
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+def test_weights_import_nothing_from_the_network():
+    graph = import_graph()
+    offenders = sorted(f"{m} -> {t}" for m, ts in graph.items() if m.startswith("upocr.weights") for t in ts
+                       if t.startswith("upocr.model"))  # fmt: skip
+    assert not offenders, offenders
+
+
+# ---------------------------------------------------------------------------- the checks themselves
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """A throwaway `upocr` source tree, read by the same functions."""
+    root = tmp_path / "src" / PACKAGE
+
+    def write(files: dict[str, str]) -> dict[str, set[str]]:
+        for name, text in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        monkeypatch.setitem(globals(), "SOURCE", tmp_path / "src")
+        return import_graph()
+
+    return write
+
+
+def test_a_deferred_import_loop_is_found(fake_package):
+    graph = fake_package({
+        "__init__.py": "",
+        "evaluate/__init__.py": "",
+        "evaluate/fid.py": "def f():\n    from upocr.evaluate.removal import read\n",
+        "evaluate/removal.py": "from upocr.evaluate import fid\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from upocr import predict\n",
+        "predict.py": "",
+    })  # fmt: skip
+    assert graph["upocr.evaluate.removal"] == {"upocr.evaluate.fid"}  # the TYPE_CHECKING import does not count
+    assert cycles(graph) == [["upocr.evaluate.fid", "upocr.evaluate.removal", "upocr.evaluate.fid"]]
+
+
+def test_an_upward_import_is_found(fake_package):
+    graph = fake_package({"__init__.py": "", "weights.py": "from .model.upocr import UPOCR\n", "model/__init__.py": "",
+                          "model/upocr.py": "import upocr.weights\n"})  # fmt: skip
+    assert graph["upocr.weights"] == {"upocr.model.upocr"}  # relative imports resolved
+    assert layer_of("upocr.weights") < layer_of("upocr.model.upocr")
+    assert cycles(graph) == [["upocr.model.upocr", "upocr.weights", "upocr.model.upocr"]]
