@@ -13,7 +13,8 @@ from upocr.data import layouts
 from upocr.data.datasets import build_dataset
 from upocr.data.synth import SynthError, generate_dataset, parse_size
 from upocr.data.synth import backgrounds, fonts
-from upocr.data.synth.render import fill_polygons, render_scene, textseg_label
+from upocr.data.synth.render import fill_polygons, textseg_label
+from upocr.data.synth.world import render_scene
 from upocr.data.synth.tampering import tamper_scene
 from upocr.tasks import Task
 
@@ -336,7 +337,6 @@ def test_v2_tampering_copy_move_and_splice_are_labelled_exactly():
 def test_page_curl_bends_text_and_labels_together(monkeypatch):
     """A curled page: forward map inverts the remap, ground truth stays exact, tampering follows the bend."""
     from upocr.data.synth import world
-    from upocr.data.synth.tampering import jpeg_roundtrip
 
     curl = world.random_curl(np.random.default_rng(0), (120, 150))
     points = np.stack([np.random.default_rng(1).uniform(10, 140, 50), np.random.default_rng(2).uniform(10, 110, 50)], 1)

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from scipy import ndimage, signal
 from tqdm import tqdm
 

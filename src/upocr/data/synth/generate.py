@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from upocr.data import layouts
 from upocr.data.synth import backgrounds, fonts
-from upocr.data.synth.render import removal_mask, render_scene, textseg_label
+from upocr.data.synth.render import removal_mask, textseg_label
 from upocr.data.synth.tampering import tamper_scene
-from upocr.data.synth.world import SceneOptions
+from upocr.data.synth.world import SceneOptions, render_scene
 from upocr.tasks import Task
 from upocr.utils import atomic_output
 

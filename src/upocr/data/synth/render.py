@@ -601,13 +601,9 @@ def composite_plate(image: np.ndarray, plate: tuple) -> None:
     view += alpha * warped[..., :3] * 255.0
 
 
-def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train", options=None) -> Scene:
-    """One scene of `size` (height, width) drawn with the split's fonts and photos; `options`
-    (`world.SceneOptions`) selects v2 scenes and user background photos (default: v1, built-in)."""
-    if options is not None and options.scenes == "v2":
-        from upocr.data.synth.world import render_world_scene
-
-        return render_world_scene(rng, size=size, split=split, options=options)
+def render_classic_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train", options=None) -> Scene:
+    """One v1 scene of `size` (height, width) drawn with the split's fonts and photos; `options`
+    (`world.SceneOptions`) may add user background photos. `world.render_scene` picks v1 or v2."""
     h, w = size
     if options is not None and options.user_photos:
         clean_bg = backgrounds.random_background(rng, split, h, w, user_photos=options.user_photos,

@@ -30,6 +30,7 @@ import numpy as np
 
 from upocr.data.synth import fonts, text
 from upocr.data.synth.render import Scene, box_of, composite, draw_word_layers, fill_polygons
+from upocr.data.synth.world import SceneOptions, render_scene
 
 REAL, TAMPERED = 1, 2
 MAX_EDITS = 5  # v2 edits per image
@@ -195,9 +196,6 @@ def _paste(rng: np.random.Generator, canvas: np.ndarray, taken: np.ndarray, patc
 
 def _donor_scene(rng: np.random.Generator, scene: Scene, options) -> Scene | None:
     """Another scene (other background, fonts, light, JPEG) to cut a word from."""
-    from upocr.data.synth.render import render_scene
-    from upocr.data.synth.world import SceneOptions
-
     h, w = scene.fill.shape
     base = options if options is not None else SceneOptions(scenes="v2")
     donor_options = replace(base, scenes="v2", kinds=("classic", "sign", "poster"))

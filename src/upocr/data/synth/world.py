@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
-from upocr.data.synth.render import (MIN_FONT_PX, Block, BlockPlan, Degradation, PageCurl, Plate, Scene, Word,
+from upocr.data.synth.render import (render_classic_scene, MIN_FONT_PX, Block, BlockPlan, Degradation, PageCurl, Plate, Scene, Word,
                                      _random_degradation, _try_block, composite, composite_plate, contrasting_colour)
 
 KINDS = ("classic", "sign", "poster", "ui", "document")
@@ -372,3 +372,12 @@ def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split
     return Scene(image=degradation.apply(image), background=degradation.apply(clean_bg), clean_background=clean_bg,
                  fill=fill_cov, effect=effect_cov, words=words, blocks=blocks, degradation=degradation, split=split,
                  extra={"kind": kind})
+
+
+def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train",
+                 options: SceneOptions | None = None) -> Scene:
+    """One scene of `size` (height, width) drawn with the split's fonts and photos; `options` selects v2
+    scenes and user background photos (default: v1, built-in)."""
+    if options is not None and options.scenes == "v2":
+        return render_world_scene(rng, size=size, split=split, options=options)
+    return render_classic_scene(rng, size=size, split=split, options=options)
