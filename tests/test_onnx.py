@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,23 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_weights, tmp_path_factory) -> tuple[Path, str]:
+def weights(tmp_path_factory) -> Path:
+    """The tiny config with two blocks per stage, so that shifted windows (and their masks) are exported."""
+    from upocr.model import UPOCRConfig, build_model
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(UPOCRConfig.preset("tiny"), encoder_depths=(2, 2, 2, 2), decoder_depths=(2,) * 5, input_size=SIZE)
+    directory = tmp_path_factory.mktemp("weights") / "shifted"
+    build_model(config).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def exported(weights, tmp_path_factory) -> tuple[Path, str]:
     """The tiny weights exported once through the CLI: (the .onnx file, what the command printed)."""
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     result = subprocess.run(
-        [sys.executable, "-m", "upocr.cli", "export-onnx", "--weights", str(tiny_weights), "--size", str(SIZE), "-o", str(path)],
+        [sys.executable, "-m", "upocr.cli", "export-onnx", "--weights", str(weights), "--size", str(SIZE), "-o", str(path)],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -34,8 +47,8 @@ def exported(tiny_weights, tmp_path_factory) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_weights):
-    return load_model(tiny_weights)
+def tiny_model(weights):
+    return load_model(weights)
 
 
 def test_cli_export_writes_a_checked_file(exported):
@@ -44,28 +57,30 @@ def test_cli_export_writes_a_checked_file(exported):
     assert not [p for p in path.parent.iterdir() if p != path]  # no temporaries left beside it
     difference = float(printed.split("max abs difference from PyTorch ")[1].split()[0])
     assert difference <= EXPORT_TOLERANCE
-    # The check covered every task in one batch and a second, non-square size.
-    assert f"3x3x{SIZE}x{SIZE}" in printed and f"1x3x{SIZE + 32}x{SIZE // 2}" in printed
+    # The check covered every task in one batch (of a size the trace did not see) and a single image.
+    assert f"3x3x{SIZE}x{SIZE}" in printed and f"1x3x{SIZE}x{SIZE}" in printed
 
 
-def test_onnx_matches_pytorch_for_every_task_mixed_batches_and_sizes(exported, tiny_model):
+def test_onnx_matches_pytorch_for_every_task_in_mixed_batches(exported, tiny_model):
     runner = OnnxRunner(exported[0])
     assert runner.config == tiny_model.config  # carried in the file's metadata
-    # Batches that mix the three tasks, at the traced size and at sizes the graph was not traced at.
-    shapes = [(4, 3, SIZE, SIZE), (3, 3, 96, 160), (2, 3, 32, 32), (1, 3, 128, 64)]
+    # Batches that mix the three tasks, of sizes other than the traced one (2): the batch is dynamic.
+    shapes = [(4, 3, SIZE, SIZE), (5, 3, SIZE, SIZE), (1, 3, SIZE, SIZE)]
     assert max_difference(tiny_model, runner, shapes) <= EXPORT_TOLERANCE
+    with pytest.raises(ValueError, match=f"takes {SIZE}x{SIZE} images"):  # height and width are fixed
+        runner(torch.rand(1, 3, 96, SIZE), "removal")
     # The task input matters: a batch of one image under the three prompts gives three different outputs.
     image = torch.rand(1, 3, SIZE, SIZE).expand(3, -1, -1, -1)
     full = runner(image, [Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION])[-1]
     assert not torch.allclose(full[0], full[1]) and not torch.allclose(full[1], full[2])
 
 
-def test_predictor_onnxruntime_gives_the_pytorch_results(exported, tiny_weights):
+def test_predictor_onnxruntime_gives_the_pytorch_results(exported, weights):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=(80, 100, 3), dtype=np.uint8)
     tasks = ["removal", "segmentation", "tampering"]
     for removal in ("raw", "model-fill"):
-        reference = Predictor(weights=tiny_weights, size=SIZE, removal=removal).predict_tasks(image, tasks)
+        reference = Predictor(weights=weights, size=SIZE, removal=removal).predict_tasks(image, tasks)
         onnx = Predictor(weights=exported[0], backend="onnxruntime", size=SIZE, removal=removal).predict_tasks(image, tasks)
         for ours, theirs in zip(onnx, reference):
             np.testing.assert_allclose(ours.output, theirs.output, atol=1e-4)
@@ -82,18 +97,20 @@ def test_predictor_onnxruntime_exports_a_torch_model_in_memory(tiny_model):
     np.testing.assert_allclose(onnx.predict(image, "tampering").output, reference.predict(image, "tampering").output, atol=1e-4)
 
 
-def test_predictor_onnxruntime_refuses_other_precisions(exported):
+def test_predictor_onnxruntime_refuses_other_precisions_and_sizes(exported):
+    with pytest.raises(ValueError, match=f"exported for {SIZE}x{SIZE} images, not size 96"):
+        Predictor(weights=exported[0], backend="onnxruntime", size=96)
     with pytest.raises(ValueError, match="fp32 only"):
         Predictor(weights=exported[0], backend="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="backend must be one of"):
         Predictor(weights=exported[0], backend="tensorrt")
 
 
-def test_cli_predict_with_backend_onnxruntime(exported, tiny_weights, tmp_path):
+def test_cli_predict_with_backend_onnxruntime(exported, weights, tmp_path):
     image = np.random.default_rng(2).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "in.png")
     masks = {}
-    for backend, weights in (("pytorch", tiny_weights), ("onnxruntime", exported[0])):
+    for backend, weights in (("pytorch", weights), ("onnxruntime", exported[0])):
         out = tmp_path / backend
         assert main(["segment-text", str(tmp_path / "in.png"), "-o", str(out), "--weights", str(weights),
                      "--size", str(SIZE), "--backend", backend]) == 0
