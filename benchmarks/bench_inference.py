@@ -4,13 +4,16 @@ peak RSS, and agreement with fp32, on CPU.
     python benchmarks/bench_inference.py                                   # paper and small, 512, fp32 + int8
     python benchmarks/bench_inference.py --configs small --weights src/upocr/weights --sizes 256 512
     python benchmarks/bench_inference.py --configs paper --precisions fp32 bf16 int8 --runs 2
+    python benchmarks/bench_inference.py --configs small paper --precisions fp32 --backends pytorch onnxruntime
 
 Each row runs in a fresh process so that its peak RSS is its own: build the model (random weights unless
 `--weights`; cost does not depend on the values), one warm-up `Predictor.predict_tasks` on a bundled
 sample photo resized to size x size, then `--runs` timed calls (the median is reported). Time covers the
 whole call for all `--tasks`: resize, forward passes, resize back, decoding (removal in `--removal` mode,
 default raw, so that the table measures the model rather than the classical inpainting).
-Fidelity compares each precision with the fp32 row of the same config and size (run first): PSNR of the
+`--backends onnxruntime` adds fp32 rows run by ONNX Runtime (`upocr.export`; the same weights exported by
+another process first, neither its time nor its memory counted; ORT uses `--threads` intra-op threads).
+Fidelity compares each row with the PyTorch fp32 row of the same config and size (run first): PSNR of the
 text-removal image and agreement of the segmentation mask. With random weights these say little about
 trained ones: pass `--weights` for meaningful numbers. bf16 is skipped on CPUs without native bf16
 (AVX512-BF16 / AMX), where autocast emulates it and runs many times slower, unless `--precisions` names it.
@@ -28,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES
+from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES
 
 TASKS = ("removal", "segmentation", "tampering")
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples" / "poster.jpg"
@@ -42,21 +45,22 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def measure(config: str, precision: str, size: int, args: argparse.Namespace, reference: Path) -> dict:
+def measure(config: str, precision: str, backend: str, size: int, args: argparse.Namespace, reference: Path) -> dict:
     import numpy as np
     import torch
     from PIL import Image
 
-    from upocr.model import build_model
-    from upocr.model.checkpoint import load_model
     from upocr.predict import Predictor
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = (load_model(args.weights) if args.weights else build_model(config)).eval()
     image = np.asarray(Image.open(SAMPLE).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
-    predictor = Predictor(model, size=size, precision=precision, tile=args.tile, removal=args.removal)
-    del model  # int8 quantized a copy
+    if backend == "onnxruntime":  # exported by another process, so that its memory is not counted here
+        exported = reference.with_suffix(".onnx")
+        command = [sys.executable, __file__, "--export", config, str(size), str(exported)]
+        subprocess.run(command + (["--weights", args.weights] if args.weights else []), check=True)
+        predictor = Predictor(weights=exported, size=size, tile=args.tile, removal=args.removal, backend=backend)
+    else:
+        predictor = Predictor(build(config, args), size=size, precision=precision, tile=args.tile, removal=args.removal)
     predictor.predict_tasks(image, args.tasks)  # warm-up (allocator, kernels, cached position biases)
     seconds = []
     for _ in range(args.runs):
@@ -66,17 +70,29 @@ def measure(config: str, precision: str, size: int, args: argparse.Namespace, re
     row = {
         "config": config,
         "precision": precision,
+        "backend": backend,
         "size": size,
         "s_per_image": statistics.median(seconds),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
     }
     by_task = {prediction.task.name: prediction for prediction in results}
     arrays = {name: prediction.result for name, prediction in by_task.items()}
-    if precision == "fp32":
+    if precision == "fp32" and backend == "pytorch":
         np.savez(reference, **arrays)
     elif reference.exists():
         row.update(fidelity(np.load(reference), arrays))
     return row
+
+
+def build(config: str, args: argparse.Namespace):
+    """The benchmarked model: `--weights`, or the config's random initialisation (seed 0: every row alike)."""
+    import torch
+
+    from upocr.model import build_model
+    from upocr.model.checkpoint import load_model
+
+    torch.manual_seed(0)
+    return (load_model(args.weights) if args.weights else build_model(config)).eval()
 
 
 def fidelity(reference, arrays: dict) -> dict:
@@ -95,7 +111,7 @@ def fidelity(reference, arrays: dict) -> dict:
 
 
 def format_fidelity(row: dict) -> str:
-    if row["precision"] == "fp32":
+    if row["precision"] == "fp32" and row["backend"] == "pytorch":
         return "reference"
     parts = []
     if "psnr_db" in row:
@@ -110,6 +126,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["paper", "small"])
     parser.add_argument("--precisions", nargs="+", choices=[p for p in PRECISIONS if p != "fp16"], default=None,
                         help="default: fp32, int8, and bf16 where the CPU has native bf16")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["pytorch"],
+                        help="onnxruntime rows run fp32 only (default: pytorch)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[512])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--runs", type=int, default=3)
@@ -119,27 +137,37 @@ def main() -> None:
                         help=f"text removal result mode (default raw: the model alone; the Predictor's default, "
                         f"{DEFAULT_REMOVAL_MODE}, adds inpainting whose time grows with the text area)")
     parser.add_argument("--weights", default=None, help="trained weights instead of random ones (--configs names the rows)")
-    parser.add_argument("--child", nargs=4, metavar=("CONFIG", "PRECISION", "SIZE", "REFERENCE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, metavar=("CONFIG", "PRECISION", "BACKEND", "SIZE", "REFERENCE"), help=argparse.SUPPRESS)
+    parser.add_argument("--export", nargs=3, metavar=("CONFIG", "SIZE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.export:
+        from upocr.export import onnx_bytes
+
+        config, size, path = args.export
+        Path(path).write_bytes(onnx_bytes(build(config, args), size=int(size)))
+        return
     if args.child:
-        config, precision, size, reference = args.child
-        print(json.dumps(measure(config, precision, int(size), args, Path(reference))))
+        config, precision, backend, size, reference = args.child
+        print(json.dumps(measure(config, precision, backend, int(size), args, Path(reference))))
         return
     precisions = args.precisions or ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
     precisions = sorted(set(precisions), key=["fp32", "int8", "bf16"].index)  # fp32 first: the reference
+    # (precision, backend) per row: PyTorch fp32 first (the reference), ONNX Runtime in fp32 only.
+    variants = [(p, "pytorch") for p in precisions if "pytorch" in args.backends or p == "fp32"]
+    variants += [("fp32", "onnxruntime")] if "onnxruntime" in args.backends else []
 
     print(f"UPOCR inference on CPU, {args.threads} threads, tasks: {', '.join(args.tasks)} per image "
           f"(removal: {args.removal}), median of {args.runs} runs after 1 warm-up, fresh process per row; "
           f"weights: {args.weights or 'random'}; native bf16: {cpu_has_native_bf16()}")
-    header = f"{'config':<8} {'precision':<9} {'backend':<8} {'size':>5} {'s/image':>8} {'images/s':>9} {'peak RSS':>9}  fidelity vs fp32"
+    header = f"{'config':<8} {'precision':<9} {'backend':<11} {'size':>5} {'s/image':>8} {'images/s':>9} {'peak RSS':>9}  fidelity vs fp32"
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as scratch:
         for config in args.configs:
             for size in args.sizes:
                 reference = Path(scratch) / f"{config}-{size}.npz"
-                for precision in precisions:
-                    command = [sys.executable, __file__, "--child", config, precision, str(size), str(reference),
+                for precision, backend in variants:
+                    command = [sys.executable, __file__, "--child", config, precision, backend, str(size), str(reference),
                                "--runs", str(args.runs), "--threads", str(args.threads), "--removal", args.removal,
                                "--tasks", *args.tasks]
                     if args.weights:
@@ -147,7 +175,7 @@ def main() -> None:
                     if args.tile:
                         command += ["--tile", str(args.tile)]
                     row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-                    print(f"{config:<8} {precision:<9} {'pytorch':<8} {size:>5} {row['s_per_image']:>8.2f} "
+                    print(f"{config:<8} {precision:<9} {backend:<11} {size:>5} {row['s_per_image']:>8.2f} "
                           f"{1 / row['s_per_image']:>9.2f} {row['peak_rss_mib']:>5.0f} MiB  {format_fidelity(row)}", flush=True)
 
 

@@ -66,6 +66,8 @@ REMOVAL_TEXT_DILATION = 3
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+Backend = Literal["pytorch", "onnxruntime"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 ModelFn = Callable[[torch.Tensor, Any], Any]
 
 
@@ -112,6 +114,8 @@ class Predictor:
     neighbouring tiles (default: tile / 8, i.e. 64 for 512).
     precision: "fp32", "bf16" (autocast; CPU or CUDA), "fp16" (autocast; CUDA only) or "int8" (Linear
     layers dynamically quantized, `upocr.model.quantize`; CPU only; a given model is copied, not changed).
+    backend: "pytorch" or "onnxruntime" (fp32; `weights` may then be a `.onnx` file from `upocr export-onnx`,
+    else the model is exported in memory; `upocr.export`).
     removal: how text removal builds its result: "raw", "blend", "model-fill" or "telea-fill" (module
     docstring); the fill modes also run the segmentation prompt for the text mask.
     """
@@ -130,11 +134,18 @@ class Predictor:
         threshold: float | None = None,
         removal: RemovalMode = DEFAULT_REMOVAL_MODE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        backend: Backend = "pytorch",
     ) -> None:
         # The options as given (None: from the weights), for `with_options`: every argument but these three.
         self._options = {k: v for k, v in locals().items() if k not in ("self", "model", "weights", "device")}
         self.device = resolve_device(device)
         loaded_here = model is None
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "onnxruntime":  # `upocr.export`: an ONNX Runtime session called like the model
+            from upocr.export import onnx_runner
+
+            model, weights = onnx_runner(model, weights, device=self.device, precision=precision, size=size), None
         if model is None:
             model = load_model(weights, device=str(self.device))
         elif weights is not None:
@@ -162,6 +173,7 @@ class Predictor:
         if precision == "int8" and (self.device.type != "cpu" or not isinstance(model, torch.nn.Module)):
             raise ValueError("precision int8 (dynamic quantization) needs a torch model on the CPU")
         self.precision = precision
+        self.backend = backend
         if threshold is None:  # the threshold calibrated for these weights (0.4, the original's, if none)
             threshold = stored.segmentation_threshold
         self.threshold = float(threshold)

@@ -14,7 +14,7 @@ from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands import positive
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
-from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
+from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
 from upocr.tasks import SEGMENTATION_THRESHOLD, TASK_SPECS, Task, TaskSpec
 from upocr.utils import printable
 from upocr.visualize import image_grid
@@ -118,6 +118,9 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default 1)")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU)")
+    group.add_argument("--backend", choices=BACKENDS, default="pytorch",
+                       help="pytorch (default) or onnxruntime (fp32; --weights may be a .onnx file from "
+                       "`upocr export-onnx`, else the weights are exported first; pip install 'upocr[onnx]')")
     group.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
                        help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
 
@@ -162,6 +165,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
         overlap=args.overlap,
         batch_size=args.batch_size,
         precision=args.precision,
+        backend=args.backend,
         threshold=getattr(args, "threshold", None),
         removal=getattr(args, "mode", DEFAULT_REMOVAL_MODE),
         max_pixels=args.max_pixels,

@@ -20,6 +20,13 @@ MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 SHIFT_MASK_VALUE = -100.0
 
 
+def exporting() -> bool:
+    """Whether the model is being traced for export (`upocr.export`): then the position biases and shift
+    masks are computed in the graph rather than read from Python-side caches, and attention is written
+    out so that one graph serves any batch size."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch of a sample with probability `rate` (train only)."""
 
@@ -90,7 +97,7 @@ class WindowAttention(nn.Module):
 
     def position_bias(self) -> torch.Tensor:
         """(heads, N, N) bias in (0, 16): computed when autograd is on, else cached (class docstring)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or exporting():  # exported: a constant of the graph
             return self._compute_position_bias()
         key = self._bias_source_key()
         if key is None:
@@ -132,11 +139,14 @@ class WindowAttention(nn.Module):
         q, k = self._scaled_unit_query_key(qkv[:, :, :2])
         v = qkv[:, :, 2].transpose(1, 2)  # (windows, heads, N, d), as q and k
         attn_bias = self.position_bias().to(q.dtype)
-        if mask is None:
+        if mask is not None:
+            attn_bias = attn_bias + mask.to(q.dtype).unsqueeze(1)  # (groups, heads, N, N)
+        if exporting():
+            out = exportable_attention(q, k, v, attn_bias if mask is not None else attn_bias.unsqueeze(0))
+        elif mask is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.unsqueeze(0), scale=1.0)
         else:
             groups = mask.shape[0]
-            attn_bias = attn_bias + mask.to(q.dtype).unsqueeze(1)  # (groups, heads, N, N)
             # One call per image: all images share the mask, and repeating it for the batch would copy it.
             out = torch.cat([
                 F.scaled_dot_product_attention(q[i : i + groups], k[i : i + groups], v[i : i + groups], attn_mask=attn_bias, scale=1.0)
@@ -155,6 +165,17 @@ class WindowAttention(nn.Module):
         return (unit[:, :, 0] * scale).transpose(1, 2), unit[:, :, 1].transpose(1, 2)
 
 
+def exportable_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T + bias) v for (windows, heads, N, d) inputs and a (groups, heads, N, N) bias shared by
+    every image (windows = batch * groups): what `scaled_dot_product_attention(scale=1)` computes, written
+    out for export: one graph for any batch size (no loop over images), and an output layout that does
+    not change when the exporter decomposes the attention."""
+    groups = bias.shape[0]
+    per_image = (-1, groups, *q.shape[1:])  # (B, groups, heads, N, d)
+    logits = q.view(per_image) @ k.view(per_image).transpose(-2, -1) + bias
+    return (logits.softmax(dim=-1) @ v.view(per_image)).flatten(0, 1)
+
+
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
     """(B, H, W, C) -> (B*H/w*W/w, w*w, C)."""
     b, h, w, c = x.shape
@@ -169,12 +190,19 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
-@lru_cache(maxsize=32)
 def shift_mask(padded_h: int, padded_w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
     """(nW, N, N) additive mask keeping attention inside each region of a cyclically shifted map.
 
     Cached per map size and device (it depends on nothing else): every shifted block of a stage shares it.
-    Built outside inference mode, so that a mask first made at inference also serves training."""
+    While exporting (`upocr.export`) the mask is built inside the graph (a constant there)."""
+    if exporting():
+        return _region_mask(padded_h, padded_w, window, shift).to(device)
+    return _cached_shift_mask(padded_h, padded_w, window, shift, device)
+
+
+@lru_cache(maxsize=32)
+def _cached_shift_mask(padded_h: int, padded_w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    # Built outside inference mode, so that a mask first made at inference also serves training.
     with torch.inference_mode(False):
         return _region_mask(padded_h, padded_w, window, shift).to(device)
 

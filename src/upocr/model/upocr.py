@@ -83,6 +83,11 @@ class UPOCR(nn.Module):
         indices = task_indices(tasks, images.shape[0]).to(images.device)
         if int(indices.max()) >= self.config.num_tasks or int(indices.min()) < 0:
             raise ValueError(f"task index out of range for a model with {self.config.num_tasks} tasks")
+        return self.forward_indices(images, indices)
+
+    def forward_indices(self, images: torch.Tensor, indices: torch.Tensor) -> list[torch.Tensor]:
+        """`forward` without its checks: images (B, 3, H, W), indices (B,) int64 task indices, both valid.
+        Traceable (no Python branch on tensor values): what `upocr.export` exports to ONNX."""
         features = self.encoder(images)
         bottleneck = features[-1]
         b, c, h, w = bottleneck.shape

@@ -1,0 +1,208 @@
+"""ONNX export of a UPOCR model and an ONNX Runtime backend for `upocr.Predictor`.
+
+The exported graph takes `images` (B, 3, S, S) float32 in [0, 1] and `tasks` (B,) int64 task indices (one
+per image, so one batch may mix tasks) and returns the model's three outputs `quarter`, `half` and `full`
+(raw values, as `UPOCR.forward`). The batch is dynamic; height and width are fixed at the export size S,
+because the SwinV2 window padding, shift masks and their region labels are computed in Python from the
+map sizes and so are baked into the trace (`torch.onnx.export(dynamo=False)`). The dynamo exporter does
+trace them symbolically (with `upocr.model.swinv2.exporting()` branches), but its symbolic-shape
+simplification (sympy) did not finish in 8 minutes for the 4-block `tiny` config (docs/inference.md).
+The model's config and its inference defaults (the export size, the segmentation threshold) travel in the
+file's metadata, so a Predictor on the ONNX file knows its size and threshold. `onnx`/`onnxruntime` are optional: `pip install 'upocr[onnx]'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from upocr.model.config import UPOCRConfig
+from upocr.weights import InferenceDefaults
+from upocr.model.upocr import UPOCR, check_input_size
+from upocr.tasks import Task, task_indices
+from upocr.utils import atomic_output
+
+INPUT_NAMES = ("images", "tasks")
+OUTPUT_NAMES = ("quarter", "half", "full")
+CONFIG_METADATA_KEY = "upocr_config"
+INFERENCE_METADATA_KEY = "upocr_inference"
+# The exported model must agree with PyTorch to this (max abs difference of the raw outputs).
+EXPORT_TOLERANCE = 1e-4
+OPSET = 17
+INSTALL_HINT = "pip install 'upocr[onnx]'"
+
+
+class ExportError(RuntimeError):
+    """An export that failed, or whose model disagrees with PyTorch; the message is one line."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    max_abs_diff: float  # largest |ONNX - PyTorch| over every output of the check inputs
+    checked_shapes: list[tuple[int, ...]]  # (B, 3, H, W) of each check batch
+
+
+def require(module: str) -> Any:
+    """Import an optional ONNX package or fail with one line saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"the ONNX backend needs the {module} package: {INSTALL_HINT}") from None
+
+
+class TaskIndexedModel(nn.Module):
+    """`UPOCR.forward_indices` as the exported signature: (images, int64 task indices) -> 3 outputs."""
+
+    def __init__(self, model: UPOCR) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model.forward_indices(images, tasks))
+
+
+def onnx_bytes(model: UPOCR, *, size: int | None = None) -> bytes:
+    """The serialized ONNX model for size x size images (default: the config's input size), dynamic batch.
+    Raises ExportError (one line) when the exporter fails."""
+    onnx = require("onnx")
+    size = size or model.inference.input_size
+    check_input_size(size, size)
+    wrapper = TaskIndexedModel(model.float().cpu().eval()).eval()
+    # Batch 2 with two tasks: a batch of one could let the tracer treat the batch size as a constant.
+    example = (torch.rand(2, 3, size, size), torch.tensor([int(Task.TEXT_REMOVAL), int(Task.TEXT_SEGMENTATION)]))
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values: the fixed size, by design
+            torch.onnx.export(
+                wrapper, example, buffer, dynamo=False, opset_version=OPSET,
+                input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                dynamic_axes={"images": {0: "batch"}, "tasks": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+            )
+    except Exception as error:  # noqa: BLE001 - the exporter's errors span pages: keep the first line
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportError(f"ONNX export failed: {first_line}") from error
+    proto = onnx.load_from_string(buffer.getvalue())
+    inference = dataclasses.replace(model.inference, input_size=size)  # the size the file accepts
+    onnx.helper.set_model_props(proto, {CONFIG_METADATA_KEY: model.config.to_json(), INFERENCE_METADATA_KEY: inference.to_json()})
+    return proto.SerializeToString()
+
+
+def export_onnx(model: UPOCR, path: str | os.PathLike, *, size: int | None = None) -> ExportReport:
+    """Export `model` to `path` (written atomically) and check it against PyTorch on random inputs.
+
+    The check runs every task in one batch (3 images, a batch size the trace did not see) and one image
+    alone; it raises ExportError, leaving no file, when any output differs by more than EXPORT_TOLERANCE."""
+    size = size or model.inference.input_size
+    data = onnx_bytes(model, size=size)
+    runner = OnnxRunner(data)
+    shapes = [(len(Task), 3, size, size), (1, 3, size, size)]
+    difference = max_difference(model, runner, shapes)
+    path = Path(path)
+    if difference > EXPORT_TOLERANCE:
+        raise ExportError(f"{path}: the exported model differs from PyTorch by {difference:.2e} (more than "
+                          f"{EXPORT_TOLERANCE:.0e}); nothing written")
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return ExportReport(path, difference, shapes)
+
+
+def max_difference(model: UPOCR, runner: "OnnxRunner", shapes: Sequence[tuple[int, ...]], seed: int = 0) -> float:
+    """Largest |ONNX - PyTorch| over all outputs for random images of `shapes`, tasks cycling through all."""
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for shape in shapes:
+        images = torch.rand(shape, generator=generator)
+        tasks = [Task(i % len(Task)) for i in range(shape[0])]
+        with torch.inference_mode():
+            expected = model(images, tasks)
+        for ours, theirs in zip(runner(images, tasks), expected):
+            worst = max(worst, float((ours - theirs.float()).abs().max()))
+    return worst
+
+
+class OnnxRunner:
+    """An exported UPOCR under ONNX Runtime, called like the model: `runner(images, tasks)` -> the three
+    (B, 3, h, w) outputs as CPU tensors. `config` and `inference` (its export size and threshold) are the
+    exported model's, from the file's metadata.
+
+    source: a path to a `.onnx` file or its bytes. threads: ONNX Runtime's intra-op threads (default:
+    torch's, so both backends use the same cores)."""
+
+    def __init__(self, source: str | os.PathLike | bytes, *, device: str | torch.device = "cpu", threads: int | None = None) -> None:
+        ort = require("onnxruntime")
+        self.name = "ONNX model" if isinstance(source, bytes) else str(source)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise
+        providers = ["CUDAExecutionProvider"] if torch.device(device).type == "cuda" else ["CPUExecutionProvider"]
+        if providers[0] not in ort.get_available_providers():
+            raise ValueError(f"onnxruntime here has no {providers[0]} (install onnxruntime-gpu for --device cuda)")
+        try:
+            self.session = ort.InferenceSession(source if isinstance(source, bytes) else os.fspath(source),
+                                                options, providers=providers)
+        except Exception as error:  # noqa: BLE001 - ORT raises its own classes; one line with the file
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"{self.name}: not a loadable ONNX model ({first_line})") from None
+        names = [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()]
+        if tuple(names[0]) != INPUT_NAMES or tuple(names[1]) != OUTPUT_NAMES:
+            raise ValueError(f"{self.name}: not a UPOCR export (inputs {names[0]}, outputs {names[1]}); "
+                             "make one with `upocr export-onnx`")
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.config = UPOCRConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])) if CONFIG_METADATA_KEY in metadata else None
+        size = self.session.get_inputs()[0].shape[2]
+        self.inference = (InferenceDefaults.from_dict(json.loads(metadata[INFERENCE_METADATA_KEY]))
+                          if INFERENCE_METADATA_KEY in metadata else InferenceDefaults(input_size=int(size)))
+
+    def __call__(self, images: torch.Tensor, tasks: Sequence[Task | str | int] | Task | str | int | torch.Tensor) -> list[torch.Tensor]:
+        expected = tuple(self.session.get_inputs()[0].shape[2:])
+        if tuple(images.shape[-2:]) != expected:
+            raise ValueError(f"{self.name} takes {expected[0]}x{expected[1]} images (its export size), got "
+                             f"{images.shape[-2]}x{images.shape[-1]}; use size {expected[0]}, or export at this size")
+        indices = task_indices(tasks, images.shape[0])
+        feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy()), "tasks": indices.numpy()}
+        return [torch.from_numpy(output) for output in self.session.run(list(OUTPUT_NAMES), feed)]
+
+
+def onnx_runner(
+    model: Any, weights: str | os.PathLike | None, *, device: torch.device, precision: str, size: int | None = None
+) -> OnnxRunner:
+    """The Predictor's `backend="onnxruntime"`: a `.onnx` file at `weights`, or else the torch `model` (or
+    the checkpoint at `weights`, None: the bundled default) exported in memory at `size` (None: its own)."""
+    if precision != "fp32":
+        raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision}")
+    if isinstance(model, OnnxRunner):
+        return model
+    if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"{weights}: no such ONNX file")
+        runner = OnnxRunner(weights, device=device)
+        exported_size = runner.session.get_inputs()[0].shape[-1]
+        if size is not None and size != exported_size:
+            raise ValueError(f"{weights} was exported for {exported_size}x{exported_size} images, not size {size}; "
+                             f"use size {exported_size} or export again with --size {size}")
+        return runner
+    if model is None:
+        from upocr.model.checkpoint import load_model
+
+        model = load_model(weights)
+    elif weights is not None:
+        raise ValueError("give either a model or weights, not both")
+    if not isinstance(model, UPOCR):
+        raise ValueError(f"backend onnxruntime needs a UPOCR model or a .onnx file, got {type(model).__name__}")
+    runner = OnnxRunner(onnx_bytes(model, size=size), device=device)
+    runner.name = "exported model"
+    return runner
