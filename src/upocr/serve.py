@@ -173,6 +173,7 @@ class DemoApp:
             "model": without_paths(self.model_label),
             "device": str(self.predictor.device),
             "size": self.predictor.size,
+            "precision": self.predictor.precision,
             "tasks": ["all"] + [task.short for task in ALL_TASKS],
             "samples": self.sample_names(),
             "max_upload_bytes": self.max_upload_bytes,
