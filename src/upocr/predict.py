@@ -462,16 +462,21 @@ def resize_rows(output: np.ndarray, height: int, width: int, top: int, bottom: i
     source_top, source_bottom = int(first.min()), int(second.max()) + 1
     source = torch.from_numpy(np.ascontiguousarray(output[None, :, source_top:source_bottom], dtype=np.float32))
     wide = F.interpolate(source, size=(source_bottom - source_top, width), mode="bilinear", align_corners=False)[0].numpy()
-    rows = weight_first[:, None] * wide[:, first - source_top] + weight_second[:, None] * wide[:, second - source_top]
+    # w0 * row0 + w1 * row1, the first product fused into the sum as torch's build does (float64 holds
+    # the float32 product exactly), so the values match torch's to the bit on this build.
+    second_term = (weight_second[:, None] * wide[:, second - source_top]).astype(np.float64)
+    rows = (weight_first[:, None].astype(np.float64) * wide[:, first - source_top] + second_term).astype(np.float32)
     return np.clip(rows, 0, 1)
 
 
 def _linear_indices(source: int, target: int, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For target rows [top, bottom): source rows and weights of torch's bilinear (align_corners=False)
     interpolation, in float32 as torch computes them (aten/src/ATen/native/UpSample.h)."""
-    half = np.float32(0.5)
     scale = np.float32(source) / np.float32(target)
-    position = np.maximum(scale * (np.arange(top, bottom, dtype=np.float32) + half) - half, np.float32(0))
+    # scale * (row + 0.5) - 0.5 rounded once (torch's build contracts it to a fused multiply-add): exact in
+    # float64, then rounded to float32.
+    position = (np.float64(scale) * (np.arange(top, bottom, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    position = np.maximum(position, np.float32(0))
     first = np.minimum(np.floor(position).astype(np.int64), source - 1)
     weight_second = np.clip(position - first.astype(np.float32), 0, 1).astype(np.float32)
     second = first + (first < source - 1)
