@@ -149,6 +149,7 @@ CASES = [  # (height, width), tile, overlap, batch size
     ((129, 131), 32, 16, 64),  # odd size; one batch holds several tile rows
     ((90, 140), None, None, 1),  # resize mode
     ((64, 64), None, None, 2),  # resize mode at the working size
+    ((20, 70), None, None, 1),  # resize mode, smaller than the working size
     ((150, 97), "auto", None, 4),  # auto: tiled (> 4 x 32^2 pixels) + the whole image for fill modes
 ]
 
@@ -205,7 +206,7 @@ def test_tiled_memory_is_bounded_by_the_results_not_the_float_maps():
 # ---------------------------------------------------------------------- the pieces
 
 
-@pytest.mark.parametrize("source, target", [((64, 64), (90, 140)), ((64, 64), (1000, 37)), ((32, 48), (32, 300)), ((64, 64), (20, 30))])
+@pytest.mark.parametrize("source, target", [((64, 64), (90, 140)), ((64, 64), (1000, 37)), ((32, 48), (32, 300)), ((64, 64), (513, 1001))])
 def test_resize_rows_equals_interpolating_the_whole(source, target):
     output = np.random.default_rng(1).random((3, *source), dtype=np.float32)
     whole = F.interpolate(torch.from_numpy(output)[None], size=target, mode="bilinear", align_corners=False)[0].numpy()

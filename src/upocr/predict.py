@@ -444,6 +444,9 @@ def decode_result(task: Task, output: np.ndarray, threshold: float) -> np.ndarra
 
 def resized_bands(outputs: list[np.ndarray], height: int, width: int, band_rows: int) -> Iterator[Band]:
     """Working-size outputs (3, s, s), bilinearly resized to (height, width), as bands of `band_rows` rows."""
+    if outputs and height * width <= outputs[0].shape[1] * outputs[0].shape[2]:  # no larger: in one piece
+        yield 0, height, [_resize_whole(output, height, width) for output in outputs]
+        return
     for top in range(0, height, band_rows):
         bottom = min(height, top + band_rows)
         yield top, bottom, [resize_rows(output, height, width, top, bottom) for output in outputs]
@@ -467,6 +470,13 @@ def resize_rows(output: np.ndarray, height: int, width: int, top: int, bottom: i
     second_term = (weight_second[:, None] * wide[:, second - source_top]).astype(np.float64)
     rows = (weight_first[:, None].astype(np.float64) * wide[:, first - source_top] + second_term).astype(np.float32)
     return np.clip(rows, 0, 1)
+
+
+def _resize_whole(output: np.ndarray, height: int, width: int) -> np.ndarray:
+    if output.shape[1:] == (height, width):
+        return output
+    resized = F.interpolate(torch.from_numpy(output)[None], size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0].clamp_(0, 1).numpy()
 
 
 def _linear_indices(source: int, target: int, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -59,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         predictor = Predictor(weights=args.weights, device=args.device, size=args.size,
-                              precision=args.precision, removal=args.removal_mode)
+                              precision=args.precision, removal=args.removal_mode, keep_output=False)
     except Exception as error:  # noqa: BLE001 - missing/bad weights, no CUDA, bad size: one clear line
         print(f"upocr: {error}", file=sys.stderr)
         return 1
