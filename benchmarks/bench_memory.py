@@ -5,10 +5,15 @@ s/image, tiles, peak RSS, and the floor (decoded input + output, which any run h
     python benchmarks/bench_memory.py --sizes 1000x1000 4000x3000 9000x9000 --tiles 256 auto --batch-size 8
     python benchmarks/bench_memory.py --commands segment-text --tiles 256 --weights src/upocr/weights
 
+    python benchmarks/bench_memory.py --stand-in                          # the pipeline alone, in seconds
+
 Each row is one `upocr <command> IMAGE -o OUT --tile T` in a fresh process, under an address-space
 limit (`--limit-kb`, default 6,000,000 KB, as `ulimit -v`); its peak RSS is that process's own (wait4).
 The synthetic images (a smooth background with rows of dark print, PNG) are made once in `--images`.
 Time is the whole command: start-up and model loading (the 1000x1000 row shows that part) and encoding.
+`--stand-in` replaces the model by a cheap local filter (a 5x5 mean; dark pixels read as text) and runs
+the same `upocr.files.predict_files` call as the command: what reading, tiling, decoding, Telea and
+writing hold, without the model's time (its per-tile activations are the same at every image size).
 """
 
 from __future__ import annotations
@@ -25,6 +30,25 @@ from pathlib import Path
 import numpy as np
 
 COMMANDS = ("remove-text", "segment-text", "detect-tampering")
+TASKS = {"remove-text": "removal", "segment-text": "segmentation", "detect-tampering": "tampering"}
+
+# `predict_files` with a stand-in model, as `upocr <command>` runs it (argv: image out task tile batch size).
+STAND_IN = """
+import inspect, sys
+import torch, torch.nn.functional as F
+from upocr.files import predict_files
+from upocr.predict import Predictor
+
+def stand_in(images, tasks):
+    blurred = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+    return 1 - blurred if tasks[0] == 2 else blurred
+
+image, out, task, tile, batch, size = sys.argv[1:]
+options = {"keep_output": False} if "keep_output" in inspect.signature(Predictor).parameters else {}
+predictor = Predictor(stand_in, size=int(size), tile=tile if tile == "auto" else int(tile), batch_size=int(batch), **options)
+report = predict_files(predictor, [image], out, task)
+sys.exit(1 if report.errors else 0)
+"""
 
 
 def make_image(path: Path, width: int, height: int) -> None:
@@ -80,6 +104,7 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, help="default: the bundled weights")
     parser.add_argument("--model-size", type=int, default=256,
                         help="the weights' input size, which --tile auto tiles with (256 for the bundled weights)")
+    parser.add_argument("--stand-in", action="store_true", help="a cheap stand-in model instead of the weights")
     parser.add_argument("--images", type=Path, default=Path(tempfile.gettempdir()) / "upocr-bench-memory")
     parser.add_argument("--limit-kb", type=int, default=6_000_000, help="address-space limit (ulimit -v)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more options for the command")
@@ -87,7 +112,8 @@ def main() -> int:
 
     size = args.model_size
     args.images.mkdir(parents=True, exist_ok=True)
-    print(f"limit {args.limit_kb:,} KB, batch size {args.batch_size}, model input size {size}, "
+    model = "stand-in model (5x5 mean)" if args.stand_in else f"weights {args.weights or 'bundled'}"
+    print(f"{model}, limit {args.limit_kb:,} KB, batch size {args.batch_size}, model input size {size}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"| command | tile | size | tiles | s/image | peak RSS MB | floor MB (input + output) |")
     print("|---|---|---|---:|---:|---:|---:|")
@@ -99,9 +125,13 @@ def main() -> int:
         for command in args.commands:
             for tile in args.tiles:
                 with tempfile.TemporaryDirectory() as out:
-                    line = [sys.executable, "-m", "upocr.cli", command, str(image), "-o", out, "--tile", tile,
-                            "--batch-size", str(args.batch_size), *args.extra]
-                    if args.weights:
+                    if args.stand_in:
+                        line = [sys.executable, "-c", STAND_IN, str(image), out, TASKS[command], tile,
+                                str(args.batch_size), str(size)]
+                    else:
+                        line = [sys.executable, "-m", "upocr.cli", command, str(image), "-o", out, "--tile", tile,
+                                "--batch-size", str(args.batch_size), *args.extra]
+                    if args.weights and not args.stand_in:
                         line += ["--weights", str(args.weights)]
                     seconds, peak, status = run(line, args.limit_kb)
                 output_bytes = 3 if command == "remove-text" else 1

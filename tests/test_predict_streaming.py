@@ -237,3 +237,21 @@ def test_telea_on_crops_equals_one_call_on_the_whole_image():
     expected = cv2.inpaint(image, text.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
     np.testing.assert_array_equal(telea_inpaint(image, text), expected)
     np.testing.assert_array_equal(telea_inpaint(image, np.zeros_like(text)), image)
+
+
+def test_overlays_hold_no_float_copy_of_the_image():
+    """segment-text / detect-tampering overlays used to tint a float32 copy of the whole image (12 bytes a
+    pixel, plus its rounded copy): now floats exist for the tinted pixels only."""
+    from upocr.visualize import overlay_mask
+
+    image = np.full((1000, 1000, 3), 200, np.uint8)
+    mask = np.zeros((1000, 1000), bool)
+    mask[100:150] = True  # 5% text
+    tracemalloc.start()
+    try:
+        overlay = overlay_mask(image, mask)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert overlay[0, 0].tolist() == [200, 200, 200] and overlay[120, 0].tolist() != [200, 200, 200]
+    assert peak < 6_000_000, f"peak {peak / 1e6:.1f} MB"  # the result (3 MB), the class map (1 MB), a little
