@@ -254,4 +254,4 @@ def test_overlays_hold_no_float_copy_of_the_image():
     finally:
         tracemalloc.stop()
     assert overlay[0, 0].tolist() == [200, 200, 200] and overlay[120, 0].tolist() != [200, 200, 200]
-    assert peak < 6_000_000, f"peak {peak / 1e6:.1f} MB"  # the result (3 MB), the class map (1 MB), a little
+    assert peak < 10_000_000, f"peak {peak / 1e6:.1f} MB"  # result 3 MB, class maps 2 MB (float copies: 24 MB)
