@@ -10,7 +10,8 @@ detect-tampering` run, for any caller that wants the same rules:
   file is never replaced unless `overwrite=True`, and an input never; stale temporaries of a killed run
   are removed from the folders written to;
 * errors: a bad input (unreadable, corrupt, too large, out of memory, unwritable output) is one line
-  "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far.
+  "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far;
+* overlap: the next image is decoded and the previous one's files encoded in threads while the model runs.
 """
 
 from __future__ import annotations

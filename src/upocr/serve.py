@@ -21,7 +21,7 @@ Bounds, so that one upload or a crowd of them cannot exhaust memory (reliability
 Endpoints:
 
 * ``GET /``: the page (``upocr/web/index.html``). ``/?example=1`` runs a bundled sample on load.
-* ``GET /api/health``: ``{"status": "ok", "model": ..., "device": ..., "size": ..., "samples": [...], ...}``
+* ``GET /api/health``: ``{"status": "ok", "model": ..., "device": ..., "size": ..., "precision": ..., "samples": [...], ...}``
   (the model is described by file names only, never by absolute paths).
 * ``POST /api/predict?task=all|removal|segmentation|tampering``: the image as the raw request body
   (``Content-Type: application/octet-stream`` or ``image/...``), or as the first file of a
