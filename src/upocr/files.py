@@ -180,10 +180,10 @@ def _fail_input(error: Exception, path: Path, predictor: Predictor, fail: ErrorH
 
 
 def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, prediction: Prediction) -> list[Path]:
-    """Draw one input's files from its prediction and write them all, or none (`write_all`)."""
-    files = [(out, render(image, prediction)) for out, render in outputs]
-    write_all(files)
-    return [out for out, _ in files]
+    """Draw one input's files from its prediction and write them all, or none (`write_all`). Each file is
+    drawn just before it is written, so only one full-size picture exists at a time."""
+    write_all((out, render(image, prediction)) for out, render in outputs)
+    return [out for out, _ in outputs]
 
 
 class _Refused(Exception):
@@ -289,7 +289,7 @@ def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] |
     ]
 
 
-def write_all(files: list[tuple[Path, np.ndarray]]) -> None:
+def write_all(files: Iterable[tuple[Path, np.ndarray]]) -> None:
     """Write every file of one input, or none: on a failure the ones already written are removed."""
     written: list[Path] = []
     try:
