@@ -193,7 +193,7 @@ class Predictor:
     ) -> list[Prediction]:
         """Run several tasks on one image; every (tile, task) pair goes through the model in shared batches.
 
-        The model's outputs reach the decoders in row bands (`_output_bands`), so besides the input and the
+        The model's outputs reach the decoder in row bands (`_tiled_bands`, `resized_bands`), so besides the input and the
         decoded results only a few tile heights of float maps are held (with keep_output=False)."""
         pixels = self._as_pixels(image)
         task_list = [Task.parse(t) for t in tasks]
@@ -205,7 +205,7 @@ class Predictor:
         height, width = pixels.shape[:2]
         model_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
         if tile is None:
-            small, model_pairs = self._run_resized(pixels, run_list)
+            model_pairs = self._run_resized(pixels, run_list)
             bands = resized_bands([pair[1] for pair in model_pairs], height, width, BAND_ROWS)
         else:
             bands = self._tiled_bands(pixels, run_list, tile)
@@ -214,7 +214,7 @@ class Predictor:
             # Two scales find the text to erase: native tiles see small print, the whole image resized sees
             # characters larger than a tile (posters), of which tiles find only the edges. On real photos
             # (`upocr evaluate real`) the union erased more words than either scale alone.
-            whole_text = self._run_resized(pixels, [Task.TEXT_SEGMENTATION])[1][0][1]
+            whole_text = self._run_resized(pixels, [Task.TEXT_SEGMENTATION])[0][1]
         decoder = _BandDecoder(self, pixels, task_list, run_list, tile, whole_text)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)
@@ -271,9 +271,9 @@ class Predictor:
 
     def _run_resized(
         self, pixels: np.ndarray, tasks: list[Task]
-    ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-        """Resize mode at the working size: the resized input (uint8 HWC) and, per task, (model input,
-        model output) (uint8 HWC, float CHW); `resized_bands` brings the outputs to the original size."""
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Resize mode at the working size: per task, (model input, model output) (uint8 HWC, float CHW),
+        which the removal blend compares; `resized_bands` brings the outputs to the original size."""
         # PIL bicubic on uint8, as the original's test transform (antialiased when shrinking).
         small = np.array(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BICUBIC))
         tensor = torch.from_numpy(small).permute(2, 0, 1).float().div_(255)
@@ -282,7 +282,7 @@ class Predictor:
             chunk = tasks[start : start + self.batch_size]
             result = self._forward(tensor.unsqueeze(0).expand(len(chunk), -1, -1, -1), chunk)
             pairs.extend((small, one) for one in result)
-        return small, pairs
+        return pairs
 
     def _tiled_bands(self, pixels: np.ndarray, tasks: list[Task], tile: int) -> Iterator[Band]:
         """Tiled mode: weighted average of overlapping tile outputs at native resolution, streamed.
