@@ -193,8 +193,8 @@ class Predictor:
     ) -> list[Prediction]:
         """Run several tasks on one image; every (tile, task) pair goes through the model in shared batches.
 
-        The model's outputs reach the decoder in row bands (`_tiled_bands`, `resized_bands`), so besides the input and the
-        decoded results only a few tile heights of float maps are held (with keep_output=False)."""
+        The model's outputs reach the decoder in row bands (`_tiled_bands`, `resized_bands`), so besides
+        the input and the decoded results only a few tile heights of float maps are held (keep_output=False)."""
         pixels = self._as_pixels(image)
         task_list = [Task.parse(t) for t in tasks]
         run_list = list(task_list)
@@ -392,7 +392,6 @@ class _BandDecoder:
             return Prediction(task, output, **{RESULT_FIELDS[task]: result})
         predictor, pixels = self.predictor, self.pixels
         height, width = pixels.shape[:2]
-        weight_rows: Callable[[int, int], np.ndarray]
         if self.text is not None:
             # Grow by REMOVAL_TEXT_DILATION working-resolution pixels, in original-resolution pixels.
             scale = 1.0 if self.tile is not None else math.sqrt(height * width) / predictor.size
@@ -400,18 +399,27 @@ class _BandDecoder:
             if predictor.removal == "telea-fill":
                 change = text.astype(np.float32) if predictor.keep_output else None
                 return Prediction(task, output, image=telea_inpaint(pixels, text), change_mask=change)
-            radius = max(1.0, REMOVAL_TEXT_DILATION * scale)
-            weight_rows = lambda a, b: filter_rows(text, a, b, gaussian_reach(radius / 2), lambda rows: feather_text(rows, radius))  # noqa: E731
+            feather = max(1.0, REMOVAL_TEXT_DILATION * scale)
+
+            def weight_rows(top: int, bottom: int) -> np.ndarray:
+                return filter_rows(text, top, bottom, gaussian_reach(feather / 2), lambda rows: feather_text(rows, feather))
+
         elif model_pair is None:  # tiled: model input and output are already at the original resolution
             radius = change_radius((height, width))
-            reach = radius + gaussian_reach(radius / 2)
-            weight_rows = lambda a, b: filter_rows(self.changed, a, b, reach, lambda rows: spread_change(rows, radius))  # noqa: E731
+
+            def weight_rows(top: int, bottom: int) -> np.ndarray:
+                reach = radius + gaussian_reach(radius / 2)
+                return filter_rows(self.changed, top, bottom, reach, lambda rows: spread_change(rows, radius))
+
         else:  # resized: find the change at the working size, then upsample the (smooth) mask
             weight = removal_change_mask(*model_pair)
             if weight.shape != (height, width):
                 weight = cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
             weight = np.clip(weight, 0, 1)
-            weight_rows = lambda a, b: weight[a:b]  # noqa: E731
+
+            def weight_rows(top: int, bottom: int) -> np.ndarray:
+                return weight[top:bottom]
+
         change_mask = np.empty((height, width), np.float32) if predictor.keep_output else None
         for top in range(0, height, BAND_ROWS):  # composite in bands: its float temporaries stay small
             bottom = min(height, top + BAND_ROWS)
