@@ -486,3 +486,28 @@ def test_cli_limit_options():
     assert (args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue, args.allow_host) == (
         0.5, 1_000_000, 2, 0, ["a.local"])
     assert build_parser().parse_args(["serve"]).max_pixels == 25_000_000
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_cli_precision_reaches_the_predictor_and_health(precision, tiny_weights, monkeypatch):
+    from upocr.cli import main
+    from upocr.commands import serve as serve_command
+
+    started = {}
+    monkeypatch.setattr(serve_command, "serve", lambda predictor, *args, **options: started.update(predictor=predictor))
+    assert main(["serve", "--weights", str(tiny_weights), "--size", str(SIZE), "--port", "0",
+                 "--precision", precision]) == 0
+    predictor = started["predictor"]
+    assert predictor.precision == precision
+    quantized = any("quantized" in type(module).__module__ for module in predictor.model.modules())
+    assert quantized == (precision == "int8")  # int8: Linear layers really replaced
+    assert DemoApp(predictor=predictor, model_label="m").health()["precision"] == precision
+    assert build_parser().parse_args(["serve"]).precision == "fp32"
+
+
+def test_cli_fp16_on_cpu_is_one_line_error(tiny_weights, capsys):
+    from upocr.cli import main
+
+    assert main(["serve", "--weights", str(tiny_weights), "--port", "0", "--precision", "fp16"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("upocr: ") and "fp16" in error and "\n" not in error

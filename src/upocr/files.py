@@ -10,15 +10,18 @@ detect-tampering` run, for any caller that wants the same rules:
   file is never replaced unless `overwrite=True`, and an input never; stale temporaries of a killed run
   are removed from the folders written to;
 * errors: a bad input (unreadable, corrupt, too large, out of memory, unwritable output) is one line
-  "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far.
+  "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far;
+* overlap: the next image is decoded and the previous one's files encoded in threads while the model runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,32 +101,88 @@ def predict_files(
     cleaned: set[Path] = set()
     bar = tqdm(total=len(items), desc=task.short, unit="image", file=sys.stderr,
                disable=True if not progress or len(items) < 2 else None)  # None: only on a terminal
+    # Overlap: a reader thread decodes the next image and a writer thread renders and encodes the last
+    # one's files while the model runs on this one (decoding, PNG/JPEG encoding and the model release the
+    # GIL). One image each way at most, so memory stays within three images' worth.
+    reader = ThreadPoolExecutor(1, thread_name_prefix="upocr-read")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="upocr-write")
+    writing: _Writing | None = None
+
+    def read(index: int) -> Future[np.ndarray] | None:
+        return reader.submit(read_image, items[index][0], max_pixels=predictor.max_pixels) if index < len(items) else None
+
+    def finish_writing() -> None:
+        """Wait for the last submitted input's files; count them, or report its error."""
+        nonlocal writing
+        if writing is None:
+            return
+        done, writing = writing, None
+        try:
+            files = done.future.result()
+            written.update(files)
+            report.written.extend(files)
+            report.done += 1
+        except Exception as error:  # noqa: BLE001 - as for prediction errors below
+            _fail_input(error, done.path, predictor, fail)
+        bar.update()
+
     try:
-        for (path, _), name, outputs in zip(items, names, planned):
+        reading = read(0)
+        for index, ((path, _), name, outputs) in enumerate(zip(items, names, planned)):
+            assert reading is not None
+            pixels, reading = reading, read(index + 1)
             try:
                 _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
-                files = _predict_one(predictor, task, path, out_dir, name, inputs_resolved, written, overwrite)
-                for folder in {out.parent for out, _ in files} - cleaned:
+                image, prediction, outputs = _predict_one(predictor, task, pixels, out_dir, name, inputs_resolved,
+                                                          written, overwrite)
+                finish_writing()  # the previous input's files, before this one's are written
+                for folder in {out.parent for out, _ in outputs} - cleaned:
                     remove_stale_temporaries(folder, older_than=started)
                     cleaned.add(folder)
-                write_all(files)
-                written.update(out for out, _ in files)
-                report.written.extend(out for out, _ in files)
-                report.done += 1
+                writing = _Writing(path, writer.submit(render_and_write, outputs, image, prediction))
             except _Refused as refused:
+                finish_writing()
                 report.existing += refused.exists
                 fail(f"{printable(path)}: {refused}")
+                bar.update()
             except Exception as error:  # noqa: BLE001 - sorted by `_per_input_problem`, re-raised if not per input
-                problem = _per_input_problem(error, predictor)
-                if problem is None:
-                    raise
-                fail(problem if isinstance(error, ImageError) else f"{printable(path)}: {problem}")
-            bar.update()
+                finish_writing()
+                _fail_input(error, path, predictor, fail)
+                bar.update()
+        finish_writing()
     except KeyboardInterrupt:
+        if writing is not None:  # let the files being written finish (atomic anyway), and count them
+            with contextlib.suppress(BaseException):
+                finish_writing()
         raise FilesInterrupted(report) from None
     finally:
+        reader.shutdown(wait=False, cancel_futures=True)
+        writer.shutdown(wait=True)
         bar.close()
     return report
+
+
+@dataclass
+class _Writing:
+    """One input's files being rendered and written by the writer thread."""
+
+    path: Path
+    future: Future[list[Path]]
+
+
+def _fail_input(error: Exception, path: Path, predictor: Predictor, fail: ErrorHandler) -> None:
+    """Report an error that concerns one input; re-raise any other (a bug)."""
+    problem = _per_input_problem(error, predictor)
+    if problem is None:
+        raise error
+    fail(problem if isinstance(error, ImageError) else f"{printable(path)}: {problem}")
+
+
+def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, prediction: Prediction) -> list[Path]:
+    """Draw one input's files from its prediction and write them all, or none (`write_all`). Each file is
+    drawn just before it is written, so only one full-size picture exists at a time."""
+    write_all((out, render(image, prediction)) for out, render in outputs)
+    return [out for out, _ in outputs]
 
 
 class _Refused(Exception):
@@ -135,16 +194,16 @@ class _Refused(Exception):
 
 
 def _predict_one(
-    predictor: Predictor, task: Task, path: Path, out_dir: Path, name: Path,
+    predictor: Predictor, task: Task, pixels: Future[np.ndarray], out_dir: Path, name: Path,
     inputs: set[Path], written: set[Path], overwrite: bool,
-) -> list[tuple[Path, np.ndarray]]:
-    """Read one image and run the task: its files and their pixels, ready to write."""
-    image = read_image(path, max_pixels=predictor.max_pixels)
+) -> tuple[np.ndarray, Prediction, list[tuple[Path, Renderer]]]:
+    """Take one image from the reader and run the task: the image, its prediction and its files."""
+    image = pixels.result()
     outputs = task_outputs(task, out_dir, name, image.shape[:2])  # the overlay may become a PNG
     _check_may_write(outputs, inputs, written, overwrite)
     prediction = predictor.predict(image, task)
     _check_may_write(outputs, inputs, written, overwrite)  # again: the model may have run for minutes
-    return [(out, render(image, prediction)) for out, render in outputs]
+    return image, prediction, outputs
 
 
 def _check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:
@@ -221,7 +280,7 @@ def _renderer(output: OutputFile) -> Renderer:
     return lambda image, prediction: output.draw(image, prediction.result)
 
 
-def write_all(files: list[tuple[Path, np.ndarray]]) -> None:
+def write_all(files: Iterable[tuple[Path, np.ndarray]]) -> None:
     """Write every file of one input, or none: on a failure the ones already written are removed."""
     written: list[Path] = []
     try:

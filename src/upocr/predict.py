@@ -35,7 +35,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, get_args
+from typing import Any, Callable, Iterator, Literal, Sequence, get_args
 
 import cv2
 import numpy as np
@@ -47,15 +47,18 @@ from upocr.inpaint import dilate, telea_inpaint
 from upocr.io import DEFAULT_MAX_PIXELS, read_image
 from upocr.model import SIZE_MULTIPLE
 from upocr.model.checkpoint import load_model, resolve_device
-from upocr.tasks import Task, decode_segmentation
+from upocr.tasks import Task
 from upocr.weights import InferenceDefaults
 
 # `tile="auto"` tiles an image when it has more than this many times size x size pixels.
 AUTO_TILE_AREA_FACTOR = 4
+# Rows per band in which resized outputs are brought to full size and removal results composited.
+BAND_ROWS = 256
 
 # Text-removal blend (see removal_change_mask): a pixel counts as changed when the model output differs
 # from the input by more than this (max over RGB, after a light blur), on a 0..1 scale (~20/255).
 REMOVAL_CHANGE_THRESHOLD = 0.08
+CHANGE_BLUR_SIGMA = 1.0  # the light blur before that threshold
 
 RemovalMode = Literal["raw", "blend", "model-fill", "telea-fill"]
 REMOVAL_MODES: tuple[str, ...] = get_args(RemovalMode)
@@ -69,6 +72,7 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 Backend = Literal["pytorch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 ModelFn = Callable[[torch.Tensor, Any], Any]
+Band = tuple[int, int, list[np.ndarray]]  # rows [top, bottom) of each task's float32 (3, rows, W) output
 
 
 def inference_defaults(model: Any) -> InferenceDefaults:
@@ -82,12 +86,13 @@ def inference_defaults(model: Any) -> InferenceDefaults:
 class Prediction:
     """One task's result for one image, at the image's original resolution.
 
-    `output` is the model's output image (clamped to [0, 1]) resized/blended back to (3, H, W); the decoded
+    `output` is the model's output image (clamped to [0, 1]) resized/blended back to (3, H, W) (kept with
+    Predictor(keep_output=True), the default; 12 bytes a pixel, so the CLI and server drop it); the decoded
     result is in the field for the task: `image` (removal), `mask` (segmentation), `classes` (tampering).
     """
 
     task: Task
-    output: np.ndarray  # float32 (3, H, W) in [0, 1]
+    output: np.ndarray | None  # float32 (3, H, W) in [0, 1]; None unless the Predictor keeps outputs
     image: np.ndarray | None = None  # uint8 (H, W, 3): text removed
     mask: np.ndarray | None = None  # bool (H, W): text pixels
     classes: np.ndarray | None = None  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
@@ -118,6 +123,8 @@ class Predictor:
     else the model is exported in memory; `upocr.export`).
     removal: how text removal builds its result: "raw", "blend", "model-fill" or "telea-fill" (module
     docstring); the fill modes also run the segmentation prompt for the text mask.
+    keep_output: keep the full-size float32 outputs (`Prediction.output`, `.change_mask`). False bounds
+    memory by the decoded results: outputs are decoded in row bands as tiles finish.
     """
 
     def __init__(
@@ -135,6 +142,7 @@ class Predictor:
         removal: RemovalMode = DEFAULT_REMOVAL_MODE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         backend: Backend = "pytorch",
+        keep_output: bool = True,
     ) -> None:
         # The options as given (None: from the weights), for `with_options`: every argument but these three.
         self._options = {k: v for k, v in locals().items() if k not in ("self", "model", "weights", "device")}
@@ -181,6 +189,7 @@ class Predictor:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_MODES)}, got {removal!r}")
         self.removal = removal
         self.max_pixels = max_pixels
+        self.keep_output = keep_output
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
         if precision == "int8":
@@ -211,28 +220,34 @@ class Predictor:
     def predict_tasks(
         self, image: np.ndarray | str | os.PathLike, tasks: Sequence[Task | str | int]
     ) -> list[Prediction]:
-        """Run several tasks on one image; every (tile, task) pair goes through the model in shared batches."""
+        """Run several tasks on one image; every (tile, task) pair goes through the model in shared batches.
+
+        The model's outputs reach the decoder in row bands (`_tiled_bands`, `resized_bands`), so besides
+        the input and the decoded results only a few tile heights of float maps are held (keep_output=False)."""
         pixels = self._as_pixels(image)
         task_list = [Task.parse(t) for t in tasks]
         run_list = list(task_list)
-        if self._fills_text() and Task.TEXT_REMOVAL in task_list and Task.TEXT_SEGMENTATION not in task_list:
+        fills = self._fills_text() and Task.TEXT_REMOVAL in task_list
+        if fills and Task.TEXT_SEGMENTATION not in task_list:
             run_list.append(Task.TEXT_SEGMENTATION)  # the text mask of the fill modes
         tile = self._tile_for(pixels.shape[:2])
+        height, width = pixels.shape[:2]
+        model_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
         if tile is None:
-            outputs, model_pairs = self._run_resized(pixels, run_list)
+            model_pairs = self._run_resized(pixels, run_list)
+            bands = resized_bands([pair[1] for pair in model_pairs], height, width, BAND_ROWS)
         else:
-            outputs, model_pairs = self._run_tiled(pixels, run_list, tile), None
-        text_output = outputs[run_list.index(Task.TEXT_SEGMENTATION)] if Task.TEXT_SEGMENTATION in run_list else None
-        if tile is not None and self.tile == "auto" and self._fills_text() and Task.TEXT_REMOVAL in task_list:
+            bands = self._tiled_bands(pixels, run_list, tile)
+        whole_text = None
+        if fills and tile is not None and self.tile == "auto":
             # Two scales find the text to erase: native tiles see small print, the whole image resized sees
             # characters larger than a tile (posters), of which tiles find only the edges. On real photos
             # (`upocr evaluate real`) the union erased more words than either scale alone.
-            whole, _ = self._run_resized(pixels, [Task.TEXT_SEGMENTATION])
-            text_output = np.maximum(text_output, whole[0])
-        return [
-            self._decode(pixels, task, output, None if model_pairs is None else model_pairs[i], text_output, tile)
-            for i, (task, output) in enumerate(zip(task_list, outputs))
-        ]
+            whole_text = self._run_resized(pixels, [Task.TEXT_SEGMENTATION])[0][1]
+        decoder = _BandDecoder(self, pixels, task_list, run_list, tile, whole_text)
+        for top, bottom, outputs in bands:
+            decoder.add(top, bottom, outputs)
+        return [decoder.finish(task, None if model_pairs is None else model_pairs[i]) for i, task in enumerate(task_list)]
 
     def uses_tiles(self, height: int, width: int) -> bool:
         """Whether an image of this size is processed in tiles (else resized)."""
@@ -285,30 +300,25 @@ class Predictor:
 
     def _run_resized(
         self, pixels: np.ndarray, tasks: list[Task]
-    ) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
-        """Resize mode. Returns outputs at the original size and, per task, (model input, model output)
-        at the working size (uint8 HWC and float CHW), which the removal blend compares."""
-        height, width = pixels.shape[:2]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Resize mode at the working size: per task, (model input, model output) (uint8 HWC, float CHW),
+        which the removal blend compares; `resized_bands` brings the outputs to the original size."""
         # PIL bicubic on uint8, as the original's test transform (antialiased when shrinking).
         small = np.array(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BICUBIC))
         tensor = torch.from_numpy(small).permute(2, 0, 1).float().div_(255)
-        outputs: list[np.ndarray] = []
         pairs: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(tasks), self.batch_size):
             chunk = tasks[start : start + self.batch_size]
             result = self._forward(tensor.unsqueeze(0).expand(len(chunk), -1, -1, -1), chunk)
-            for one in result:
-                pairs.append((small, one))
-                if (height, width) != (self.size, self.size):
-                    resized = F.interpolate(
-                        torch.from_numpy(one)[None], size=(height, width), mode="bilinear", align_corners=False
-                    )
-                    one = resized[0].clamp_(0, 1).numpy()
-                outputs.append(one)
-        return outputs, pairs
+            pairs.extend((small, one) for one in result)
+        return pairs
 
-    def _run_tiled(self, pixels: np.ndarray, tasks: list[Task], tile: int) -> list[np.ndarray]:
-        """Tiled mode: weighted average of overlapping tile outputs at native resolution."""
+    def _tiled_bands(self, pixels: np.ndarray, tasks: list[Task], tile: int) -> Iterator[Band]:
+        """Tiled mode: weighted average of overlapping tile outputs at native resolution, streamed.
+
+        Tiles run in row-major order, `batch_size` (tile, task) pairs per forward pass; the weighted sums
+        are kept for the rows that later tiles still touch (at most a few tile heights), and each band of
+        rows is yielded, divided by its weight total and clipped, as soon as no later tile touches it."""
         height, width = pixels.shape[:2]
         # Reflect-pad images smaller than a tile (numpy repeats the reflection if needed).
         padded_h, padded_w = max(height, tile), max(width, tile)
@@ -318,14 +328,16 @@ class Predictor:
         cols = tile_starts(padded_w, tile, self.overlap)
         row_weights = tile_weights(rows, tile)
         col_weights = tile_weights(cols, tile)
-        sums = [np.zeros((3, padded_h, padded_w), np.float32) for _ in tasks]
-        total = np.zeros((padded_h, padded_w), np.float32)
-        for r, top in enumerate(rows):
-            for c, left in enumerate(cols):
-                total[top : top + tile, left : left + tile] += np.outer(row_weights[r], col_weights[c])
+        # Rows [window_top, window_top + len(window)) of the weighted sums, one (3, rows, W) per task.
+        window_top = 0
+        window = np.zeros((len(tasks), 3, 0, padded_w), np.float32)
         jobs = [(r, c, t) for r in range(len(rows)) for c in range(len(cols)) for t in range(len(tasks))]
         for start in range(0, len(jobs), self.batch_size):
             chunk = jobs[start : start + self.batch_size]
+            bottom = rows[chunk[-1][0]] + tile
+            if bottom > window_top + window.shape[2]:  # grow the window down to the chunk's lowest tile
+                grow = bottom - window_top - window.shape[2]
+                window = np.concatenate([window, np.zeros((len(tasks), 3, grow, padded_w), np.float32)], axis=2)
             batch = torch.stack(
                 [
                     torch.from_numpy(
@@ -337,46 +349,230 @@ class Predictor:
             result = self._forward(batch, [tasks[t] for _, _, t in chunk])
             for (r, c, t), one in zip(chunk, result):
                 weight = np.outer(row_weights[r], col_weights[c])
-                top, left = rows[r], cols[c]
-                sums[t][:, top : top + tile, left : left + tile] += one * weight
-        return [np.clip(s[:, :height, :width] / total[:height, :width], 0, 1) for s in sums]
+                top, left = rows[r] - window_top, cols[c]
+                window[t][:, top : top + tile, left : left + tile] += one * weight
+            # Rows above the next tile row (all of them after the last) are final.
+            next_job = start + len(chunk)
+            done = padded_h if next_job == len(jobs) else rows[jobs[next_job][0]]
+            if done > window_top:
+                final, window = window[:, :, : done - window_top], window[:, :, done - window_top :].copy()
+                kept = min(done, height) - window_top  # rows of the image, not of the padding
+                if kept > 0:
+                    total = _weight_total(rows, cols, row_weights, col_weights, tile, window_top, done)
+                    total = total[:kept, :width]
+                    yield window_top, window_top + kept, [np.clip(one[:, :kept, :width] / total, 0, 1) for one in final]
+                window_top = done
 
-    def _decode(
+
+class _BandDecoder:
+    """Decodes one image's model outputs, arriving in row bands, into the tasks' results at full size.
+
+    Full-size arrays are the results themselves (uint8 image, bool mask, uint8 classes), the removal fill
+    modes' bool text mask and the tiled blend's uint8 change map; float maps exist per band only, unless
+    the predictor keeps the float outputs (`keep_output`)."""
+
+    def __init__(
         self,
+        predictor: Predictor,
         pixels: np.ndarray,
-        task: Task,
-        output: np.ndarray,
-        model_pair: tuple[np.ndarray, np.ndarray] | None,
-        text_output: np.ndarray | None = None,
-        tile: int | None = None,
-    ) -> Prediction:
-        output = output.astype(np.float32, copy=False)
-        spec = task.spec
-        result = spec.decode(torch.from_numpy(output), self.threshold).numpy()
-        if task != Task.TEXT_REMOVAL or self.removal == "raw":
-            return Prediction(task, output, **{spec.result_field: result})
-        removed = result  # text removal's result modes build on the decoded output
-        if self._fills_text():
-            assert text_output is not None
-            text = decode_segmentation(torch.from_numpy(text_output.astype(np.float32, copy=False)), self.threshold).numpy()
+        tasks: list[Task],
+        run_list: list[Task],
+        tile: int | None,
+        whole_text: np.ndarray | None,
+    ) -> None:
+        self.predictor = predictor
+        self.pixels = pixels
+        self.run_list = run_list
+        self.tile = tile
+        self.whole_text = whole_text  # (3, size, size) segmentation output of the whole image resized, or None
+        height, width = pixels.shape[:2]
+        keep = predictor.keep_output
+        self.outputs = {task: np.empty((3, height, width), np.float32) for task in tasks} if keep else {}
+        self.results = {task: task.spec.empty_result(height, width) for task in tasks}
+        removal = Task.TEXT_REMOVAL in tasks
+        self.text = np.empty((height, width), bool) if removal and predictor._fills_text() else None
+        self.changes: RowFilterStream | None = None
+        if removal and predictor.removal == "blend" and tile is not None:  # tiled: the change at full size
+            self.changed = np.empty((height, width), np.uint8)
+            self.changes = RowFilterStream(height, gaussian_reach(CHANGE_BLUR_SIGMA), changed_pixels)
+
+    def add(self, top: int, bottom: int, outputs: list[np.ndarray]) -> None:
+        """Decode rows [top, bottom) of every task's float output (3, rows, W)."""
+        for task, output in zip(self.run_list, outputs):
+            if task in self.outputs:
+                self.outputs[task][:, top:bottom] = output
+            if task in self.results:
+                self.results[task][top:bottom] = task.spec.decode_array(output, self.predictor.threshold)
+            if task == Task.TEXT_SEGMENTATION and self.text is not None:
+                if self.whole_text is not None:
+                    height, width = self.pixels.shape[:2]
+                    output = np.maximum(output, resize_rows(self.whole_text, height, width, top, bottom))
+                self.text[top:bottom] = task.spec.decode_array(output, self.predictor.threshold)
+            if task == Task.TEXT_REMOVAL and self.changes is not None:
+                difference = change_difference(self.pixels[top:bottom], output)
+                for first, last, rows in self.changes.push(top, bottom, difference):
+                    self.changed[first:last] = rows
+
+    def finish(self, task: Task, model_pair: tuple[np.ndarray, np.ndarray] | None) -> Prediction:
+        """The Prediction of `task` once every band was added (removal: its mode's post-processing)."""
+        output = self.outputs.get(task)
+        result = self.results[task]
+        if task != Task.TEXT_REMOVAL or self.predictor.removal == "raw":
+            return Prediction(task, output, **{task.spec.result_field: result})
+        predictor, pixels = self.predictor, self.pixels
+        height, width = pixels.shape[:2]
+        if self.text is not None:
             # Grow by REMOVAL_TEXT_DILATION working-resolution pixels, in original-resolution pixels.
-            scale = 1.0 if tile is not None else math.sqrt(text.shape[0] * text.shape[1]) / self.size
-            text = dilate(text, max(1, round(REMOVAL_TEXT_DILATION * scale)))
-            if self.removal == "telea-fill":
-                return Prediction(task, output, image=telea_inpaint(pixels, text), change_mask=text.astype(np.float32))
-            radius = max(1.0, REMOVAL_TEXT_DILATION * scale)
-            weight = np.clip(cv2.GaussianBlur(text.astype(np.float32), (0, 0), radius / 2), 0, 1)
-            weight = np.maximum(weight, text)  # feathered outside, the whole mask inside
-            return Prediction(task, output, image=composite(removed, pixels, weight), change_mask=weight)
-        if model_pair is None:  # tiled: model input and output are already at the original resolution
-            weight = removal_change_mask(pixels, output)
+            scale = 1.0 if self.tile is not None else math.sqrt(height * width) / predictor.size
+            text = dilate(self.text, max(1, round(REMOVAL_TEXT_DILATION * scale)))
+            if predictor.removal == "telea-fill":
+                change = text.astype(np.float32) if predictor.keep_output else None
+                return Prediction(task, output, image=telea_inpaint(pixels, text), change_mask=change)
+            feather = max(1.0, REMOVAL_TEXT_DILATION * scale)
+
+            def weight_rows(top: int, bottom: int) -> np.ndarray:
+                return filter_rows(text, top, bottom, gaussian_reach(feather / 2), lambda rows: feather_text(rows, feather))
+
+        elif model_pair is None:  # tiled: model input and output are already at the original resolution
+            radius = change_radius((height, width))
+
+            def weight_rows(top: int, bottom: int) -> np.ndarray:
+                reach = radius + gaussian_reach(radius / 2)
+                return filter_rows(self.changed, top, bottom, reach, lambda rows: spread_change(rows, radius))
+
         else:  # resized: find the change at the working size, then upsample the (smooth) mask
             weight = removal_change_mask(*model_pair)
-            height, width = pixels.shape[:2]
             if weight.shape != (height, width):
                 weight = cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
-        weight = np.clip(weight, 0, 1)
-        return Prediction(task, output, image=composite(removed, pixels, weight), change_mask=weight)
+            weight = np.clip(weight, 0, 1)
+
+            def weight_rows(top: int, bottom: int) -> np.ndarray:
+                return weight[top:bottom]
+
+        change_mask = np.empty((height, width), np.float32) if predictor.keep_output else None
+        for top in range(0, height, BAND_ROWS):  # composite in bands: its float temporaries stay small
+            bottom = min(height, top + BAND_ROWS)
+            band_weight = weight_rows(top, bottom)
+            result[top:bottom] = composite(result[top:bottom], pixels[top:bottom], band_weight)
+            if change_mask is not None:
+                change_mask[top:bottom] = band_weight
+        return Prediction(task, output, image=result, change_mask=change_mask)
+
+
+# Per task: the Prediction field of its decoded result, that result's shape for an (H, W) image and dtype.
+
+
+def resized_bands(outputs: list[np.ndarray], height: int, width: int, band_rows: int) -> Iterator[Band]:
+    """Working-size outputs (3, s, s), bilinearly resized to (height, width), as bands of `band_rows` rows."""
+    if outputs and height * width <= outputs[0].shape[1] * outputs[0].shape[2]:  # no larger: in one piece
+        yield 0, height, [_resize_whole(output, height, width) for output in outputs]
+        return
+    for top in range(0, height, band_rows):
+        bottom = min(height, top + band_rows)
+        yield top, bottom, [resize_rows(output, height, width, top, bottom) for output in outputs]
+
+
+def resize_rows(output: np.ndarray, height: int, width: int, top: int, bottom: int) -> np.ndarray:
+    """Rows [top, bottom) of `output` (3, h, w) resized to (3, height, width), clipped to [0, 1]: the same
+    values as F.interpolate(bilinear, align_corners=False) of the whole, without the whole.
+
+    The width is interpolated by torch on the few source rows the band needs (at their own height, an
+    exact copy along the height); the height by torch's index and weight formulas."""
+    small_h, small_w = output.shape[1:]
+    if (small_h, small_w) == (height, width):
+        return output[:, top:bottom]
+    first, second, weight_first, weight_second = _linear_indices(small_h, height, top, bottom)
+    source_top, source_bottom = int(first.min()), int(second.max()) + 1
+    source = torch.from_numpy(np.ascontiguousarray(output[None, :, source_top:source_bottom], dtype=np.float32))
+    wide = F.interpolate(source, size=(source_bottom - source_top, width), mode="bilinear", align_corners=False)[0].numpy()
+    # w0 * row0 + w1 * row1, the first product fused into the sum as torch's build does (float64 holds
+    # the float32 product exactly), so the values match torch's to the bit on this build.
+    second_term = (weight_second[:, None] * wide[:, second - source_top]).astype(np.float64)
+    rows = (weight_first[:, None].astype(np.float64) * wide[:, first - source_top] + second_term).astype(np.float32)
+    return np.clip(rows, 0, 1)
+
+
+def _resize_whole(output: np.ndarray, height: int, width: int) -> np.ndarray:
+    if output.shape[1:] == (height, width):
+        return output
+    resized = F.interpolate(torch.from_numpy(output)[None], size=(height, width), mode="bilinear", align_corners=False)
+    return resized[0].clamp_(0, 1).numpy()
+
+
+def _linear_indices(source: int, target: int, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For target rows [top, bottom): source rows and weights of torch's bilinear (align_corners=False)
+    interpolation, in float32 as torch computes them (aten/src/ATen/native/UpSample.h)."""
+    scale = np.float32(source) / np.float32(target)
+    # scale * (row + 0.5) - 0.5 rounded once (torch's build contracts it to a fused multiply-add): exact in
+    # float64, then rounded to float32.
+    position = (np.float64(scale) * (np.arange(top, bottom, dtype=np.float64) + 0.5) - 0.5).astype(np.float32)
+    position = np.maximum(position, np.float32(0))
+    first = np.minimum(np.floor(position).astype(np.int64), source - 1)
+    weight_second = np.clip(position - first.astype(np.float32), 0, 1).astype(np.float32)
+    second = first + (first < source - 1)
+    return first, second, (np.float32(1) - weight_second), weight_second
+
+
+def _weight_total(
+    rows: list[int], cols: list[int], row_weights: list[np.ndarray], col_weights: list[np.ndarray],
+    tile: int, top: int, bottom: int,
+) -> np.ndarray:
+    """Rows [top, bottom) of the sum of all tiles' blend weights (summed in the tiles' order)."""
+    total = np.zeros((bottom - top, cols[-1] + tile), np.float32)
+    for row_weight, row in zip(row_weights, rows):
+        first, last = max(top, row), min(bottom, row + tile)
+        if first >= last:
+            continue
+        for col_weight, col in zip(col_weights, cols):
+            total[first - top : last - top, col : col + tile] += np.outer(row_weight[first - row : last - row], col_weight)
+    return total
+
+
+def filter_rows(array: np.ndarray, top: int, bottom: int, reach: int, apply: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Rows [top, bottom) of `apply(array)`, computed from those rows and `reach` rows either side, for a
+    filter whose rows depend on at most `reach` rows above and below (blurs, dilations)."""
+    first, last = max(0, top - reach), min(len(array), bottom + reach)
+    return apply(array[first:last])[top - first : bottom - first]
+
+
+class RowFilterStream:
+    """`apply` (a filter with row reach `reach`, as filter_rows) on an image of `height` rows that arrives
+    in consecutive row bands: `push` returns the filtered rows whose neighbourhood is complete."""
+
+    def __init__(self, height: int, reach: int, apply: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.height, self.reach, self.apply = height, reach, apply
+        self.buffer: np.ndarray | None = None  # source rows [buffer_top, last pushed bottom)
+        self.buffer_top = 0
+        self.emitted = 0  # filtered rows [0, emitted) were returned
+
+    def push(self, top: int, bottom: int, rows: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+        if self.buffer is None:
+            self.buffer = rows
+        else:
+            assert top == self.buffer_top + len(self.buffer), "bands must arrive in order"
+            self.buffer = np.concatenate([self.buffer, rows])
+        ready = bottom if bottom == self.height else bottom - self.reach
+        if ready <= self.emitted:
+            return []
+        context_top = max(0, self.emitted - self.reach)
+        filtered = self.apply(self.buffer[context_top - self.buffer_top :])
+        done = (self.emitted, ready, filtered[self.emitted - context_top : ready - context_top])
+        self.emitted = ready
+        keep_top = max(0, ready - self.reach)
+        self.buffer, self.buffer_top = self.buffer[keep_top - self.buffer_top :], keep_top
+        return [done]
+
+
+def gaussian_reach(sigma: float) -> int:
+    """Rows either side that cv2.GaussianBlur(ksize=(0, 0), sigma) reads on float images (its kernel
+    is round(8 sigma + 1) | 1 wide), plus one to spare."""
+    return (int(round(sigma * 8 + 1)) | 1) // 2 + 1
+
+
+def feather_text(text: np.ndarray, radius: float) -> np.ndarray:
+    """model-fill weight: a bool text mask feathered outside (Gaussian, sigma radius / 2), whole inside."""
+    weight = np.clip(cv2.GaussianBlur(text.astype(np.float32), (0, 0), radius / 2), 0, 1)
+    return np.maximum(weight, text)
 
 
 def composite(fill: np.ndarray, pixels: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -395,10 +591,28 @@ def removal_change_mask(model_input: np.ndarray, model_output: np.ndarray) -> np
     (sigma = half the dilation) so the seam between model and input pixels is invisible. Result blend:
     weight * model + (1 - weight) * input.
     """
-    difference = np.abs(model_output.transpose(1, 2, 0) - model_input.astype(np.float32) / 255).max(axis=2)
-    difference = cv2.GaussianBlur(difference, (0, 0), 1.0)
-    changed = (difference > REMOVAL_CHANGE_THRESHOLD).astype(np.uint8)
-    radius = max(2, round(min(changed.shape) / 200))
+    changed = changed_pixels(change_difference(model_input, model_output))
+    return spread_change(changed, change_radius(changed.shape))
+
+
+def change_difference(model_input: np.ndarray, model_output: np.ndarray) -> np.ndarray:
+    """float32 (H, W): per-pixel max over RGB of |output - input| on a 0..1 scale."""
+    return np.abs(model_output.transpose(1, 2, 0) - model_input.astype(np.float32) / 255).max(axis=2)
+
+
+def changed_pixels(difference: np.ndarray) -> np.ndarray:
+    """uint8 (H, W): 1 where the lightly blurred difference exceeds REMOVAL_CHANGE_THRESHOLD."""
+    difference = cv2.GaussianBlur(difference, (0, 0), CHANGE_BLUR_SIGMA)
+    return (difference > REMOVAL_CHANGE_THRESHOLD).astype(np.uint8)
+
+
+def change_radius(shape: tuple[int, ...]) -> int:
+    """Dilation of the changed pixels: the shorter side / 200, at least 2."""
+    return max(2, round(min(shape[:2]) / 200))
+
+
+def spread_change(changed: np.ndarray, radius: int) -> np.ndarray:
+    """Changed pixels dilated by `radius` and feathered (sigma radius / 2): the float32 blend weight."""
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     dilated = cv2.dilate(changed, kernel).astype(np.float32)
     return np.clip(cv2.GaussianBlur(dilated, (0, 0), radius / 2), 0, 1)

@@ -21,7 +21,7 @@ Bounds, so that one upload or a crowd of them cannot exhaust memory (reliability
 Endpoints:
 
 * ``GET /``: the page (``upocr/web/index.html``). ``/?example=1`` runs a bundled sample on load.
-* ``GET /api/health``: ``{"status": "ok", "model": ..., "device": ..., "size": ..., "samples": [...], ...}``
+* ``GET /api/health``: ``{"status": "ok", "model": ..., "device": ..., "size": ..., "precision": ..., "samples": [...], ...}``
   (the model is described by file names only, never by absolute paths).
 * ``POST /api/predict?task=all|removal|segmentation|tampering``: the image as the raw request body
   (``Content-Type: application/octet-stream`` or ``image/...``), or as the first file of a
@@ -172,6 +172,7 @@ class DemoApp:
             "model": without_paths(self.model_label),
             "device": str(self.predictor.device),
             "size": self.predictor.size,
+            "precision": self.predictor.precision,
             "tasks": ["all"] + [task.short for task in ALL_TASKS],
             "samples": self.sample_names(),
             "max_upload_bytes": self.max_upload_bytes,

@@ -201,6 +201,8 @@ class TaskSpec:
     encode: Callable[[np.ndarray], torch.Tensor]  # training label (H, W[, 3]) -> (3, H, W) float target
     decode: Callable[[torch.Tensor, float], torch.Tensor]  # (…, 3, H, W) output, threshold -> result
     result_field: str  # the `upocr.predict.Prediction` field holding the decoded result
+    result_channels: int | None  # the result's trailing channel count: (H, W, 3) image, or None: (H, W)
+    result_dtype: type  # the result's dtype (np.uint8, bool)
     result_kind: str  # the result file (what `upocr evaluate` scores): its kind, suffix and label
     result_suffix: str
     result_label: str
@@ -208,6 +210,15 @@ class TaskSpec:
     classes: tuple[str, ...] = ()  # class names by value (results that are masks or class maps)
     colours: Mapping[int, Colour] = field(default_factory=dict)  # overlay colours by class value
     overlay_label: str | None = None  # a spec with colours also writes the result drawn over the input
+
+    def empty_result(self, height: int, width: int) -> np.ndarray:
+        """An uninitialised result array for an image of height x width (filled band by band)."""
+        shape = (height, width) if self.result_channels is None else (height, width, self.result_channels)
+        return np.empty(shape, self.result_dtype)
+
+    def decode_array(self, output: np.ndarray, threshold: float) -> np.ndarray:
+        """`decode` for a float numpy (…, 3, H, W) output: the result as a numpy array."""
+        return self.decode(torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32)), threshold).numpy()
 
     @cached_property
     def result_file(self) -> OutputFile:
@@ -272,6 +283,8 @@ TASK_SPECS: Mapping[Task, TaskSpec] = MappingProxyType({
         encode=encode_removal_target,
         decode=lambda output, threshold: decode_removal(output),
         result_field="image",
+        result_channels=3,
+        result_dtype=np.uint8,
         result_kind="result",
         result_suffix=".png",
         result_label="text removed",
@@ -287,6 +300,8 @@ TASK_SPECS: Mapping[Task, TaskSpec] = MappingProxyType({
         encode=encode_segmentation_target,
         decode=decode_segmentation,
         result_field="mask",
+        result_channels=None,
+        result_dtype=bool,
         result_kind="mask",
         result_suffix="_mask.png",
         result_label="mask: 0 background, 255 text",
@@ -305,6 +320,8 @@ TASK_SPECS: Mapping[Task, TaskSpec] = MappingProxyType({
         encode=encode_tampering_target,
         decode=lambda output, threshold: decode_tampering(output),
         result_field="classes",
+        result_channels=None,
+        result_dtype=np.uint8,
         result_kind="classes",
         result_suffix="_classes.png",
         result_label="class map: 0 background, 1 real text, 2 tampered text",

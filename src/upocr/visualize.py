@@ -23,7 +23,8 @@ def as_rgb(picture: np.ndarray) -> np.ndarray:
     picture = np.asarray(picture)
     if picture.dtype == bool or (picture.dtype != np.uint8 and picture.max(initial=0) <= 1):
         picture = (picture.astype(np.float32) * 255).round()
-    picture = np.clip(picture, 0, 255).astype(np.uint8)
+    if picture.dtype != np.uint8:
+        picture = np.clip(picture, 0, 255).astype(np.uint8)
     if picture.ndim == 2:
         picture = np.repeat(picture[:, :, None], 3, axis=2)
     if picture.ndim != 3 or picture.shape[2] != 3:
@@ -50,11 +51,12 @@ def overlay_classes(
     classes = np.asarray(classes)
     if classes.shape != image.shape[:2]:
         raise ValueError(f"class map {classes.shape} does not match image {image.shape[:2]}")
-    result = image.astype(np.float32)
-    for value, colour in colours.items():
+    result = np.array(image, dtype=np.uint8, copy=True)
+    for value, colour in colours.items():  # float only for the tinted pixels: memory stays ~image-sized
         where = classes == value
-        result[where] = (1 - alpha) * result[where] + alpha * np.asarray(colour, np.float32)
-    return np.rint(result).astype(np.uint8)
+        tinted = (1 - alpha) * image[where].astype(np.float32) + alpha * np.asarray(colour, np.float32)
+        result[where] = np.rint(tinted).astype(np.uint8)
+    return result
 
 
 def side_by_side(

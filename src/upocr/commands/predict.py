@@ -169,6 +169,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
         threshold=getattr(args, "threshold", None),
         removal=getattr(args, "mode", DEFAULT_REMOVAL_MODE),
         max_pixels=args.max_pixels,
+        keep_output=False,  # results only: memory bounded by them, not by float maps of the image
     )
 
 

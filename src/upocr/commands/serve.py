@@ -8,7 +8,7 @@ from pathlib import Path
 
 from upocr.commands import positive
 from upocr.commands.predict import describe_weights
-from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES, Predictor
+from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
 from upocr.serve import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_PIXELS,
@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
     parser.add_argument("--size", type=int, default=None,
                         help="the model's working resolution (default: what the weights were trained at, 512 for original weights)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU), as remove-text")
     parser.add_argument("--removal-mode", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE,
                         help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
     parser.add_argument("--max-upload-mb", type=positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
@@ -56,7 +58,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"upocr: --port must be between 0 and 65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(weights=args.weights, device=args.device, size=args.size, removal=args.removal_mode)
+        predictor = Predictor(weights=args.weights, device=args.device, size=args.size,
+                              precision=args.precision, removal=args.removal_mode, keep_output=False)
     except Exception as error:  # noqa: BLE001 - missing/bad weights, no CUDA, bad size: one clear line
         print(f"upocr: {error}", file=sys.stderr)
         return 1

@@ -770,7 +770,7 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint and model export of the current step (rank 0; every rank takes part in the gathers).
         A failed write is raised on every rank as CheckpointWriteError; earlier checkpoints stay intact."""
-        step, context = self.step, self.context
+        context = self.context
         rng = _all_gather(ckpt.capture_rng(self.device), context)
         failure: ckpt.CheckpointWriteError | None = None
         if context.is_main:
