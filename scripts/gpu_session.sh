@@ -4,7 +4,7 @@
 #
 #   Prepare here once:  bash scripts/gpu_session.sh --fetch-wheels     (fonts for CJK/Thai/Arabic -> .whl/)
 #   On the device:      run(command="bash scripts/gpu_session.sh", carry=[".whl"], timeout_s=600)
-#   Smoke test on CPU:  DEVICE=cpu COUNT=6 TEST_COUNT=4 TRAIN_MINUTES=0.3 OUT=/tmp/gpu-smoke bash scripts/gpu_session.sh
+#   Smoke test on CPU:  PY=.venv/bin/python DEVICE=cpu COUNT=6 TEST_COUNT=4 TRAIN_MINUTES=0.3 BATCH=1 OUT=/tmp/gpu-smoke bash scripts/gpu_session.sh
 #
 # Steps: synthetic data v1 + v2 (all cores), fine-tune the bundled model on it (time-boxed), calibrate the
 # segmentation threshold, bundle fp16 weights, score held-out synthetic data (the docs/results.md protocol:
@@ -12,9 +12,10 @@
 # over the machine's own torch: the package runs from src/ (PYTHONPATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${PY:-python3}  # the Python that has torch (on the device image: python3)
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
-  python3 -m pip download --no-deps --only-binary=:all: -d .whl fontpkg-caveat fontpkg-kalam fontpkg-noto-sans-thai \
+  "$PY" -m pip download --no-deps --only-binary=:all: -d .whl fontpkg-caveat fontpkg-kalam fontpkg-noto-sans-thai \
     fontpkg-sarabun fontpkg-noto-sans-arabic fontpkg-amiri noto-cjk-sans-jp-regular
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   exit 0
@@ -25,17 +26,18 @@ DEVICE=${DEVICE:-cuda}
 COUNT=${COUNT:-3000}            # training samples per task and kind (v1, v2)
 TEST_COUNT=${TEST_COUNT:-300}   # held-out samples per task
 TRAIN_MINUTES=${TRAIN_MINUTES:-5}
+BATCH=${BATCH:-32}              # images per task per step
 WORK=${WORK:-/tmp/upocr-gpu}
 WORKERS=${WORKERS:-$(nproc)}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 mkdir -p "$OUT" "$WORK"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/session.log"; }
-upocr() { python3 -m upocr.cli "$@"; }
-{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee -a "$OUT/session.log"
+upocr() { "$PY" -m upocr.cli "$@"; }
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true; "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee -a "$OUT/session.log"
 
 log "data: v1 + v2 train ($COUNT per task each), held-out v1 + v2 ($TEST_COUNT per task)"
 upocr synth --out "$WORK/data" --count "$COUNT" --seed 0 --size 256 --workers "$WORKERS" --scenes v1 2>/dev/null
@@ -45,25 +47,25 @@ upocr synth --out "$WORK/test-v2" --count "$TEST_COUNT" --seed 101 --split test 
 
 log "train: fine-tune the bundled weights for $TRAIN_MINUTES min"
 upocr train --config configs/default-model-v2.yaml --data-root "$WORK/data" --device "$DEVICE" \
-  --output "$WORK/run" --max-minutes "$TRAIN_MINUTES" --num-workers "$((WORKERS > 2 ? WORKERS - 2 : 1))" \
+  --output "$WORK/run" --max-minutes "$TRAIN_MINUTES" --batch-per-task "$BATCH" --num-workers "$((WORKERS > 2 ? WORKERS - 2 : 1))" \
   --no-progress --overwrite 2>&1 | tail -n 25 | tee -a "$OUT/session.log"
 cp "$WORK/run/train.csv" "$OUT/train.csv" 2>/dev/null || true
 
 log "calibrate + bundle"
-python3 scripts/calibrate_threshold.py "$WORK/run/model" --data-root "$WORK/data" --limit 300 --write 2>&1 | tail -n 3 | tee -a "$OUT/session.log"
-python3 scripts/bundle_default_model.py "$WORK/run/model" --out "$OUT/weights" 2>&1 | tail -n 2 | tee -a "$OUT/session.log"
+"$PY" scripts/calibrate_threshold.py "$WORK/run/model" --data-root "$WORK/data" --limit 300 --write 2>&1 | tail -n 3 | tee -a "$OUT/session.log"
+"$PY" scripts/bundle_default_model.py "$WORK/run/model" --out "$OUT/weights" 2>&1 | tail -n 2 | tee -a "$OUT/session.log"
 
 log "held-out scores: bundled (before) and v2 (after), v1 and v2 test splits"
 for weights in bundled v2; do
   option=(); [[ $weights == v2 ]] && option=(--weights "$OUT/weights")
   for split in v1 v2; do
-    upocr evaluate model "${option[@]}" --data-root "$WORK/test-$split" --device "$DEVICE" --quiet \
+    upocr evaluate model "${option[@]}" --data-root "$WORK/test-$split" --device "$DEVICE" --quiet --no-baselines \
       --markdown "$OUT/results-$weights-$split.md" > /dev/null 2>> "$OUT/session.log" || log "evaluate $weights $split failed"
   done
 done
 
 log "benchmarks (GPU rows)"
-timeout 120 python3 - "$DEVICE" > "$OUT/bench_gpu_inference.txt" 2>&1 <<'PY' || true
+[[ $DEVICE == cpu ]] || timeout 120 "$PY" - "$DEVICE" > "$OUT/bench_gpu_inference.txt" 2>&1 <<'PY' || true
 import sys, time, torch
 from upocr.model.upocr import build_model
 device = sys.argv[1]
@@ -82,5 +84,5 @@ for config, size, batch in (("paper", 512, 16), ("small", 256, 64)):
             if device != "cpu": torch.cuda.synchronize()
         print(f"{config} {size} {dtype} batch {batch}: {runs * batch / (time.perf_counter() - start):.1f} images/s")
 PY
-timeout 60 python3 benchmarks/bench_train.py --device "$DEVICE" 2>&1 | tail -n 20 > "$OUT/bench_train.txt" || true
+timeout 90 "$PY" benchmarks/bench_train.py --configs small paper --processes 1 --batch-per-task 32 --device "$DEVICE" 2>&1 | tail -n 20 > "$OUT/bench_train.txt" || true
 log "done"
