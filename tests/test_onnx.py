@@ -127,6 +127,21 @@ def test_cli_predict_with_backend_onnxruntime(exported, weights, tmp_path):
     assert np.array_equal(masks["onnxruntime"], masks["pytorch"])
 
 
+def test_serve_backend_onnxruntime_reaches_the_page(exported, monkeypatch):
+    from upocr.commands import serve as serve_command
+    from upocr.serve import DemoApp
+
+    started = {}
+    monkeypatch.setattr(serve_command, "serve", lambda predictor, *args, **options: started.update(predictor=predictor))
+    assert main(["serve", "--weights", str(exported[0]), "--port", "0", "--backend", "onnxruntime"]) == 0
+    predictor = started["predictor"]
+    assert isinstance(predictor.model, OnnxRunner) and predictor.size == SIZE  # the size stored in the file
+    app = DemoApp(predictor=predictor, model_label="m")
+    assert app.health()["backend"] == "onnxruntime"
+    image = np.random.default_rng(3).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    assert predictor.predict(image, "segmentation").mask.shape == (40, 50)
+
+
 def test_bad_onnx_file_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not a model")

@@ -109,3 +109,20 @@ def test_the_bundled_weights_run_at_the_size_they_were_trained_at():
     model = upocr.load_model()
     assert model.inference.input_size == training_record(DEFAULT_WEIGHTS)["input_size"]
     assert Predictor(model).size == model.inference.input_size
+
+
+def test_other_files_have_no_training_record_and_are_never_read_whole(tmp_path):
+    """describe_weights reads the record of any --weights: a .pth zip or an .onnx file gave a nonsense header
+    length and a MemoryError (seen with `serve --weights model.onnx`)."""
+    from upocr.commands.predict import describe_weights
+    from upocr.weights import training_record
+
+    pth = tmp_path / "upocr.pth"
+    torch.save({"model": {"w": torch.zeros(2)}}, pth)  # a zip: its first 8 bytes read as a huge length
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(100))
+    for path in (pth, onnx):
+        assert training_record(path) is None
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            safetensors_metadata(path)
+        assert describe_weights(path) == f"{path} - no training record"

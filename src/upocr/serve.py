@@ -173,6 +173,7 @@ class DemoApp:
             "device": str(self.predictor.device),
             "size": self.predictor.size,
             "precision": self.predictor.precision,
+            "backend": getattr(self.predictor, "backend", "pytorch"),
             "tasks": ["all"] + [task.short for task in ALL_TASKS],
             "samples": self.sample_names(),
             "max_upload_bytes": self.max_upload_bytes,

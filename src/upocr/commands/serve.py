@@ -8,7 +8,7 @@ from pathlib import Path
 
 from upocr.commands import positive
 from upocr.commands.predict import describe_weights
-from upocr.predict import DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
+from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
 from upocr.serve import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_PIXELS,
@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the model's working resolution (default: what the weights were trained at, 512 for original weights)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU), as remove-text")
+    parser.add_argument("--backend", choices=BACKENDS, default="pytorch",
+                        help="pytorch (default) or onnxruntime (fp32; --weights may be a .onnx file from "
+                        "`upocr export-onnx`), as remove-text")
     parser.add_argument("--removal-mode", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE,
                         help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
     parser.add_argument("--max-upload-mb", type=positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
@@ -59,7 +62,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         predictor = Predictor(weights=args.weights, device=args.device, size=args.size,
-                              precision=args.precision, removal=args.removal_mode, keep_output=False)
+                              precision=args.precision, removal=args.removal_mode, backend=args.backend,
+                              keep_output=False)
     except Exception as error:  # noqa: BLE001 - missing/bad weights, no CUDA, bad size: one clear line
         print(f"upocr: {error}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -106,7 +107,13 @@ def read_weights(path: str | Path) -> StoredWeights:
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The `__metadata__` block of a safetensors file (header only; no tensors are read)."""
     with open(path, "rb") as handle:  # header: 8-byte little-endian length + JSON
-        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        length = int.from_bytes(handle.read(8), "little")
+        # Any other file (a .pth zip, an .onnx) gives a nonsense length: refuse it before reading that much.
+        if not 2 <= length <= os.fstat(handle.fileno()).st_size - 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file")
     return header.get("__metadata__") or {}
 
 
