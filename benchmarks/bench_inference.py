@@ -1,10 +1,11 @@
 """Inference cost and fidelity: one table of config x precision x backend x size -> s/image, images/s,
-peak RSS, and agreement with fp32, on CPU.
+peak memory, and agreement with fp32, on CPU (or a GPU: `--device cuda`).
 
     python benchmarks/bench_inference.py                                   # paper and small, 512, fp32 + int8
     python benchmarks/bench_inference.py --configs small --weights src/upocr/weights --sizes 256 512
     python benchmarks/bench_inference.py --configs paper --precisions fp32 bf16 int8 --runs 2
     python benchmarks/bench_inference.py --configs small paper --precisions fp32 --backends pytorch onnxruntime
+    python benchmarks/bench_inference.py --device cuda --configs paper --precisions fp32 bf16 fp16 --batch 16
 
 Each row runs in a fresh process so that its peak RSS is its own: build the model (random weights unless
 `--weights`; cost does not depend on the values), one warm-up `Predictor.predict_tasks` on a bundled
@@ -17,6 +18,8 @@ Fidelity compares each row with the PyTorch fp32 row of the same config and size
 text-removal image and agreement of the segmentation mask. With random weights these say little about
 trained ones: pass `--weights` for meaningful numbers. bf16 is skipped on CPUs without native bf16
 (AVX512-BF16 / AMX), where autocast emulates it and runs many times slower, unless `--precisions` names it.
+On `--device cuda` the memory column is the peak GPU memory allocated, and `--batch N` adds the model's own
+throughput on batches of N mixed-task images (images/s, in the row's precision): the serving figure.
 """
 
 from __future__ import annotations
@@ -53,14 +56,17 @@ def measure(config: str, precision: str, backend: str, size: int, args: argparse
     from upocr.predict import Predictor
 
     torch.set_num_threads(args.threads)
+    cuda = args.device.startswith("cuda")
     image = np.asarray(Image.open(SAMPLE).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
     if backend == "onnxruntime":  # exported by another process, so that its memory is not counted here
         exported = reference.with_suffix(".onnx")
         command = [sys.executable, __file__, "--export", config, str(size), str(exported)]
         subprocess.run(command + (["--weights", args.weights] if args.weights else []), check=True)
-        predictor = Predictor(weights=exported, size=size, tile=args.tile, removal=args.removal, backend=backend)
+        predictor = Predictor(weights=exported, size=size, tile=args.tile, removal=args.removal, backend=backend,
+                              device=args.device)
     else:
-        predictor = Predictor(build(config, args), size=size, precision=precision, tile=args.tile, removal=args.removal)
+        predictor = Predictor(build(config, args), size=size, precision=precision, tile=args.tile, removal=args.removal,
+                              device=args.device)
     predictor.predict_tasks(image, args.tasks)  # warm-up (allocator, kernels, cached position biases)
     seconds = []
     for _ in range(args.runs):
@@ -75,6 +81,10 @@ def measure(config: str, precision: str, backend: str, size: int, args: argparse
         "s_per_image": statistics.median(seconds),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
     }
+    if cuda:
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.batch > 1 and backend == "pytorch":
+        row["batch_images_per_s"] = batch_throughput(predictor, size, args)
     by_task = {prediction.task.name: prediction for prediction in results}
     arrays = {name: prediction.result for name, prediction in by_task.items()}
     if precision == "fp32" and backend == "pytorch":
@@ -82,6 +92,23 @@ def measure(config: str, precision: str, backend: str, size: int, args: argparse
     elif reference.exists():
         row.update(fidelity(np.load(reference), arrays))
     return row
+
+
+def batch_throughput(predictor, size: int, args: argparse.Namespace) -> float:
+    """The model's own images/s on batches of `--batch` random images with the three tasks mixed."""
+    import torch
+
+    images = torch.rand(args.batch, 3, size, size, device=predictor.device)
+    tasks = [TASKS[i % len(TASKS)] for i in range(args.batch)]
+    synchronize = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode(), predictor._autocast():
+        predictor.model(images, tasks)  # warm-up
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(args.runs):
+            predictor.model(images, tasks)
+        synchronize()
+    return args.runs * args.batch / (time.perf_counter() - start)
 
 
 def build(config: str, args: argparse.Namespace):
@@ -124,8 +151,10 @@ def format_fidelity(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["paper", "small"])
-    parser.add_argument("--precisions", nargs="+", choices=[p for p in PRECISIONS if p != "fp16"], default=None,
-                        help="default: fp32, int8, and bf16 where the CPU has native bf16")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                        help="default: fp32, int8, and bf16 where the CPU has native bf16 (cuda: fp32, bf16, fp16)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--batch", type=int, default=1, help="also time the model on batches of N images (N > 1)")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=["pytorch"],
                         help="onnxruntime rows run fp32 only (default: pytorch)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[512])
@@ -150,16 +179,20 @@ def main() -> None:
         config, precision, backend, size, reference = args.child
         print(json.dumps(measure(config, precision, backend, int(size), args, Path(reference))))
         return
-    precisions = args.precisions or ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
-    precisions = sorted(set(precisions), key=["fp32", "int8", "bf16"].index)  # fp32 first: the reference
+    cuda = args.device.startswith("cuda")
+    precisions = args.precisions or (["fp32", "bf16", "fp16"] if cuda else ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else []))
+    precisions = sorted(set(precisions), key=["fp32", "int8", "bf16", "fp16"].index)  # fp32 first: the reference
     # (precision, backend) per row: PyTorch fp32 first (the reference), ONNX Runtime in fp32 only.
     variants = [(p, "pytorch") for p in precisions if "pytorch" in args.backends or p == "fp32"]
     variants += [("fp32", "onnxruntime")] if "onnxruntime" in args.backends else []
 
-    print(f"UPOCR inference on CPU, {args.threads} threads, tasks: {', '.join(args.tasks)} per image "
+    where = args.device if cuda else f"CPU, {args.threads} threads"
+    print(f"UPOCR inference on {where}, tasks: {', '.join(args.tasks)} per image "
           f"(removal: {args.removal}), median of {args.runs} runs after 1 warm-up, fresh process per row; "
           f"weights: {args.weights or 'random'}; native bf16: {cpu_has_native_bf16()}")
-    header = f"{'config':<8} {'precision':<9} {'backend':<11} {'size':>5} {'s/image':>8} {'images/s':>9} {'peak RSS':>9}  fidelity vs fp32"
+    batch_column = f" {'batch ' + str(args.batch) + ' img/s':>15}" if args.batch > 1 else ""
+    header = (f"{'config':<8} {'precision':<9} {'backend':<11} {'size':>5} {'s/image':>8} {'images/s':>9} "
+              f"{'peak GPU' if cuda else 'peak RSS':>9}{batch_column}  fidelity vs fp32")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as scratch:
@@ -169,14 +202,16 @@ def main() -> None:
                 for precision, backend in variants:
                     command = [sys.executable, __file__, "--child", config, precision, backend, str(size), str(reference),
                                "--runs", str(args.runs), "--threads", str(args.threads), "--removal", args.removal,
-                               "--tasks", *args.tasks]
+                               "--device", args.device, "--batch", str(args.batch), "--tasks", *args.tasks]
                     if args.weights:
                         command += ["--weights", args.weights]
                     if args.tile:
                         command += ["--tile", str(args.tile)]
                     row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+                    memory = row["peak_gpu_mib"] if cuda else row["peak_rss_mib"]
+                    batched = f" {row.get('batch_images_per_s', float('nan')):>15.1f}" if args.batch > 1 else ""
                     print(f"{config:<8} {precision:<9} {backend:<11} {size:>5} {row['s_per_image']:>8.2f} "
-                          f"{1 / row['s_per_image']:>9.2f} {row['peak_rss_mib']:>5.0f} MiB  {format_fidelity(row)}", flush=True)
+                          f"{1 / row['s_per_image']:>9.2f} {memory:>5.0f} MiB{batched}  {format_fidelity(row)}", flush=True)
 
 
 if __name__ == "__main__":
