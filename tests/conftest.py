@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,25 @@ class SyntheticTaskDataset(Dataset):
         if self.augment and bool(torch.rand(()) < 0.5):
             image, target, mask = image.flip(-1), target.flip(-1), mask.flip(-1)
         return {"image": image, "target": target, "mask": mask, "task": int(self.task), "name": name}
+
+
+@pytest.fixture
+def refuse_listing(monkeypatch):
+    """refuse_listing(folder, ...): os.scandir (which os.walk lists folders with) raises PermissionError for
+    those folders, as it would for a user without read permission (tests run as root, where it would not)."""
+
+    def refuse(*folders) -> None:
+        refused = {os.fspath(folder) for folder in folders}
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if os.fspath(path) in refused:
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+
+    return refuse
 
 
 @pytest.fixture

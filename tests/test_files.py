@@ -150,22 +150,14 @@ def test_stale_temporaries_in_output_folders_are_removed(tmp_path, folder, predi
     assert _files(out) == [".notes.tmp.png"] + [f"{n}_{k}" for n in "abc" for k in ("mask.png", "overlay.jpg")]
 
 
-def test_folders_that_cannot_be_listed_are_errors(tmp_path, folder, predictor, monkeypatch):
+def test_folders_that_cannot_be_listed_are_errors(tmp_path, folder, predictor, refuse_listing):
     """D16: an unreadable folder was "no images found", an unreadable subfolder skipped silently.
     Root ignores permissions, so os.scandir (which os.walk uses) refuses as it would for a user."""
     (folder / "sub").mkdir()
     Image.new("RGB", (8, 8)).save(folder / "sub" / "d.png")
     (tmp_path / "noread").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "noread" / "e.png")
-    refused = {str(folder / "sub"), str(tmp_path / "noread")}
-    real_scandir = os.scandir
-
-    def scandir(path="."):
-        if os.fspath(path) in refused:
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_listing(folder / "sub", tmp_path / "noread")
     report = predict_files(predictor, [folder, tmp_path / "noread"], tmp_path / "out", "removal")
     assert report.errors == [f"{folder / 'sub'}: permission denied", f"{tmp_path / 'noread'}: permission denied"]
     assert report.done == 3

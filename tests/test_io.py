@@ -175,21 +175,14 @@ def test_list_images_expands_folders(tmp_path):
     ]
 
 
-def test_folder_walk_reports_folders_it_cannot_list(tmp_path, monkeypatch):
+def test_folder_walk_reports_folders_it_cannot_list(tmp_path, refuse_listing):
     """D16: rglob skipped unreadable folders silently. We run as root (permissions are not enforced),
     so os.scandir, which os.walk lists folders with, refuses the two folders as it would for a user."""
     for name in ["top/a.png", "top/locked/b.png", "top/open/c.png", "shut/d.png"]:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     locked = {str(tmp_path / "top" / "locked"), str(tmp_path / "shut")}
-    real_scandir = os.scandir
-
-    def scandir(path="."):
-        if os.fspath(path) in locked:
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_listing(*locked)
     errors: list[tuple[Path, OSError]] = []
     found = expand_inputs([tmp_path / "top", tmp_path / "shut"], on_error=lambda folder, error: errors.append((folder, error)))
     assert [path for path, _ in found] == [tmp_path / "top/a.png", tmp_path / "top/open/c.png"]

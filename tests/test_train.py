@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -48,20 +49,34 @@ class _Crash(Exception):
     pass
 
 
-class _CrashingDataset(torch.utils.data.Dataset):
-    """Wraps a dataset and raises after `after` items: an interrupted run."""
+class _HookedDataset(torch.utils.data.Dataset):
+    """Wraps a dataset and calls `hook(n)` before its n-th item read (from 1): a crash or a Ctrl+C mid-run."""
 
-    def __init__(self, dataset, after: int) -> None:
-        self.dataset, self.left = dataset, after
+    def __init__(self, dataset, hook) -> None:
+        self.dataset, self.hook, self.reads = dataset, hook, 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index):
-        self.left -= 1
-        if self.left < 0:
-            raise _Crash("killed")
+        self.reads += 1
+        self.hook(self.reads)
         return self.dataset[index]
+
+
+def _crash_after(after: int, reads: int) -> None:
+    """Raise from every read after the first `after`: an interrupted run."""
+    if reads > after:
+        raise _Crash("killed")
+
+
+def _sigint_at(at: int, reads: int) -> None:
+    """Send this process SIGINT (Ctrl+C) while item number `at` is read."""
+    import os
+    import signal
+
+    if reads == at:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, synthetic_datasets):
@@ -71,7 +86,7 @@ def test_resume_after_an_interrupted_run_gives_the_same_weights(tmp_path, synthe
     straight = train(_config(tmp_path / "a", iterations=10, checkpoint_every=3), datasets=datasets, progress=False)
 
     interrupted = dict(datasets)
-    interrupted[Task.TEXT_SEGMENTATION] = _CrashingDataset(datasets[Task.TEXT_SEGMENTATION], after=2 * 6 + 1)
+    interrupted[Task.TEXT_SEGMENTATION] = _HookedDataset(datasets[Task.TEXT_SEGMENTATION], partial(_crash_after, 2 * 6 + 1))
     config = _config(tmp_path / "b", iterations=10, checkpoint_every=3)
     with pytest.raises(_Crash):
         train(config, datasets=interrupted, progress=False)  # dies during step 7, after the step-6 checkpoint
@@ -357,23 +372,6 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_earlier_checkpoin
     assert ckpt.load_checkpoint(out / "checkpoints" / "step-00000001.pt")["step"] == 1
 
 
-class _InterruptingDataset(torch.utils.data.Dataset):
-    """Wraps a dataset and sends this process SIGINT (Ctrl+C) while item number `at` is read."""
-
-    def __init__(self, dataset, at: int) -> None:
-        self.dataset, self.left = dataset, at
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        import os
-        import signal
-
-        self.left -= 1
-        if self.left == 0:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.dataset[index]
 
 
 def test_ctrl_c_checkpoints_the_current_step_and_resume_is_exact(tmp_path, synthetic_datasets):
@@ -382,7 +380,7 @@ def test_ctrl_c_checkpoints_the_current_step_and_resume_is_exact(tmp_path, synth
     datasets = synthetic_datasets(count=8)
     straight = train(_config(tmp_path / "a", iterations=8, checkpoint_every=0), datasets=datasets, progress=False)
     interrupted = dict(datasets)
-    interrupted[Task.TEXT_SEGMENTATION] = _InterruptingDataset(datasets[Task.TEXT_SEGMENTATION], at=2 * 4 + 1)
+    interrupted[Task.TEXT_SEGMENTATION] = _HookedDataset(datasets[Task.TEXT_SEGMENTATION], partial(_sigint_at, 2 * 4 + 1))
     config = _config(tmp_path / "b", iterations=8, checkpoint_every=0)
     with pytest.raises(TrainingInterrupted, match=r"interrupted at step 5; resume with --resume") as stop:
         train(config, datasets=interrupted, progress=False)  # Ctrl+C while step 5 loads: step 5 completes

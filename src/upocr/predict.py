@@ -404,6 +404,9 @@ class _BandDecoder:
             if task in self.results:
                 self.results[task][top:bottom] = task.spec.decode_array(output, self.predictor.threshold)
             if task == Task.TEXT_SEGMENTATION and self.text is not None:
+                if self.whole_text is None and task in self.results:  # the mask just decoded is the text
+                    self.text[top:bottom] = self.results[task][top:bottom]
+                    continue
                 if self.whole_text is not None:
                     height, width = self.pixels.shape[:2]
                     output = np.maximum(output, resize_rows(self.whole_text, height, width, top, bottom))
@@ -457,9 +460,6 @@ class _BandDecoder:
             if change_mask is not None:
                 change_mask[top:bottom] = band_weight
         return Prediction(task, output, image=result, change_mask=change_mask)
-
-
-# Per task: the Prediction field of its decoded result, that result's shape for an (H, W) image and dtype.
 
 
 def resized_bands(outputs: list[np.ndarray], height: int, width: int, band_rows: int) -> Iterator[Band]:

@@ -16,7 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the model to ONNX",
         description="Writes the model as an ONNX file: inputs `images` (B, 3, H, W) float32 in [0, 1] and "
         "`tasks` (B,) int64 (0 removal, 1 segmentation, 2 tampering; tasks may differ within a batch), outputs "
-        "`quarter`, `half`, `full`; batch, height and width are dynamic (multiples of 32). The file is checked "
+        "`quarter`, `half`, `full`; the batch is dynamic, height and width are fixed at --size (the exporter "
+        "cannot yet make the shifted-window shapes symbolic). The file is checked "
         "against PyTorch on random inputs before it is written (max abs difference printed; more than 1e-4 "
         "fails). Run it with `--backend onnxruntime --weights FILE.onnx`. Needs pip install 'upocr[onnx]'.",
     )

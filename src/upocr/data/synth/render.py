@@ -615,41 +615,52 @@ def render_classic_scene(rng: np.random.Generator, *, size: tuple[int, int], spl
     if document:
         paper = backgrounds.procedural_background(rng, h, w)
         clean_bg = np.clip(clean_bg * 0.15 + np.clip(paper + 120, 0, 255) * 0.85, 0, 255).astype(np.float32)
-    image = clean_bg.copy()
-    occupied = np.zeros((h, w), np.uint8)
-    fill_cov = np.zeros((h, w), np.float32)
-    effect_cov = np.zeros((h, w), np.float32)
-    words: list[Word] = []
-    blocks: list[Block] = []
+    canvas = SceneCanvas(clean_bg)
     wanted = int(rng.integers(1, 3)) if document else int(rng.integers(1, 6))
     attempts = 0
     size_scale = 1.0
-    while len(blocks) < wanted and attempts < wanted * 4:
+    while len(canvas.blocks) < wanted and attempts < wanted * 4:
         attempts += 1
-        result = _try_block(rng, clean_bg, occupied, split, document, degradation.reach, len(blocks), size_scale)
+        result = _try_block(rng, clean_bg, canvas.occupied, split, document, degradation.reach, len(canvas.blocks),
+                            size_scale)
         if result == "too-big":
             size_scale *= 0.7
             continue
         if result is None:
             continue
         block, block_words, warped, region, _ = result
-        composite(image[region], warped, block.style)
-        np.maximum(fill_cov[region], warped[..., 0], out=fill_cov[region])
+        canvas.draw(block, block_words, warped, region)
+    return canvas.scene(degradation, split)
+
+
+class SceneCanvas:
+    """A scene being drawn: the text image over its clean background, the pixels blocks occupy, the glyph
+    fill and effect (stroke, shadow) coverage, and the blocks and words placed so far (v1 and v2 scenes)."""
+
+    def __init__(self, clean_bg: np.ndarray) -> None:
+        h, w = clean_bg.shape[:2]
+        self.clean_bg = clean_bg
+        self.image = clean_bg.copy()
+        self.occupied = np.zeros((h, w), np.uint8)
+        self.fill = np.zeros((h, w), np.float32)
+        self.effect = np.zeros((h, w), np.float32)
+        self.words: list[Word] = []
+        self.blocks: list[Block] = []
+
+    def draw(self, block: Block, words: list[Word], warped: np.ndarray, region: tuple[slice, slice]) -> None:
+        """Composite a rendered block (its warped fill/stroke/shadow layers) into `region` and record it."""
+        composite(self.image[region], warped, block.style)
+        np.maximum(self.fill[region], warped[..., 0], out=self.fill[region])
         effect = np.maximum(warped[..., 1] if block.style.stroke_width > 0 else 0, warped[..., 2])
-        np.maximum(effect_cov[region], effect, out=effect_cov[region])
-        blocks.append(block)
-        words.extend(block_words)
-    return Scene(
-        image=degradation.apply(image),
-        background=degradation.apply(clean_bg),
-        clean_background=clean_bg,
-        fill=fill_cov,
-        effect=effect_cov,
-        words=words,
-        blocks=blocks,
-        degradation=degradation,
-        split=split,
-    )
+        np.maximum(self.effect[region], effect, out=self.effect[region])
+        self.blocks.append(block)
+        self.words.extend(words)
+
+    def scene(self, degradation: Degradation, split: str, extra: dict | None = None) -> Scene:
+        """The finished Scene: the camera degradation applied alike to the image and its text-free label."""
+        return Scene(image=degradation.apply(self.image), background=degradation.apply(self.clean_bg),
+                     clean_background=self.clean_bg, fill=self.fill, effect=self.effect, words=self.words,
+                     blocks=self.blocks, degradation=degradation, split=split, extra=dict(extra or {}))
 
 
 # --------------------------------------------------------------------------------------------

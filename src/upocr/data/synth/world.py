@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
-from upocr.data.synth.render import (render_classic_scene, MIN_FONT_PX, Block, BlockPlan, Degradation, PageCurl, Plate, Scene, Word,
-                                     _random_degradation, _try_block, composite, composite_plate, contrasting_colour)
+from upocr.data.synth.render import (MIN_FONT_PX, BlockPlan, Degradation, PageCurl, Plate, Scene, SceneCanvas,
+                                     _random_degradation, _try_block, composite_plate, contrasting_colour,
+                                     render_classic_scene)
 
 KINDS = ("classic", "sign", "poster", "ui", "document")
 KIND_WEIGHTS = (0.2, 0.22, 0.16, 0.12, 0.3)
@@ -337,17 +338,12 @@ def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split
             shading = _spine_shading(curl, rng)
             degradation.illumination = shading if degradation.illumination is None else degradation.illumination * shading
         plans = [replace(plan, page=curl) for plan in plans]
-    image = clean_bg.copy()
-    occupied = np.zeros((h, w), np.uint8)
-    fill_cov = np.zeros((h, w), np.float32)
-    effect_cov = np.zeros((h, w), np.float32)
-    words: list[Word] = []
-    blocks: list[Block] = []
+    canvas = SceneCanvas(clean_bg)
     for plan in plans:
         size_scale = 1.0
         for _ in range(4):
-            result = _try_block(rng, clean_bg, occupied, split, False, degradation.reach, len(blocks), size_scale,
-                                plan=plan)
+            result = _try_block(rng, clean_bg, canvas.occupied, split, False, degradation.reach, len(canvas.blocks),
+                                size_scale, plan=plan)
             if result == "too-big":
                 # Pages and receipts keep their print size and lose lines; other blocks shrink.
                 if plan is not None and plan.lines > 3:
@@ -362,16 +358,9 @@ def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split
         block, block_words, warped, region, plate = result
         if plate is not None:  # part of the background: drawn into both, under the text
             composite_plate(clean_bg, plate)
-            composite_plate(image, plate)
-        composite(image[region], warped, block.style)
-        np.maximum(fill_cov[region], warped[..., 0], out=fill_cov[region])
-        effect = np.maximum(warped[..., 1] if block.style.stroke_width > 0 else 0, warped[..., 2])
-        np.maximum(effect_cov[region], effect, out=effect_cov[region])
-        blocks.append(block)
-        words.extend(block_words)
-    return Scene(image=degradation.apply(image), background=degradation.apply(clean_bg), clean_background=clean_bg,
-                 fill=fill_cov, effect=effect_cov, words=words, blocks=blocks, degradation=degradation, split=split,
-                 extra={"kind": kind})
+            composite_plate(canvas.image, plate)
+        canvas.draw(block, block_words, warped, region)
+    return canvas.scene(degradation, split, extra={"kind": kind})
 
 
 def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train",
