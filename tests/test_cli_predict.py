@@ -73,9 +73,17 @@ def test_segment_text_writes_binary_masks_and_overlays(tmp_path, inputs, tiny_we
     mask = np.asarray(Image.open(out / "photo_mask.png"))
     assert mask.shape == (50, 70) and set(np.unique(mask)) <= {0, 255}
     assert (mask == 255).all()  # threshold ~0: every pixel with any score is text
-    overlay = np.asarray(Image.open(out / "photo_overlay.jpg"))
+    overlay = np.asarray(Image.open(out / "photo_mask_overlay.jpg"))
     assert overlay.shape == (50, 70, 3)
-    assert _files(out) == ["photo_mask.png", "photo_overlay.jpg"]
+    assert _files(out) == ["photo_mask.png", "photo_mask_overlay.jpg"]
+
+
+def test_every_task_can_write_into_one_folder(tmp_path, inputs, tiny_weights):
+    """Segmentation and tampering both wrote `{stem}_overlay.jpg`: the second command skipped the image."""
+    out = tmp_path / "out"
+    for verb in ("remove-text", "segment-text", "detect-tampering"):
+        assert _run(verb, inputs / "a", "-o", out, "--weights", tiny_weights, "--size", "64") == 0, verb
+    assert _files(out) == ["photo.png", "photo_classes.png", "photo_classes_overlay.jpg", "photo_mask.png", "photo_mask_overlay.jpg"]
 
 
 def test_detect_tampering_writes_class_maps_in_tiles(tmp_path, inputs, tiny_weights):
@@ -85,7 +93,7 @@ def test_detect_tampering_writes_class_maps_in_tiles(tmp_path, inputs, tiny_weig
     for name in ("grey", "alpha"):
         classes = np.asarray(Image.open(out / f"{name}_classes.png"))
         assert classes.shape == (50, 70) and set(np.unique(classes)) <= {0, 1, 2}
-        assert np.asarray(Image.open(out / f"{name}_overlay.jpg")).shape == (50, 70, 3)
+        assert np.asarray(Image.open(out / f"{name}_classes_overlay.jpg")).shape == (50, 70, 3)
 
 
 def test_exif_rotated_input_gives_upright_output(tmp_path, tiny_weights):
@@ -208,7 +216,7 @@ def test_ctrl_c_during_a_folder_is_one_line_and_exit_130(tmp_path, inputs, tiny_
                 "--weights", tiny_weights, "--size", "64") == 130
     err = capsys.readouterr().err
     assert err == "upocr: interrupted after 2 of 3 image(s); outputs written so far are complete\n"
-    assert _files(tmp_path / "o") == ["alpha_mask.png", "alpha_overlay.jpg", "grey_mask.png", "grey_overlay.jpg"]
+    assert _files(tmp_path / "o") == ["alpha_mask.png", "alpha_mask_overlay.jpg", "grey_mask.png", "grey_mask_overlay.jpg"]
 
 
 def test_ctrl_c_reaching_main_is_one_line_and_exit_130(tmp_path, inputs, monkeypatch, capsys):
@@ -227,8 +235,8 @@ def test_images_wider_than_jpeg_allows_get_png_overlays(tmp_path, tiny_weights, 
     Image.fromarray(np.full((2, 65_600), 128, np.uint8)).save(tmp_path / "wide.png")
     assert _run("segment-text", tmp_path / "wide.png", "-o", tmp_path / "o", "--weights", tiny_weights, "--size", "64",
                 "--tile", "off") == 0  # 1,000+ tiles of 64 px otherwise: minutes of CPU for a test about PNGs
-    assert _files(tmp_path / "o") == ["wide_mask.png", "wide_overlay.png"]
-    assert Image.open(tmp_path / "o" / "wide_overlay.png").size == (65_600, 2)
+    assert _files(tmp_path / "o") == ["wide_mask.png", "wide_mask_overlay.png"]
+    assert Image.open(tmp_path / "o" / "wide_mask_overlay.png").size == (65_600, 2)
     assert capfd.readouterr().err == ""
 
 

@@ -65,7 +65,7 @@ def test_existing_files_are_kept_unless_overwrite(tmp_path, folder, predictor):
     report = predict_files(predictor, [folder], out, "segmentation", on_error=errors.append)
     assert errors == [f"{folder / 'b.png'}: output {out / 'b_mask.png'} exists (use --overwrite)"]
     assert (out / "b_mask.png").read_bytes() == b"the user's own file"
-    assert not (out / "b_overlay.jpg").exists()  # none of that input's files
+    assert not (out / "b_mask_overlay.jpg").exists()  # none of that input's files
     assert report.done == 2 and report.existing == 1
     # running again into the same folder: every input refused, nothing touched
     again = predict_files(predictor, [folder], out, "segmentation")
@@ -106,7 +106,7 @@ def test_out_of_memory_fails_one_image_and_the_run_goes_on(tmp_path, folder, pre
     assert report.done == 2
     assert report.errors == [f"{folder / 'b.png'}: out of memory; try a smaller --size, "
                              "or skip images this large with a lower --max-pixels"]
-    assert _files(tmp_path / "out") == ["a_classes.png", "a_overlay.jpg", "c_classes.png", "c_overlay.jpg"]
+    assert _files(tmp_path / "out") == ["a_classes.png", "a_classes_overlay.jpg", "c_classes.png", "c_classes_overlay.jpg"]
 
 
 def test_other_runtime_errors_are_not_taken_for_out_of_memory():
@@ -131,7 +131,7 @@ def test_interrupt_reports_progress_and_leaves_only_complete_outputs(tmp_path, f
         predict_files(predictor, [folder], tmp_path / "out", "segmentation")
     assert (caught.value.report.done, caught.value.report.total) == (1, 3)
     assert isinstance(caught.value, KeyboardInterrupt)
-    assert [p.name for p in (tmp_path / "out").iterdir()] and _files(tmp_path / "out") == ["a_mask.png", "a_overlay.jpg"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] and _files(tmp_path / "out") == ["a_mask.png", "a_mask_overlay.jpg"]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
@@ -147,7 +147,7 @@ def test_stale_temporaries_in_output_folders_are_removed(tmp_path, folder, predi
     os.utime(mine, (time.time() - 600,) * 2)
     predict_files(predictor, [folder], out, "segmentation")
     assert not stale.exists() and mine.exists()
-    assert _files(out) == [".notes.tmp.png"] + [f"{n}_{k}" for n in "abc" for k in ("mask.png", "overlay.jpg")]
+    assert _files(out) == [".notes.tmp.png"] + [f"{n}_{k}" for n in "abc" for k in ("mask.png", "mask_overlay.jpg")]
 
 
 def test_folders_that_cannot_be_listed_are_errors(tmp_path, folder, predictor, refuse_listing):
@@ -166,9 +166,9 @@ def test_folders_that_cannot_be_listed_are_errors(tmp_path, folder, predictor, r
 def test_overlays_of_images_too_wide_for_jpeg_are_png(tmp_path):
     """D13: libjpeg cannot store a side over 65500 px."""
     names = [path.name for path, _ in task_outputs(Task.TEXT_SEGMENTATION, tmp_path, Path("w"), (1, 65_501))]
-    assert names == ["w_mask.png", "w_overlay.png"]
+    assert names == ["w_mask.png", "w_mask_overlay.png"]
     names = [path.name for path, _ in task_outputs(Task.TAMPERED_TEXT_DETECTION, tmp_path, Path("w"), (65_500, 2))]
-    assert names == ["w_classes.png", "w_overlay.jpg"]
+    assert names == ["w_classes.png", "w_classes_overlay.jpg"]
 
 
 def test_outputs_are_written_with_the_usual_permissions(tmp_path, folder, predictor):

@@ -59,28 +59,28 @@ def test_an_unknown_name_is_one_clear_error():
 
 def test_output_files_are_distinct_and_the_result_file_comes_first():
     kinds_by_task: dict[Task, list[str]] = {}
-    result_suffixes = []
+    suffixes_of_all_tasks = []
     for task, entry in TASK_SPECS.items():
         outputs = entry.outputs
         assert outputs[0].suffix == entry.result_file.suffix and outputs[0].kind == entry.result_kind
         suffixes = [o.suffix for o in outputs]
         assert len(set(suffixes)) == len(suffixes)
-        assert all(re.fullmatch(r"(_[a-z]+)?\.(png|jpg)", s) for s in suffixes), suffixes
+        assert all(re.fullmatch(r"(_[a-z]+)*\.(png|jpg)", s) for s in suffixes), suffixes
         assert entry.result_suffix.endswith(".png")  # results are exact values: never a lossy format
         assert all(o.label for o in outputs)
         assert entry.picture in outputs
         kinds_by_task[task] = [o.kind for o in outputs]
-        result_suffixes.append(entry.result_suffix)
+        suffixes_of_all_tasks.extend(suffixes)
         assert len(set(kinds_by_task[task])) == len(kinds_by_task[task])
-    # The results of different tasks can share a folder without replacing each other.
-    assert len(set(result_suffixes)) == len(result_suffixes)
+    # The files of different tasks (results and overlays) can share a folder without replacing each other.
+    assert len(set(suffixes_of_all_tasks)) == len(suffixes_of_all_tasks)
 
 
 def test_overlays_become_png_only_where_jpeg_cannot_store_the_image():
     overlay = Task.TEXT_SEGMENTATION.spec.overlay
-    assert overlay is not None and overlay.suffix == OVERLAY_SUFFIX
-    assert overlay.path(Path("out/a"), (100, 200)) == Path("out/a_overlay.jpg")
-    assert overlay.path(Path("out/a"), (65_501, 2)) == Path("out/a_overlay.png")
+    assert overlay is not None and overlay.suffix == "_mask" + OVERLAY_SUFFIX
+    assert overlay.path(Path("out/a"), (100, 200)) == Path("out/a_mask_overlay.jpg")
+    assert overlay.path(Path("out/a"), (65_501, 2)) == Path("out/a_mask_overlay.png")
     assert Task.TEXT_REMOVAL.spec.result_file.path(Path("out/a.b"), (65_501, 2)) == Path("out/a.b.png")
 
 
@@ -162,7 +162,7 @@ def test_no_module_but_tasks_spells_out_an_output_file_name():
     files = [file for entry in TASK_SPECS.values() for file in entry.outputs]
     suffixes = {name for file in files for name in (file.suffix, file.suffix_for((10**6, 1))) if name.rpartition(".")[0]}
     name_suffixes = {file.name_suffix for file in files if file.name_suffix}
-    assert "_mask.png" in suffixes and "_overlay.png" in suffixes and "_classes" in name_suffixes  # the test sees them
+    assert "_mask.png" in suffixes and "_mask_overlay.png" in suffixes and "_classes" in name_suffixes  # the test sees them
     offenders = []
     for path in sorted(SOURCES.rglob("*.py")):
         if path == SOURCES / "tasks.py":
@@ -182,7 +182,8 @@ def _tinted(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) 
 
 
 def test_files_keep_their_names_and_pixels():
-    """The names and contents `upocr remove-text | segment-text | detect-tampering` wrote before the specs."""
+    """The names and contents `upocr remove-text | segment-text | detect-tampering` write (as before the
+    specs, but for the overlays, named after their result file since both tasks wrote `_overlay.jpg`)."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
     removed = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
@@ -193,10 +194,10 @@ def test_files_keep_their_names_and_pixels():
     expected = {
         Task.TEXT_REMOVAL: (Prediction(Task.TEXT_REMOVAL, output, image=removed), {"w.png": removed}),
         Task.TEXT_SEGMENTATION: (Prediction(Task.TEXT_SEGMENTATION, output, mask=mask), {
-            "w_mask.png": mask.astype(np.uint8) * 255, "w_overlay.jpg": _tinted(image, mask, red)}),
+            "w_mask.png": mask.astype(np.uint8) * 255, "w_mask_overlay.jpg": _tinted(image, mask, red)}),
         Task.TAMPERED_TEXT_DETECTION: (Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=classes), {
             "w_classes.png": classes,
-            "w_overlay.jpg": _tinted(_tinted(image, classes == 1, green), classes == 2, red)}),
+            "w_classes_overlay.jpg": _tinted(_tinted(image, classes == 1, green), classes == 2, red)}),
     }
     for task, (prediction, files) in expected.items():
         outputs = task_outputs(task, Path("out"), Path("w"), (4, 5))

@@ -4,7 +4,7 @@ Every task is RGB image -> RGB image. A spec says, for its task: its names (titl
 how labels are *encoded* into the target image the model is trained to output, how a model output is
 *decoded* into a result (a text-free image, a text mask, a class map) and which `Prediction` field holds
 it, its class names and overlay colours, and the files one input produces (`{stem}.png`,
-`{stem}_mask.png` + `{stem}_overlay.jpg`, ...) with how each is drawn. The CLI, the web page, the
+`{stem}_mask.png` + `{stem}_mask_overlay.jpg`, ...) with how each is drawn. The CLI, the web page, the
 evaluation and training read the table instead of branching on the task; docs/architecture.md says
 what else a fourth task needs (its data layout and loss).
 
@@ -236,7 +236,8 @@ class TaskSpec:
         def draw(image: np.ndarray, result: np.ndarray) -> np.ndarray:
             return overlay_classes(image, np.asarray(result).astype(np.uint8), colours=colours)
 
-        return OutputFile(OVERLAY_KIND, OVERLAY_SUFFIX, self.overlay_label, draw)
+        # Named after the result file ("_mask_overlay.jpg"): tasks writing into one folder never collide.
+        return OutputFile(OVERLAY_KIND, self.result_file.name_suffix + OVERLAY_SUFFIX, self.overlay_label, draw)
 
     @cached_property
     def outputs(self) -> tuple[OutputFile, ...]:
