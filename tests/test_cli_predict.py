@@ -203,15 +203,15 @@ def test_ctrl_c_during_a_folder_is_one_line_and_exit_130(tmp_path, inputs, tiny_
     from upocr.predict import Predictor
 
     calls = {"n": 0}
-    real_predict = Predictor.predict
+    real_predict = Predictor.predict_many
 
-    def predict(self, image, task):
+    def predict_many(self, images, tasks):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real_predict(self, image, task)
+        return real_predict(self, images, tasks)
 
-    monkeypatch.setattr(Predictor, "predict", predict)
+    monkeypatch.setattr(Predictor, "predict_many", predict_many)
     assert _run("segment-text", inputs / "grey.png", inputs / "alpha.png", inputs / "deep16.png", "-o", tmp_path / "o",
                 "--weights", tiny_weights, "--size", "64") == 130
     err = capsys.readouterr().err

@@ -94,14 +94,14 @@ def test_an_input_is_never_overwritten_even_with_overwrite(tmp_path, predictor):
 )
 def test_out_of_memory_fails_one_image_and_the_run_goes_on(tmp_path, folder, predictor, monkeypatch, error):
     """D4: torch's CPU allocator raises a plain RuntimeError, which used to abort the whole batch."""
-    real_predict = Predictor.predict
+    real_predict = Predictor.predict_many
 
-    def predict(self, image, task):
-        if image[0, 0, 0] == 80:  # b.png
+    def predict_many(self, images, tasks):
+        if any(image[0, 0, 0] == 80 for image in images):  # b.png
             raise error
-        return real_predict(self, image, task)
+        return real_predict(self, images, tasks)
 
-    monkeypatch.setattr(Predictor, "predict", predict)
+    monkeypatch.setattr(Predictor, "predict_many", predict_many)
     report = predict_files(predictor, [folder], tmp_path / "out", "tampering")
     assert report.done == 2
     assert report.errors == [f"{folder / 'b.png'}: out of memory; try a smaller --size, "
@@ -184,3 +184,29 @@ def test_report_pixels_match_the_predictor(tmp_path, folder, predictor):
     report = predict_files(predictor, [folder / "c.png"], tmp_path / "out", "removal")
     expected = predictor.predict(np.asarray(Image.open(folder / "c.png").convert("RGB")), "removal").image
     np.testing.assert_array_equal(np.asarray(Image.open(report.written[0])), expected)
+
+
+def test_a_folder_runs_in_batches_of_images_with_the_same_files(tmp_path):
+    """batch_size images share forward passes (a corrupt one in the middle still fails alone); with a
+    model that returns its input, the files equal those of one image at a time byte for byte."""
+    batches: list[int] = []
+
+    def identity(images, tasks):
+        batches.append(len(images))
+        return [images]
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 256, (30 + index, 40, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "2.png").write_bytes(b"not a picture")
+    one_by_one = predict_files(Predictor(identity, size=64, removal="raw"), [folder], tmp_path / "one", "removal")
+    assert batches == [1] * 4
+    batches.clear()
+    batched = predict_files(Predictor(identity, size=64, removal="raw", batch_size=3), [folder], tmp_path / "three", "removal")
+    assert batches == [3, 1]  # 0, 1, 3 (2 is corrupt), then 4
+    assert batched.done == one_by_one.done == 4 and len(batched.errors) == 1 and "2.png" in batched.errors[0]
+    assert _files(tmp_path / "three") == _files(tmp_path / "one") == ["0.png", "1.png", "3.png", "4.png"]
+    for name in _files(tmp_path / "one"):
+        assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name

@@ -128,6 +128,29 @@ def test_several_tasks_in_one_batch_match_single_runs(tiny_model):
         np.testing.assert_allclose(prediction.output, alone.output, atol=1e-4)
 
 
+def test_several_images_share_forward_passes_and_match_single_runs(tiny_model):
+    """A folder's small images go through the model together (`predict_many`); a large one is tiled alone."""
+    batches: list[int] = []
+
+    def recording(images, tasks):
+        batches.append(len(images))
+        return tiny_model(images, tasks)
+
+    rng = np.random.default_rng(5)
+    small = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(90, 140, 3), (40, 30, 3), (64, 64, 3)]]
+    large = rng.integers(0, 256, (150, 140, 3), dtype=np.uint8)  # > 4 x 64^2 pixels: tiled under "auto"
+    tasks = ["removal", "tampering"]  # removal also runs segmentation (the fill's text mask): 3 per image
+    predictor = Predictor(recording, size=64, batch_size=4)
+    many = predictor.predict_many([small[0], large, small[1], small[2]], tasks)
+    assert batches[:3] == [4, 4, 1]  # the 9 (small image, task) pairs, 4 at a time; then the large one's tiles
+    alone = Predictor(tiny_model, size=64, batch_size=1)
+    for image, predictions in zip([small[0], large, small[1], small[2]], many):
+        for prediction, single in zip(predictions, alone.predict_tasks(image, tasks)):
+            assert prediction.task == single.task and prediction.result.shape[:2] == image.shape[:2]
+            # batches of 4 sum in another order than of 1 (see above); another image's output would not be close
+            np.testing.assert_allclose(prediction.output, single.output, atol=1e-4)
+
+
 def test_segmentation_threshold_and_tampering_argmax():
     half = lambda images, tasks: [torch.full_like(images, 0.5)]
     assert Predictor(half, size=64, threshold=0.4).predict(IMAGE, "segmentation").mask.all()

@@ -11,7 +11,8 @@ detect-tampering` run, for any caller that wants the same rules:
   are removed from the folders written to;
 * errors: a bad input (unreadable, corrupt, too large, out of memory, unwritable output) is one line
   "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far;
-* overlap: the next image is decoded and the previous one's files encoded in threads while the model runs.
+* overlap: the next images are decoded and the previous ones' files encoded in threads while the model runs;
+* batches: up to `predictor.batch_size` resized images share forward passes (`Predictor.predict_many`).
 """
 
 from __future__ import annotations
@@ -101,65 +102,102 @@ def predict_files(
     cleaned: set[Path] = set()
     bar = tqdm(total=len(items), desc=task.short, unit="image", file=sys.stderr,
                disable=True if not progress or len(items) < 2 else None)  # None: only on a terminal
-    # Overlap: a reader thread decodes the next image and a writer thread renders and encodes the last
-    # one's files while the model runs on this one (decoding, PNG/JPEG encoding and the model release the
-    # GIL). One image each way at most, so memory stays within three images' worth.
+    # Overlap: a reader thread decodes the next images and a writer thread renders and encodes the last
+    # group's files while the model runs on this group (decoding, PNG/JPEG encoding and the model release
+    # the GIL). A group is up to `batch_size` images that the model sees resized, run in shared forward
+    # passes (`Predictor.predict_many`); a tiled image ends its group. Memory: about two groups of images.
     reader = ThreadPoolExecutor(1, thread_name_prefix="upocr-read")
     writer = ThreadPoolExecutor(1, thread_name_prefix="upocr-write")
-    writing: _Writing | None = None
+    reading: dict[int, Future[np.ndarray]] = {}  # by input index
+    submitted = 0  # inputs [0, submitted) have been given to the reader
+    writing: list[_Writing] = []
 
-    def read(index: int) -> Future[np.ndarray] | None:
-        return reader.submit(read_image, items[index][0], max_pixels=predictor.max_pixels) if index < len(items) else None
+    def read_ahead(stop: int) -> None:
+        nonlocal submitted
+        for index in range(submitted, min(stop, len(items))):
+            reading[index] = reader.submit(read_image, items[index][0], max_pixels=predictor.max_pixels)
+        submitted = max(submitted, min(stop, len(items)))
 
     def finish_writing() -> None:
-        """Wait for the last submitted input's files; count them, or report its error."""
-        nonlocal writing
-        if writing is None:
-            return
-        done, writing = writing, None
-        try:
-            files = done.future.result()
-            written.update(files)
-            report.written.extend(files)
-            report.done += 1
-        except Exception as error:  # noqa: BLE001 - as for prediction errors below
-            _fail_input(error, done.path, predictor, fail)
+        """Wait for the submitted inputs' files; count them, or report their errors."""
+        while writing:
+            done = writing.pop(0)
+            try:
+                files = done.future.result()
+                written.update(files)
+                report.written.extend(files)
+                report.done += 1
+            except Exception as error:  # noqa: BLE001 - as for prediction errors below
+                _fail_input(error, done.path, predictor, fail)
+            bar.update()
+
+    def failed(path: Path, error: Exception) -> None:
+        if isinstance(error, _Refused):
+            report.existing += error.exists
+            fail(f"{printable(path)}: {error}")
+        else:  # sorted by `_per_input_problem`, re-raised if not per input
+            _fail_input(error, path, predictor, fail)
         bar.update()
 
     try:
-        reading = read(0)
-        for index, ((path, _), name, outputs) in enumerate(zip(items, names, planned)):
-            assert reading is not None
-            pixels, reading = reading, read(index + 1)
+        index = 0
+        while index < len(items):
+            group: list[_Input] = []
+            while index < len(items) and len(group) < predictor.batch_size:
+                path, name, outputs = items[index][0], names[index], planned[index]
+                read_ahead(index + predictor.batch_size + 1)
+                pixels = reading.pop(index)
+                index += 1
+                try:
+                    _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
+                    image = pixels.result()
+                    outputs = task_outputs(task, out_dir, name, image.shape[:2])  # the overlay may become a PNG
+                    _check_may_write(outputs, inputs_resolved, written, overwrite)
+                except Exception as error:  # noqa: BLE001 - see `failed`
+                    failed(path, error)
+                    continue
+                group.append(_Input(path, image, outputs))
+                if predictor.uses_tiles(*image.shape[:2]):
+                    break  # tiled images run alone (their tiles share the batches)
+            if not group:
+                continue
             try:
-                _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
-                image, prediction, outputs = _predict_one(predictor, task, pixels, out_dir, name, inputs_resolved,
-                                                          written, overwrite)
-                finish_writing()  # the previous input's files, before this one's are written
-                for folder in {out.parent for out, _ in outputs} - cleaned:
+                predictions = predictor.predict_many([one.image for one in group], [task])
+            except Exception as error:  # noqa: BLE001 - see `failed`
+                for one in group:
+                    failed(one.path, error)
+                continue
+            finish_writing()  # the previous group's files, before this one's are written
+            for one, (prediction,) in zip(group, predictions):
+                try:
+                    _check_may_write(one.outputs, inputs_resolved, written, overwrite)  # the model may have run for minutes
+                except _Refused as refused:
+                    failed(one.path, refused)
+                    continue
+                for folder in {out.parent for out, _ in one.outputs} - cleaned:
                     remove_stale_temporaries(folder, older_than=started)
                     cleaned.add(folder)
-                writing = _Writing(path, writer.submit(render_and_write, outputs, image, prediction))
-            except _Refused as refused:
-                finish_writing()
-                report.existing += refused.exists
-                fail(f"{printable(path)}: {refused}")
-                bar.update()
-            except Exception as error:  # noqa: BLE001 - sorted by `_per_input_problem`, re-raised if not per input
-                finish_writing()
-                _fail_input(error, path, predictor, fail)
-                bar.update()
+                writing.append(_Writing(one.path, writer.submit(render_and_write, one.outputs, one.image, prediction)))
         finish_writing()
     except KeyboardInterrupt:
-        if writing is not None:  # let the files being written finish (atomic anyway), and count them
-            with contextlib.suppress(BaseException):
-                finish_writing()
+        # let the files being written finish (atomic anyway), and count them
+        with contextlib.suppress(BaseException):
+            finish_writing()
         raise FilesInterrupted(report) from None
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
         writer.shutdown(wait=True)
         bar.close()
     return report
+
+
+@dataclass
+class _Input:
+    """One decoded input waiting for the model, with the files it will produce."""
+
+    path: Path
+    image: np.ndarray
+    outputs: list[tuple[Path, Renderer]]
 
 
 @dataclass
@@ -191,19 +229,6 @@ class _Refused(Exception):
     def __init__(self, message: str, *, exists: bool) -> None:
         super().__init__(message)
         self.exists = exists
-
-
-def _predict_one(
-    predictor: Predictor, task: Task, pixels: Future[np.ndarray], out_dir: Path, name: Path,
-    inputs: set[Path], written: set[Path], overwrite: bool,
-) -> tuple[np.ndarray, Prediction, list[tuple[Path, Renderer]]]:
-    """Take one image from the reader and run the task: the image, its prediction and its files."""
-    image = pixels.result()
-    outputs = task_outputs(task, out_dir, name, image.shape[:2])  # the overlay may become a PNG
-    _check_may_write(outputs, inputs, written, overwrite)
-    prediction = predictor.predict(image, task)
-    _check_may_write(outputs, inputs, written, overwrite)  # again: the model may have run for minutes
-    return image, prediction, outputs
 
 
 def _check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:

@@ -117,6 +117,8 @@ class Predictor:
     resize; None -> always resize (the original's protocol); an int (multiple of 32) -> always tiled
     with that tile size. overlap: pixels shared by
     neighbouring tiles (default: tile / 8, i.e. 64 for 512).
+    batch_size: (tile or image, task) pairs per forward pass: the tiles of one image, or, in `predict_many`
+    and folders (`upocr.files`), several resized images together.
     precision: "fp32", "bf16" (autocast; CPU or CUDA), "fp16" (autocast; CUDA only) or "int8" (Linear
     layers dynamically quantized, `upocr.model.quantize`; CPU only; a given model is copied, not changed).
     backend: "pytorch" or "onnxruntime" (fp32; `weights` may then be a `.onnx` file from `upocr export-onnx`,
@@ -224,26 +226,43 @@ class Predictor:
 
         The model's outputs reach the decoder in row bands (`_tiled_bands`, `resized_bands`), so besides
         the input and the decoded results only a few tile heights of float maps are held (keep_output=False)."""
-        pixels = self._as_pixels(image)
+        return self.predict_many([image], tasks)[0]
+
+    def predict_many(
+        self, images: Sequence[np.ndarray | str | os.PathLike], tasks: Sequence[Task | str | int]
+    ) -> list[list[Prediction]]:
+        """Run several tasks on several images: per image, one Prediction per task (as `predict_tasks`).
+
+        Images that are resized (all with tile=None; with tile="auto" those up to 4 x size^2 pixels) share
+        forward passes, `batch_size` (image, task) pairs each: a folder of photos keeps a GPU busy. Tiled
+        images run one after another, their tiles batched. Results equal `predict_tasks` image by image."""
+        pixels_list = [self._as_pixels(image) for image in images]
         task_list = [Task.parse(t) for t in tasks]
         run_list = list(task_list)
-        fills = self._fills_text() and Task.TEXT_REMOVAL in task_list
-        if fills and Task.TEXT_SEGMENTATION not in task_list:
+        if self._fills_text() and Task.TEXT_REMOVAL in task_list and Task.TEXT_SEGMENTATION not in task_list:
             run_list.append(Task.TEXT_SEGMENTATION)  # the text mask of the fill modes
-        tile = self._tile_for(pixels.shape[:2])
+        resized = [i for i, pixels in enumerate(pixels_list) if self._tile_for(pixels.shape[:2]) is None]
+        model_pairs = dict(zip(resized, self._run_resized([pixels_list[i] for i in resized], run_list)))
+        return [self._decode(pixels, task_list, run_list, model_pairs.get(i)) for i, pixels in enumerate(pixels_list)]
+
+    def _decode(
+        self, pixels: np.ndarray, task_list: list[Task], run_list: list[Task],
+        model_pairs: list[tuple[np.ndarray, np.ndarray]] | None,
+    ) -> list[Prediction]:
+        """One image's results: from its resized model outputs (`model_pairs`), or, for None, its tiles."""
         height, width = pixels.shape[:2]
-        model_pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
-        if tile is None:
-            model_pairs = self._run_resized(pixels, run_list)
+        tile = self._tile_for(pixels.shape[:2])
+        if model_pairs is not None:
             bands = resized_bands([pair[1] for pair in model_pairs], height, width, BAND_ROWS)
         else:
+            assert tile is not None
             bands = self._tiled_bands(pixels, run_list, tile)
         whole_text = None
-        if fills and tile is not None and self.tile == "auto":
+        if self._fills_text() and Task.TEXT_REMOVAL in task_list and tile is not None and self.tile == "auto":
             # Two scales find the text to erase: native tiles see small print, the whole image resized sees
             # characters larger than a tile (posters), of which tiles find only the edges. On real photos
             # (`upocr evaluate real`) the union erased more words than either scale alone.
-            whole_text = self._run_resized(pixels, [Task.TEXT_SEGMENTATION])[0][1]
+            whole_text = self._run_resized([pixels], [Task.TEXT_SEGMENTATION])[0][0][1]
         decoder = _BandDecoder(self, pixels, task_list, run_list, tile, whole_text)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)
@@ -299,18 +318,21 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _run_resized(
-        self, pixels: np.ndarray, tasks: list[Task]
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Resize mode at the working size: per task, (model input, model output) (uint8 HWC, float CHW),
-        which the removal blend compares; `resized_bands` brings the outputs to the original size."""
+        self, pixels_list: Sequence[np.ndarray], tasks: list[Task]
+    ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Resize mode at the working size: per image, per task, (model input, model output) (uint8 HWC,
+        float CHW), which the removal blend compares; `resized_bands` brings the outputs to the original
+        size. All (image, task) pairs go through the model `batch_size` at a time."""
         # PIL bicubic on uint8, as the original's test transform (antialiased when shrinking).
-        small = np.array(Image.fromarray(pixels).resize((self.size, self.size), Image.Resampling.BICUBIC))
-        tensor = torch.from_numpy(small).permute(2, 0, 1).float().div_(255)
-        pairs: list[tuple[np.ndarray, np.ndarray]] = []
-        for start in range(0, len(tasks), self.batch_size):
-            chunk = tasks[start : start + self.batch_size]
-            result = self._forward(tensor.unsqueeze(0).expand(len(chunk), -1, -1, -1), chunk)
-            pairs.extend((small, one) for one in result)
+        smalls = [np.array(Image.fromarray(p).resize((self.size, self.size), Image.Resampling.BICUBIC)) for p in pixels_list]
+        tensors = [torch.from_numpy(small).permute(2, 0, 1).float().div_(255) for small in smalls]
+        jobs = [(i, t) for i in range(len(smalls)) for t in range(len(tasks))]
+        pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in smalls]
+        for start in range(0, len(jobs), self.batch_size):
+            chunk = jobs[start : start + self.batch_size]
+            result = self._forward(torch.stack([tensors[i] for i, _ in chunk]), [tasks[t] for _, t in chunk])
+            for (i, _), one in zip(chunk, result):
+                pairs[i].append((smalls[i], one))
         return pairs
 
     def _tiled_bands(self, pixels: np.ndarray, tasks: list[Task], tile: int) -> Iterator[Band]:

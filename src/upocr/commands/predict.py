@@ -115,7 +115,7 @@ def add_predictor_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--overlap", type=int, default=None,
                        help="pixels shared by neighbouring tiles (default: tile / 8, i.e. 64 for 512)")
-    group.add_argument("--batch-size", type=int, default=1, help="tiles per forward pass (default 1)")
+    group.add_argument("--batch-size", type=int, default=1, help="(tile or image, task) pairs per forward pass (default 1): the tiles of a large image, or up to N small images of a folder at once")
     group.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU)")
     group.add_argument("--backend", choices=BACKENDS, default="pytorch",
