@@ -35,17 +35,10 @@ import time
 from pathlib import Path
 
 from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES
+from upocr.utils import cpu_has_native_bf16
 
 TASKS = ("removal", "segmentation", "tampering")
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples" / "poster.jpg"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def measure(config: str, precision: str, backend: str, size: int, args: argparse.Namespace, reference: Path) -> dict:

@@ -18,6 +18,7 @@ from upocr.train import checkpoint as ckpt
 from upocr.train.config import TrainConfig, resolve_config
 from upocr.train.multitask import MultiTaskLoader
 from upocr.train.trainer import NonFiniteLossError, train, weights_sha256
+import upocr.train.trainer as trainer_module
 
 
 def _config(tmp_path, **changes) -> TrainConfig:
@@ -453,3 +454,25 @@ def test_train_csv_after_a_resume_matches_the_uninterrupted_run(tmp_path, synthe
 
     assert [r["step"] for r in rows(tmp_path / "a")] == ["3", "6"]
     assert rows(tmp_path / "b") == rows(tmp_path / "a")
+
+
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch, native, expected):
+    """auto used to mean bf16 on every CPU; on AVX2-only CPUs torch emulates it, ~5x slower than fp32."""
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
+    assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
+    assert trainer_module.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import upocr.utils as utils
+
+    cpuinfo = tmp_path / "cpuinfo"
+    real_path = utils.Path
+    monkeypatch.setattr(utils, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    cpuinfo.write_text("flags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    assert not utils.cpu_has_native_bf16()
+    cpuinfo.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert utils.cpu_has_native_bf16()
+    cpuinfo.unlink()
+    assert not utils.cpu_has_native_bf16()  # unreadable: fp32, the safe choice

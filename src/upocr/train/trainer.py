@@ -46,7 +46,7 @@ from upocr.train.losses import LOSS_TERMS, task_loss
 from upocr.train.multitask import DATA_ERRORS, MultiTaskLoader, describe_data_error
 from upocr.train.schedule import LRSchedule
 from upocr.train.vgg import VGG16Features, load_vgg16
-from upocr.utils import atomic_output
+from upocr.utils import atomic_output, cpu_has_native_bf16
 from upocr.weights import InferenceDefaults, split_legacy_fields
 
 LOG_COLUMNS = ("step", "lr", *LOSS_TERMS, "grad_norm", "images_per_s", "elapsed_s")
@@ -115,10 +115,12 @@ def setup_distributed(device: str = "auto") -> DistContext:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of `precision` ("auto": bf16 on GPUs and CPUs that have it natively, fp16 on GPUs
+    without bf16, fp32 on CPUs that would only emulate bf16)."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs CUDA (loss scaling); use --precision bf16 or fp32 on CPU")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -528,6 +530,9 @@ class Trainer:
         )  # fmt: skip
         self.tasks = self.loader.tasks
         self.images_per_step = config.batch_per_task * len(self.tasks) * self.context.world_size
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
+            self.say("note: this CPU has no native bf16 (AVX512-BF16/AMX): torch emulates it, several times slower "
+                     "than --precision fp32")
         if Task.TEXT_REMOVAL in self.tasks and self.vgg is None:
             self.say("note: no --vgg-weights given, so the perceptual and style terms of the text-removal loss are off")
 
