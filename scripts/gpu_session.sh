@@ -2,8 +2,9 @@
 # One call on a lent GPU machine (the `device` tool's `run`): default model v2 (issue 12) and the GPU rows
 # of the benchmarks (issue 13), in about 9 minutes (estimate: data 1.5, training 3, scores 2, benchmarks 2.3), everything a later session needs written to $OUT.
 #
-#   Prepare here once:  bash scripts/gpu_session.sh --fetch-wheels     (fonts for CJK/Thai/Arabic -> .whl/)
-#   On the device:      run(command="bash scripts/gpu_session.sh", carry=[".whl"], timeout_s=600)
+#   Prepare here once:  bash scripts/gpu_session.sh --fetch-wheels     (fonts for CJK/Thai/Arabic -> .whl/,
+#                       text-free wallpaper photos from Debian packages, shrunk to 1024 px -> .bgs/)
+#   On the device:      run(command="bash scripts/gpu_session.sh", carry=[".whl", ".bgs"], timeout_s=600)
 #   Smoke test on CPU:  PY=.venv/bin/python DEVICE=cpu COUNT=6 TEST_COUNT=4 TRAIN_MINUTES=0.3 BATCH=1 OUT=/tmp/gpu-smoke bash scripts/gpu_session.sh
 #
 # Steps: synthetic data v1 + v2 (all cores), fine-tune the bundled model on it (time-boxed), calibrate the
@@ -13,11 +14,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}  # the Python that has torch (on the device image: python3)
+# Debian packages of desktop wallpapers: ~60 landscape, city, animal and abstract photos without text.
+BACKGROUND_PACKAGES="ukui-wallpapers mate-backgrounds lomiri-wallpapers-20.04 lomiri-wallpapers-16.04"
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   "$PY" -m pip download --no-deps --only-binary=:all: -d .whl fontpkg-caveat fontpkg-kalam fontpkg-noto-sans-thai \
     fontpkg-sarabun fontpkg-noto-sans-arabic fontpkg-amiri noto-cjk-sans-jp-regular
   grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+  # Real photographs for `upocr synth --backgrounds` (the device reaches no registry, so they travel along).
+  if command -v apt-get > /dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $BACKGROUND_PACKAGES > /dev/null
+    "$PY" scripts/shrink_backgrounds.py .bgs $(dpkg -L $BACKGROUND_PACKAGES | grep -iE '\.(jpe?g|png)$')
+    grep -qx '/.bgs/' .git/info/exclude 2>/dev/null || echo '/.bgs/' >> .git/info/exclude
+  fi
   exit 0
 fi
 
@@ -41,7 +50,8 @@ upocr() { "$PY" -m upocr.cli "$@"; }
 
 log "data: v1 + v2 train ($COUNT per task each), held-out v1 + v2 ($TEST_COUNT per task)"
 upocr synth --out "$WORK/data" --count "$COUNT" --seed 0 --size 256 --workers "$WORKERS" --scenes v1 2>/dev/null
-upocr synth --out "$WORK/data" --count "$COUNT" --seed 7 --size 256 --workers "$WORKERS" --scenes v2 2>/dev/null
+backgrounds=(); [[ -d .bgs ]] && backgrounds=(--backgrounds .bgs --background-mix 0.6)
+upocr synth --out "$WORK/data" --count "$COUNT" --seed 7 --size 256 --workers "$WORKERS" --scenes v2 "${backgrounds[@]}" 2>/dev/null
 upocr synth --out "$WORK/test-v1" --count "$TEST_COUNT" --seed 100 --split test --size 256 --workers "$WORKERS" 2>/dev/null
 upocr synth --out "$WORK/test-v2" --count "$TEST_COUNT" --seed 101 --split test --size 256 --workers "$WORKERS" --scenes v2 2>/dev/null
 
