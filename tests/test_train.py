@@ -458,7 +458,7 @@ def test_train_csv_after_a_resume_matches_the_uninterrupted_run(tmp_path, synthe
 
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch, native, expected):
-    """auto used to mean bf16 on every CPU; on AVX2-only CPUs torch emulates it, ~5x slower than fp32."""
+    """auto used to mean bf16 on every CPU; on AVX2-only CPUs torch emulates it, ~10x slower than fp32."""
     monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
     assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
     assert trainer_module.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept

@@ -90,7 +90,8 @@ def printable(text: object) -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Elsewhere torch emulates bf16, many
-    times slower than fp32 (a training step of the small model: about 5x on an AVX2 machine), so the
+    times slower than fp32 (a training step of the small model, 6 images at 256x256, on the 2-core AVX2
+    development machine: 2.6 s fp32, 30 s bf16), so the
     "auto" precisions choose fp32 there. False where the flags cannot be read (not Linux)."""
     try:
         flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
