@@ -65,19 +65,22 @@ def test_cli_export_writes_a_checked_file(exported):
     assert not [p for p in path.parent.iterdir() if p != path]  # no temporaries left beside it
     difference = float(printed.split("max abs difference from PyTorch ")[1].split()[0])
     assert difference <= EXPORT_TOLERANCE
-    # The check covered every task in one batch (of a size the trace did not see) and a single image.
-    assert f"3x3x{SIZE}x{SIZE}" in printed and f"1x3x{SIZE}x{SIZE}" in printed
+    # The check covered every task in one batch (of a size the trace did not see), a single image, and an
+    # image of another, non-square size.
+    assert f"3x3x{SIZE}x{SIZE}" in printed and f"1x3x{SIZE}x{SIZE}" in printed and f"1x3x32x{SIZE + 32}" in printed
 
 
 def test_onnx_matches_pytorch_for_every_task_in_mixed_batches(exported, tiny_model):
     runner = OnnxRunner(exported[0])
     assert runner.config == tiny_model.config  # carried in the file's metadata
     assert runner.inference == InferenceDefaults(input_size=SIZE, segmentation_threshold=0.35)
-    # Batches that mix the three tasks, of sizes other than the traced one (2): the batch is dynamic.
-    shapes = [(4, 3, SIZE, SIZE), (5, 3, SIZE, SIZE), (1, 3, SIZE, SIZE)]
-    assert max_difference(tiny_model, runner, shapes) <= EXPORT_TOLERANCE
-    with pytest.raises(ValueError, match=f"takes {SIZE}x{SIZE} images"):  # height and width are fixed
-        runner(torch.rand(1, 3, 96, SIZE), "removal")
+    # Batches that mix the three tasks, of sizes other than the traced one (2 x 64 x 64): batch, height and
+    # width are dynamic, including sizes whose maps need no window padding (256) and tall/wide ones.
+    assert max_difference(tiny_model, runner, [(4, 3, SIZE, SIZE), (5, 3, SIZE, SIZE), (1, 3, SIZE, SIZE)]) <= EXPORT_TOLERANCE
+    # (larger maps sum longer rows: 1.1e-4 seen at 256 x 256; a wrong window or mask differs by far more)
+    assert max_difference(tiny_model, runner, [(2, 3, 96, 160), (1, 3, 256, 256), (3, 3, 32, 224)]) <= OUTPUT_TOLERANCE
+    with pytest.raises(ValueError, match="input 96x50 is not a multiple of 32; pad or resize to 96x64"):
+        runner(torch.rand(1, 3, 96, 50), "removal")
     # The task input matters: a batch of one image under the three prompts gives three different outputs.
     image = torch.rand(1, 3, SIZE, SIZE).expand(3, -1, -1, -1)
     full = runner(image, [Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION])[-1]
@@ -106,9 +109,17 @@ def test_predictor_onnxruntime_exports_a_torch_model_in_memory(tiny_model):
     np.testing.assert_allclose(onnx.predict(image, "tampering").output, reference.predict(image, "tampering").output, atol=OUTPUT_TOLERANCE)
 
 
-def test_predictor_onnxruntime_refuses_other_precisions_and_sizes(exported):
-    with pytest.raises(ValueError, match=f"exported for {SIZE}x{SIZE} images, not size 96"):
-        Predictor(weights=exported[0], backend="onnxruntime", size=96)
+def test_predictor_onnxruntime_runs_at_any_size(exported, weights):
+    """The file stores its working size (the Predictor's default) but runs at any: here 96 and tiles of 32."""
+    image = np.random.default_rng(4).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    assert Predictor(weights=exported[0], backend="onnxruntime").size == SIZE
+    for options in ({"size": 96}, {"size": SIZE, "tile": 32}):
+        reference = Predictor(weights=weights, removal="raw", **options).predict(image, "segmentation")
+        onnx = Predictor(weights=exported[0], backend="onnxruntime", removal="raw", **options).predict(image, "segmentation")
+        np.testing.assert_allclose(onnx.output, reference.output, atol=OUTPUT_TOLERANCE)
+
+
+def test_predictor_onnxruntime_refuses_other_precisions(exported):
     with pytest.raises(ValueError, match="fp32 only"):
         Predictor(weights=exported[0], backend="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="backend must be one of"):

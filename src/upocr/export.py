@@ -1,14 +1,15 @@
 """ONNX export of a UPOCR model and an ONNX Runtime backend for `upocr.Predictor`.
 
-The exported graph takes `images` (B, 3, S, S) float32 in [0, 1] and `tasks` (B,) int64 task indices (one
+The exported graph takes `images` (B, 3, H, W) float32 in [0, 1] and `tasks` (B,) int64 task indices (one
 per image, so one batch may mix tasks) and returns the model's three outputs `quarter`, `half` and `full`
-(raw values, as `UPOCR.forward`). The batch is dynamic; height and width are fixed at the export size S,
-because the SwinV2 window padding, shift masks and their region labels are computed in Python from the
-map sizes and so are baked into the trace (`torch.onnx.export(dynamo=False)`). The dynamo exporter does
-trace them symbolically (with `upocr.model.swinv2.exporting()` branches), but its symbolic-shape
-simplification (sympy) did not finish in 8 minutes for the 4-block `tiny` config (docs/inference.md).
-The model's config and its inference defaults (the export size, the segmentation threshold) travel in the
-file's metadata, so a Predictor on the ONNX file knows its size and threshold. `onnx`/`onnxruntime` are optional: `pip install 'upocr[onnx]'`.
+(raw values, as `UPOCR.forward`). Batch, height and width are all dynamic (H and W multiples of 32, as for
+the model): the SwinV2 window padding and shift masks are built from the map sizes with tensor operations
+that the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`) records symbolically. (The dynamo
+exporter also traces them, but its symbolic-shape simplification did not finish in 8 minutes for the
+4-block `tiny` config.) The export is checked against PyTorch at the export size and at a second,
+non-square size. The model's config and its inference defaults (working size, segmentation threshold)
+travel in the file's metadata, so a Predictor on the ONNX file knows its size and threshold.
+`onnx`/`onnxruntime` are optional: `pip install 'upocr[onnx]'`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 
 from upocr.model.config import UPOCRConfig
 from upocr.weights import InferenceDefaults
-from upocr.model.upocr import UPOCR, check_input_size
+from upocr.model.upocr import SIZE_MULTIPLE, UPOCR, check_input_size
 from upocr.tasks import Task, task_indices
 from upocr.utils import atomic_output
 
@@ -39,6 +40,12 @@ INFERENCE_METADATA_KEY = "upocr_inference"
 # The exported model must agree with PyTorch to this (max abs difference of the raw outputs).
 EXPORT_TOLERANCE = 1e-4
 OPSET = 17
+# Batch, height and width of every input and output may differ from the traced example.
+DYNAMIC_AXES = {
+    "images": {0: "batch", 2: "height", 3: "width"},
+    "tasks": {0: "batch"},
+    **{name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in OUTPUT_NAMES},
+}
 INSTALL_HINT = "pip install 'upocr[onnx]'"
 
 
@@ -75,8 +82,9 @@ class TaskIndexedModel(nn.Module):
 
 
 def onnx_bytes(model: UPOCR, *, size: int | None = None) -> bytes:
-    """The serialized ONNX model for size x size images (default: the config's input size), dynamic batch.
-    Raises ExportError (one line) when the exporter fails."""
+    """The serialized ONNX model, traced at size x size (default: the config's input size; also the working
+    size stored in its metadata), with dynamic batch, height and width. Raises ExportError (one line) when
+    the exporter fails."""
     onnx = require("onnx")
     size = size or model.inference.input_size
     check_input_size(size, size)
@@ -90,7 +98,7 @@ def onnx_bytes(model: UPOCR, *, size: int | None = None) -> bytes:
             torch.onnx.export(
                 wrapper, example, buffer, dynamo=False, opset_version=OPSET,
                 input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                dynamic_axes={"images": {0: "batch"}, "tasks": {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+                dynamic_axes=DYNAMIC_AXES,
             )
     except Exception as error:  # noqa: BLE001 - the exporter's errors span pages: keep the first line
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
@@ -104,12 +112,14 @@ def onnx_bytes(model: UPOCR, *, size: int | None = None) -> bytes:
 def export_onnx(model: UPOCR, path: str | os.PathLike, *, size: int | None = None) -> ExportReport:
     """Export `model` to `path` (written atomically) and check it against PyTorch on random inputs.
 
-    The check runs every task in one batch (3 images, a batch size the trace did not see) and one image
-    alone; it raises ExportError, leaving no file, when any output differs by more than EXPORT_TOLERANCE."""
+    The check runs every task in one batch (3 images, a batch size the trace did not see), one image alone
+    and one image of another, non-square size (the height and width are dynamic); it raises ExportError,
+    leaving no file, when any output differs by more than EXPORT_TOLERANCE."""
     size = size or model.inference.input_size
     data = onnx_bytes(model, size=size)
     runner = OnnxRunner(data)
-    shapes = [(len(Task), 3, size, size), (1, 3, size, size)]
+    other = (max(SIZE_MULTIPLE, size // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE), size + SIZE_MULTIPLE)
+    shapes = [(len(Task), 3, size, size), (1, 3, size, size), (1, 3, *other)]
     difference = max_difference(model, runner, shapes)
     path = Path(path)
     if difference > EXPORT_TOLERANCE:
@@ -168,10 +178,11 @@ class OnnxRunner:
                           if INFERENCE_METADATA_KEY in metadata else InferenceDefaults(input_size=int(size)))
 
     def __call__(self, images: torch.Tensor, tasks: Sequence[Task | str | int] | Task | str | int | torch.Tensor) -> list[torch.Tensor]:
-        expected = tuple(self.session.get_inputs()[0].shape[2:])
-        if tuple(images.shape[-2:]) != expected:
-            raise ValueError(f"{self.name} takes {expected[0]}x{expected[1]} images (its export size), got "
-                             f"{images.shape[-2]}x{images.shape[-1]}; use size {expected[0]}, or export at this size")
+        fixed = tuple(self.session.get_inputs()[0].shape[2:])
+        if all(isinstance(side, int) for side in fixed) and tuple(images.shape[-2:]) != fixed:  # an older export
+            raise ValueError(f"{self.name} takes {fixed[0]}x{fixed[1]} images (its export size), got "
+                             f"{images.shape[-2]}x{images.shape[-1]}; use size {fixed[0]}, or export it again")
+        check_input_size(*images.shape[-2:])  # the graph itself would fail with a reshape error
         indices = task_indices(tasks, images.shape[0])
         feed = {"images": np.ascontiguousarray(images.detach().float().cpu().numpy()), "tasks": indices.numpy()}
         return [torch.from_numpy(output) for output in self.session.run(list(OUTPUT_NAMES), feed)]
@@ -181,7 +192,8 @@ def onnx_runner(
     model: Any, weights: str | os.PathLike | None, *, device: torch.device, precision: str, size: int | None = None
 ) -> OnnxRunner:
     """The Predictor's `backend="onnxruntime"`: a `.onnx` file at `weights`, or else the torch `model` (or
-    the checkpoint at `weights`, None: the bundled default) exported in memory at `size` (None: its own)."""
+    the checkpoint at `weights`, None: the bundled default) exported in memory (traced at `size`, None: its own;
+    any size runs)."""
     if precision != "fp32":
         raise ValueError(f"backend onnxruntime runs fp32 only, got precision {precision}")
     if isinstance(model, OnnxRunner):
@@ -190,10 +202,10 @@ def onnx_runner(
         if not Path(weights).is_file():
             raise FileNotFoundError(f"{weights}: no such ONNX file")
         runner = OnnxRunner(weights, device=device)
-        exported_size = runner.session.get_inputs()[0].shape[-1]
-        if size is not None and size != exported_size:
-            raise ValueError(f"{weights} was exported for {exported_size}x{exported_size} images, not size {size}; "
-                             f"use size {exported_size} or export again with --size {size}")
+        fixed = runner.session.get_inputs()[0].shape[-1]
+        if isinstance(fixed, int) and size is not None and size != fixed:  # exported before sizes were dynamic
+            raise ValueError(f"{weights} was exported for {fixed}x{fixed} images, not size {size}; "
+                             f"use size {fixed} or export it again")
         return runner
     if model is None:
         from upocr.model.checkpoint import load_model

@@ -16,18 +16,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export the model to ONNX",
         description="Writes the model as an ONNX file: inputs `images` (B, 3, H, W) float32 in [0, 1] and "
         "`tasks` (B,) int64 (0 removal, 1 segmentation, 2 tampering; tasks may differ within a batch), outputs "
-        "`quarter`, `half`, `full`; the batch is dynamic, height and width are fixed at --size (the exporter "
-        "cannot yet make the shifted-window shapes symbolic). The file is checked "
-        "against PyTorch on random inputs before it is written (max abs difference printed; more than 1e-4 "
-        "fails). Run it with `--backend onnxruntime --weights FILE.onnx`. Needs pip install 'upocr[onnx]'.",
+        "`quarter`, `half`, `full`; batch, height and width are dynamic (H and W multiples of 32). The file is "
+        "checked against PyTorch on random inputs, at --size and at another, non-square size, before it is "
+        "written (max abs difference printed; more than 1e-4 fails). Run it with `--backend onnxruntime --weights FILE.onnx`. Needs pip install 'upocr[onnx]'.",
     )
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the .onnx file to write")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
     source.add_argument("--config", help="a preset (paper, small, mini, tiny) with random weights, e.g. to benchmark")
     parser.add_argument("--size", type=positive(int), default=None,
-                        help="size the graph is traced at, a multiple of 32 (default: the weights' input size); "
-                        "the file accepts other sizes too")
+                        help="size the graph is traced and first checked at, a multiple of 32 (default: the weights' "
+                        "input size), stored as the file's working size; the file runs at any size")
     parser.set_defaults(func=run_export)
 
 

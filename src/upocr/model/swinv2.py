@@ -194,7 +194,7 @@ def shift_mask(padded_h: int, padded_w: int, window: int, shift: int, device: to
     """(nW, N, N) additive mask keeping attention inside each region of a cyclically shifted map.
 
     Cached per map size and device (it depends on nothing else): every shifted block of a stage shares it.
-    While exporting (`upocr.export`) the mask is built inside the graph (a constant there)."""
+    While exporting (`upocr.export`) the mask is built inside the graph, from the (symbolic) map size."""
     if exporting():
         return _region_mask(padded_h, padded_w, window, shift).to(device)
     return _cached_shift_mask(padded_h, padded_w, window, shift, device)
@@ -208,13 +208,14 @@ def _cached_shift_mask(padded_h: int, padded_w: int, window: int, shift: int, de
 
 
 def _region_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.Tensor:
-    regions = torch.zeros(1, padded_h, padded_w, 1)
-    spans = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    label = 0
-    for hs in spans:
-        for ws in spans:
-            regions[:, hs, ws, :] = label
-            label += 1
+    # The shifted map's 3 x 3 regions: per axis, [0, n - window) -> 0, [n - window, n - shift) -> 1, the last
+    # `shift` -> 2. Built from comparisons of positions (no Python slicing by size), so that an ONNX trace
+    # keeps the map size symbolic: the export takes any height and width.
+    def axis(n: int) -> torch.Tensor:
+        positions = torch.arange(n)
+        return (positions >= n - window).long() + (positions >= n - shift).long()
+
+    regions = (axis(padded_h).view(-1, 1) * 3 + axis(padded_w).view(1, -1)).view(1, padded_h, padded_w, 1)
     ids = window_partition(regions, window).squeeze(-1)  # (nW, N)
     different = ids.unsqueeze(1) != ids.unsqueeze(2)
     return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_VALUE)
@@ -249,8 +250,8 @@ class SwinV2Block(nn.Module):
         ws = self.window
         pad_b, pad_r = (-h) % ws, (-w) % ws
         y = x.view(b, h, w, c)
-        if pad_b or pad_r:  # F.pad copies even when it pads nothing
-            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))
+        if pad_b or pad_r or exporting():  # F.pad copies even when it pads nothing; an export pads always,
+            y = F.pad(y, (0, 0, 0, pad_r, 0, pad_b))  # since its padding depends on the (symbolic) size
         hp, wp = h + pad_b, w + pad_r
         mask = None
         if self.shift:
