@@ -188,6 +188,23 @@ def test_without_kept_outputs_the_results_are_the_same():
         np.testing.assert_array_equal(one.result, other.result)
 
 
+@pytest.mark.parametrize("tile", [None, 32])
+def test_telea_fill_without_kept_outputs_skips_the_removal_prompt(tile):
+    """The CLI's removal (telea-fill, keep_output=False) needs only the segmentation prompt's text mask."""
+    seen: list[Task] = []
+
+    def recording(images, tasks):
+        seen.extend(Task.parse(t) for t in tasks)
+        return local_model(images, tasks)
+
+    image = text_image(129, 131)
+    kept = Predictor(local_model, size=64, tile=tile, removal="telea-fill").predict(image, "removal")
+    dropped = Predictor(recording, size=64, tile=tile, removal="telea-fill", keep_output=False).predict(image, "removal")
+    assert seen and Task.TEXT_REMOVAL not in seen and set(seen) == {Task.TEXT_SEGMENTATION}
+    assert dropped.output is None
+    np.testing.assert_array_equal(kept.image, dropped.image)
+
+
 def test_tiled_memory_is_bounded_by_the_results_not_the_float_maps():
     """1024 x 1024, 64 px tiles, segmentation + tampering: the float maps of the whole image take 12 bytes
     a pixel per task (24 MB of sums, 4 MB of weight totals, 24 MB of outputs: over 50 MB before streaming);

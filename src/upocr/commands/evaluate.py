@@ -246,7 +246,8 @@ def _run_real(args: argparse.Namespace) -> int:
         options = dict(REAL_VARIANTS[variant][0])
         if options.get("tile") == "native":
             options["tile"] = model.inference.input_size
-        predictor = upocr.Predictor(model, device=args.device, **options)
+        # Results only, as the CLI runs (and timed as it runs: telea-fill then skips the removal prompt).
+        predictor = upocr.Predictor(model, device=args.device, keep_output=False, **options)
         removal[f"upocr ({variant})"] = real.predictor_removal(predictor)
         segmentation[f"upocr ({variant})"] = real.predictor_segmentation(predictor)
         tampering[f"upocr ({variant})"] = real.predictor_tampering(predictor)
