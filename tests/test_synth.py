@@ -241,6 +241,36 @@ def test_v2_kinds_have_exact_ground_truth(kind):
         assert (label[~inside] == 0).all() and (label == 100).any()
 
 
+@pytest.mark.parametrize("mark", ["barcode", "rules", "icon", "arcs", "poles", "code_matrix", "pen_loop"])
+def test_clutter_marks_draw_a_coverage_map(mark):
+    from upocr.data.synth.clutter import MARKS
+
+    drawn = [MARKS[mark](np.random.default_rng(seed), (120, 200)) for seed in range(6)]
+    for coverage in drawn:
+        assert coverage.shape == (120, 200) and coverage.dtype == np.float32
+        assert coverage.min() >= 0 and coverage.max() <= 1
+    assert all(0 < (c > 0.5).mean() < 0.5 for c in drawn)  # something, never the whole image
+
+
+def test_clutter_is_painted_into_the_background_the_label_keeps(monkeypatch):
+    """The marks change the text-free background itself (so image and label both show them)."""
+    from upocr.data.synth import world
+    from upocr.data.synth.clutter import add_clutter
+    from upocr.data.synth.world import SceneOptions
+
+    background = np.full((96, 128, 3), 200, np.float32)
+    assert add_clutter(np.random.default_rng(0), background, probability=0.0) is background
+    marked = add_clutter(np.random.default_rng(0), background, probability=1.0)
+    assert marked.shape == background.shape and marked.dtype == np.float32
+    assert (np.abs(marked - background).max(axis=2) > 20).mean() > 0.002
+    np.testing.assert_array_equal(marked, add_clutter(np.random.default_rng(0), background, probability=1.0))
+    # Every v2 scene's background goes through it before any text is drawn.
+    seen = []
+    monkeypatch.setattr(world, "add_clutter", lambda rng, bg: seen.append(bg.copy()) or bg)
+    render_scene(np.random.default_rng(1), size=(96, 128), split="train", options=SceneOptions(scenes="v2"))
+    assert len(seen) == 1 and seen[0].shape == (96, 128, 3)
+
+
 def test_v2_is_deterministic_and_independent_of_other_samples(tmp_path: Path):
     """Same bytes on a re-run, and a sample does not depend on what the process drew before it (what
     makes the worker count irrelevant; the spawn-pool path itself is tested with v1 above)."""

@@ -14,6 +14,9 @@ Camera effects (`world_degradation`) are applied identically to the composite an
 twin, so outside the word polygons both stay equal: lighting (gradient, cast shadow, vignette,
 fractal), blur (Gaussian, defocus disk, motion), additive and signal-dependent (shot) noise driven
 by ONE random field (so the noise differs only where the text changed the signal), JPEG at write time.
+
+Most backgrounds also get non-text marks (barcodes, rules, icons, railings, pen loops: `clutter.py`),
+drawn into the text-free background, so the model learns to leave them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import cv2
 import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
+from upocr.data.synth.clutter import add_clutter
 from upocr.data.synth.render import (MIN_FONT_PX, BlockPlan, Degradation, PageCurl, Plate, Scene, SceneCanvas,
                                      _random_degradation, _try_block, composite_plate, contrasting_colour,
                                      render_classic_scene)
@@ -328,7 +332,7 @@ def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split
     kind = options.kinds[int(rng.choice(len(options.kinds), p=weights / weights.sum()))]
     if kind == "document":
         kind = "book" if rng.random() < 0.6 else "receipt"
-    clean_bg = _background(rng, kind, split, size, options)
+    clean_bg = add_clutter(rng, _background(rng, kind, split, size, options))  # non-text marks: background
     degradation = world_degradation(rng, size, kind)
     plans = _plans(rng, kind, split, size)
     if kind in ("book", "receipt") and rng.random() < CURL_PROBABILITY:
