@@ -238,7 +238,9 @@ def test_v2_kinds_have_exact_ground_truth(kind):
         assert np.array_equal(scene.image[~inside], scene.background[~inside])
         assert not np.array_equal(scene.image[inside], scene.background[inside])
         label = textseg_label(scene)
-        assert (label[~inside] == 0).all() and (label == 100).any()
+        # Labelled pixels exist (glyph, or at tiny blurred print sizes only the "ignore" fringe: a receipt
+        # at 8 px on this 160 x 192 image can peak at 0.4 glyph coverage), all inside the word polygons.
+        assert (label[~inside] == 0).all() and (label > 0).any()
 
 
 @pytest.mark.parametrize("mark", ["barcode", "rules", "icon", "arcs", "poles", "code_matrix", "pen_loop"])
