@@ -272,10 +272,8 @@ class Predictor:
         decoder = _BandDecoder(self, pixels, task_list, run_list, tile, whole_text)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)
-        return [
-            decoder.finish(task, None if model_pairs is None or task not in run_list else model_pairs[run_list.index(task)])
-            for task in task_list
-        ]
+        pairs = dict(zip(run_list, model_pairs)) if model_pairs is not None else {}  # per task the model ran
+        return [decoder.finish(task, pairs.get(task)) for task in task_list]
 
     def uses_tiles(self, height: int, width: int) -> bool:
         """Whether an image of this size is processed in tiles (else resized)."""

@@ -12,6 +12,7 @@ printed or painted, not pasted; the camera effects of the scene come later and a
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import cv2
@@ -31,18 +32,26 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(points, np.float64) * ONE).astype(np.int32)
 
 
-def _canvas(hw: tuple[int, int]) -> np.ndarray:
-    return np.zeros(hw, np.uint8)
+def _mark(draw: Callable[[np.random.Generator, np.ndarray], None]) -> Callable[[np.random.Generator, tuple[int, int]], Coverage]:
+    """A mark drawn with 255s (cv2, anti-aliased) into a zero uint8 layer of the image's size, as coverage."""
+
+    @functools.wraps(draw)
+    def coverage(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+        layer = np.zeros(hw, np.uint8)
+        draw(rng, layer)
+        return layer.astype(np.float32) / 255
+
+    return coverage
 
 
 def _thickness(rng: np.random.Generator, short: int, lo: float = 0.002, hi: float = 0.012) -> int:
     return max(1, int(round(short * rng.uniform(lo, hi))))
 
 
-def barcode(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def barcode(rng: np.random.Generator, layer: np.ndarray) -> None:
     """Vertical bars of 1-4 module widths (products, receipts, tickets)."""
-    h, w = hw
-    layer = _canvas(hw)
+    h, w = layer.shape
     module = max(1, int(round(min(h, w) * rng.uniform(0.002, 0.006))))
     width = int(min(w * rng.uniform(0.15, 0.45), module * 95))
     height = int(h * rng.uniform(0.04, 0.18))
@@ -53,13 +62,12 @@ def barcode(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
         if bar:
             layer[y0 : y0 + height, x : min(x + step, x0 + width)] = 255
         x, bar = x + step, not bar
-    return layer.astype(np.float32) / 255
 
 
-def rules(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def rules(rng: np.random.Generator, layer: np.ndarray) -> None:
     """Solid, dashed or dotted lines, sometimes a table grid (forms, receipts, UI)."""
-    h, w = hw
-    layer = _canvas(hw)
+    h, w = layer.shape
     thickness = _thickness(rng, min(h, w), 0.001, 0.006)
     dash = (0, 0) if rng.random() < 0.4 else (int(rng.integers(1, 12)), int(rng.integers(2, 10)))
     vertical = rng.random() < 0.3
@@ -75,13 +83,12 @@ def rules(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
             ta, tb = tilt * (a - start) / max(end - start, 1), tilt * (b - start) / max(end - start, 1)
             p, q = ((offset + ta, a), (offset + tb, b)) if vertical else ((a, offset + ta), (b, offset + tb))
             cv2.line(layer, tuple(_fixed(p)), tuple(_fixed(q)), 255, thickness, cv2.LINE_AA, SHIFT)
-    return layer.astype(np.float32) / 255
 
 
-def icon(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def icon(rng: np.random.Generator, layer: np.ndarray) -> None:
     """One pictogram: disc, ring, rounded box, triangle, star, arrow, tick or plus."""
-    h, w = hw
-    layer = _canvas(hw)
+    h, w = layer.shape
     size = min(h, w) * rng.uniform(0.04, 0.16)
     cx, cy = rng.uniform(size, max(size + 1, w - size)), rng.uniform(size, max(size + 1, h - size))
     r = size / 2
@@ -91,7 +98,7 @@ def icon(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
     centre = np.array([cx, cy])
     if shape in ("disc", "ring"):
         cv2.circle(layer, tuple(_fixed(centre)), int(r * ONE), 255, -1 if shape == "disc" else thickness, cv2.LINE_AA, SHIFT)
-        return layer.astype(np.float32) / 255
+        return
     if shape == "box":
         points = centre + r * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]])
     elif shape == "triangle":
@@ -107,7 +114,7 @@ def icon(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
     else:  # plus
         for d in (np.array([r, 0]), np.array([0, r])):
             cv2.line(layer, tuple(_fixed(centre - d)), tuple(_fixed(centre + d)), 255, thickness, cv2.LINE_AA, SHIFT)
-        return layer.astype(np.float32) / 255
+        return
     angle = rng.uniform(-0.3, 0.3)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     points = (points - centre) @ rotation.T + centre
@@ -115,13 +122,12 @@ def icon(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
         cv2.fillPoly(layer, [_fixed(points)], 255, cv2.LINE_AA, SHIFT)
     else:
         cv2.polylines(layer, [_fixed(points)], shape != "tick", 255, thickness, cv2.LINE_AA, SHIFT)
-    return layer.astype(np.float32) / 255
 
 
-def arcs(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def arcs(rng: np.random.Generator, layer: np.ndarray) -> None:
     """Concentric arcs over a dot (the wifi / signal / sound pictogram)."""
-    h, w = hw
-    layer = _canvas(hw)
+    h, w = layer.shape
     size = min(h, w) * rng.uniform(0.05, 0.18)
     cx, cy = rng.uniform(size, max(size + 1, w - size)), rng.uniform(size, max(size + 1, h - size / 2))
     count = int(rng.integers(2, 5))
@@ -132,13 +138,12 @@ def arcs(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
         radius = size * i / count
         axes = (int(radius * ONE), int(radius * ONE))
         cv2.ellipse(layer, tuple(_fixed((cx, cy))), axes, facing, -spread, spread, 255, thickness, cv2.LINE_AA, SHIFT)
-    return layer.astype(np.float32) / 255
 
 
-def poles(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def poles(rng: np.random.Generator, layer: np.ndarray) -> None:
     """Parallel thin bars with a shared lean: railings, fences, window frames."""
-    h, w = hw
-    layer = _canvas(hw)
+    h, w = layer.shape
     count = int(rng.integers(3, 12))
     spacing = w * rng.uniform(0.02, 0.08)
     x0 = rng.uniform(0, max(1.0, w - spacing * count))
@@ -151,39 +156,36 @@ def poles(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
     if rng.random() < 0.6:  # the rail joining them
         end = x0 + (count - 1) * spacing
         cv2.line(layer, tuple(_fixed((x0, top))), tuple(_fixed((end, top))), 255, thickness + 1, cv2.LINE_AA, SHIFT)
-    return layer.astype(np.float32) / 255
 
 
-def code_matrix(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def code_matrix(rng: np.random.Generator, layer: np.ndarray) -> None:
     """A QR-like square of random modules with three finder squares."""
-    h, w = hw
+    h, w = layer.shape
     modules = int(rng.integers(15, 30))
     module = max(1, int(round(min(h, w) * rng.uniform(0.003, 0.008))))
     side = modules * module
     if side >= min(h, w):
-        return np.zeros(hw, np.float32)
+        return
     grid = rng.random((modules, modules)) < 0.5
     finder = np.ones((7, 7), bool)
     finder[1:6, 1:6], finder[2:5, 2:5] = False, True
     for r, c in ((0, 0), (0, modules - 7), (modules - 7, 0)):
         grid[r : r + 7, c : c + 7] = finder
     y0, x0 = int(rng.integers(0, h - side)), int(rng.integers(0, w - side))
-    layer = np.zeros(hw, np.float32)
-    layer[y0 : y0 + side, x0 : x0 + side] = np.kron(grid, np.ones((module, module), bool))
-    return layer
+    layer[y0 : y0 + side, x0 : x0 + side] = np.kron(grid, np.ones((module, module), np.uint8)) * 255
 
 
-def pen_loop(rng: np.random.Generator, hw: tuple[int, int]) -> Coverage:
+@_mark
+def pen_loop(rng: np.random.Generator, layer: np.ndarray) -> None:
     """A hand-drawn loop (ringing a total, a tick mark's circle): a wobbly, not quite closed ellipse."""
-    h, w = hw
-    layer = _canvas(hw)
+    h, w = layer.shape
     rx, ry = min(h, w) * rng.uniform(0.05, 0.15), min(h, w) * rng.uniform(0.04, 0.1)
     cx, cy = rng.uniform(rx, max(rx + 1, w - rx)), rng.uniform(ry, max(ry + 1, h - ry))
     t = np.linspace(0, 2 * np.pi * rng.uniform(1.0, 1.25), 80) + rng.uniform(0, 2 * np.pi)
     wobble = 1 + np.cumsum(rng.normal(0, 0.01, t.size))
     points = np.stack([cx + rx * wobble * np.cos(t), cy + ry * wobble * np.sin(t)], 1)
     cv2.polylines(layer, [_fixed(points)], False, 255, _thickness(rng, min(h, w), 0.002, 0.006), cv2.LINE_AA, SHIFT)
-    return layer.astype(np.float32) / 255
 
 
 MARKS: dict[str, Callable[[np.random.Generator, tuple[int, int]], Coverage]] = {
@@ -203,7 +205,8 @@ def add_clutter(rng: np.random.Generator, background: np.ndarray, *, probability
         coverage = MARKS[names[int(rng.integers(len(names)))]](rng, out.shape[:2])
         if not coverage.any():
             continue
-        under = out[coverage > 0.5].mean(0) if (coverage > 0.5).any() else out.reshape(-1, 3).mean(0)
+        covered = coverage > 0.5
+        under = out[covered].mean(0) if covered.any() else out.reshape(-1, 3).mean(0)
         colour = contrasting_colour(rng, under, float(rng.uniform(40, 120)))
         alpha = coverage[..., None] * np.float32(rng.uniform(0.75, 1.0))
         out = out * (1 - alpha) + colour.astype(np.float32) * alpha
