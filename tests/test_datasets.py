@@ -94,6 +94,35 @@ def test_crop_and_flip_move_all_entries_together():
     assert cropped["label"].size != (16, 12)
 
 
+def test_native_window_keeps_pixels_unresampled_and_pads_with_ignore():
+    grid = np.arange(30 * 50, dtype=np.uint16).reshape(30, 50) % 251
+    grid = grid.astype(np.uint8)
+    sample = {"image": Image.fromarray(np.repeat(grid[..., None], 3, 2)), "label": Image.fromarray(grid)}
+    fills = transforms.ROTATE_FILL[Task.TAMPERED_TEXT_DETECTION]
+    window = transforms.native_window(sample, 40, fills, random.Random(2))
+    image, label = np.asarray(window["image"])[..., 0], np.asarray(window["label"])
+    assert window["image"].size == window["label"].size == (40, 40)
+    # Wider than the window: a random 40-column slice, every pixel a copy (no resampling), same for both.
+    left = int(np.flatnonzero(grid[0] == image[0, 0])[0])
+    assert np.array_equal(image[:30], grid[:, left:left + 40]) and np.array_equal(label[:30], image[:30])
+    # Shorter than the window: rows 30-39 are padding, black in the image and ignore in the label.
+    assert (image[30:] == 0).all() and (label[30:] == 255).all()
+    # Without an rng (evaluation) the window is the top-left one.
+    top_left = transforms.native_window(sample, 40, fills)
+    assert np.array_equal(np.asarray(top_left["label"])[:30], grid[:, :40])
+
+
+def test_native_tampering_dataset_sees_the_file_at_its_own_resolution():
+    resized = build_dataset("tampering", REAL, "test", size=32, augment=False)[0]
+    native = build_dataset("tampering", REAL, "test", size=32, augment=False, native=True)[0]
+    pixels = np.asarray(Image.open(next((REAL / "TamperedTextDetection").rglob("test_img/*.*"))).convert("RGB"))
+    h, w = min(32, pixels.shape[0]), min(32, pixels.shape[1])
+    assert torch.allclose(native["image"][:, :h, :w], torch.from_numpy(pixels[:h, :w].copy()).permute(2, 0, 1) / 255.0)
+    assert not torch.equal(native["image"], resized["image"])
+    augmented = build_dataset("tampering", REAL, "train", size=32, augment=True, rng=random.Random(0), native=True)
+    assert augmented[0]["image"].shape == (3, 32, 32)
+
+
 def test_color_jitter_changes_only_the_image_colours():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
     jittered = transforms.color_jitter(image, random.Random(5), 0.5, 0.5, 0.5, 0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import pytest
@@ -12,6 +14,7 @@ from upocr.train.losses import (
     ignore_masked_regression_loss,
     msr_loss,
     perceptual_style_losses,
+    real_vs_tampered_loss,
     resize_nearest,
     task_loss,
 )
@@ -140,6 +143,55 @@ def test_task_loss_applies_each_images_task_and_sums_the_tasks():
     assert no_vgg["removal_perceptual"].item() == 0 and no_vgg["removal"].item() == pytest.approx(terms["removal_msr"].item())
     # Task terms are means over that task's images: the same value whatever else is in the batch.
     assert terms["segmentation"].item() == pytest.approx(task_loss(*_select(batch, outputs, [3, 4, 2]))["segmentation"].item())
+
+
+def _tampering_target(size: int, real_rows: int, tampered_rows: int) -> torch.Tensor:
+    """One-hot (1, 3, size, size): real text in the first `real_rows` rows, tampered text in the next
+    `tampered_rows`, background below."""
+    classes = torch.zeros(size, size, dtype=torch.long)
+    classes[:real_rows] = 1
+    classes[real_rows:real_rows + tampered_rows] = 2
+    return F.one_hot(classes, 3).permute(2, 0, 1)[None].float()
+
+
+def _tampering_outputs(size: int, blue_minus_green_real: float, blue_minus_green_tampered: float, rows: tuple[int, int]):
+    outputs = []
+    for scale in (4, 2, 1):
+        s = size // scale
+        out = torch.full((1, 3, s, s), 0.5)
+        real_end, tampered_end = rows[0] // scale, (rows[0] + rows[1]) // scale
+        out[0, 2, :real_end] += blue_minus_green_real
+        out[0, 2, real_end:tampered_end] += blue_minus_green_tampered
+        out[0, 0] = 0.9  # background channel: must not matter
+        outputs.append(out)
+    return outputs
+
+
+def test_real_vs_tampered_loss_rewards_separation_and_weighs_both_classes_equally():
+    size, rows = 16, (8, 4)
+    target = _tampering_target(size, *rows)
+    separated = real_vs_tampered_loss(_tampering_outputs(size, -0.5, 0.5, rows), target)
+    hedged = real_vs_tampered_loss(_tampering_outputs(size, 0.0, 0.0, rows), target)
+    swapped = real_vs_tampered_loss(_tampering_outputs(size, 0.5, -0.5, rows), target)
+    assert separated < hedged < swapped
+    # Hedging costs BCE(logit 0) = ln 2 per class and scale: 21 ln 2, whatever the share of each class.
+    assert hedged.item() == pytest.approx(21 * math.log(2), rel=1e-5)
+    more_real = _tampering_target(size, 12, 4)
+    assert real_vs_tampered_loss(_tampering_outputs(size, 0.0, 0.0, (12, 4)), more_real).item() == pytest.approx(hedged.item())
+    # No text: nothing to separate.
+    assert real_vs_tampered_loss(_tampering_outputs(size, 0.3, 0.3, rows), _tampering_target(size, 0, 0)).item() == 0
+
+
+def test_tampering_text_weight_adds_to_the_tampering_term_only():
+    tasks = [Task.TAMPERED_TEXT_DETECTION, Task.TEXT_SEGMENTATION]
+    batch = _batch(tasks)
+    outputs = _outputs(len(tasks), 32, seed=2)
+    plain = task_loss(outputs, batch)
+    weighted = task_loss(outputs, batch, tampering_text_weight=0.5)
+    extra = 0.5 * real_vs_tampered_loss([o[:1] for o in outputs], batch["target"][:1])
+    assert extra.item() > 0
+    assert weighted["tampering"].item() == pytest.approx(plain["tampering"].item() + extra.item(), rel=1e-6)
+    assert weighted["segmentation"].item() == plain["segmentation"].item()
 
 
 def test_task_loss_backpropagates_under_bf16_autocast():

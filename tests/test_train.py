@@ -238,6 +238,10 @@ def test_cli_stops_at_the_time_limit_and_reports_bad_options(tmp_path, tiny_data
     assert "bad.yaml: unknown training option(s) learning_rate" in capsys.readouterr().err
     assert cli_main(args + ["--precision", "fp16"]) == 2
     assert "fp16 training needs CUDA" in capsys.readouterr().err
+    assert cli_main(args + ["--tampering-scale", "crop"]) == 2
+    assert "tampering_scale must be one of resize, native, got 'crop'" in capsys.readouterr().err
+    assert cli_main(args + ["--tampering-text-weight", "-1"]) == 2
+    assert "tampering_text_weight must be >= 0, got -1.0" in capsys.readouterr().err
 
 
 def test_resolve_config_order(tmp_path):
@@ -476,3 +480,19 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
     assert utils.cpu_has_native_bf16()
     cpuinfo.unlink()
     assert not utils.cpu_has_native_bf16()  # unreadable: fp32, the safe choice
+
+
+def test_tampering_options_reach_the_datasets_and_the_logged_loss(tmp_path, tiny_data_root):
+    config = TrainConfig(data_root=str(tiny_data_root), image_size=32, tampering_scale="native")
+    datasets = trainer_module.build_datasets(config)
+    assert datasets[Task.TAMPERED_TEXT_DETECTION].native
+    assert not datasets[Task.TEXT_SEGMENTATION].native and not datasets[Task.TEXT_REMOVAL].native
+    settings = dict(data_root=str(tiny_data_root), tasks=["tampering"], model="tiny", image_size=64, batch_per_task=2,
+                    iterations=1, precision="fp32", num_workers=0, log_every=1, seed=3)  # fmt: skip
+    logged = []
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        train(TrainConfig(**settings, tampering_text_weight=weight, output_dir=str(out)), progress=False)
+        with open(out / "train.csv") as handle:
+            logged.append(float(next(csv.DictReader(handle))["tampering"]))
+    assert logged[1] > logged[0]  # same seed, same first batch: the added term is in the logged loss

@@ -14,6 +14,8 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--vgg-weights", "vgg_weights", str, "ImageNet VGG16 weights (torchvision state dict or an original checkpoint) "
      "for the perceptual/style terms; without it those terms are off"),
     ("--image-size", "image_size", int, "training image size (multiple of 32; original 512)"),
+    ("--tampering-scale", "tampering_scale", str, "tampering samples: resize (original: a random 50-100 %% crop "
+     "resized to --image-size) or native (windows at the image's own resolution: forgery traces survive)"),
     ("--batch-per-task", "batch_per_task", int, "images of every task per step on each process (original 8)"),
     ("--iterations", "iterations", int, "optimizer steps (original 80000)"),
     ("--lr", "lr", float, "base learning rate (original 5e-4)"),
@@ -25,6 +27,8 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--lr-epoch-steps", "lr_epoch_steps", int, "lr changes once per this many steps (original 200; 1 = every step)"),
     ("--lr-decay", "lr_decay", str, "decay after warm-up: linear (original), cosine or constant"),
     ("--grad-clip", "grad_clip", float, "max gradient norm, 0 = off (original 0.1)"),
+    ("--tampering-text-weight", "tampering_text_weight", float, "add this x a class-balanced real-vs-tampered "
+     "term on text pixels to the tampering loss (original: 0, off)"),
     ("--precision", "precision", str, "auto (bf16), fp32, bf16, fp16 (CUDA only, with loss scaling)"),
     ("--seed", "seed", int, "base seed; rank r uses seed + r (original 42)"),
     ("--device", "device", str, "auto, cpu or cuda (under torchrun each rank uses cuda:LOCAL_RANK)"),

@@ -26,10 +26,13 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 class _LayoutDataset(Dataset):
     task: Task
 
-    def __init__(self, samples: list, *, size: int = 512, augment: bool = False, rng: random.Random | None = None):
+    def __init__(self, samples: list, *, size: int = 512, augment: bool = False, rng: random.Random | None = None,
+                 native: bool = False):
         self.samples = samples
         self.size = int(size)
         self.augment = augment
+        # native: size x size windows at the image's own resolution instead of the original's crop + resize.
+        self.native = native
         # None -> the `random` module, which DataLoader seeds per worker.
         self.rng = rng if rng is not None else random
 
@@ -53,7 +56,10 @@ class _LayoutDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.load(index)
         if self.augment:
-            sample = transforms.augment(sample, self.task, self.rng)
+            sample = transforms.augment(sample, self.task, self.rng, crop=not self.native)
+        if self.native:
+            fills = transforms.ROTATE_FILL[self.task]
+            sample = transforms.native_window(sample, self.size, fills, self.rng if self.augment else None)
         sample = transforms.resize(sample, self.size)
         target = self.task.spec.encode(np.array(sample["label"], dtype=np.uint8))
         if "mask" in sample:  # removal's text mask (1 non-text, 0 text), which its loss weights by
@@ -118,14 +124,15 @@ class TamperingDataset(_LayoutDataset):
 
 
 def build_dataset(task: Task | str | int, data_root: str | Path, split: str, *, size: int = 512,
-                  augment: bool, rng: random.Random | None = None) -> Dataset:
+                  augment: bool, rng: random.Random | None = None, native: bool = False) -> Dataset:
     """The dataset of `task` and `split` under `data_root`. Segmentation's "train" is train + val
-    (as the original). `augment=True` applies the original per-task training augmentations."""
+    (as the original). `augment=True` applies the original per-task training augmentations; `native=True`
+    takes size x size windows at native resolution instead of cropping and resizing."""
     task = Task.parse(task)
     samples = layouts.task_samples(task, data_root, split)
     if task == Task.TEXT_SEGMENTATION and split == "train":  # TextSeg's val split trains too (the original)
         samples = sorted(samples + layouts.task_samples(task, data_root, "val"), key=lambda s: s.name)
-    return DATASETS[task](samples, size=size, augment=augment, rng=rng)
+    return DATASETS[task](samples, size=size, augment=augment, rng=rng, native=native)
 
 
 # The dataset class reading each task's layout.

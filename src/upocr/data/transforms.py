@@ -90,6 +90,25 @@ def rotate(sample: Sample, rng: random.Random, max_angle: float, fills: dict) ->
             for key, image in sample.items()}
 
 
+def native_window(sample: Sample, size: int, fills: dict, rng: random.Random | None = None) -> Sample:
+    """A size x size window at the image's own resolution: random where the image is larger (the top-left
+    one without `rng`), padded with `fills` where it is smaller. Nothing is resampled, so the traces a
+    forger leaves (double JPEG compression, another noise or blur) survive, as they do for images that
+    inference runs on native tiles or at the working size."""
+    width, height = sample["image"].size
+    left = rng.randint(0, width - size) if rng is not None and width > size else 0
+    top = rng.randint(0, height - size) if rng is not None and height > size else 0
+    window = {}
+    for key, image in sample.items():
+        part = image.crop((left, top, min(width, left + size), min(height, top + size)))
+        if part.size != (size, size):
+            canvas = Image.new(image.mode, (size, size), fills[key])
+            canvas.paste(part, (0, 0))
+            part = canvas
+        window[key] = part
+    return window
+
+
 def resize(sample: Sample, size: int) -> Sample:
     """To size x size (aspect not kept): image and RGB labels bicubic, class maps and masks nearest."""
     out = {}
@@ -99,10 +118,11 @@ def resize(sample: Sample, size: int) -> Sample:
     return out
 
 
-def augment(sample: Sample, task: Task, rng: random.Random) -> Sample:
-    """The original's training transforms for `task`, in its order (crop, flip, jitter, rotate)."""
+def augment(sample: Sample, task: Task, rng: random.Random, *, crop: bool = True) -> Sample:
+    """The original's training transforms for `task`, in its order (crop, flip, jitter, rotate);
+    `crop=False` leaves the random crop out (native-resolution training takes its own window)."""
     config = TRAIN_AUGMENTATION[Task.parse(task)]
-    if config.crop is not None and rng.random() < config.crop[2]:
+    if crop and config.crop is not None and rng.random() < config.crop[2]:
         sample = random_crop(sample, rng, config.crop[0], config.crop[1])
     if rng.random() < config.hflip:
         sample = hflip(sample)

@@ -17,6 +17,7 @@ from upocr.tasks import Task
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DATA_CHECKS = ("off", "headers", "full")
+TAMPERING_SCALES = ("resize", "native")
 
 
 @dataclass
@@ -27,6 +28,9 @@ class TrainConfig:
     image_size: int = 512
     batch_per_task: int = 8  # per rank; a step takes batch_per_task x world_size images of every task
     augment: bool = True
+    # Tampering samples: "resize" (the original: a random 50-100 % crop resized to image_size) or "native"
+    # (an image_size window at the image's own resolution, so that compression and noise traces survive).
+    tampering_scale: str = "resize"
     num_workers: int = 2
     # Before training, every sample's files: "headers" (opened, sizes compared, tampering boxes parsed:
     # about a millisecond per sample), "full" (decoded as training reads them), "off".
@@ -50,6 +54,9 @@ class TrainConfig:
     lr_epoch_steps: int = 200  # lr is constant within each "epoch" of this many steps (original: 200)
     lr_decay: str = "linear"
     grad_clip: float = 0.1  # max global grad norm; 0 turns clipping off
+    # > 0: adds this x a class-balanced real-vs-tampered term on text pixels to the tampering loss
+    # (upocr.train.losses.real_vs_tampered_loss); 0 is the original loss.
+    tampering_text_weight: float = 0.0
     precision: str = "auto"  # auto: bf16 on CPU, bf16 (or fp16 without bf16 support) on CUDA
     seed: int = 42  # rank r uses seed + r for its own randomness (drop path), as the original
     device: str = "auto"
@@ -80,8 +87,12 @@ class TrainConfig:
         for name in ("batch_per_task", "iterations", "lr_epoch_steps", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tampering_scale not in TAMPERING_SCALES:
+            raise ValueError(f"tampering_scale must be one of {', '.join(TAMPERING_SCALES)}, got {self.tampering_scale!r}")
         if self.check_data not in DATA_CHECKS:
             raise ValueError(f"check_data must be one of {', '.join(DATA_CHECKS)}, got {self.check_data!r}")
+        if self.tampering_text_weight < 0:
+            raise ValueError(f"tampering_text_weight must be >= 0, got {self.tampering_text_weight}")
         if self.checkpoint_every < 0 or self.eval_every < 0:
             raise ValueError("checkpoint_every and eval_every must be >= 0")
 

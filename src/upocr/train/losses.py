@@ -5,6 +5,10 @@
   on its composite with the input.
 * Text segmentation and tampered text detection: a multi-scale smooth-L1 (beta 1) averaged over the
   target elements that are not the ignore grey, scales weighted ``[5, 6, 10]``.
+* Optional (not the original's; ``tampering_text_weight`` > 0): for tampering, a class-balanced
+  real-vs-tampered term on the text pixels alone (:func:`real_vs_tampered_loss`). Under the smooth-L1
+  alone the few, subtle tampered pixels barely move the loss, and a small model settles on calling all
+  text "real" with the blue channel at the tampered share.
 
 A training batch is a concatenation of per-task sub-batches; :func:`task_loss` applies each image's
 task loss to its own images (each task term is a mean over that task's images, as the original, which
@@ -115,6 +119,32 @@ def ignore_masked_regression_loss(outputs: Sequence[torch.Tensor], target: torch
     return total
 
 
+# real_vs_tampered_loss: (blue - green) output difference -> logit. The outputs live in [0, 1], so the
+# difference in [-1, 1] spans logits -4..4 (probabilities 0.02..0.98).
+_REAL_VS_TAMPERED_GAIN = 4.0
+
+
+def real_vs_tampered_loss(outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Σ_k w_k · mean(BCE over real-text pixels, BCE over tampered-text pixels) of the logit
+    4 · (blue - green), on the tampering outputs [1/4, 1/2, full] (target one-hot, resized nearest).
+
+    Each class counts half whatever its pixel share, so the rare tampered text weighs as much as the
+    real text; background and ignored pixels are left out. A scale without text contributes 0.
+    """
+    total = outputs[0].new_zeros((), dtype=torch.float32)
+    for output, weight in zip(outputs, REGRESSION_WEIGHTS, strict=True):
+        gt = resize_nearest(target.float(), output.shape[-2:])
+        logit = (output[:, 2].float() - output[:, 1].float()) * _REAL_VS_TAMPERED_GAIN
+        terms = [
+            F.binary_cross_entropy_with_logits(logit[selected], torch.full_like(logit[selected], label))
+            for selected, label in ((gt[:, 1] == 1, 0.0), (gt[:, 2] == 1, 1.0))
+            if bool(selected.any())
+        ]
+        if terms:
+            total = total + weight * sum(terms) / len(terms)
+    return total
+
+
 def removal_loss(
     outputs: Sequence[torch.Tensor],
     image: torch.Tensor,
@@ -134,13 +164,15 @@ def removal_loss(
 
 
 def task_loss(
-    outputs: Sequence[torch.Tensor], batch: Mapping[str, object], *, vgg: torch.nn.Module | None = None
+    outputs: Sequence[torch.Tensor], batch: Mapping[str, object], *, vgg: torch.nn.Module | None = None,
+    tampering_text_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Apply each image's task loss to a (possibly mixed) batch and sum the tasks.
 
     outputs: the model's [1/4, 1/2, full] outputs for `batch`; batch: dict with `image` (B,3,H,W),
     `target` (B,3,H,W), `mask` (B,1,H,W) and `task` (B,) prompt indices. Returns a dict of scalar
     tensors: "loss" (the total to back-propagate) and every term of LOSS_TERMS (0 for absent tasks).
+    `tampering_text_weight` > 0 adds that times `real_vs_tampered_loss` to the tampering term.
     """
     tasks = torch.as_tensor(batch["task"]).long().flatten().to(outputs[0].device)
     image, target, mask = batch["image"], batch["target"], batch["mask"]
@@ -158,6 +190,9 @@ def task_loss(
             sub_outputs = [o.index_select(0, index) for o in outputs]
             sub_image, sub_target, sub_mask = (t.index_select(0, index.to(t.device)) for t in (image, target, mask))
         task_terms = TASK_LOSSES[task](sub_outputs, sub_image, sub_target, sub_mask, vgg)
+        if task == Task.TAMPERED_TEXT_DETECTION and tampering_text_weight > 0:
+            extra = tampering_text_weight * real_vs_tampered_loss(sub_outputs, sub_target)
+            task_terms = {task.short: task_terms[task.short] + extra}
         terms.update(task_terms)
         total = total + task_terms[task.short]
     terms["loss"] = total

@@ -206,7 +206,9 @@ def build_datasets(config: TrainConfig, split: str = "train", *, augment: bool |
     if not tasks:
         raise ValueError(f"{root}: no task layout found (expected TextRemoval/, TextSegmentation/ or TamperedTextDetection/)")
     use_augment = config.augment if augment is None else augment
-    return {t: build_dataset(t, root, split, size=config.image_size, augment=use_augment) for t in tasks}
+    return {t: build_dataset(t, root, split, size=config.image_size, augment=use_augment,
+                             native=t == Task.TAMPERED_TEXT_DETECTION and config.tampering_scale == "native")
+            for t in tasks}
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -340,7 +342,8 @@ class _InterruptFlag:
 
 @torch.no_grad()
 def _evaluate(model: UPOCR, loader_factory: Callable[[], MultiTaskLoader], batches: int, device: torch.device,
-              autocast: Callable[[], contextlib.AbstractContextManager], vgg: VGG16Features | None) -> dict[str, float]:
+              autocast: Callable[[], contextlib.AbstractContextManager], vgg: VGG16Features | None,
+              tampering_text_weight: float = 0.0) -> dict[str, float]:
     """Mean loss terms over the first `batches` 1:1:1 batches of the test split (no augmentation)."""
     was_training = model.training
     model.eval()
@@ -349,7 +352,8 @@ def _evaluate(model: UPOCR, loader_factory: Callable[[], MultiTaskLoader], batch
     for _ in range(batches):
         batch = _to_device(next(loader), device)
         with autocast():
-            terms = task_loss(model(batch["image"], batch["task"]), batch, vgg=vgg)
+            terms = task_loss(model(batch["image"], batch["task"]), batch, vgg=vgg,
+                              tampering_text_weight=tampering_text_weight)
         for name in LOSS_TERMS:
             sums[name] += float(terms[name])
     model.train(was_training)
@@ -679,7 +683,7 @@ class Trainer:
         factor = self.schedule.apply(optimizer, step)
         with self.autocast():
             outputs = self.net(batch["image"], batch["task"])
-            terms = task_loss(outputs, batch, vgg=self.vgg)
+            terms = task_loss(outputs, batch, vgg=self.vgg, tampering_text_weight=self.config.tampering_text_weight)
         # One all-reduce per step: every rank sees the same mean terms and the same stop decisions.
         out_of_time = float(self.deadline is not None and time.monotonic() > self.deadline)
         flags = [torch.tensor(out_of_time, device=device), torch.tensor(float(self.interrupt.raised), device=device)]
@@ -752,7 +756,8 @@ class Trainer:
             self.window = LogWindow()
         if self.eval_factory is not None and step % config.eval_every == 0:
             if self.context.is_main:
-                result = _evaluate(self.model, self.eval_factory, config.eval_batches, self.device, self.autocast, self.vgg)
+                result = _evaluate(self.model, self.eval_factory, config.eval_batches, self.device, self.autocast, self.vgg,
+                                   config.tampering_text_weight)
                 if self.eval_log is not None:
                     self.eval_log.write({"step": step, **result})
                 self.say(f"eval @ {step}: loss {result['loss']:.4f}")
