@@ -77,11 +77,11 @@ def test_rotation_fills_mask_as_non_text_and_labels_as_ignore():
     rng = random.Random(0)
     image = Image.new("RGB", (20, 10), (255, 255, 255))
     sample = {"image": image, "label": image.copy(), "mask": Image.new("L", (20, 10), 0)}
-    rotated = transforms.rotate(sample, rng, 30, transforms.ROTATE_FILL[Task.TEXT_REMOVAL])
+    rotated = transforms.rotate(sample, rng, 30, transforms.NEW_PIXEL_FILL[Task.TEXT_REMOVAL])
     assert rotated["image"].size == rotated["mask"].size != (20, 10)  # expand=True
     assert np.asarray(rotated["mask"])[0, 0] == 1 and np.asarray(rotated["image"])[0, 0].tolist() == [0, 0, 0]
     seg = {"image": image, "label": Image.new("L", (20, 10), 1)}
-    rotated = transforms.rotate(seg, random.Random(0), 30, transforms.ROTATE_FILL[Task.TEXT_SEGMENTATION])
+    rotated = transforms.rotate(seg, random.Random(0), 30, transforms.NEW_PIXEL_FILL[Task.TEXT_SEGMENTATION])
     assert np.asarray(rotated["label"])[0, 0] == 255
 
 
@@ -98,7 +98,7 @@ def test_native_window_keeps_pixels_unresampled_and_pads_with_ignore():
     grid = np.arange(30 * 50, dtype=np.uint16).reshape(30, 50) % 251
     grid = grid.astype(np.uint8)
     sample = {"image": Image.fromarray(np.repeat(grid[..., None], 3, 2)), "label": Image.fromarray(grid)}
-    fills = transforms.ROTATE_FILL[Task.TAMPERED_TEXT_DETECTION]
+    fills = transforms.NEW_PIXEL_FILL[Task.TAMPERED_TEXT_DETECTION]
     window = transforms.native_window(sample, 40, fills, random.Random(2))
     image, label = np.asarray(window["image"])[..., 0], np.asarray(window["label"])
     assert window["image"].size == window["label"].size == (40, 40)

@@ -217,7 +217,7 @@ def test_every_layer_table_covers_every_task():
         "data/layouts.py SAMPLE_READERS": layouts.SAMPLE_READERS,
         "data/datasets.py DATASETS": datasets.DATASETS,
         "data/transforms.py TRAIN_AUGMENTATION": transforms.TRAIN_AUGMENTATION,
-        "data/transforms.py ROTATE_FILL": transforms.ROTATE_FILL,
+        "data/transforms.py NEW_PIXEL_FILL": transforms.NEW_PIXEL_FILL,
         "train/losses.py TASK_LOSSES": losses.TASK_LOSSES,
         "evaluate/runner.py _SCORERS": runner._SCORERS,
         "evaluate/report.py _COLUMNS": report._COLUMNS,

@@ -58,7 +58,7 @@ class _LayoutDataset(Dataset):
         if self.augment:
             sample = transforms.augment(sample, self.task, self.rng, crop=not self.native)
         if self.native:
-            fills = transforms.ROTATE_FILL[self.task]
+            fills = transforms.NEW_PIXEL_FILL[self.task]
             sample = transforms.native_window(sample, self.size, fills, self.rng if self.augment else None)
         sample = transforms.resize(sample, self.size)
         target = self.task.spec.encode(np.array(sample["label"], dtype=np.uint8))

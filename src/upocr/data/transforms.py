@@ -17,8 +17,8 @@ from upocr.tasks import Task
 
 Sample = dict[str, Image.Image]
 
-# What each entry is filled with where rotation exposes new pixels.
-ROTATE_FILL = {
+# What each entry is filled with where rotation or a native window's padding exposes new pixels.
+NEW_PIXEL_FILL = {
     Task.TEXT_REMOVAL: {"image": (0, 0, 0), "label": (0, 0, 0), "mask": 1},
     Task.TEXT_SEGMENTATION: {"image": (0, 0, 0), "label": 255},
     Task.TAMPERED_TEXT_DETECTION: {"image": (0, 0, 0), "label": 255},
@@ -129,5 +129,5 @@ def augment(sample: Sample, task: Task, rng: random.Random, *, crop: bool = True
     if config.jitter is not None and rng.random() < config.jitter[4]:
         sample = dict(sample, image=color_jitter(sample["image"], rng, *config.jitter[:4]))
     if config.rotate is not None and rng.random() < config.rotate[1]:
-        sample = rotate(sample, rng, config.rotate[0], ROTATE_FILL[Task.parse(task)])
+        sample = rotate(sample, rng, config.rotate[0], NEW_PIXEL_FILL[Task.parse(task)])
     return sample
