@@ -27,7 +27,7 @@ from tqdm import tqdm
 from upocr.data import layouts
 from upocr.data.synth import backgrounds, fonts
 from upocr.data.synth.render import removal_mask, textseg_label
-from upocr.data.synth.tampering import tamper_scene
+from upocr.data.synth.tampering import reprocess, tamper_scene
 from upocr.data.synth.world import SceneOptions, render_scene
 from upocr.tasks import Task
 from upocr.utils import atomic_output
@@ -110,9 +110,10 @@ def write_sample(root: Path, task: Task, split: str, seed: int, index: int, size
     else:
         v2 = options is not None and options.scenes == "v2"
         tampered = tamper_scene(rng, scene, methods="v2" if v2 else "v1", options=options)
+        image = reprocess(rng, tampered.image) if v2 else tampered.image
         base = root / layouts.TAMPERING_DIR
-        # Saved again at a new quality: real text is double-compressed, tampered text is not.
-        _save_jpeg(base / f"{split}_img" / f"{name}.jpg", tampered.image, int(rng.integers(70, 96)))
+        # Saved again at a new quality: in v1 real text is always double-compressed, tampered text not.
+        _save_jpeg(base / f"{split}_img" / f"{name}.jpg", image, int(rng.integers(70, 96)))
         lines = "".join(f"{x1},{y1},{x2},{y2},{label}\n" for (x1, y1, x2, y2), label in zip(tampered.boxes, tampered.labels))
         _save_text(base / f"{split}_gt" / f"{name}.txt", lines)
     return name

@@ -10,14 +10,22 @@ tampering detectors learn from. Every word is labelled 1 (real) or 2 (tampered) 
 axis-aligned box.
 
 v2 (`methods="v2"`, used by `--scenes v2`) mixes three edits, each leaving the traces real ones do:
-  retype      as above, and the retyped word is saved once more at its own JPEG quality (its own
-              compression history) before the photo is saved again;
+  retype      as above, but the new word is as often blurrier than the scene as sharper, and it is
+              saved once more at its own JPEG quality (its own compression history) before the
+              photo is saved again;
   copy-move   a real word's patch (its polygon, feathered, or the whole box) copied, sometimes
               rescaled, to an empty place of the same image (the source stays real);
   splice      a word cut from ANOTHER rendered scene (its own background, font, light, blur, noise
               and JPEG) pasted into an empty place, scaled to the height of the image's words.
 Added words get their own GT line (label 2); boxes never overlap, so the class map (0 background, 1
 real, 2 tampered) read from the boxes is exact.
+
+v2 also varies the history of the whole file, because in v1 genuine text always carries the scene's
+blur and two JPEG saves, and a model trained on it learns "crisp, once-compressed text is tampered",
+which flags most genuine text of real receipts and screenshots: the original photo is a lossless
+file a third of the time, a quarter of the images are left untampered, and `reprocess` resamples,
+sharpens or re-saves the finished file as a whole (real and tampered text alike), so only
+differences within the image tell tampered text apart.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from upocr.data.synth.world import SceneOptions, render_scene
 
 REAL, TAMPERED = 1, 2
 MAX_EDITS = 5  # v2 edits per image
+TAMPER_PROBABILITY = {"v1": 0.92, "v2": 0.75}  # share of images with at least one edit
+LOSSLESS_ORIGINAL = 0.33  # v2: share of original photos that were never JPEG-compressed
 
 
 @dataclass
@@ -41,6 +51,7 @@ class TamperedScene:
     image: np.ndarray  # (H, W, 3) uint8
     boxes: list[tuple[int, int, int, int]]  # x1, y1, x2, y2 (inclusive), one per word
     labels: list[int]  # 1 real, 2 tampered
+    original: np.ndarray  # the photo before the edits: `image` differs from it only in tampered boxes
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -50,17 +61,37 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
-def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: float = 0.92, methods: str = "v1",
-                 options=None) -> TamperedScene:
+def reprocess(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """What may happen to a whole file after it was made (v2): resampled down and up (a resize
+    in a viewer or messenger), unsharp-masked, saved as JPEG once more; each by chance, in any mix."""
+    out = image
+    h, w = image.shape[:2]
+    if rng.random() < 0.3:
+        f = rng.uniform(0.5, 0.9)
+        small = cv2.resize(out, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+    if rng.random() < 0.25:
+        blurred = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.8, 2.0))
+        amount = rng.uniform(0.3, 1.2)
+        out = np.clip(np.rint(out * (1 + amount) - blurred * amount), 0, 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        out = jpeg_roundtrip(out, int(rng.integers(50, 96)))
+    return out
+
+
+def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: float | None = None,
+                 methods: str = "v1", options=None) -> TamperedScene:
     """Tampered copy of `scene`: v1 retypes words; v2 also copy-moves and splices (`options`: the
-    scene options, for rendering splice donors)."""
+    scene options, for rendering splice donors). `tamper_probability`: default TAMPER_PROBABILITY."""
+    if tamper_probability is None:
+        tamper_probability = TAMPER_PROBABILITY[methods]
     if methods == "v2":
         return _tamper_v2(rng, scene, tamper_probability, options)
     h, w = scene.fill.shape
     photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
     words = scene.words
     if not words:
-        return TamperedScene(photo, [], [])
+        return TamperedScene(photo, [], [], photo)
     chosen: set[int] = set()
     if rng.random() < tamper_probability:
         count = int(rng.integers(1, max(1, int(np.ceil(len(words) * 0.5))) + 1))
@@ -68,16 +99,16 @@ def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: 
     boxes = [wd.box for wd in words]
     labels = [TAMPERED if i in chosen else REAL for i in range(len(words))]
     if not chosen:
-        return TamperedScene(photo, boxes, labels)
+        return TamperedScene(photo, boxes, labels, photo)
     canvas = _retype(rng, scene, photo, chosen, boxes)
-    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels)
+    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels, photo)
 
 
 def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: set[int],
-            boxes: list[tuple[int, int, int, int]], jpeg_history: bool = False) -> np.ndarray:
+            boxes: list[tuple[int, int, int, int]], v2: bool = False) -> np.ndarray:
     """Erase the `chosen` words of `photo` and draw similar words in their place (float canvas);
-    grows their `boxes` to what was drawn. `jpeg_history`: each new word also carries its own JPEG
-    round-trip (saved separately by the forger's editor)."""
+    grows their `boxes` to what was drawn. `v2`: a new word is blurrier than the scene 40 % of the
+    time, and carries its own JPEG round-trip (saved separately by the forger's editor)."""
     h, w = scene.fill.shape
     words = scene.words
 
@@ -125,6 +156,8 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
         if warped.size == 0:
             continue
         sigma = scene.degradation.blur_sigma * rng.uniform(0.0, 0.8)
+        if v2 and rng.random() < 0.4:
+            sigma = scene.degradation.blur_sigma + rng.uniform(0.4, 1.2)
         if sigma > 0.2:
             warped[..., :3] = cv2.GaussianBlur(np.ascontiguousarray(warped[..., :3]), (0, 0), sigma)
         coverage = np.maximum(warped[..., 1], warped[..., 2])
@@ -133,7 +166,7 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
         if rng.random() < 0.5:  # its own sensor noise, only where the new word is
             noise = rng.standard_normal(patch.shape, dtype=np.float32) * np.float32(rng.uniform(1, 5))
             patch += noise * coverage[..., None]
-        if jpeg_history:
+        if v2:
             recompressed = jpeg_roundtrip(np.clip(np.rint(patch), 0, 255).astype(np.uint8), int(rng.integers(50, 95)))
             inside = cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8))[..., None] > 0
             patch[...] = np.where(inside, recompressed.astype(np.float32), patch)
@@ -205,17 +238,18 @@ def _donor_scene(rng: np.random.Generator, scene: Scene, options) -> Scene | Non
 
 def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float, options) -> TamperedScene:
     h, w = scene.fill.shape
-    photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
+    lossless = rng.random() < LOSSLESS_ORIGINAL
+    photo = scene.image if lossless else jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
     words = scene.words
     boxes = [wd.box for wd in words]
     labels = [REAL] * len(words)
     if not words or rng.random() >= tamper_probability:
-        return TamperedScene(photo, boxes, labels)
+        return TamperedScene(photo, boxes, labels, photo)
     # At most MAX_EDITS: a retyped word re-warps its whole block (a page), a splice renders a donor scene.
     edits = int(rng.integers(1, min(MAX_EDITS, max(1, int(np.ceil(len(words) * 0.5)))) + 1))
     kinds = rng.choice(["retype", "copy-move", "splice"], size=edits, p=[0.5, 0.25, 0.25])
     retyped = {int(i) for i in rng.choice(len(words), size=int((kinds == "retype").sum()), replace=False)}
-    canvas = _retype(rng, scene, photo, retyped, boxes, jpeg_history=True) if retyped else photo.astype(np.float32)
+    canvas = _retype(rng, scene, photo, retyped, boxes, v2=True) if retyped else photo.astype(np.float32)
     for i in retyped:
         labels[i] = TAMPERED
     taken = np.zeros((h, w), np.uint8)
@@ -242,4 +276,4 @@ def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float
         if box is not None:
             boxes.append(box)
             labels.append(TAMPERED)
-    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels)
+    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels, photo)
