@@ -10,9 +10,9 @@ tampering detectors learn from. Every word is labelled 1 (real) or 2 (tampered) 
 axis-aligned box.
 
 v2 (`methods="v2"`, used by `--scenes v2`) mixes three edits, each leaving the traces real ones do:
-  retype      as above, but the new word is as often blurrier than the scene as sharper, and it is
-              saved once more at its own JPEG quality (its own compression history) before the
-              photo is saved again;
+  retype      as above, but 40 % of new words are blurrier than the scene instead of sharper, and
+              each is saved once more at its own JPEG quality (its own compression history) before
+              the photo is saved again;
   copy-move   a real word's patch (its polygon, feathered, or the whole box) copied, sometimes
               rescaled, to an empty place of the same image (the source stays real);
   splice      a word cut from ANOTHER rendered scene (its own background, font, light, blur, noise
