@@ -57,10 +57,11 @@ class _LayoutDataset(Dataset):
         sample = self.load(index)
         if self.augment:
             sample = transforms.augment(sample, self.task, self.rng, crop=not self.native)
-        if self.native:
+        if self.native:  # already size x size: nothing to resize
             fills = transforms.NEW_PIXEL_FILL[self.task]
             sample = transforms.native_window(sample, self.size, fills, self.rng if self.augment else None)
-        sample = transforms.resize(sample, self.size)
+        else:
+            sample = transforms.resize(sample, self.size)
         target = self.task.spec.encode(np.array(sample["label"], dtype=np.uint8))
         if "mask" in sample:  # removal's text mask (1 non-text, 0 text), which its loss weights by
             mask = torch.from_numpy(np.array(sample["mask"], dtype=np.float32))[None]
