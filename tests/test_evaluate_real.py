@@ -125,6 +125,32 @@ def test_benchmark_scores_order_methods(real_dir: Path) -> None:
     assert data["removal"]["paint"]["per_image"]["ic15_1"]["erasure"] == 0.0
 
 
+def test_oracle_rows_undo_false_positives_and_fill_the_words(real_dir: Path) -> None:
+    def paint_and_smudge(image: np.ndarray) -> np.ndarray:
+        out = paint_background(image)
+        out[80:90, 5:40] = 0  # a false positive far from every word
+        return out
+
+    samples = real.read_real_samples(real_dir)
+    result = real.run_real_benchmark(samples, {"smudge": paint_and_smudge}, {}, dark_box_detector,
+                                     oracles=["smudge"], progress=False)
+    inside = f"smudge, inside the words{real.ORACLE_TAG}"
+    words = f"annotated words + Telea{real.ORACLE_TAG}"
+    assert list(result.removal) == ["input (no change)", "smudge", inside, words]
+    summary = {name: scores.summary() for name, scores in result.removal.items()}
+    assert summary["smudge"]["outside_change"] > 0 and summary["smudge"]["removal_psnr"] < 30
+    # inside the words only, the smudge is undone and the painted words stay: a perfect result again
+    assert summary[inside]["outside_change"] == 0.0 and summary[inside]["erasure"] == 0.0
+    assert summary[inside]["removal_psnr"] is None
+    # Telea in the annotated (grown) boxes of flat words on a flat background: all words gone, near-perfect
+    assert summary[words]["erasure"] == 0.0
+    assert summary[words]["removal_psnr"] is None or summary[words]["removal_psnr"] > 40
+    assert f"| {inside} |" in real.real_report(result)[0]
+    # without oracles, no oracle rows
+    plain = real.run_real_benchmark(samples, {"smudge": paint_and_smudge}, {}, dark_box_detector, progress=False)
+    assert list(plain.removal) == ["input (no change)", "smudge"]
+
+
 def test_tampering_false_alarms_and_recall(real_dir: Path) -> None:
     # Mark the second word of the box image as a constructed forgery; everything else is genuine text.
     sidecar = real_dir / "scene-boxes" / "ic15_1.json"
@@ -171,7 +197,9 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "| upocr (resize) |" in done.stdout and "| upocr (tiles) |" in done.stdout
     data = json.loads((out / "real.json").read_text())
-    assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)", "strokes detector + Telea"}
+    oracles = {f"upocr ({v}), inside the words{real.ORACLE_TAG}" for v in ("resize", "tiles")}
+    oracles.add(f"annotated words + Telea{real.ORACLE_TAG}")
+    assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)", "strokes detector + Telea", *oracles}
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu"}
     assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)"}
     assert Image.open(out / "real.png").size[0] > 500

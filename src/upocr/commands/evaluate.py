@@ -255,7 +255,7 @@ def _run_real(args: argparse.Namespace) -> int:
     segmentation["Sauvola"] = sauvola_text_mask
     segmentation["Otsu"] = otsu_text_mask
     result = real.run_real_benchmark(samples, removal, segmentation, detector, tampering_methods=tampering,
-                                     progress=not args.quiet)
+                                     oracles=[f"upocr ({variant})" for variant in args.variants], progress=not args.quiet)
     text, data = real.real_report(result, title=f"Real-image benchmark: {len(samples)} images in {args.data.name}")
     print(text)
     if args.markdown:

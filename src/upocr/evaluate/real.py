@@ -19,6 +19,12 @@ sidecar `NAME.json` with word `polygons`, optional `label` = text-free image, op
   words (polygons without `"tampered": true`) classified as tampered text; where polygons are marked
   `"tampered": true`, **tampered recall** = the share of their pixels classified as tampered.
 
+Oracle rows (they read the annotations: upper references that say where a method loses, not methods):
+"annotated words + Telea" fills every annotated polygon as detector + Telea fills its boxes (a perfect
+detector); "METHOD, inside the words" keeps a method's result inside the grown polygons and the input
+outside, i.e. the method without its false positives. On real-dev the two split the model's removal gap
+into false positives and mask shape (docs/results.md).
+
 Competitors: doing nothing; an OCR detector's boxes filled by OpenCV Telea (RapidOCR's detector, the
 optional extra `pip install 'upocr[real]'`; its wheel ships the ONNX weights); Otsu and Sauvola masks.
 The detector is also the erasure judge, so "detector + Telea" is measured by the detector it was built
@@ -48,6 +54,7 @@ FOUND_IOU = 0.5  # a detected box finds a word when their IoU reaches this (ICDA
 BOX_HIT_SHARE = 0.05  # a word counts as segmented when this share of its polygon is predicted text
 POLYGON_GROWTH = 0.01  # polygons grow by this share of the image diagonal for "outside" (halos, JPEG)
 DETECTOR_FILL_GROWTH = 3  # px: detector boxes grow before Telea fills them (anti-aliased edges)
+ORACLE_TAG = " (oracle: reads the annotations)"
 
 Detector = Callable[[np.ndarray], list[np.ndarray]]  # RGB uint8 (H, W, 3) -> word quads, each (4, 2)
 RemovalMethod = Callable[[np.ndarray], np.ndarray]  # RGB -> RGB without text
@@ -221,6 +228,17 @@ def detector_telea(detector: Detector) -> RemovalMethod:
     return remove
 
 
+def words_telea(image: np.ndarray, sample: RealSample) -> np.ndarray:
+    """Oracle: the annotated polygons (legible and illegible), grown as detector boxes are, filled by Telea."""
+    words = polygon_mask(sample.words + sample.ignored, image.shape[:2])
+    return telea_inpaint(image, dilate(words, DETECTOR_FILL_GROWTH)) if words.any() else image.copy()
+
+
+def inside_words(removed: np.ndarray, image: np.ndarray, sample: RealSample) -> np.ndarray:
+    """Oracle: `removed` inside the grown polygons, the untouched input outside them."""
+    return np.where(_grown_words(sample, image.shape[:2])[..., None], removed, image)
+
+
 def predictor_removal(predictor) -> RemovalMethod:
     return lambda image: predictor.predict(image, "removal").image
 
@@ -368,12 +386,17 @@ def run_real_benchmark(
     detector: Detector,
     *,
     tampering_methods: Mapping[str, TamperingMethod] | None = None,
+    oracles: Sequence[str] = (),
     picture_rows: int = 8,
     progress: bool = True,
 ) -> RealBenchmark:
     """Run and score every method on every sample. A sample that fails to read is reported in
-    `errors` and skipped; a method that fails on a sample propagates (a bug, not bad input)."""
-    removal = {name: MethodScores() for name in ("input (no change)", *removal_methods)}
+    `errors` and skipped; a method that fails on a sample propagates (a bug, not bad input).
+    `oracles`: removal methods that also get an "inside the words" oracle row; with any, the
+    "annotated words + Telea" oracle row is added too (module docstring)."""
+    inside = {name: f"{name}, inside the words{ORACLE_TAG}" for name in oracles}
+    oracle_rows = [*inside.values(), f"annotated words + Telea{ORACLE_TAG}"] if oracles else []
+    removal = {name: MethodScores() for name in ("input (no change)", *removal_methods, *oracle_rows)}
     segmentation = {name: MethodScores() for name in segmentation_methods}
     tampering_methods = tampering_methods or {}
     tampering = {name: MethodScores() for name in tampering_methods}
@@ -395,16 +418,18 @@ def run_real_benchmark(
             words += len(sample.words)
             found_before += words_found(sample.words, detections)
         row = [image]
-        for name, scores in removal.items():
-            if name == "input (no change)":
-                removed, seconds, after = image, 0.0, detections
-            else:
-                removed, seconds = _timed(removal_methods[name], image)
-                after = detector(removed) if sample.words else []
-                scores.seconds.append(seconds)
-            score_removal(scores, sample, image, removed, after, label)
-            if name != "input (no change)":
-                row.append(removed)
+        results = {"input (no change)": image}
+        for name, method in removal_methods.items():
+            results[name], seconds = _timed(method, image)
+            removal[name].seconds.append(seconds)
+            row.append(results[name])
+            if name in inside:
+                results[inside[name]] = inside_words(results[name], image, sample)
+        if oracles:
+            results[oracle_rows[-1]] = words_telea(image, sample)
+        for name, removed in results.items():
+            after = detections if name == "input (no change)" else detector(removed) if sample.words else []
+            score_removal(removal[name], sample, image, removed, after, label)
         for name, scores in segmentation.items():
             mask, seconds = _timed(segmentation_methods[name], image)
             scores.seconds.append(seconds)
