@@ -247,3 +247,18 @@ def test_a_newline_in_a_file_name_does_not_split_the_error_line(tmp_path, tiny_w
     assert _run("remove-text", tmp_path, "-o", tmp_path / "o", "--weights", tiny_weights, "--size", "64") == 1
     errors = capsys.readouterr().err.splitlines()
     assert errors == [f"upocr: {tmp_path}/bad\\nname.png: not an image file (or an unsupported format)"]
+
+
+def test_remove_text_grow_reaches_the_predictor_and_refuses_bad_values(tiny_weights, tmp_path, capsys):
+    from upocr.cli import build_parser
+    from upocr.commands.predict import build_predictor
+
+    args = build_parser().parse_args(["remove-text", str(tmp_path), "-o", str(tmp_path / "o"), "--weights", str(tiny_weights), "--grow", "7"])
+    assert build_predictor(args).grow == 7
+    args = build_parser().parse_args(["remove-text", str(tmp_path), "-o", str(tmp_path / "o"), "--weights", str(tiny_weights)])
+    assert build_predictor(args).grow == 3  # the default, REMOVAL_TEXT_DILATION
+    for value in ("-1", "1.5"):
+        with pytest.raises(SystemExit) as stopped:
+            _run("remove-text", tmp_path, "-o", tmp_path / "o", "--grow", value)
+        assert stopped.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("upocr remove-text: error: argument --grow")

@@ -264,6 +264,21 @@ def test_telea_fill_erases_the_model_text_mask_and_keeps_everything_else(tile):
     assert error.mean() < 8 and np.abs(image.astype(int) - clean.astype(int))[text].mean() > 70
 
 
+@pytest.mark.parametrize("tile", [None, 64])
+def test_grow_sets_how_far_the_fill_reaches_past_the_strokes(tile):
+    image, _, text = text_on_gradient()
+    erased = {
+        grow: Predictor(text_finder(), size=64, tile=tile, overlap=16, removal="telea-fill", grow=grow)
+        .predict(image, "removal").change_mask > 0
+        for grow in (0, 3, 8)
+    }
+    if tile is not None:  # native tiles: the model's own text mask, exactly (resized, its edges move a pixel)
+        np.testing.assert_array_equal(erased[0], text)
+    assert erased[0][text].mean() > 0.9 and erased[0].sum() < 1.5 * text.sum()  # no growth: the strokes
+    assert erased[3].sum() > erased[0].sum() and erased[8].sum() > erased[3].sum()
+    assert (erased[3] <= erased[8]).all()  # more growth covers all that less growth did
+
+
 def test_model_fill_paints_the_mask_with_the_coarse_removal_output():
     image, _, text = text_on_gradient()
     prediction = Predictor(text_finder(coarse_value=0.5), size=64, removal="model-fill").predict(image, "removal")
@@ -308,6 +323,8 @@ def test_fill_modes_run_the_segmentation_prompt_once_with_the_removal():
         ({"precision": "int8"}, "precision"),
         ({"precision": "fp16"}, "CUDA"),
         ({"removal": "smudge"}, "removal must be one of raw, blend, model-fill, telea-fill"),
+        ({"grow": -1}, "grow must be a whole number of pixels, 0 or more"),
+        ({"grow": 2.5}, "grow must be a whole number"),
     ],
 )
 def test_bad_options_raise_clear_errors(options, message):

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from upocr.inpaint import dilate, telea_inpaint
 from upocr.predict import (
-    REMOVAL_TEXT_DILATION,
     Predictor,
     RowFilterStream,
     composite,
@@ -123,11 +122,11 @@ def _reference_decode(predictor, pixels, task, output, pair, text_output, tile) 
     if predictor.removal in ("model-fill", "telea-fill"):
         text = decode_segmentation(torch.from_numpy(text_output), predictor.threshold).numpy()
         scale = 1.0 if tile is not None else math.sqrt(height * width) / predictor.size
-        text = dilate(text, max(1, round(REMOVAL_TEXT_DILATION * scale)))
+        text = dilate(text, max(1, round(predictor.grow * scale)) if predictor.grow else 0)
         if predictor.removal == "telea-fill":
             filled = cv2.inpaint(np.ascontiguousarray(pixels), text.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
             return {"output": output, "image": filled, "change_mask": text.astype(np.float32)}
-        radius = max(1.0, REMOVAL_TEXT_DILATION * scale)
+        radius = max(1.0, predictor.grow * scale)
         weight = np.clip(cv2.GaussianBlur(text.astype(np.float32), (0, 0), radius / 2), 0, 1)
         weight = np.maximum(weight, text)
     elif pair is None:

@@ -19,9 +19,9 @@ region they erase, so untouched areas stay sharp at the original resolution:
 
 * "raw": the removal prompt's full-resolution output as it is (the original's result);
 * "blend": that output, kept only where it changed the image (`removal_change_mask`);
-* "model-fill": the text mask from the segmentation prompt (its calibrated threshold, grown by
-  `REMOVAL_TEXT_DILATION` pixels, feathered) decides where; the removal prompt's 1/4-resolution output,
-  upsampled, fills it. Both come from the one model; the coarse output is used because the model learned
+* "model-fill": the text mask from the segmentation prompt (its calibrated threshold, grown by `grow`
+  working-resolution pixels, default `REMOVAL_TEXT_DILATION`, feathered) decides where; the removal
+  prompt's 1/4-resolution output, upsampled, fills it. Both come from the one model; the coarse output is used because the model learned
   to erase there far better than at full resolution (docs/results.md);
 * "telea-fill" (default): the same model text mask, filled by OpenCV's Telea inpainting: the model finds
   the text, a classical fill paints it. Best on our held-out data (docs/results.md) while the model's
@@ -125,6 +125,9 @@ class Predictor:
     else the model is exported in memory; `upocr.export`).
     removal: how text removal builds its result: "raw", "blend", "model-fill" or "telea-fill" (module
     docstring); the fill modes also run the segmentation prompt for the text mask.
+    grow: working-resolution pixels the fill modes grow the text mask by before filling it (default
+    REMOVAL_TEXT_DILATION, chosen on synthetic validation data); more covers outlines, shadows and halos
+    around the strokes, at the cost of repainting more of what surrounds them.
     keep_output: keep the full-size float32 outputs (`Prediction.output`, `.change_mask`). False bounds
     memory by the decoded results: outputs are decoded in row bands as tiles finish; with removal="telea-fill"
     it also skips the removal prompt's forward passes, whose output only `.output` would show.
@@ -143,6 +146,7 @@ class Predictor:
         precision: Precision = "fp32",
         threshold: float | None = None,
         removal: RemovalMode = DEFAULT_REMOVAL_MODE,
+        grow: int = REMOVAL_TEXT_DILATION,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         backend: Backend = "pytorch",
         keep_output: bool = True,
@@ -191,6 +195,9 @@ class Predictor:
         if removal not in REMOVAL_MODES:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_MODES)}, got {removal!r}")
         self.removal = removal
+        if isinstance(grow, bool) or not isinstance(grow, (int, np.integer)) or grow < 0:
+            raise ValueError(f"grow must be a whole number of pixels, 0 or more, got {grow!r}")
+        self.grow = int(grow)
         self.max_pixels = max_pixels
         self.keep_output = keep_output
         if isinstance(model, torch.nn.Module):
@@ -454,13 +461,13 @@ class _BandDecoder:
         predictor, pixels = self.predictor, self.pixels
         height, width = pixels.shape[:2]
         if self.text is not None:
-            # Grow by REMOVAL_TEXT_DILATION working-resolution pixels, in original-resolution pixels.
+            # Grow by `grow` working-resolution pixels, in original-resolution pixels.
             scale = 1.0 if self.tile is not None else math.sqrt(height * width) / predictor.size
-            text = dilate(self.text, max(1, round(REMOVAL_TEXT_DILATION * scale)))
+            text = dilate(self.text, max(1, round(predictor.grow * scale)) if predictor.grow else 0)
             if predictor.removal == "telea-fill":
                 change = text.astype(np.float32) if predictor.keep_output else None
                 return Prediction(task, output, image=telea_inpaint(pixels, text), change_mask=change)
-            feather = max(1.0, REMOVAL_TEXT_DILATION * scale)
+            feather = max(1.0, predictor.grow * scale)
 
             def weight_rows(top: int, bottom: int) -> np.ndarray:
                 return filter_rows(text, top, bottom, gaussian_reach(feather / 2), lambda rows: feather_text(rows, feather))

@@ -14,7 +14,7 @@ from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands import positive
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
-from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
+from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, REMOVAL_TEXT_DILATION, Predictor
 from upocr.tasks import SEGMENTATION_THRESHOLD, TASK_SPECS, Task, TaskSpec
 from upocr.utils import printable
 from upocr.visualize import image_grid
@@ -75,6 +75,15 @@ def _removal_options(parser: argparse.ArgumentParser) -> None:
         help=f"how the result is built (default {DEFAULT_REMOVAL_MODE}): telea-fill: the model's text mask "
         "filled by Telea inpainting; model-fill: the same mask filled by the model's own (coarse) removal "
         "output; blend: the model's removal output where it changed the image; raw: the output as it is",
+    )
+    parser.add_argument(
+        "--grow",
+        type=positive(int, allow_zero=True),
+        default=REMOVAL_TEXT_DILATION,
+        metavar="PX",
+        help=f"fill modes: grow the text mask by PX working-resolution pixels before filling it (default "
+        f"{REMOVAL_TEXT_DILATION}); more also erases outlines, shadows and halos around letters, and repaints "
+        "more of what is around them",
     )
 
 
@@ -168,6 +177,7 @@ def build_predictor(args: argparse.Namespace) -> Predictor:
         backend=args.backend,
         threshold=getattr(args, "threshold", None),
         removal=getattr(args, "mode", DEFAULT_REMOVAL_MODE),
+        grow=getattr(args, "grow", REMOVAL_TEXT_DILATION),
         max_pixels=args.max_pixels,
         keep_output=False,  # results only: memory bounded by them, not by float maps of the image
     )
