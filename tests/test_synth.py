@@ -422,3 +422,50 @@ def test_page_curl_bends_text_and_labels_together(monkeypatch):
         assert result.image.shape == scene.image.shape
         tampered += 2 in result.labels  # pasted words may find no free place on a full page
     assert tampered >= 2
+
+
+def test_arc_text_bends_glyphs_labels_and_polygons_together(monkeypatch):
+    """Text on a circle (badges, round signs): forward map inverts the remap, ground truth stays exact,
+    the polygons really bend, tampering follows the arc."""
+    from upocr.data.synth import world
+    from upocr.data.synth.render import ArcBend
+
+    for sign in (1, -1):
+        arc = ArcBend((120, 150), cx=75.0, cy=60.0, radius=40.0, sign=sign)
+        rng = np.random.default_rng(3)
+        points = np.stack([rng.uniform(40, 110, 50), rng.uniform(50, 70, 50)], 1)
+        moved = arc.forward(points)
+        map_x, map_y = arc.maps()
+        xi, yi = np.round(moved[:, 0]).astype(int), np.round(moved[:, 1]).astype(int)
+        ok = (xi >= 0) & (xi < 150) & (yi >= 0) & (yi < 120)
+        back = np.stack([map_x[yi[ok], xi[ok]], map_y[yi[ok], xi[ok]]], 1)
+        assert ok.sum() > 20 and np.abs(back - points[ok]).max() < 1.5  # up to the rounding to a pixel
+        # the centre line's ends move towards the circle's centre: up for an arch, down for a smile
+        ends = arc.forward(np.float64([[40, 60], [75, 60], [110, 60]]))
+        assert sign * (ends[1, 1] - ends[0, 1]) < -5 and abs(ends[0, 1] - ends[2, 1]) < 1e-6
+
+    monkeypatch.setattr(world, "ARC_PROBABILITY", 1.0)
+    tampered = 0
+    for kind in ("sign", "poster"):
+        options = world.SceneOptions(scenes="v2", kinds=(kind,))
+        for index in range(3):
+            rng = np.random.default_rng([43, index])
+            scene = render_scene(rng, size=(192, 192), split="train", options=options)
+            arcs = [b for b in scene.blocks if isinstance(b.geometry.page, ArcBend)]
+            assert scene.words and arcs
+            inside = fill_polygons([w.polygon for w in scene.words], (192, 192)).astype(bool)
+            assert np.array_equal(scene.image[~inside], scene.background[~inside])
+            label = textseg_label(scene)
+            assert (label[~inside] == 0).all() and (label > 0).any()
+            result = tamper_scene(rng, scene, tamper_probability=1.0, methods="v2", options=options)
+            assert result.image.shape == scene.image.shape
+            tampered += 2 in result.labels
+    assert tampered >= 3
+    # a bent word's polygon is no straight quad: its top edge is far from the line through its ends
+    deviations = []
+    for polygon in (w.polygon for w in scene.words):
+        top = polygon[: len(polygon) // 2]
+        (x0, y0), (x1, y1) = top[0], top[-1]
+        normal = np.array([y0 - y1, x1 - x0]) / max(1e-9, np.hypot(x1 - x0, y1 - y0))
+        deviations.append(np.abs((top - top[0]) @ normal).max())
+    assert max(deviations) > 2.0

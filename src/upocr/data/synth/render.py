@@ -94,16 +94,55 @@ class PageCurl:
 
 
 @dataclass
+class ArcBend:
+    """One block bent around a circle (v2 badges, seals, logos, round signs): glyphs follow the arc and
+    turn with it, as on a real round sign (the sine "curve" of v1 only shifts glyphs up and down).
+
+    Defined in image coordinates around the straight block's centre (cx, cy): a point `u` along the text
+    and `v` below its centre line goes to angle u / radius on a circle whose centre lies `radius` below
+    (sign +1: the text arches) or above (sign -1: it smiles). Both directions have a closed form, so
+    polygons follow the glyphs exactly up to their sampling (same interface as PageCurl)."""
+
+    hw: tuple[int, int]
+    cx: float
+    cy: float
+    radius: float
+    sign: int  # +1 arch (circle centre below the text), -1 smile (above)
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) straight-block image points -> (N, 2) bent image points."""
+        u, v = points[:, 0] - self.cx, points[:, 1] - self.cy
+        rho, theta = self.radius - self.sign * v, u / self.radius
+        centre_y = self.cy + self.sign * self.radius
+        return np.stack([self.cx + rho * np.sin(theta), centre_y - self.sign * rho * np.cos(theta)], 1)
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.hw
+        Y, X = np.mgrid[0:h, 0:w].astype(np.float64)
+        dx, dy = X - self.cx, self.sign * (self.cy + self.sign * self.radius - Y)
+        rho, theta = np.hypot(dx, dy), np.arctan2(dx, dy)
+        map_x = self.cx + self.radius * theta
+        map_y = self.cy + self.sign * (self.radius - rho)
+        # Beyond half a turn the circle folds back onto itself: nothing is drawn there.
+        map_x[np.abs(theta) > np.pi * 0.999] = -1e6
+        return map_x.astype(np.float32), map_y.astype(np.float32)
+
+    def apply(self, image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+        map_x, map_y = self.maps()
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
+@dataclass
 class BlockGeometry:
     """Layer (height, width) -> curved layer (vertical sine offsets) -> homography into the image
-    (-> page curl, v2)."""
+    (-> page curl or arc, v2)."""
 
     layer_size: tuple[int, int]
     curve_amplitude: float
     curve_period: float
     curve_phase: float
     homography: np.ndarray  # 3x3, curved-layer pixel coords -> image coords
-    page: PageCurl | None = None
+    page: PageCurl | ArcBend | None = None  # a warp of the whole image after the homography
 
     @property
     def curve_pad(self) -> int:
@@ -121,16 +160,19 @@ class BlockGeometry:
         flat = cv2.perspectiveTransform(curved[None], self.homography)[0]
         return flat if self.page is None else self.page.forward(flat)
 
-    def image_bounds(self, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-        """(y0, x0, y1, x1) of the warped layer inside the image (end exclusive; may be empty)."""
+    def outline(self) -> np.ndarray:
+        """(N, 2) image points around the warped layer (densely sampled where a warp bends it)."""
         h, w = self.layer_size
         corners = np.float64([[0, 0], [w, 0], [w, h + 2 * self.curve_pad], [0, h + 2 * self.curve_pad]])
         if self.page is not None:  # the outline, densely, so the bent edges are inside the bounds
             t = np.linspace(0, 1, 33)[:, None]
             corners = np.concatenate([a + t * (b - a) for a, b in zip(corners, np.roll(corners, -1, 0))])
         warped = cv2.perspectiveTransform(corners[None], self.homography)[0]
-        if self.page is not None:
-            warped = self.page.forward(warped)
+        return warped if self.page is None else self.page.forward(warped)
+
+    def image_bounds(self, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(y0, x0, y1, x1) of the warped layer inside the image (end exclusive; may be empty)."""
+        warped = self.outline()
         x0, y0 = np.floor(warped.min(0)).astype(int) - 1
         x1, y1 = np.ceil(warped.max(0)).astype(int) + 2
         return max(0, y0), max(0, x0), min(out_hw[0], y1), min(out_hw[1], x1)
@@ -174,6 +216,7 @@ class BlockPlan:
     angle: float  # degrees
     perspective: float  # corner jitter as a fraction of the block's width / height (0: none)
     curve: bool = False
+    arc: float = 0.0  # degrees of a circle the block's width bends around (+ arch, - smile; 0: straight)
     align: str = "left"
     plate: "Plate | None" = None
     min_contrast: float = 70.0
@@ -459,8 +502,8 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
         return None
     pil_font = fonts.load_font(font.path, size)
     margin = style.margin(blur_reach)
-    if plan is not None and plan.page is not None:
-        margin += 1  # the curl resamples once more (bilinear): one more pixel of reach
+    if plan is not None and (plan.page is not None or plan.arc):
+        margin += 1  # the curl or arc resamples once more (bilinear): one more pixel of reach
     plate_pad = 0 if plan is None or plan.plate is None else plan.plate.padding
     pad = margin + 2 + plate_pad
     ascent, descent = pil_font.getmetrics()
@@ -523,8 +566,17 @@ def _try_block(rng: np.random.Generator, scene_bg: np.ndarray, occupied: np.ndar
     for _ in range(6):
         centre = rng.uniform(lo, hi).astype(np.float32)
         homography = cv2.getPerspectiveTransform(src, (dst + centre).astype(np.float32))
+        bend = plan.page if plan is not None else None
+        if plan is not None and plan.arc:  # around the block's centre, its width spanning `arc` degrees
+            # (less for short words: a radius under the block's height would fold its inner edge over)
+            radius = max(layer_w / math.radians(abs(plan.arc)), float(layer_h))
+            bend = ArcBend((h, w), float(centre[0]), float(centre[1]), radius, 1 if plan.arc > 0 else -1)
         geometry = BlockGeometry((layer_h, layer_w), amplitude, period, phase, homography.astype(np.float64),
-                                 page=plan.page if plan is not None else None)
+                                 page=bend)
+        if isinstance(bend, ArcBend):  # the bent block must stay whole inside the image
+            outline = geometry.outline()
+            if outline.min() < 1 or (outline.max(0) > np.array([w - 2, h - 2])).any():
+                continue
         # Overlap test on the whole block's outline (cheap); word polygons only once placed.
         if amplitude == 0 and geometry.page is None:
             outline = cv2.perspectiveTransform(src[None].astype(np.float64), geometry.homography)[0]

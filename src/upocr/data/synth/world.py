@@ -34,6 +34,10 @@ from upocr.data.synth.render import (MIN_FONT_PX, BlockPlan, Degradation, PageCu
                                      render_classic_scene)
 
 KINDS = ("classic", "sign", "poster", "ui", "document")
+# Share of sign and poster headlines set on a circular arc (badges, seals, round signs, logos), and the
+# arc's span in degrees: real signs curve text up to half a circle and more, the sine "curve" barely.
+ARC_PROBABILITY = 0.2
+ARC_DEGREES = (50.0, 220.0)
 KIND_WEIGHTS = (0.2, 0.22, 0.16, 0.12, 0.3)
 # x-height / font size of common fonts (about 0.45-0.55): font px = x-height / this.
 X_HEIGHT_RATIO = 0.5
@@ -114,10 +118,19 @@ def _sign_plan(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> Blo
     border = int(rng.random() < 0.3) * max(1, int(size * rng.uniform(0.04, 0.1)))
     plate = Plate(colour=colour, padding=int(size * rng.uniform(0.25, 0.9)), corner=int(size * rng.uniform(0, 0.5)),
                   border=border, border_colour=contrasting_colour(rng, colour, 80) if border else None)
-    return BlockPlan(font=_font(rng, split, script, ("sans", "display")), script=script, size=size,
+    plan = BlockPlan(font=_font(rng, split, script, ("sans", "display")), script=script, size=size,
                      lines=int(rng.choice([1, 1, 2, 3])), words_per_line=int(rng.integers(1, 4)),
                      max_width=hw[1] * 0.8, angle=float(rng.normal(0, 6)), perspective=float(rng.uniform(0.03, 0.18)),
                      align=str(rng.choice(["left", "center"])), plate=plate, min_contrast=90.0)
+    return _maybe_arc(rng, plan)
+
+
+def _maybe_arc(rng: np.random.Generator, plan: BlockPlan) -> BlockPlan:
+    """With ARC_PROBABILITY, one line of the plan bent around a circle (an arch or a smile)."""
+    if rng.random() >= ARC_PROBABILITY:
+        return plan
+    degrees = float(rng.uniform(*ARC_DEGREES)) * float(rng.choice([1, -1]))
+    return replace(plan, lines=1, arc=degrees, curve=False, angle=plan.angle / 3, perspective=plan.perspective / 2)
 
 
 def _poster_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockPlan]:
@@ -128,6 +141,7 @@ def _poster_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> 
                          size=int(rng.uniform(0.12, 0.4) * min(hw)), lines=int(rng.choice([1, 1, 2])),
                          words_per_line=int(rng.integers(1, 3)), max_width=hw[1] * 0.95, angle=tilt,
                          perspective=perspective, curve=bool(rng.random() < 0.1), align="center", min_contrast=80.0)
+    headline = _maybe_arc(rng, headline)
     small = [BlockPlan(font=_font(rng, split, script, ("sans", "serif")), script=script,
                        size=max(MIN_FONT_PX, int(rng.uniform(0.025, 0.06) * min(hw))), lines=int(rng.integers(1, 4)),
                        words_per_line=int(rng.integers(2, 6)), max_width=hw[1] * 0.8, angle=tilt,
