@@ -50,8 +50,23 @@ class TextStyle:
         return extra + 2 + int(math.ceil(blur_reach))
 
 
+class ImageWarp:
+    """A warp of the whole image after a block's homography: `forward` moves points (polygons), `maps`
+    gives cv2.remap's inverse maps, `apply` warps pixels (layers, backgrounds)."""
+
+    def forward(self, points: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def apply(self, image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+        map_x, map_y = self.maps()
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
+
+
 @dataclass
-class PageCurl:
+class PageCurl(ImageWarp):
     """A bent page (v2 books and receipts): a global warp of the image, applied to the background once
     and to every block through its geometry, so text, labels and polygons bend together.
 
@@ -88,13 +103,10 @@ class PageCurl:
         Y = (points[:, 1] + self.a0 * q) / (1 - self.a1 * q / self.hw[0])
         return np.stack([X, Y], 1)
 
-    def apply(self, image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-        map_x, map_y = self.maps()
-        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
 
 
 @dataclass
-class ArcBend:
+class ArcBend(ImageWarp):
     """One block bent around a circle (v2 badges, seals, logos, round signs): glyphs follow the arc and
     turn with it, as on a real round sign (the sine "curve" of v1 only shifts glyphs up and down).
 
@@ -127,9 +139,6 @@ class ArcBend:
         map_x[np.abs(theta) > np.pi * 0.999] = -1e6
         return map_x.astype(np.float32), map_y.astype(np.float32)
 
-    def apply(self, image: np.ndarray, border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
-        map_x, map_y = self.maps()
-        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=border, borderValue=0)
 
 
 @dataclass
@@ -142,7 +151,7 @@ class BlockGeometry:
     curve_period: float
     curve_phase: float
     homography: np.ndarray  # 3x3, curved-layer pixel coords -> image coords
-    page: PageCurl | ArcBend | None = None  # a warp of the whole image after the homography
+    page: ImageWarp | None = None  # a page curl or an arc, after the homography
 
     @property
     def curve_pad(self) -> int:
