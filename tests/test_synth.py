@@ -396,18 +396,23 @@ def test_v2_histories_vary_so_crisp_single_saved_text_is_not_a_tampering_cue():
     assert len({o.tobytes() for o in outputs}) > 10  # many different histories
 
 
+def assert_forward_inverts_maps(warp, points: np.ndarray, hw: tuple[int, int]) -> None:
+    """An ImageWarp's point map (polygons) and its remap maps (pixels) agree, up to rounding to a pixel."""
+    moved = warp.forward(points)
+    map_x, map_y = warp.maps()
+    xi, yi = np.round(moved[:, 0]).astype(int), np.round(moved[:, 1]).astype(int)
+    ok = (xi >= 0) & (xi < hw[1]) & (yi >= 0) & (yi < hw[0])
+    back = np.stack([map_x[yi[ok], xi[ok]], map_y[yi[ok], xi[ok]]], 1)
+    assert ok.sum() > 20 and np.abs(back - points[ok]).max() < 1.5
+
+
 def test_page_curl_bends_text_and_labels_together(monkeypatch):
     """A curled page: forward map inverts the remap, ground truth stays exact, tampering follows the bend."""
     from upocr.data.synth import world
 
     curl = world.random_curl(np.random.default_rng(0), (120, 150))
     points = np.stack([np.random.default_rng(1).uniform(10, 140, 50), np.random.default_rng(2).uniform(10, 110, 50)], 1)
-    moved = curl.forward(points)
-    map_x, map_y = curl.maps()
-    xi, yi = np.round(moved[:, 0]).astype(int), np.round(moved[:, 1]).astype(int)
-    ok = (xi >= 0) & (xi < 150) & (yi >= 0) & (yi < 120)
-    back = np.stack([map_x[yi[ok], xi[ok]], map_y[yi[ok], xi[ok]]], 1)
-    assert ok.sum() > 20 and np.abs(back - points[ok]).max() < 1.5  # up to the rounding to a pixel
+    assert_forward_inverts_maps(curl, points, (120, 150))
 
     monkeypatch.setattr(world, "CURL_PROBABILITY", 1.0)
     options = world.SceneOptions(scenes="v2", kinds=("document",))
@@ -434,13 +439,8 @@ def test_arc_text_bends_glyphs_labels_and_polygons_together(monkeypatch):
         arc = ArcBend((120, 150), cx=75.0, cy=60.0, radius=40.0, sign=sign)
         rng = np.random.default_rng(3)
         points = np.stack([rng.uniform(40, 110, 50), rng.uniform(50, 70, 50)], 1)
-        moved = arc.forward(points)
-        map_x, map_y = arc.maps()
-        xi, yi = np.round(moved[:, 0]).astype(int), np.round(moved[:, 1]).astype(int)
-        ok = (xi >= 0) & (xi < 150) & (yi >= 0) & (yi < 120)
-        back = np.stack([map_x[yi[ok], xi[ok]], map_y[yi[ok], xi[ok]]], 1)
-        assert ok.sum() > 20 and np.abs(back - points[ok]).max() < 1.5  # up to the rounding to a pixel
-        # the centre line's ends move towards the circle's centre: up for an arch, down for a smile
+        assert_forward_inverts_maps(arc, points, (120, 150))
+        # the centre line's ends bend towards the circle's centre: down for an arch, up for a smile
         ends = arc.forward(np.float64([[40, 60], [75, 60], [110, 60]]))
         assert sign * (ends[1, 1] - ends[0, 1]) < -5 and abs(ends[0, 1] - ends[2, 1]) < 1e-6
 
