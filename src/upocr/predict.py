@@ -21,8 +21,8 @@ region they erase, so untouched areas stay sharp at the original resolution:
 * "blend": that output, kept only where it changed the image (`removal_change_mask`);
 * "model-fill": the text mask from the segmentation prompt (its calibrated threshold, grown by `grow`
   working-resolution pixels, default `REMOVAL_TEXT_DILATION`, feathered) decides where; the removal
-  prompt's 1/4-resolution output, upsampled, fills it. Both come from the one model; the coarse output is used because the model learned
-  to erase there far better than at full resolution (docs/results.md);
+  prompt's 1/4-resolution output, upsampled, fills it. Both come from the one model; the coarse output is
+  used because the model learned to erase there far better than at full resolution (docs/results.md);
 * "telea-fill" (default): the same model text mask, filled by OpenCV's Telea inpainting: the model finds
   the text, a classical fill paints it. Best on our held-out data (docs/results.md) while the model's
   own fill is undertrained.
