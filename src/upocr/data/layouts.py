@@ -35,8 +35,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SEGMENTATION_SPLITS = ("train", "val", "test")
 SPLITS = ("train", "test")
 
-# TextSeg label values and what the readers turn them into.
-TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE = 100, 200, 255
+# TextSeg label values (the one place they are written down: the synthetic writer, the readers and the
+# evaluation's label check use these) and what the readers turn them into.
+TEXTSEG_BACKGROUND, TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE = 0, 100, 200, 255
+TEXTSEG_VALUES = frozenset((TEXTSEG_BACKGROUND, TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE))
 # Class map values used by readers (the `upocr.tasks.encode_*` inputs).
 IGNORE_CLASS = 255
 REAL_TEXT, TAMPERED_TEXT = 1, 2
