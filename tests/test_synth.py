@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from upocr.data import layouts
 from upocr.data.datasets import build_dataset
 from upocr.data.synth import SynthError, generate_dataset, parse_size
 from upocr.data.synth import backgrounds, fonts
-from upocr.data.synth.render import fill_polygons, textseg_label
+from upocr.data.synth.geometry import fill_polygons
+from upocr.data.synth.render import textseg_label
 from upocr.data.synth.world import render_scene
 from upocr.data.synth.tampering import tamper_scene
 from upocr.tasks import Task
@@ -307,9 +309,9 @@ def test_shot_noise_changes_only_where_the_signal_changed():
 
 
 def test_poster_headlines_exceed_a_256_px_tile_and_print_has_real_x_height():
-    from upocr.data.synth.world import X_HEIGHT_RATIO, _poster_plans, print_size
+    from upocr.data.synth.world import X_HEIGHT_RATIO, poster_plans, print_size
 
-    headlines = [_poster_plans(np.random.default_rng(i), "train", (1024, 1024))[0].size for i in range(20)]
+    headlines = [poster_plans(np.random.default_rng(i), "train", (1024, 1024))[0].size for i in range(20)]
     assert max(headlines) > 256 and min(headlines) >= 0.12 * 1024 - 1
     x_heights = [print_size(np.random.default_rng(i), (1200, 900)) * X_HEIGHT_RATIO for i in range(50)]
     assert 7.5 <= min(x_heights) and max(x_heights) <= 14.5
@@ -414,7 +416,9 @@ def test_page_curl_bends_text_and_labels_together(monkeypatch):
     points = np.stack([np.random.default_rng(1).uniform(10, 140, 50), np.random.default_rng(2).uniform(10, 110, 50)], 1)
     assert_forward_inverts_maps(curl, points, (120, 150))
 
-    monkeypatch.setattr(world, "CURL_PROBABILITY", 1.0)
+    document = world.SCENE_KINDS["document"]
+    curled = tuple(replace(kind, curl_probability=1.0) for kind in document.sub_kinds)
+    monkeypatch.setitem(world.SCENE_KINDS, "document", replace(document, sub_kinds=curled))
     options = world.SceneOptions(scenes="v2", kinds=("document",))
     tampered = 0
     for index in range(3):
@@ -433,7 +437,7 @@ def test_arc_text_bends_glyphs_labels_and_polygons_together(monkeypatch):
     """Text on a circle (badges, round signs): forward map inverts the remap, ground truth stays exact,
     the polygons really bend, tampering follows the arc."""
     from upocr.data.synth import world
-    from upocr.data.synth.render import ArcBend
+    from upocr.data.synth.geometry import ArcBend
 
     for sign in (1, -1):
         arc = ArcBend((120, 150), cx=75.0, cy=60.0, radius=40.0, sign=sign)
