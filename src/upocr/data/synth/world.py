@@ -322,11 +322,23 @@ class SceneOptions:
 # --------------------------------------------------------------------------------------------
 
 
+def drawn_kinds() -> list[SceneKind]:
+    """Every kind that draws scenes itself: the SCENE_KINDS entries, sub-kinds in place of their parent."""
+    return [leaf for kind in SCENE_KINDS.values() for leaf in (kind.sub_kinds or (kind,))]
+
+
 def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str,
                        options: SceneOptions) -> Scene:
+    """A v2 scene of one of `options.kinds`, drawn by their weights."""
     kinds = [scene_kind(name) for name in options.kinds]
     weights = np.array([kind.weight for kind in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))].resolve(rng)
+    return render_kind_scene(rng, kind, size=size, split=split, options=options)
+
+
+def render_kind_scene(rng: np.random.Generator, kind: SceneKind, *, size: tuple[int, int], split: str,
+                      options: SceneOptions) -> Scene:
+    """A scene of `kind` (one that draws itself: no sub-kinds)."""
     clean_bg = add_clutter(rng, kind.background(rng, split, size, options))  # non-text marks: background
     degradation = kind.camera(rng, size)
     plans = kind.plans(rng, split, size)
