@@ -66,7 +66,7 @@ class BlockRecipe:
         return 0
 
     def alignment(self, rng: np.random.Generator) -> str:
-        """"left" or "center"."""
+        """Either "left" or "center"."""
         raise NotImplementedError
 
     def curve_amplitude(self, rng: np.random.Generator, layer_width: int, line_count: int) -> float:
@@ -123,33 +123,34 @@ class BlockPlan(BlockRecipe):
     page: PageCurl | None = None
     ink: np.ndarray | None = None
 
-    def typeface(self, rng, split, min_side, size_scale):
+    def typeface(self, rng: np.random.Generator, split: str, min_side: int,
+                 size_scale: float) -> tuple[fonts.FontSpec, str, int]:
         return self.font, self.script, max(MIN_FONT_PX, int(round(self.size * size_scale)))
 
-    def line_counts(self, rng):
+    def line_counts(self, rng: np.random.Generator) -> tuple[int, int]:
         return self.lines, self.words_per_line
 
     @property
     def extra_margin(self) -> int:
         return 1 if self.page is not None or self.arc else 0
 
-    def alignment(self, rng):
+    def alignment(self, rng: np.random.Generator) -> str:
         return self.align
 
-    def curve_amplitude(self, rng, layer_width, line_count):
+    def curve_amplitude(self, rng: np.random.Generator, layer_width: int, line_count: int) -> float:
         return random_curve(rng, layer_width) if self.curve and line_count <= 2 else 0.0
 
-    def rotation(self, rng, draw):
+    def rotation(self, rng: np.random.Generator, draw: float) -> float:
         return self.angle
 
-    def skew(self, rng, corners, layer_hw):
+    def skew(self, rng: np.random.Generator, corners: np.ndarray, layer_hw: tuple[int, int]) -> np.ndarray:
         if self.perspective <= 0:
             return corners
         # Per axis, relative to that side: a wide one-line sign keeps its height (no degenerate sliver).
         jitter = self.perspective * np.float32([layer_hw[1], layer_hw[0]])
         return corners + (rng.uniform(-1, 1, corners.shape) * jitter).astype(np.float32)
 
-    def bend(self, hw, centre, layer_hw):
+    def bend(self, hw: tuple[int, int], centre: np.ndarray, layer_hw: tuple[int, int]) -> ImageWarp | None:
         if not self.arc:
             return self.page
         # Around the block's centre, its width spanning `arc` degrees (less for short words: a radius
@@ -157,7 +158,7 @@ class BlockPlan(BlockRecipe):
         radius = max(layer_hw[1] / math.radians(abs(self.arc)), float(layer_hw[0]))
         return ArcBend(hw, float(centre[0]), float(centre[1]), radius, 1 if self.arc > 0 else -1)
 
-    def smaller(self, size_scale):
+    def smaller(self, size_scale: float) -> tuple[BlockRecipe, float]:
         # Pages and receipts keep their print size and lose lines; other blocks shrink.
         if self.lines > 3:
             return replace(self, lines=int(self.lines * 0.7)), size_scale

@@ -31,7 +31,8 @@ class ClassicBlock(BlockRecipe):
     document: bool
     max_width: float  # pixels: 0.9 of the image's width
 
-    def typeface(self, rng, split, min_side, size_scale):
+    def typeface(self, rng: np.random.Generator, split: str, min_side: int,
+                 size_scale: float) -> tuple[fonts.FontSpec, str, int]:
         pool = fonts.fonts_for_split(split)
         font = pool[int(rng.integers(len(pool)))]
         if self.document:
@@ -44,20 +45,20 @@ class ClassicBlock(BlockRecipe):
             script = "english"
         return font, script, size
 
-    def line_counts(self, rng):
+    def line_counts(self, rng: np.random.Generator) -> tuple[int, int]:
         if self.document:
             return int(rng.integers(3, 9)), 7
         return int(rng.choice([1, 1, 1, 2, 2, 3, 4])), 4
 
-    def alignment(self, rng):
+    def alignment(self, rng: np.random.Generator) -> str:
         return "left" if self.document else rng.choice(["left", "center"])
 
-    def curve_amplitude(self, rng, layer_width, line_count):
+    def curve_amplitude(self, rng: np.random.Generator, layer_width: int, line_count: int) -> float:
         if not self.document and rng.random() < 0.15 and line_count <= 2:
             return random_curve(rng, layer_width)
         return 0.0
 
-    def rotation(self, rng, draw):
+    def rotation(self, rng: np.random.Generator, draw: float) -> float:
         if self.document:
             return rng.normal(0, 1.5)
         if draw < 0.55:
@@ -66,7 +67,7 @@ class ClassicBlock(BlockRecipe):
             return rng.uniform(-30, 30)
         return rng.uniform(-90, 90)
 
-    def skew(self, rng, corners, layer_hw):
+    def skew(self, rng: np.random.Generator, corners: np.ndarray, layer_hw: tuple[int, int]) -> np.ndarray:
         if rng.random() >= 0.35:
             return corners
         jitter = rng.uniform(0.02, 0.12) * max(layer_hw)
