@@ -210,3 +210,44 @@ def test_a_folder_runs_in_batches_of_images_with_the_same_files(tmp_path):
     assert _files(tmp_path / "three") == _files(tmp_path / "one") == ["0.png", "1.png", "3.png", "4.png"]
     for name in _files(tmp_path / "one"):
         assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def test_two_runs_writing_one_output_name_at_once_keep_one_and_refuse_the_other(tmp_path, predictor, monkeypatch):
+    """N2: two runs checked that x.png was free, then both renamed onto it: one result lost, both said
+    "1 of 1 image(s) written". Now the second to publish is refused (hard link: EEXIST)."""
+    import threading
+
+    import upocr.files
+
+    inputs = []
+    for colour in ("red", "blue"):
+        (tmp_path / colour).mkdir()
+        Image.new("RGB", (32, 32), colour).save(tmp_path / colour / "x.png")
+        inputs.append(tmp_path / colour / "x.png")
+    both_checked = threading.Barrier(2, timeout=30)
+    real_write_image = upocr.files.write_image
+
+    def write_image_after_both_checked(path, array, **options):
+        both_checked.wait()  # both runs have found the name free
+        return real_write_image(path, array, **options)
+
+    monkeypatch.setattr(upocr.files, "write_image", write_image_after_both_checked)
+    reports: dict[str, object] = {}
+    errors: dict[str, list[str]] = {"red": [], "blue": []}
+
+    def run(colour: str, path: Path) -> None:
+        reports[colour] = predict_files(predictor, [path], tmp_path / "out", "removal", on_error=errors[colour].append)
+
+    threads = [threading.Thread(target=run, args=(colour, path)) for colour, path in zip(errors, inputs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(report.done for report in reports.values()) == [0, 1]
+    loser = next(colour for colour, report in reports.items() if report.done == 0)
+    assert errors[loser] == [f"{tmp_path / loser / 'x.png'}: output {tmp_path / 'out' / 'x.png'} exists (use --overwrite)"]
+    assert reports[loser].existing == 1
+    assert _files(tmp_path / "out") == ["x.png"]  # and no temporary left
+    winner = "red" if loser == "blue" else "blue"
+    expected = predictor.predict(np.asarray(Image.open(tmp_path / winner / "x.png")), "removal").image
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), expected)

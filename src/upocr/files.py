@@ -33,7 +33,7 @@ from tqdm import tqdm
 from upocr.io import ImageError, expand_inputs, read_image, write_image
 from upocr.predict import Prediction, Predictor
 from upocr.tasks import OutputFile, Task
-from upocr.utils import printable, remove_stale_temporaries
+from upocr.utils import OutputExistsError, printable, remove_stale_temporaries
 
 # Errors that concern one input (or its outputs) only: report the file and go on with the others.
 # Out of memory also arrives as a RuntimeError from torch's CPU allocator: see `is_out_of_memory`.
@@ -128,7 +128,8 @@ def predict_files(
                 report.written.extend(files)
                 report.done += 1
             except Exception as error:  # noqa: BLE001 - as for prediction errors below
-                _fail_input(error, done.path, predictor, fail)
+                failed(done.path, error)  # counts it on the bar
+                continue
             bar.update()
 
     def failed(path: Path, error: Exception) -> None:
@@ -177,7 +178,8 @@ def predict_files(
                 for folder in {out.parent for out, _ in one.outputs} - cleaned:
                     remove_stale_temporaries(folder, older_than=started)
                     cleaned.add(folder)
-                writing.append(_Writing(one.path, writer.submit(render_and_write, one.outputs, one.image, prediction)))
+                writing.append(_Writing(one.path, writer.submit(render_and_write, one.outputs, one.image, prediction,
+                                                                 replace=overwrite)))
         finish_writing()
     except KeyboardInterrupt:
         # let the files being written finish (atomic anyway), and count them
@@ -216,10 +218,16 @@ def _fail_input(error: Exception, path: Path, predictor: Predictor, fail: ErrorH
     fail(problem if isinstance(error, ImageError) else f"{printable(path)}: {problem}")
 
 
-def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, prediction: Prediction) -> list[Path]:
+def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, prediction: Prediction, *,
+                     replace: bool = True) -> list[Path]:
     """Draw one input's files from its prediction and write them all, or none (`write_all`). Each file is
-    drawn just before it is written, so only one full-size picture exists at a time."""
-    write_all((out, render(image, prediction)) for out, render in outputs)
+    drawn just before it is written, so only one full-size picture exists at a time. With
+    `replace=False` a file that appeared meanwhile (another process writing the same name) is kept and
+    the input refused: `_Refused`."""
+    try:
+        write_all(((out, render(image, prediction)) for out, render in outputs), replace=replace)
+    except OutputExistsError as error:
+        raise _Refused(f"output {printable(error.path)} exists (use --overwrite)", exists=True) from None
     return [out for out, _ in outputs]
 
 
@@ -305,12 +313,12 @@ def _renderer(output: OutputFile) -> Renderer:
     return lambda image, prediction: output.draw(image, prediction.result)
 
 
-def write_all(files: Iterable[tuple[Path, np.ndarray]]) -> None:
+def write_all(files: Iterable[tuple[Path, np.ndarray]], *, replace: bool = True) -> None:
     """Write every file of one input, or none: on a failure the ones already written are removed."""
     written: list[Path] = []
     try:
         for path, array in files:
-            write_image(path, array)
+            write_image(path, array, replace=replace)
             written.append(path)
     except BaseException:
         for path in written:
