@@ -90,6 +90,21 @@ def test_bad_inference_defaults_name_the_file(tiny, tmp_path):
         upocr.load_model(old)
 
 
+def test_a_working_size_above_the_limit_in_the_metadata_is_refused_naming_the_file(tiny, tmp_path):
+    """N6: --size refused 8192, but a weights file saying input_size 8192 (in upocr_inference or, as
+    older files do, in upocr_config) made a 160x128 image take 4.9 GB before failing."""
+    new = tmp_path / "size8k.safetensors"
+    save_file(dict(tiny.state_dict()), str(new), metadata={"upocr_config": tiny.config.to_json(),
+                                                           "upocr_inference": '{"input_size": 8192}'})
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(new))}: invalid inference defaults .*"
+                                              r"\(input_size 8192 is too large \(at most 4096\)\)$"):  # fmt: skip
+        upocr.load_model(new)
+    old = save_old_style(tiny, tmp_path / "old8k.safetensors", input_size=8192)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(old))}: .*input_size 8192 is too large"):
+        upocr.load_model(old)
+    assert InferenceDefaults(input_size=4096).input_size == InferenceDefaults.MAX_INPUT_SIZE == 4096
+
+
 def test_files_are_read_without_building_a_network(tiny, tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("read_weights built a network")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from upocr import InferenceDefaults
 from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands import positive
 from upocr.files import FilesInterrupted, FilesReport, predict_files
@@ -22,9 +23,9 @@ from upocr.visualize import image_grid
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEMO_TASKS = tuple(TASK_SPECS)  # one column each, in the specs' order
 
-# --size above this is refused: the model's memory grows with size^2 (attention: faster), and large
-# images are better served by tiles at their native resolution.
-MAX_SIZE = 4096
+# --size above this is refused, as is a weights file claiming more: the model's memory grows with size^2
+# (attention: faster), and large images are better served by tiles at their native resolution.
+MAX_SIZE = InferenceDefaults.MAX_INPUT_SIZE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
