@@ -105,6 +105,37 @@ def test_a_working_size_above_the_limit_in_the_metadata_is_refused_naming_the_fi
     assert InferenceDefaults(input_size=4096).input_size == InferenceDefaults.MAX_INPUT_SIZE == 4096
 
 
+@pytest.mark.parametrize("name", ["fifo.pth", "fifo.safetensors", "folder/model.safetensors"])
+def test_special_files_as_weights_are_refused_without_opening_them(tmp_path, name):
+    """N17: a FIFO as --weights blocked forever (load_file opens it and waits for a writer); /dev/zero
+    said "file is empty"."""
+    import os
+    import threading
+
+    fifo = tmp_path / name
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)
+    weights = fifo if fifo.parent == tmp_path else fifo.parent
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_weights(weights)
+        except BaseException as error:  # noqa: BLE001 - the test looks at it
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader so the test run can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail(f"reading {name} blocked")
+    assert isinstance(outcome[0], CheckpointError) and str(outcome[0]) == f"{fifo}: not a regular file (a FIFO)"
+    with pytest.raises(CheckpointError, match=r"^/dev/zero: not a regular file \(a device\)$"):
+        read_weights("/dev/zero")
+
+
 def test_files_are_read_without_building_a_network(tiny, tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("read_weights built a network")

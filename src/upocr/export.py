@@ -31,7 +31,7 @@ from upocr.model.config import UPOCRConfig
 from upocr.weights import InferenceDefaults
 from upocr.model.upocr import SIZE_MULTIPLE, UPOCR, check_input_size
 from upocr.tasks import Task, task_indices, task_order
-from upocr.utils import atomic_output
+from upocr.utils import atomic_output, special_file_kind
 
 INPUT_NAMES = ("images", "tasks")
 OUTPUT_NAMES = ("quarter", "half", "full")
@@ -230,8 +230,11 @@ def onnx_runner(
     if isinstance(model, OnnxRunner):
         return model
     if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
-        if not Path(weights).is_file():
+        if not Path(weights).exists():
             raise FileNotFoundError(f"{weights}: no such ONNX file")
+        kind = special_file_kind(Path(weights).stat().st_mode)
+        if kind is not None or Path(weights).is_dir():  # ONNX Runtime would block on a FIFO
+            raise ValueError(f"{weights}: not a regular file ({kind or 'a folder'})")
         runner = OnnxRunner(weights, device=device)
         fixed = runner.session.get_inputs()[0].shape[-1]
         if isinstance(fixed, int) and size is not None and size != fixed:  # exported before sizes were dynamic

@@ -18,7 +18,9 @@ detect-tampering` run, for any caller that wants the same rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -57,6 +59,7 @@ class FilesReport:
     written: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     existing: int = 0  # images refused because an output already existed (overwrite=False)
+    notes: list[str] = field(default_factory=list)  # not errors (e.g. the output folder was not searched)
 
 
 class FilesInterrupted(KeyboardInterrupt):
@@ -75,12 +78,15 @@ def predict_files(
     *,
     overwrite: bool = False,
     on_error: ErrorHandler | None = None,
+    on_note: ErrorHandler | None = None,
     progress: bool = False,
 ) -> FilesReport:
     """Run `task` on every image of `inputs` and write its result files under `out_dir`.
 
-    `on_error(line)` is called with each error line as it happens (they are also in the report);
-    `progress` shows a progress bar on stderr when it is a terminal and there are several images.
+    `on_error(line)` is called with each error line as it happens (they are also in the report), and
+    `on_note(line)` with each note (not an error: e.g. the output folder inside an input folder is not
+    read as input); `progress` shows a progress bar on stderr when it is a terminal and there are
+    several images.
     """
     started = time.time()
     task = Task.parse(task)
@@ -92,8 +98,17 @@ def predict_files(
         if on_error is not None:
             on_error(line)
 
-    items = find_images(inputs, fail)
+    def note(line: str) -> None:
+        report.notes.append(line)
+        if on_note is not None:
+            on_note(line)
+
+    items = find_images(inputs, fail, skip=out_dir, note=note)
     report.total = len(items)
+    problem = output_folder_problem(out_dir)
+    if problem is not None and items:  # one line, not one per input
+        fail(f"{printable(out_dir)}: {problem}")
+        return report
     names = output_names(items)
     planned = [task_outputs(task, out_dir, name) for name in names]
     check_unique([path for outputs in planned for path, _ in outputs])
@@ -243,7 +258,11 @@ def _check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], wr
     """Raise _Refused unless every output may be written. An input is never replaced; any other
     existing file only with `overwrite`, or when this run wrote it."""
     for out, _ in outputs:
-        if out.resolve() in inputs:
+        try:
+            resolved = out.resolve()
+        except (OSError, RuntimeError):  # RuntimeError on Python < 3.13: "Symlink loop from ..."
+            raise _Refused(f"output {printable(out)}: symlink loop", exists=False) from None
+        if resolved in inputs:
             raise _Refused(f"output {printable(out)} would overwrite an input; choose another output folder (-o)", exists=False)
     for out, _ in outputs:
         if not overwrite and os.path.lexists(out) and out not in written:
@@ -282,10 +301,30 @@ def _cv2_error() -> tuple[type[BaseException], ...]:
     return (cv2.error,) if cv2 is not None else ()
 
 
-def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list[tuple[Path, Path | None]]:
+def output_folder_problem(out_dir: Path) -> str | None:
+    """Why nothing can be written below `out_dir` (a symlink loop, a broken symlink, a file), or None: a
+    folder, or a name that writing will create (other problems are reported by the writes)."""
+    try:
+        info = os.stat(out_dir)
+    except FileNotFoundError:
+        return "the output folder is a broken symlink" if os.path.islink(out_dir) else None
+    except OSError as error:
+        return "symlink loop" if error.errno == errno.ELOOP else None
+    return None if stat.S_ISDIR(info.st_mode) else "exists and is not a folder; choose another output folder (-o)"
+
+
+def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler, *, skip: Path | None = None,
+                note: ErrorHandler | None = None) -> list[tuple[Path, Path | None]]:
     """`expand_inputs`, with a line to `fail` for each folder that cannot be listed (permission denied)
-    and for each folder argument with no images in it."""
+    and for each folder argument with no images in it. The folder `skip` (the output folder) is not
+    searched; `note` says so when it lies inside a folder argument (else a second run would read the
+    first one's results as inputs)."""
     inputs = [Path(item) for item in inputs]
+    if skip is not None and note is not None and skip.is_dir():
+        inside = [folder for folder in dict.fromkeys(inputs) if os.path.isdir(folder) and _strictly_below(skip, folder)]
+        if inside:
+            note(f"{printable(skip)}: the output folder is inside the input folder {printable(inside[0])}; "
+                 "its files are not read as inputs")
     unreadable: set[Path] = set()
 
     def cannot_list(folder: Path, error: OSError) -> None:
@@ -293,12 +332,19 @@ def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list
         problem = "permission denied" if isinstance(error, PermissionError) else (error.strerror or str(error))
         fail(f"{printable(folder)}: {problem}")
 
-    items = expand_inputs(inputs, on_error=cannot_list)
+    items = expand_inputs(inputs, on_error=cannot_list, skip=skip)
     for folder in dict.fromkeys(item for item in inputs if os.path.isdir(item)):
         hidden_by_error = any(bad == folder or folder in bad.parents for bad in unreadable)
         if not hidden_by_error and not any(root == folder for _, root in items):
             fail(f"{printable(folder)}: no images found in this folder")
     return items
+
+
+def _strictly_below(path: Path, folder: Path) -> bool:
+    try:
+        return folder.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):
+        return False
 
 
 def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] | None = None) -> list[tuple[Path, Renderer]]:

@@ -119,6 +119,19 @@ def remove_stale_temporaries(folder: str | os.PathLike, older_than: float) -> li
     return removed
 
 
+def special_file_kind(mode: int) -> str | None:
+    """What a non-regular, non-folder file is ("a FIFO", "a device", "a socket"), from its st_mode; None for
+    a regular file or a folder. Opening a FIFO blocks until a writer comes, and /dev/zero never ends, so
+    readers refuse these before opening them."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket"
+
+
 def printable(text: object) -> str:
     """`text` with control characters (newlines, tabs, escape sequences, undecodable bytes) escaped as
     Python does in repr, so that a file name can never split or garble a one-line message."""

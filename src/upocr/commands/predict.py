@@ -202,7 +202,7 @@ def run_task(args: argparse.Namespace) -> int:
         return 1
     try:
         report = predict_files(predictor, args.inputs, args.output, args.task,
-                               overwrite=args.overwrite, on_error=_fail, progress=True)
+                               overwrite=args.overwrite, on_error=_fail, on_note=_fail, progress=True)
     except FilesInterrupted as stop:
         _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
               "outputs written so far are complete")
