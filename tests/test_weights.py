@@ -172,3 +172,44 @@ def test_other_files_have_no_training_record_and_are_never_read_whole(tmp_path):
         with pytest.raises(ValueError, match="not a safetensors file"):
             safetensors_metadata(path)
         assert describe_weights(path) == f"{path} - no training record"
+
+
+def test_only_upocr_weights_reads_weight_files():
+    """One safe reader: the FID Inception, the VGG16 of the perceptual loss and training checkpoints read
+    through `upocr.weights` (read_weights / torch_load_safely), not with torch.load or safetensors of their own."""
+    import ast
+    from pathlib import Path
+
+    package = Path(upocr.__file__).resolve().parent
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        if path.parent.name == "weights" and path.parent.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            called = node.func if isinstance(node, ast.Call) else None
+            if isinstance(called, ast.Attribute) and called.attr == "load" and ast.unparse(called.value) == "torch":
+                readers.append(f"{path.relative_to(package)}:{node.lineno} torch.load")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+                readers.append(f"{path.relative_to(package)}:{node.lineno} from {node.module} import ...")
+    assert readers == []
+
+
+def test_vgg_and_fid_weights_go_through_read_weights(tmp_path, monkeypatch):
+    from upocr.evaluate import inception
+    from upocr.train import vgg
+
+    calls = []
+    real_read_weights = vgg.read_weights
+
+    def spy(path):
+        calls.append(path)
+        return real_read_weights(path)
+
+    monkeypatch.setattr(vgg, "read_weights", spy)
+    monkeypatch.setattr(inception, "read_weights", spy)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="partial.pth: no VGG16 weights"):
+        vgg.load_vgg16(tmp_path / "partial.pth")
+    with pytest.raises(inception.FIDWeightsError, match="partial.pth: not pytorch-fid's"):
+        inception.load_fid_inception(tmp_path / "partial.pth")
+    assert calls == [tmp_path / "partial.pth"] * 2
