@@ -244,6 +244,13 @@ def _rewritten(source: Path, target: Path, change) -> Path:
     return target
 
 
+def _segment_text_exit_status(weights: Path, tmp_path: Path) -> int:
+    """`upocr segment-text` on a small image with these ONNX weights, into tmp_path/out."""
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    return main(["segment-text", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--weights", str(weights),
+                 "--backend", "onnxruntime"])
+
+
 def test_onnx_weights_with_nan_values_are_refused(exported, tmp_path):
     """N7: one NaN in the largest initializer loaded silently and wrote an empty mask with exit 0."""
     from onnx import numpy_helper
@@ -258,9 +265,7 @@ def test_onnx_weights_with_nan_values_are_refused(exported, tmp_path):
     bad = _rewritten(exported[0], tmp_path / "nan.onnx", poison)
     with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: {re.escape(poison.name)} has NaN/Inf values$"):
         OnnxRunner(bad)
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
-    assert main(["segment-text", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--weights", str(bad),
-                 "--backend", "onnxruntime"]) == 1
+    assert _segment_text_exit_status(bad, tmp_path) == 1
     assert not (tmp_path / "out").exists()
 
 
@@ -281,8 +286,6 @@ def test_broken_onnx_metadata_is_one_line_naming_the_file(exported, tmp_path, ca
     bad = _rewritten(exported[0], tmp_path / "meta.onnx", set_entry)
     with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: invalid {key} metadata \(.*{re.escape(reason)}"):
         OnnxRunner(bad)
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
-    assert main(["segment-text", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--weights", str(bad),
-                 "--backend", "onnxruntime"]) == 1
+    assert _segment_text_exit_status(bad, tmp_path) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith(f"upocr: {bad}: invalid {key} metadata")

@@ -79,28 +79,20 @@ def test_an_old_training_checkpoint_resumes_with_its_defaults(tiny):
     assert _model_from_checkpoint(state).inference == InferenceDefaults(64, 0.35)
 
 
-def test_bad_inference_defaults_name_the_file(tiny, tmp_path):
+@pytest.mark.parametrize("stored, legacy, problem", [
+    ('{"input_size": 100}', {"segmentation_threshold": 1.5}, "input_size must be a positive multiple of 32, got 100"),
+    # N6: --size refused 8192, but a weights file saying so made a 160x128 image take 4.9 GB before failing
+    ('{"input_size": 8192}', {"input_size": 8192}, "input_size 8192 is too large (at most 4096)"),
+])
+def test_bad_inference_defaults_name_the_file(tiny, tmp_path, stored, legacy, problem):
+    """In upocr_inference, and (older files) among the config's fields."""
     path = tmp_path / "bad.safetensors"
-    save_file(dict(tiny.state_dict()), str(path), metadata={"upocr_config": tiny.config.to_json(), "upocr_inference": '{"input_size": 100}'})
+    save_file(dict(tiny.state_dict()), str(path), metadata={"upocr_config": tiny.config.to_json(), "upocr_inference": stored})
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: invalid inference defaults in the safetensors metadata "
-                                              r"\(upocr_inference\) \(input_size must be a positive multiple of 32, got 100\)$"):  # fmt: skip
+                                              rf"\(upocr_inference\) \({re.escape(problem)}\)$"):  # fmt: skip
         upocr.load_model(path)
-    old = save_old_style(tiny, tmp_path / "old.safetensors", segmentation_threshold=1.5)
-    with pytest.raises(CheckpointError, match=r"old\.safetensors: invalid inference defaults in the model config \(segmentation_threshold"):
-        upocr.load_model(old)
-
-
-def test_a_working_size_above_the_limit_in_the_metadata_is_refused_naming_the_file(tiny, tmp_path):
-    """N6: --size refused 8192, but a weights file saying input_size 8192 (in upocr_inference or, as
-    older files do, in upocr_config) made a 160x128 image take 4.9 GB before failing."""
-    new = tmp_path / "size8k.safetensors"
-    save_file(dict(tiny.state_dict()), str(new), metadata={"upocr_config": tiny.config.to_json(),
-                                                           "upocr_inference": '{"input_size": 8192}'})
-    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(new))}: invalid inference defaults .*"
-                                              r"\(input_size 8192 is too large \(at most 4096\)\)$"):  # fmt: skip
-        upocr.load_model(new)
-    old = save_old_style(tiny, tmp_path / "old8k.safetensors", input_size=8192)
-    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(old))}: .*input_size 8192 is too large"):
+    old = save_old_style(tiny, tmp_path / "old.safetensors", **legacy)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(old))}: invalid inference defaults in the model config \("):
         upocr.load_model(old)
     assert InferenceDefaults(input_size=4096).input_size == InferenceDefaults.MAX_INPUT_SIZE == 4096
 
