@@ -289,3 +289,12 @@ def test_broken_onnx_metadata_is_one_line_naming_the_file(exported, tmp_path, ca
     assert _segment_text_exit_status(bad, tmp_path) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith(f"upocr: {bad}: invalid {key} metadata")
+
+
+def test_a_fifo_as_onnx_weights_is_refused_without_opening_it(tmp_path):
+    """N17: special files as --weights; a FIFO would block ONNX Runtime's read (a .onnx one said "no such ONNX file")."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.onnx")
+    with pytest.raises(ValueError, match=r"pipe\.onnx: not a regular file \(a FIFO\)$"):
+        Predictor(weights=tmp_path / "pipe.onnx", backend="onnxruntime")
