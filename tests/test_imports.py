@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("network and data", ("upocr.model", "upocr.data", "upocr.export")),  # export: the network as ONNX
     ("inference", ("upocr.predict",)),
     ("file pipeline", ("upocr.files",)),
-    ("applications", ("upocr.evaluate", "upocr.train", "upocr.serve")),
+    ("applications", ("upocr.evaluate", "upocr.train", "upocr.serve", "upocr.batch")),  # batch: the file pipeline on Ray
     ("front", ("upocr.commands", "upocr.cli", "upocr")),  # `upocr` itself: the package's API (__init__)
 ]
 

@@ -37,13 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(see --overwrite). A failed input is reported on one line; the others are still processed and "
             "the exit status is 1.",
         )
-        parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-        parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
-        parser.add_argument("--overwrite", action="store_true",
-                            help="replace output files that already exist (e.g. from an earlier run); "
-                            "inputs are never replaced")
-        add_predictor_options(parser)
-        TASK_OPTIONS.get(spec.task, _no_options)(parser)
+        add_task_arguments(parser, spec)
         parser.set_defaults(func=run_task, task=spec.task)
 
     demo = subparsers.add_parser(
@@ -56,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="output folder (default: ./upocr-demo)")
     add_predictor_options(demo)
     demo.set_defaults(func=run_demo)
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, spec: TaskSpec, *, inputs_help: str = "image files or folders",
+                       overwrite_help: str = "replace output files that already exist (e.g. from an earlier run); "
+                       "inputs are never replaced", devices: tuple[str, ...] = ("cpu", "cuda")) -> None:
+    """A task command's arguments (INPUT..., -o, --overwrite, the model's and the task's options); `upocr batch`
+    adds the same ones to its task commands, with its own words for inputs and --overwrite."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=inputs_help)
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    add_predictor_options(parser, devices=devices)
+    TASK_OPTIONS.get(spec.task, _no_options)(parser)
 
 
 def _writes(spec: TaskSpec) -> str:
@@ -104,10 +110,12 @@ TASK_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
 }
 
 
-def add_predictor_options(parser: argparse.ArgumentParser) -> None:
+def add_predictor_options(parser: argparse.ArgumentParser, *, devices: tuple[str, ...] = ("cpu", "cuda")) -> None:
+    """The model's options. `devices`: the --device choices, the first the default (`upocr batch`: auto)."""
     group = parser.add_argument_group("model")
     group.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
-    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    group.add_argument("--device", choices=devices, default=devices[0],
+                       help=f"default: {devices[0]}" + (" (cuda when the Ray cluster has GPUs)" if devices[0] == "auto" else ""))
     group.add_argument(
         "--size", type=_size_value, default=None,
         help=f"the model's working resolution, a multiple of 32 up to {MAX_SIZE} (default: what the weights were "
@@ -166,9 +174,12 @@ def _size_value(text: str) -> int:
 
 
 def build_predictor(args: argparse.Namespace) -> Predictor:
-    return Predictor(
-        weights=args.weights,
-        device=args.device,
+    return Predictor(weights=args.weights, device=args.device, **predictor_options(args))
+
+
+def predictor_options(args: argparse.Namespace) -> dict:
+    """The `Predictor` keyword arguments of the command line, but weights and device."""
+    return dict(
         size=args.size,
         tile=args.tile,
         overlap=args.overlap,
@@ -206,16 +217,17 @@ def run_task(args: argparse.Namespace) -> int:
         _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
               "outputs written so far are complete")
         return EXIT_INTERRUPTED
-    return _summarize(report)
+    return summarize(report)
 
 
-def _summarize(report: FilesReport) -> int:
-    """Print the summary line (and a hint when outputs existed); the exit status."""
+def summarize(report: FilesReport, finished: int = 0) -> int:
+    """Print the summary line (and a hint when outputs existed); the exit status. `finished`: images
+    skipped because their outputs were all there (`upocr batch` resuming)."""
     if report.total == 0:
         return 1
     failed = len(report.errors)
     print(f"{report.task.title}: {report.done} of {report.total} image(s) written to {printable(report.out_dir)}"
-          + (f"; {failed} failed" if failed else ""))
+          + (f"; {finished} already done" if finished else "") + (f"; {failed} failed" if failed else ""))
     if report.existing > 1:
         _fail(f"{report.existing} image(s) skipped because their outputs exist (an earlier run?); "
               "add --overwrite to replace them, or choose another output folder (-o)")
