@@ -140,6 +140,13 @@ def test_an_output_named_like_an_input_is_refused(tmp_path, tiny_weights, capsys
     assert (folder / "x_mask_mask.png").exists()  # the other input still ran
 
 
+def test_weights_that_cannot_be_loaded_are_one_line(inputs, tmp_path, capsys):
+    code, errors, _ = _run("batch", "segment-text", inputs / "a", "-o", tmp_path / "out", "--weights", tmp_path / "none",
+                           "--actors", "1", capsys=capsys)
+    assert (code, errors) == (1, [f"upocr: {tmp_path / 'none'}: no such file or directory"])  # as `upocr segment-text`
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_ray_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
     code, errors, _ = _run("batch", "segment-text", tmp_path, "-o", tmp_path / "out", capsys=capsys)

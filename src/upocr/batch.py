@@ -75,6 +75,11 @@ class RayMissing(ImportError):
     """Ray Data is not installed (the optional extra `[ray]`)."""
 
 
+class ActorSetupError(RuntimeError):
+    """An actor could not build its `Predictor` (weights missing or unreadable, options the weights refuse):
+    the run stops; the message is the predictor's error, one line, as the task commands print it."""
+
+
 def import_ray() -> Any:
     """The `ray` module with `ray.data`, or RayMissing whose message says how to install it."""
     try:
@@ -207,20 +212,29 @@ class _Input:
 
 class _PredictActor:
     """One Ray Data actor: one `Predictor`, called with batches of rows {index, location, name}; returns
-    {index, error ('' when the input's files were written), written (its files, one a line)}."""
+    {index, error ('' when the input's files were written), written (its files, one a line), setup_error}.
+
+    A Predictor that cannot be built is not raised from `__init__` (Ray would print the traceback of each
+    try, then fail the run with it): every call answers `setup_error`, and the driver stops with that line."""
 
     def __init__(self, task: str, out_dir: str, predictor_options: dict[str, Any], device: str, threads: int,
                  overwrite: bool, crash_once: str | None = None) -> None:
         torch.set_num_threads(threads)  # the CPUs the actor reserved, not every core of the node
         self.task = Task.parse(task)
         self.out_dir = Path(out_dir)
-        self.predictor = Predictor(device=device, **predictor_options)
+        self.setup_error = ""
+        try:
+            self.predictor = Predictor(device=device, **predictor_options)
+        except Exception as error:  # noqa: BLE001 - weights or options: one line, as `upocr segment-text` says it
+            self.setup_error = printable(" ".join(str(error).split()) or type(error).__name__)
         self.overwrite = overwrite
         self.crash_once = crash_once
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         count = len(rows["index"])
         errors, written = [""] * count, [""] * count
+        if self.setup_error:
+            return self._answer(rows, errors, written)
         group: list[_Input] = []
 
         def failed(row: int, location: str, error: Exception) -> None:
@@ -258,7 +272,11 @@ class _PredictActor:
                 run_group()
         if group:
             run_group()
-        return {"index": rows["index"], "error": np.array(errors, dtype=object), "written": np.array(written, dtype=object)}
+        return self._answer(rows, errors, written)
+
+    def _answer(self, rows: dict[str, np.ndarray], errors: list[str], written: list[str]) -> dict[str, np.ndarray]:
+        return {"index": rows["index"], "error": np.array(errors, dtype=object), "written": np.array(written, dtype=object),
+                "setup_error": np.array([self.setup_error] * len(errors), dtype=object)}
 
     def _write(self, outputs: list, image: np.ndarray, prediction: Any) -> list[Path]:
         if self.crash_once and _claim(self.crash_once):
@@ -361,6 +379,8 @@ def run_batch(
             },
         )  # Ray Data's actors are restarted and their calls retried when they die (its default: without limit)
         for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+            if len(batch["setup_error"]) and batch["setup_error"][0]:
+                raise ActorSetupError(str(batch["setup_error"][0]))
             for error, written in zip(batch["error"], batch["written"]):
                 if error:
                     fail(str(error))

@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     try:
-        from upocr.batch import RayMissing, run_batch
+        from upocr.batch import ActorSetupError, RayMissing, run_batch
     except ImportError as error:  # torch etc. are required: only Ray may be missing, and that is caught below
         _fail(error)
         return 1
@@ -72,7 +72,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
               "outputs written so far are complete; run the same command again to finish")
         return EXIT_INTERRUPTED
-    except ValueError as error:  # options the actor plan refuses (e.g. --device cuda on a cluster without GPUs)
+    except (ActorSetupError, ValueError) as error:  # the model could not be loaded; the actor plan refused the options
         _fail(error)
         return 1
     return summarize(report, finished=report.finished)
