@@ -64,11 +64,12 @@ RAY_INSTALL_HINT = "pip install -e '.[ray]'"
 # Rows per actor call: enough to fill `batch_size` forward passes, few enough that the pool stays balanced
 # and a retried call (a killed actor) redoes little (rows whose files exist are not redone anyway).
 ROWS_PER_CALL = 8
+MAX_BLOCKS = 4096
 # Test hook (tests/test_batch.py): a file name; the first actor call that creates it dies with os._exit
 # halfway through writing an input's files, as a kill would, to check that Ray's retry finishes the run.
 CRASH_ONCE_ENV = "UPOCR_BATCH_CRASH_ONCE"
 
-Devices = ("auto", "cpu", "cuda")  # --device of `upocr batch`: auto is cuda when the cluster has GPUs
+DEVICES = ("auto", "cpu", "cuda")  # --device of `upocr batch`: auto is cuda when the cluster has GPUs
 
 
 class RayMissing(ImportError):
@@ -116,8 +117,8 @@ def plan_actors(cluster: dict[str, float], device: str = "auto", actors: int | N
     GPU. Default count: one actor per GPU (`gpus_per_actor` each, default 1), or on CPU one per
     `cpus_per_actor` CPUs (the model's threads scale worse than separate actors; see docs/batch.md)."""
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
-    if device not in Devices:
-        raise ValueError(f"device must be one of {', '.join(Devices)}, got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
     if cpus_per_actor <= 0:
@@ -363,10 +364,13 @@ def run_batch(
                disable=True if not progress or len(rows) < 2 else None)  # None: only on a terminal
     try:
         plan = plan_actors(ray.cluster_resources(), device, actors, cpus_per_actor, gpus_per_actor)
-        calls = math.ceil(len(rows) / ROWS_PER_CALL)  # one block per actor call: the pool shares them out
+        calls = math.ceil(len(rows) / ROWS_PER_CALL)
         report.device, report.actors = plan.device, min(plan.actors, calls)
         _quiet_ray_data(ray)
-        results = ray.data.from_items(rows, override_num_blocks=calls).map_batches(
+        # One block per actor call, which the pool shares out evenly; at most MAX_BLOCKS (each is an object in
+        # Ray's store): a million images make blocks of ~250 rows, still thousands per actor to balance.
+        blocks = min(calls, MAX_BLOCKS)
+        results = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             _PredictActor,
             batch_size=ROWS_PER_CALL,
             batch_format="numpy",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from upocr.batch import DEVICES, ActorSetupError, RayMissing, run_batch  # Ray itself only when a run starts
 from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands import positive
-from upocr.commands.predict import _fail, _writes, add_task_arguments, predictor_options, summarize
+from upocr.commands.predict import add_task_arguments, print_error, predictor_options, summarize, writes_help
+from upocr.files import FilesInterrupted
 from upocr.tasks import TASK_SPECS
 
 
@@ -27,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = tasks.add_parser(
             spec.verb,
             help=spec.help,
-            description=f"{_writes(spec)} Images whose files all exist are skipped (a half-done folder is resumed); "
+            description=f"{writes_help(spec)} Images whose files all exist are skipped (a half-done folder is resumed); "
             "a failed input is reported on one line, the others are still processed and the exit status is 1.",
         )
         add_task_arguments(
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "need s3fs / gcsfs); on a cluster local paths must be the same on every node",
             overwrite_help="process every image, replacing files that exist (default: skip images whose files "
             "all exist); inputs are never replaced",
-            devices=("auto", "cpu", "cuda"),
+            devices=DEVICES,
         )
         ray = parser.add_argument_group("ray")
         ray.add_argument("--actors", type=positive(int), default=None,
@@ -52,27 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_batch_command(args: argparse.Namespace) -> int:
     try:
-        from upocr.batch import ActorSetupError, RayMissing, run_batch
-    except ImportError as error:  # torch etc. are required: only Ray may be missing, and that is caught below
-        _fail(error)
-        return 1
-    from upocr.files import FilesInterrupted
-
-    try:
         report = run_batch(
             args.inputs, args.output, args.task,
             weights=args.weights, predictor_options=predictor_options(args), device=args.device,
             actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-            overwrite=args.overwrite, address=args.address, on_error=_fail, progress=True,
+            overwrite=args.overwrite, address=args.address, on_error=print_error, progress=True,
         )
     except RayMissing as missing:
-        _fail(missing)
+        print_error(missing)
         return 1
     except FilesInterrupted as stop:
-        _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
+        print_error(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
               "outputs written so far are complete; run the same command again to finish")
         return EXIT_INTERRUPTED
     except (ActorSetupError, ValueError) as error:  # the model could not be loaded; the actor plan refused the options
-        _fail(error)
+        print_error(error)
         return 1
     return summarize(report, finished=report.finished)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = subparsers.add_parser(
             spec.verb,
             help=spec.help,
-            description=f"{_writes(spec)} Inputs may be files or folders (searched recursively); outputs "
+            description=f"{writes_help(spec)} Inputs may be files or folders (searched recursively); outputs "
             "keep the folder structure under OUT, at the inputs' resolution. Existing files are not replaced "
             "(see --overwrite). A failed input is reported on one line; the others are still processed and "
             "the exit status is 1.",
@@ -64,7 +64,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, spec: TaskSpec, *, input
     TASK_OPTIONS.get(spec.task, _no_options)(parser)
 
 
-def _writes(spec: TaskSpec) -> str:
+def writes_help(spec: TaskSpec) -> str:
     """'Writes OUT/<name><suffix> (<label>) and ...': the files of the task's spec, for --help."""
     return "Writes " + " and ".join(f"OUT/<name>{output.suffix} ({output.label})" for output in spec.outputs) + "."
 
@@ -194,7 +194,7 @@ def predictor_options(args: argparse.Namespace) -> dict:
     )
 
 
-def _fail(message: object) -> None:
+def print_error(message: object) -> None:
     tqdm.write(f"upocr: {printable(message)}", file=sys.stderr)
 
 
@@ -208,13 +208,13 @@ def run_task(args: argparse.Namespace) -> int:
     try:
         predictor = build_predictor(args)
     except Exception as error:  # noqa: BLE001 - model/option problems: one clear line, no traceback
-        _fail(error)
+        print_error(error)
         return 1
     try:
         report = predict_files(predictor, args.inputs, args.output, args.task,
-                               overwrite=args.overwrite, on_error=_fail, progress=True)
+                               overwrite=args.overwrite, on_error=print_error, progress=True)
     except FilesInterrupted as stop:
-        _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
+        print_error(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
               "outputs written so far are complete")
         return EXIT_INTERRUPTED
     return summarize(report)
@@ -229,7 +229,7 @@ def summarize(report: FilesReport, finished: int = 0) -> int:
     print(f"{report.task.title}: {report.done} of {report.total} image(s) written to {printable(report.out_dir)}"
           + (f"; {finished} already done" if finished else "") + (f"; {failed} failed" if failed else ""))
     if report.existing > 1:
-        _fail(f"{report.existing} image(s) skipped because their outputs exist (an earlier run?); "
+        print_error(f"{report.existing} image(s) skipped because their outputs exist (an earlier run?); "
               "add --overwrite to replace them, or choose another output folder (-o)")
     return 1 if failed else 0
 
@@ -242,12 +242,12 @@ def summarize(report: FilesReport, finished: int = 0) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     samples = [path for path, _ in expand_inputs([SAMPLES_DIR])]
     if not samples:
-        _fail(f"{SAMPLES_DIR}: no sample images bundled (reinstall upocr)")
+        print_error(f"{SAMPLES_DIR}: no sample images bundled (reinstall upocr)")
         return 1
     try:
         predictor = build_predictor(args)
     except Exception as error:  # noqa: BLE001 - e.g. missing default weights: one clear line
-        _fail(error)
+        print_error(error)
         return 1
     rows = []
     for path in tqdm(samples, desc="demo", unit="image", file=sys.stderr):
