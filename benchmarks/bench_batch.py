@@ -31,6 +31,8 @@ from bench_folder import make_folder  # noqa: E402 - the benchmarks' folder of p
 
 from upocr.utils import cpu_has_native_bf16  # noqa: E402
 
+ROW_MARK = "bench_batch row: "  # the child's result line; Ray's own lines (a killed worker) may follow it
+
 
 def child(args: argparse.Namespace, kind: str, count: int, folder: Path, out: Path) -> dict:
     start = time.perf_counter()
@@ -91,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, count, folder, out = args.child
-        print(json.dumps(child(args, kind, int(count), Path(folder), Path(out))))
+        print(ROW_MARK + json.dumps(child(args, kind, int(count), Path(folder), Path(out))), flush=True)
         return
 
     rows = [("cli", n) for n in args.cli_threads] + [("ray", n) for n in args.actors]
@@ -111,8 +113,9 @@ def main() -> None:
             command = [sys.executable, __file__, "--task", args.task, "--cpus", str(args.cpus), "--child", kind, str(count),
                        str(folder), str(out)] + (["--weights", args.weights] if args.weights else [])
             started = time.perf_counter()
-            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            row = {**json.loads(line), "label": labels[kind].format(count), "total": time.perf_counter() - started}
+            stdout = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            line = next(line for line in stdout.splitlines() if line.startswith(ROW_MARK))  # Ray prints lines too
+            row = {**json.loads(line.removeprefix(ROW_MARK)), "label": labels[kind].format(count), "total": time.perf_counter() - started}
             if first_out is None:
                 first_out, row["differ"] = out, 0
             else:
