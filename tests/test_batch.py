@@ -15,6 +15,7 @@ from PIL import Image
 
 from upocr.batch import CRASH_ONCE_ENV, plan_actors, run_batch
 from upocr.cli import main
+from upocr.options import PredictorOptions
 
 RNG = np.random.default_rng(7)
 BAD = ["empty.png", "text.jpg"]
@@ -102,7 +103,7 @@ def test_a_second_run_skips_finished_inputs_and_redoes_half_done_ones(inputs, ti
     assert rewritten == {"img0_mask.png"}  # finished inputs untouched; img0's leftover file replaced
 
     top_level = sorted(inputs.glob("img*.jpg"))  # named as in the folder: all finished
-    again = run_batch(top_level, out, "segmentation", weights=tiny_weights, predictor_options={"size": 64}, actors=2)
+    again = run_batch(top_level, out, "segmentation", weights=tiny_weights, options=PredictorOptions(size=64, keep_output=False), actors=2)
     assert (again.total, again.done, again.finished, again.errors) == (6, 0, 6, [])
     assert again.actors == 0  # nothing to do: no actor was even started
 

@@ -56,6 +56,7 @@ from upocr.files import (
     task_outputs,
 )
 from upocr.io import IMAGE_SUFFIXES, JPEG_MAX_SIDE, ImageError, read_image
+from upocr.options import PredictorOptions
 from upocr.predict import Predictor
 from upocr.tasks import Task
 from upocr.utils import atomic_output, printable, remove_stale_temporaries
@@ -218,14 +219,14 @@ class _PredictActor:
     A Predictor that cannot be built is not raised from `__init__` (Ray would print the traceback of each
     try, then fail the run with it): every call answers `setup_error`, and the driver stops with that line."""
 
-    def __init__(self, task: str, out_dir: str, predictor_options: dict[str, Any], device: str, threads: int,
-                 overwrite: bool, crash_once: str | None = None) -> None:
+    def __init__(self, task: str, out_dir: str, options: PredictorOptions, weights: str | None, device: str,
+                 threads: int, overwrite: bool, crash_once: str | None = None) -> None:
         torch.set_num_threads(threads)  # the CPUs the actor reserved, not every core of the node
         self.task = Task.parse(task)
         self.out_dir = Path(out_dir)
         self.setup_error = ""
         try:
-            self.predictor = Predictor(device=device, **predictor_options)
+            self.predictor = Predictor(options=options, weights=weights, device=device)
         except Exception as error:  # noqa: BLE001 - weights or options: one line, as `upocr segment-text` says it
             self.setup_error = printable(" ".join(str(error).split()) or type(error).__name__)
         self.overwrite = overwrite
@@ -309,7 +310,7 @@ def run_batch(
     task: Task | str,
     *,
     weights: str | os.PathLike | None = None,
-    predictor_options: dict[str, Any] | None = None,
+    options: PredictorOptions | None = None,
     device: str = "auto",
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
@@ -320,15 +321,15 @@ def run_batch(
     progress: bool = False,
 ) -> BatchReport:
     """Run `task` on every image of `inputs` (paths or fsspec URLs) with a Ray Data actor pool and write its
-    files under `out_dir` (the rules: module docstring). `predictor_options`: `Predictor` keyword arguments
-    but model, weights and device (default: keep_output=False, as the CLI). Uses the Ray of this process
+    files under `out_dir` (the rules: module docstring). `options`: the predictor's (default: the defaults with
+    keep_output=False, as the task commands run them); `weights`: None for the bundled ones. Uses the Ray of this process
     when `ray.init` was called, else connects to `address` (None: $RAY_ADDRESS, else a new local Ray, shut
     down at the end). `on_error(line)` is called with each error line; `progress`: a bar on a terminal."""
     ray = import_ray()
     started = time.time()
     task = Task.parse(task)
     out_dir = Path(out_dir)
-    options = {"keep_output": False, **(predictor_options or {}), "weights": weights}
+    options = options if options is not None else PredictorOptions(keep_output=False)
     report = BatchReport(task=task, out_dir=out_dir)
 
     def fail(line: str) -> None:
@@ -378,7 +379,8 @@ def run_batch(
             num_cpus=plan.cpus,
             num_gpus=plan.gpus,
             fn_constructor_kwargs={
-                "task": task.short, "out_dir": str(out_dir), "predictor_options": options, "device": plan.device,
+                "task": task.short, "out_dir": str(out_dir), "options": options,
+                "weights": None if weights is None else os.fspath(weights), "device": plan.device,
                 "threads": max(1, int(plan.cpus)), "overwrite": overwrite, "crash_once": os.environ.get(CRASH_ONCE_ENV),
             },
         )  # Ray Data's actors are restarted and their calls retried when they die (its default: without limit)

@@ -8,8 +8,10 @@ import argparse
 from upocr.batch import DEVICES, ActorSetupError, RayMissing, run_batch  # Ray itself only when a run starts
 from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands import positive
-from upocr.commands.predict import add_task_arguments, print_error, predictor_options, summarize, writes_help
+from upocr.commands.options import options_from_args
+from upocr.commands.predict import add_task_arguments, print_error, summarize, writes_help
 from upocr.files import FilesInterrupted
+from upocr.options import PredictorOptions
 from upocr.tasks import TASK_SPECS
 
 
@@ -21,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model each: on this machine, or on the Ray cluster of $RAY_ADDRESS / --address (`ray job submit`). "
         "Inputs may be folders, files or fsspec URLs (s3://bucket/photos/); the files written, their names and "
         "the one-line errors are the task command's. A second run skips the images whose files are all there. "
-        "See docs/batch.md.",
+        "--device auto (the default) is cuda when the cluster has GPUs. See docs/batch.md.",
     )
     tasks = batch.add_subparsers(dest="batch_task", metavar="TASK")
     tasks.required = True
@@ -56,7 +58,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     try:
         report = run_batch(
             args.inputs, args.output, args.task,
-            weights=args.weights, predictor_options=predictor_options(args), device=args.device,
+            weights=args.weights, options=options_from_args(args, PredictorOptions, keep_output=False), device=args.device,
             actors=args.actors, cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
             overwrite=args.overwrite, address=args.address, on_error=print_error, progress=True,
         )
