@@ -233,6 +233,15 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def ppocr_detector(path: str | os.PathLike | None = None) -> Detector:
+    """The bundled PP-OCRv4 DB detector (`upocr.detector`, the network RapidOCR ships) in box mode: word
+    and line quads, as an OCR pipeline crops them. No extra package (and no GUI OpenCV) needed."""
+    from upocr.detector import WordDetector
+
+    detector = WordDetector(path, shape="box")
+    return lambda image: detector.detect(image).polygons
+
+
 def rapidocr_detector() -> Detector:
     """RapidOCR's text detector (DBNet, ONNX weights shipped in its wheel): RGB -> word/line quads."""
     try:
@@ -312,6 +321,12 @@ def inside_words(removed: np.ndarray, image: np.ndarray, sample: RealSample) -> 
 
 def predictor_removal(predictor) -> RemovalMethod:
     return lambda image: predictor.predict(image, "removal").image
+
+
+def pipeline_methods(predictor, names: Sequence[str]) -> dict[str, RemovalMethod]:
+    """One removal row per pipeline name (`upocr.removal.REMOVAL_PIPELINES`): the predictor with
+    `removal=NAME`, labelled as the command line that runs it."""
+    return {f"upocr --removal {name}": predictor_removal(predictor.with_options(removal=name)) for name in names}
 
 
 def predictor_segmentation(predictor) -> SegmentationMethod:
