@@ -1,0 +1,148 @@
+"""Running the API under uvicorn: one process, or `workers` processes each with its own model.
+
+One process (`workers=1`): the model is loaded here and the app served from this process. Several: uvicorn
+starts `workers` processes that share the listening socket; each builds its app with
+`app_from_environment` from the settings this process put in `SETTINGS_VARIABLE` (weights, predictor
+options, limits), so each loads one model. Ctrl+C or SIGTERM stops accepting connections and waits for
+the requests already accepted (running, queued, or still uploading within their deadline) to be answered;
+a second Ctrl+C stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from upocr.predict import Predictor
+from upocr.serve import guards
+from upocr.serve.app import Limits, ServeState, make_app
+
+SETTINGS_VARIABLE = "UPOCR_SERVE_SETTINGS"
+# Connections the kernel holds for us while every worker is busy: a burst beyond the queue gets 503
+# answers, not resets (finding N4; socketserver's default of 5 reset 5-24 of 40 simultaneous clients).
+LISTEN_BACKLOG = 2048
+# Connections and requests served at once per process; beyond, uvicorn answers 503 itself.
+MAX_CONNECTIONS = 1024
+
+
+@dataclass
+class ServeSettings:
+    """What a worker process needs to build its app: where the model is and how to serve it."""
+
+    weights: str | None = None
+    device: str = "cpu"
+    predictor_options: dict[str, Any] = field(default_factory=dict)  # Predictor keyword arguments
+    model_label: str = "model"
+    limits: Limits = field(default_factory=Limits)
+    host: str = "127.0.0.1"
+    allowed_hosts: Sequence[str] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ServeSettings":
+        values = json.loads(text)
+        return cls(**{**values, "limits": Limits(**values["limits"])})
+
+    def load_predictor(self) -> Predictor:
+        return Predictor(weights=self.weights, device=self.device, keep_output=False, **self.predictor_options)
+
+    def build_app(self, predictor: Predictor | None = None) -> Any:
+        if predictor is None:
+            predictor = self.load_predictor()
+        state = ServeState(predictor=predictor, model_label=self.model_label, limits=self.limits)
+        return make_app(state, host=self.host, allowed_hosts=self.allowed_hosts)
+
+
+def app_from_environment() -> Any:
+    """The app of one worker process (uvicorn's factory with --workers): its own model, loaded here."""
+    return ServeSettings.from_json(os.environ[SETTINGS_VARIABLE]).build_app()
+
+
+def uvicorn_config(app: Any, host: str, port: int, *, workers: int = 1, log_requests: bool = True,
+                   factory: bool = False) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host.strip("[]"), port=port, workers=workers, factory=factory,
+        backlog=LISTEN_BACKLOG, limit_concurrency=MAX_CONNECTIONS,
+        timeout_graceful_shutdown=None,  # accepted work is finished; a second Ctrl+C stops at once
+        access_log=log_requests, log_level="info" if log_requests else "warning",
+        log_config=None if not log_requests else uvicorn.config.LOGGING_CONFIG,
+        server_header=False, proxy_headers=False,
+    )
+
+
+class RunningServer:
+    """A server in a background thread of this process (tests, notebooks): `url`, `state`, `stop()`."""
+
+    def __init__(self, settings: ServeSettings, predictor: Predictor, port: int = 0, *, log_requests: bool = False) -> None:
+        self.app = settings.build_app(predictor)
+        self.state: ServeState = self.app.state.serve
+        self.config = uvicorn_config(self.app, settings.host, port, log_requests=log_requests)
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise OSError(f"upocr serve could not listen on {settings.host}:{port}")
+            self.thread.join(0.01)
+        self.host, self.port = self.server.servers[0].sockets[0].getsockname()[:2]
+
+    @property
+    def url(self) -> str:
+        return f"http://{'[' + self.host + ']' if ':' in self.host else self.host}:{self.port}/"
+
+    def stop(self, wait: float = 30) -> None:
+        """Graceful: no new connections; requests already accepted are answered first."""
+        self.server.should_exit = True
+        self.thread.join(wait)
+
+
+def start_server(predictor: Predictor, host: str = "127.0.0.1", port: int = 0, *, model_label: str = "model",
+                 limits: Limits | None = None, allowed_hosts: Sequence[str] = (),
+                 log_requests: bool = False) -> RunningServer:
+    """`predictor` served on (host, port) from a background thread (port 0: any free port; see `.url`)."""
+    settings = ServeSettings(model_label=model_label, limits=limits or Limits(), host=host,
+                             allowed_hosts=tuple(allowed_hosts))
+    return RunningServer(settings, predictor, port, log_requests=log_requests)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket (IPv6 for an IPv6 address); OSError when the port is taken."""
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if guards.is_ipv6(host) or host == "::" else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)  # the worker processes serve it
+    return sock
+
+
+def serve(settings: ServeSettings, port: int = 8000, *, workers: int = 1, predictor: Predictor | None = None) -> None:
+    """Serve until Ctrl+C / SIGTERM, finishing accepted requests first. With `workers` > 1 each worker
+    process loads its own model from `settings`; with one, `predictor` (or one loaded here) serves."""
+    sock = bind(settings.host, port)
+    port = sock.getsockname()[1]
+    shown = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    url = f"http://{'[' + shown + ']' if guards.is_ipv6(shown) else shown}:{port}/"
+    if workers > 1:
+        os.environ[SETTINGS_VARIABLE] = settings.to_json()
+        config = uvicorn_config("upocr.serve.server:app_from_environment", settings.host, port, workers=workers,
+                                factory=True)
+        print(f"upocr serve: {workers} worker processes, one model each; open {url}  (Ctrl+C to stop)", flush=True)
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        return
+    config = uvicorn_config(settings.build_app(predictor), settings.host, port)
+    print(f"upocr serve: open {url}  (Ctrl+C to stop)", flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+    print("upocr serve: stopped", flush=True)
