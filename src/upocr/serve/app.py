@@ -21,6 +21,7 @@ upload costs one forward pass per prompt (finding N13).
 
 import json
 import logging
+import os
 import re
 import tempfile
 import threading
@@ -120,6 +121,7 @@ class ServeState:
             "max_upload_bytes": self.limits.max_upload_bytes,
             "max_pixels": self.limits.max_pixels,
             "preview_max_side": PREVIEW_MAX_SIDE,
+            "worker": os.getpid(),  # which worker process answered (one model each)
             "queue": {"capacity": self.queue.capacity, "admitted": self.queue.admitted, "running": self.queue.running},
         }
 

@@ -57,6 +57,7 @@ class HealthAnswer(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     preview_max_side: int
+    worker: int = Field(description="the process id of the worker that answered")
     queue: QueueState
 
 

@@ -30,6 +30,7 @@ SETTINGS_VARIABLE = "UPOCR_SERVE_SETTINGS"
 LISTEN_BACKLOG = 2048
 # Connections and requests served at once per process; beyond, uvicorn answers 503 itself.
 MAX_CONNECTIONS = 1024
+WORKER_START_SECONDS = 300
 
 
 @dataclass
@@ -76,6 +77,9 @@ def uvicorn_config(app: Any, host: str, port: int, *, workers: int = 1, log_requ
         access_log=log_requests, log_level="info" if log_requests else "warning",
         log_config=None if not log_requests else uvicorn.config.LOGGING_CONFIG,
         server_header=False, proxy_headers=False,
+        # A worker is "ready" once its model is loaded: torch's import and the weights take far more than
+        # uvicorn's default 5 s on a busy CPU, and a worker not ready in time is killed and restarted.
+        timeout_worker_healthcheck=WORKER_START_SECONDS,
     )
 
 
@@ -140,7 +144,7 @@ def serve(settings: ServeSettings, port: int = 8000, *, workers: int = 1, predic
         config = uvicorn_config("upocr.serve.server:app_from_environment", settings.host, port, workers=workers,
                                 factory=True)
         print(f"upocr serve: {workers} worker processes, one model each; open {url}  (Ctrl+C to stop)", flush=True)
-        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+        Multiprocess(config, sockets=[sock]).run()
         return
     config = uvicorn_config(settings.build_app(predictor), settings.host, port)
     print(f"upocr serve: open {url}  (Ctrl+C to stop)", flush=True)
