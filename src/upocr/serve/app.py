@@ -328,8 +328,8 @@ def make_app(state: ServeState, *, host: str = "127.0.0.1", allowed_hosts: Seque
         """The model, the limits and the bundled samples (never queued)."""
         return state.health()
 
-    async def predict(request: Request, load: Callable[[], np.ndarray], tasks: Sequence[Task],
-                      options: RequestOptions, pictures: bool) -> Response:
+    async def predict(load: Callable[[], np.ndarray], tasks: Sequence[Task], options: RequestOptions,
+                      pictures: bool) -> Response:
         answer = await guarded(lambda: json_bytes(state.run(load, tasks, options, pictures)))
         return Response(answer, media_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -355,11 +355,10 @@ def make_app(state: ServeState, *, host: str = "127.0.0.1", allowed_hosts: Seque
     ) -> Response:
         """Run one task or all three on the uploaded image; pictures, text regions and legends as JSON."""
         data, name = await read_upload(state, request, filename)
-        return await predict(request, lambda: state.decode_upload(data, name), tasks_of(task), options, pictures)
+        return await predict(lambda: state.decode_upload(data, name), tasks_of(task), options, pictures)
 
     @app.post("/v1/samples/{name}", response_model=PredictionAnswer, responses=ERRORS, tags=["tasks"])
     async def predict_sample(
-        request: Request,
         name: Annotated[str, PathParameter(description="a sample of /v1/health's `samples`")],
         options: Annotated[RequestOptions, Query()],
         task: Annotated[TaskName, Query()] = "all",
@@ -367,7 +366,7 @@ def make_app(state: ServeState, *, host: str = "127.0.0.1", allowed_hosts: Seque
     ) -> Response:
         """The same on an image bundled with the package (no upload)."""
         path = state.sample_path(name)
-        return await predict(request, lambda: read_image(path), tasks_of(task), options, pictures)
+        return await predict(lambda: read_image(path), tasks_of(task), options, pictures)
 
     for task in ALL_TASKS:
         app.add_api_route(
