@@ -136,6 +136,25 @@ def test_schema_describes_typed_options_and_upload(server):
     assert status == 400 and "threshold" in answer["error"]
 
 
+def test_a_client_driven_by_the_schema_runs_all_three_tasks(server):
+    """What a generated client does: every operation taking an image body, called as the schema says
+    (its binary body, each `format` value it lists), answers 200 with a media type the schema declares."""
+    schema = _json(server, "/openapi.json")[1]
+    data = _png_bytes(30, 40, seed=7)
+    called = set()
+    for path, operations in schema["paths"].items():
+        operation = operations.get("post", {})
+        if "application/octet-stream" not in operation.get("requestBody", {}).get("content", {}):
+            continue
+        formats = next((p["schema"]["enum"] for p in operation["parameters"] if p["name"] == "format"), ["json"])
+        declared = set(operation["responses"]["200"]["content"])
+        for answer_format in formats:
+            status, body, headers = _request(server, f"{path}?format={answer_format}", data)
+            assert status == 200 and headers["content-type"] in declared, (path, answer_format, body[:200])
+            called.add((path, headers["content-type"]))
+    assert {(f"/v1/{verb}", kind) for verb in VERBS.values() for kind in ("application/json", "image/png")} <= called
+
+
 EXPECTED_IMAGES = {"removal": ["result"], "segmentation": ["overlay", "mask"], "tampering": ["overlay", "classes"]}
 
 
