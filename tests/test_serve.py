@@ -551,6 +551,9 @@ def test_stalled_uploads_hold_no_queue_place_and_time_out(tiny_weights):
     out, and each is answered 408 once its upload deadline has passed."""
     demo = start_server(Predictor(weights=tiny_weights, size=SIZE), limits=Limits(max_queue=0, upload_seconds=1.5))
     stalled = [_trickle(demo) for _ in range(3)]
+    in_headers = [socket.create_connection((demo.host, demo.port)) for _ in range(50)]
+    for sock in in_headers:  # and many more that never finish their headers
+        sock.sendall(b"POST /v1/segment-text HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     try:
         time.sleep(0.3)
         start = time.monotonic()
@@ -562,7 +565,7 @@ def test_stalled_uploads_hold_no_queue_place_and_time_out(tiny_weights):
             reply = sock.recv(4096).decode("latin-1")
             assert reply.startswith("HTTP/1.1 408") and "upload too slow" in reply and "connection: close" in reply.lower()
     finally:
-        for sock in stalled:
+        for sock in stalled + in_headers:
             sock.close()
         demo.stop()
 

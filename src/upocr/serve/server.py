@@ -28,8 +28,6 @@ SETTINGS_VARIABLE = "UPOCR_SERVE_SETTINGS"
 # Connections the kernel holds for us while every worker is busy: a burst beyond the queue gets 503
 # answers, not resets (finding N4; socketserver's default of 5 reset 5-24 of 40 simultaneous clients).
 LISTEN_BACKLOG = 2048
-# Connections and requests served at once per process; beyond, uvicorn answers 503 itself.
-MAX_CONNECTIONS = 1024
 WORKER_START_SECONDS = 300
 
 
@@ -72,7 +70,9 @@ def uvicorn_config(app: Any, host: str, port: int, *, workers: int = 1, log_requ
                    factory: bool = False) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=host.strip("[]"), port=port, workers=workers, factory=factory,
-        backlog=LISTEN_BACKLOG, limit_concurrency=MAX_CONNECTIONS,
+        # No limit_concurrency: uvicorn counts every open connection against it, so connections stalled
+        # in their headers would make every request 503 (N1 by another door); the work queue bounds the work.
+        backlog=LISTEN_BACKLOG, limit_concurrency=None,
         timeout_graceful_shutdown=None,  # accepted work is finished; a second Ctrl+C stops at once
         access_log=log_requests, log_level="info" if log_requests else "warning",
         log_config=None if not log_requests else uvicorn.config.LOGGING_CONFIG,
