@@ -4,6 +4,7 @@ spoken to over HTTP, with every guard of the earlier http.server page (D5, D20, 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import io
 import json
@@ -28,7 +29,8 @@ from PIL import Image
 
 from upocr.cli import build_parser
 from upocr.predict import Prediction, Predictor
-from upocr.serve import Limits, ServeState, start_server
+from upocr.options import PredictorOptions
+from upocr.serve import Limits, ServeSettings, ServeState, start_server
 from upocr.serve import answers as answers_module
 from upocr.serve import app as app_module
 from upocr.serve import guards
@@ -127,11 +129,21 @@ def test_schema_describes_typed_options_and_upload(server):
     operation = schema["paths"]["/v1/remove-text"]["post"]
     assert {"application/octet-stream", "multipart/form-data"} <= set(operation["requestBody"]["content"])
     parameters = {p["name"]: p["schema"] for p in operation["parameters"]}
-    assert {"removal_mode", "threshold", "grow", "tile", "format", "picture", "filename"} <= set(parameters)
-    assert "telea-fill" in json.dumps(parameters["removal_mode"])
+    assert {"removal", "threshold", "grow", "tile", "format", "picture", "filename"} <= set(parameters)
+    # Made from PredictorOptions: its choices, its help (no copy of either here).
+    removal_field = next(f for f in dataclasses.fields(PredictorOptions) if f.name == "removal")
+    assert set(json.dumps(parameters["removal"]).split('"')) >= set(removal_field.metadata["choices"])
+    assert removal_field.metadata["help"] in json.dumps(schema)
     # A value outside the schema is refused with one line naming the parameter.
-    status, answer = _json(server, "/v1/remove-text?removal_mode=smudge", _png_bytes(20, 20))
-    assert status == 400 and "removal_mode" in answer["error"] and "\n" not in answer["error"]
+    status, answer = _json(server, "/v1/remove-text?removal=smudge", _png_bytes(20, 20))
+    assert status == 400 and "removal" in answer["error"] and "\n" not in answer["error"]
+    # Text goes through the command line's own parser (tile "off"/"auto"/N) and its message.
+    status, answer = _json(server, "/v1/segment-text?tile=sideways", _png_bytes(20, 20))
+    assert status == 400 and "expected off, auto or a tile size in pixels" in answer["error"]
+    # PredictorOptions' own checks run too (a tile must be a multiple of 32), and the server's bounds.
+    assert "multiple of 32" in _json(server, "/v1/segment-text?tile=40", _png_bytes(20, 20))[1]["error"]
+    assert "larger than this server's working size" in _json(server, "/v1/segment-text?tile=4096", _png_bytes(20, 20))[1]["error"]
+    assert "grow must be at most" in _json(server, "/v1/remove-text?grow=5000", _png_bytes(20, 20))[1]["error"]
     status, answer = _json(server, "/v1/segment-text?threshold=1.5", _png_bytes(20, 20))
     assert status == 400 and "threshold" in answer["error"]
 
@@ -212,7 +224,23 @@ def test_request_options_reach_the_predictor(server):
     for fraction, threshold in zip(fractions, (0.01, 0.99)):
         mask = server.state.predictor.with_options(threshold=threshold).predict(pixels, "segmentation").mask
         assert fraction == pytest.approx(mask.mean(), abs=1e-6)
+    assert fractions[0] > fractions[1]
     assert server.state.predictor.threshold not in (0.01, 0.99)  # the server's own predictor is unchanged
+
+
+def test_removal_with_the_word_detector_answers_its_polygons(server):
+    """A removal pipeline that finds words with the detector gives the predictor's own regions (scored)."""
+    status, answer = _json(server, "/v1/samples/receipt.jpg?task=removal&removal=words-telea&tile=off&pictures=false",
+                           b"", {"X-Upocr": "1"})
+    assert status == 200, answer
+    regions = answer["results"][0]["regions"]
+    assert len(regions) > 5 and all(0 < region["score"] <= 1 for region in regions)
+    for region in regions:
+        xs, ys = zip(*region["polygon"])
+        assert 0 <= min(xs) and max(xs) <= answer["width"] and 0 <= min(ys) and max(ys) <= answer["height"]
+    status, answer = _json(server, "/v1/samples/receipt.jpg?task=removal&removal=telea-fill&tile=off&pictures=false",
+                           b"", {"X-Upocr": "1"})
+    assert status == 200 and answer["results"][0]["regions"] is None  # a model mask: no words to give
 
 
 def test_predict_multipart_upload(server):
@@ -716,13 +744,16 @@ def test_ipv6_loopback():
 
 def test_cli_options():
     args = build_parser().parse_args(["serve", "--port", "0", "--weights", "w", "--size", "64", "--device", "cpu",
-                                      "--workers", "3", "--tile", "off", "--threshold", "0.3", "--grow", "2"])
+                                      "--workers", "3", "--tile", "off", "--threshold", "0.3", "--grow", "2",
+                                      "--removal", "telea-fill"])
     assert (args.host, args.port, args.weights, args.size, args.device) == ("127.0.0.1", 0, Path("w"), 64, "cpu")
     assert (args.workers, args.tile, args.threshold, args.grow) == (3, None, 0.3, 2)
     assert args.func.__module__ == "upocr.commands.serve"
     defaults = build_parser().parse_args(["serve"])
-    assert defaults.size is None and defaults.workers == 1  # the weights' own training size, as the other commands
-    assert defaults.removal_mode == "telea-fill" and defaults.upload_seconds == guards.DEFAULT_UPLOAD_SECONDS
+    assert not hasattr(defaults, "size") and defaults.workers == 1  # the weights' own training size, as the other commands
+    assert not hasattr(defaults, "removal")  # the weights' pipeline, as the task commands
+    assert defaults.upload_seconds == guards.DEFAULT_UPLOAD_SECONDS
+    assert build_parser().parse_args(["serve", "--mode", "raw"]).removal == "raw"
 
 
 def test_cli_missing_weights_is_one_line_error(tmp_path, capsys):
@@ -752,7 +783,7 @@ def test_cli_limit_options():
                                       "--max-concurrent", "2", "--max-queue", "0", "--allow-host", "a.local"])
     assert (args.max_upload_mb, args.max_pixels, args.max_concurrent, args.max_queue, args.allow_host) == (
         0.5, 1_000_000, 2, 0, ["a.local"])
-    assert build_parser().parse_args(["serve"]).max_pixels == 25_000_000
+    assert not hasattr(build_parser().parse_args(["serve"]), "max_pixels")  # the server's 25 MP, below
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
@@ -769,8 +800,11 @@ def test_cli_precision_reaches_the_predictor_and_health(precision, tiny_weights,
     quantized = any("quantized" in type(module).__module__ for module in predictor.model.modules())
     assert quantized == (precision == "int8")  # int8: Linear layers really replaced
     assert ServeState(predictor=predictor, model_label="m").health()["precision"] == precision
-    assert started["settings"].predictor_options["precision"] == precision  # what --workers N processes load
-    assert build_parser().parse_args(["serve"]).precision == "fp32"
+    settings = started["settings"]
+    assert settings.options.precision == precision  # what --workers N processes load
+    assert settings.limits.max_pixels == 25_000_000 == settings.options.max_pixels  # the server's default
+    assert ServeSettings.from_json(settings.to_json()) == settings  # as the worker processes read it
+    assert settings.options.precision == PredictorOptions().precision == "fp32" or precision != "fp32"
 
 
 def test_cli_fp16_on_cpu_is_one_line_error(tiny_weights, capsys):

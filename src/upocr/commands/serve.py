@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from upocr.commands import positive
-from upocr.commands.predict import _size_value, _threshold_value, _tile_value, describe_weights
-from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, REMOVAL_TEXT_DILATION
+from upocr.commands.options import add_predictor_options, options_from_args
+from upocr.commands.predict import describe_weights
 from upocr.serve import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_PIXELS,
@@ -20,6 +19,7 @@ from upocr.serve import (
     ServeSettings,
     serve,
 )
+from upocr.options import PredictorOptions
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,41 +29,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Starts a web server on this computer: a REST API for the three tasks (/v1/..., schema at "
         "/openapi.json, browsable at /docs) and a demo page using it: pick an image and a task (or all three) "
         "and see the results beside the input, each with a download link. Each worker process loads the model "
-        "once; requests run one at a time per worker. Nothing is fetched from the internet.",
+        "once; requests run one at a time per worker. Nothing is fetched from the internet. "
+        f"--max-pixels defaults to {DEFAULT_MAX_PIXELS:,} here (checked before decoding); images over "
+        f"{PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews.",
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only; ::1 for IPv6)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--workers", type=positive(int), default=1,
                         help="worker processes, each with its own model and queue (default 1)")
-    parser.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    parser.add_argument("--size", type=_size_value, default=None,
-                        help="the model's working resolution, a multiple of 32 up to 4096 (default: what the "
-                        "weights were trained at, 512 for original weights)")
-    parser.add_argument("--tile", type=_tile_value, default="auto", metavar="off|auto|N",
-                        help="as remove-text --tile (default auto); previews of large images always run resized")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU), as remove-text")
-    parser.add_argument("--backend", choices=BACKENDS, default="pytorch",
-                        help="pytorch (default) or onnxruntime (fp32; --weights may be a .onnx file from "
-                        "`upocr export-onnx`), as remove-text")
-    parser.add_argument("--removal-mode", "--mode", dest="removal_mode", choices=REMOVAL_MODES,
-                        default=DEFAULT_REMOVAL_MODE,
-                        help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
-    parser.add_argument("--grow", type=positive(int, allow_zero=True), default=REMOVAL_TEXT_DILATION, metavar="PX",
-                        help=f"as remove-text --grow (default {REMOVAL_TEXT_DILATION})")
-    parser.add_argument("--threshold", type=_threshold_value, default=None,
-                        help="segmentation threshold, as segment-text --threshold (default: the weights')")
+    add_predictor_options(parser)  # the same options as the task commands (upocr.options)
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-upload-mb", type=positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help=f"refuse larger uploads (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})")
     limits.add_argument("--upload-seconds", type=positive(float), default=DEFAULT_UPLOAD_SECONDS,
                         help=f"seconds a client has to send its whole upload (default {DEFAULT_UPLOAD_SECONDS:g}); "
                         "slower ones are answered 408")
-    limits.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels, checked before decoding "
-                        f"(default {DEFAULT_MAX_PIXELS:,}); images over {PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews")
     limits.add_argument("--max-concurrent", type=positive(int), default=DEFAULT_MAX_CONCURRENT,
                         help=f"predictions decoded, run and encoded at once per worker (default {DEFAULT_MAX_CONCURRENT})")
     limits.add_argument("--max-queue", type=positive(int, allow_zero=True), default=DEFAULT_MAX_QUEUE,
@@ -78,18 +59,19 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         print(f"upocr: --port must be between 0 and 65535, got {args.port}", file=sys.stderr)
         return 2
-    options = {"size": args.size, "tile": args.tile, "precision": args.precision, "backend": args.backend,
-               "removal": args.removal_mode, "grow": args.grow, "threshold": args.threshold}
     label = describe_weights(args.weights)
-    settings = ServeSettings(
-        weights=str(args.weights) if args.weights is not None else None, device=args.device,
-        predictor_options=options, model_label=label, host=args.host, allowed_hosts=tuple(args.allow_host),
-        limits=Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                      max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-                      upload_seconds=args.upload_seconds),
-    )
     try:
-        # Loaded here also with --workers N (and then dropped): a bad --weights is one line, not N tracebacks.
+        # The server's own pixel limit by default (uploads), unless --max-pixels is given.
+        max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+        options = options_from_args(args, PredictorOptions, keep_output=False, max_pixels=max_pixels)
+        settings = ServeSettings(
+            weights=str(args.weights) if args.weights is not None else None, device=args.device, options=options,
+            model_label=label, host=args.host, allowed_hosts=tuple(args.allow_host),
+            limits=Limits(max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=max_pixels,
+                          max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+                          upload_seconds=args.upload_seconds),
+        )
+        # Loaded here also with --workers N (then dropped): a bad --weights is one line, not N tracebacks.
         predictor = settings.load_predictor()
     except Exception as error:  # noqa: BLE001 - missing/bad weights, no CUDA, bad size: one clear line
         print(f"upocr: {error}", file=sys.stderr)

@@ -4,7 +4,8 @@ The predictor gives pixel maps (a text mask, a class map); programs calling the 
 `text_regions` finds them the way `upocr.evaluate.baselines.detected_word_boxes` groups strokes: letters
 closed into words horizontally (over gaps below 0.4 of the letters' height), one polygon (the outline of each word blob, simplified) per word; for
 tampering each word carries the share of its text pixels classed tampered (its tampering score).
-Removal results are images without a mask, so they have no regions.
+Removal pipelines that find text with the word detector (`upocr.detector`) give its polygons and scores;
+the others' results are images without a mask, so they have no regions.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def text_regions(prediction: Prediction, scale: tuple[float, float] = (1.0, 1.0)
     pixel coordinates (`scale`: (x, y) factors from the result's pixels to the upload's, for previews).
     None for removal (its result is an image, not a map of text)."""
     spec = prediction.task.spec
+    if prediction.regions is not None:  # the word detector's own polygons (removal's word finders)
+        return detected_regions(prediction.regions, scale)
     if spec.result_channels is not None:
-        return None  # an image (removal), not a map of text
+        return None  # an image (removal) without word regions, not a map of text
     classes = np.asarray(prediction.result).astype(np.uint8)
     text = classes > 0
     tampered_value = spec.classes.index(TAMPERED_CLASS_NAME) if TAMPERED_CLASS_NAME in spec.classes else None
@@ -88,6 +91,22 @@ def text_regions(prediction: Prediction, scale: tuple[float, float] = (1.0, 1.0)
         if len(regions) >= MAX_REGIONS:
             break
     return regions
+
+
+def detected_regions(regions: Any, scale: tuple[float, float]) -> list[dict[str, Any]]:
+    """`upocr.detector.WordRegions` in the answer's form (with the detector's score), in upload pixels."""
+    sx, sy = scale
+    found = []
+    for polygon, score in zip(regions.polygons, regions.scores):
+        points = np.asarray(polygon, np.float64) * (sx, sy)
+        low, high = points.min(0), points.max(0)
+        found.append({
+            "polygon": np.round(points, 1).tolist(),
+            "box": [round(low[0], 1), round(low[1], 1), round(high[0] - low[0], 1), round(high[1] - low[1], 1)],
+            "pixels": int(round(cv2.contourArea(points.astype(np.float32)))),
+            "score": round(float(score), 4),
+        })
+    return found[:MAX_REGIONS]
 
 
 def word_gap(strokes: np.ndarray) -> int:

@@ -63,6 +63,8 @@ DEFAULT_MAX_PIXELS = 25_000_000
 # Images with a longer side above this are answered with downscaled previews, run resized (one forward
 # pass per prompt) rather than on native tiles; full resolution is the command line's job.
 PREVIEW_MAX_SIDE = 2048
+# The largest `grow` a request may ask for (pixels).
+MAX_REQUEST_GROW = 64
 UPLOAD_BODY = {
     "required": True,
     "description": "The image file: the raw body (`application/octet-stream` or `image/*`) or the first "
@@ -159,6 +161,13 @@ class ServeState:
     def predictor_for(self, options: RequestOptions, preview: bool) -> Predictor:
         """The server's predictor with this request's options (sharing its model); previews run resized."""
         changes = options.predictor_changes()
+        # What one request may cost stays the server's choice: no larger tiles than its working size, no
+        # grow beyond MAX_REQUEST_GROW (the dilation's cost grows with its square).
+        tile = changes.get("tile")
+        if isinstance(tile, int) and not isinstance(tile, bool) and tile > self.predictor.size:
+            raise guards.RequestError(f"tile {tile} is larger than this server's working size {self.predictor.size}")
+        if (changes.get("grow") or 0) > MAX_REQUEST_GROW:
+            raise guards.RequestError(f"grow must be at most {MAX_REQUEST_GROW} pixels here, got {changes['grow']}")
         if preview:
             changes["tile"] = None  # N13: a preview costs one forward pass per prompt, whatever its size
         if not changes:

@@ -1,37 +1,65 @@
-"""The API's typed parameters and answers (pydantic models: validated, and described in /openapi.json)."""
+"""The API's typed parameters and answers (pydantic models: validated, and described in /openapi.json).
+
+The predictor options a request may set are not declared here: `RequestOptions` is made from the fields
+of `upocr.options.PredictorOptions` (their types, choices, help and the command line's own parsers for
+text), and the values a request gives are checked once more by `PredictorOptions` itself.
+"""
 
 
-from typing import Any, Literal
+import argparse
+import dataclasses
+import typing
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, create_model
 
-from upocr.predict import REMOVAL_MODES
+from upocr.options import PredictorOptions
 
 TaskName = Literal["all", "removal", "segmentation", "tampering"]
 
 
-class RequestOptions(BaseModel):
-    """Predictor options a request may set (the rest, e.g. size and precision, are the server's)."""
+# The options a request may set. The rest are the server's: they decide its memory per request (size,
+# batch size, pixel limit), what it loaded (precision, backend, detector file) or what it keeps.
+REQUEST_OPTIONS = ("removal", "threshold", "grow", "tile")
 
-    removal_mode: Literal[REMOVAL_MODES] | None = Field(  # type: ignore[valid-type]
-        None, description="how text removal builds its result, as remove-text --mode (default: the server's)")
-    threshold: float | None = Field(None, gt=0, lt=1, description="segmentation threshold (default: the weights')")
-    grow: int | None = Field(None, ge=0, le=64, description="pixels the fill modes grow the text mask by")
-    tile: Literal["auto", "off"] | None = Field(
-        None, description="auto: native tiles for large images; off: always resized (one forward pass)")
 
-    def predictor_changes(self) -> dict[str, Any]:
-        """The `Predictor.with_options` arguments for the options given."""
-        changes: dict[str, Any] = {}
-        if self.removal_mode is not None:
-            changes["removal"] = self.removal_mode
-        if self.threshold is not None:
-            changes["threshold"] = self.threshold
-        if self.grow is not None:
-            changes["grow"] = self.grow
-        if self.tile is not None:
-            changes["tile"] = None if self.tile == "off" else "auto"
-        return changes
+def _from_text(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    """A query value (text) through the option's own argparse type: the CLI's parsing and its message."""
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse(value)
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(str(error)) from None
+
+    return convert
+
+
+def _query_field(option: dataclasses.Field, annotation: Any) -> tuple[Any, Any]:
+    """(annotation, pydantic Field) of one `PredictorOptions` field as an optional query parameter."""
+    meta = option.metadata
+    if meta.get("choices"):
+        annotation = Literal[tuple(meta["choices"])]  # type: ignore[valid-type]
+    if meta.get("type") is not None:
+        annotation = Annotated[annotation, BeforeValidator(_from_text(meta["type"]))]
+    hint = f" ({meta['metavar']})" if meta.get("metavar") else ""
+    return annotation | None, Field(None, description=f"{meta['help']}{hint}; as the command line's {meta['flags'][0]}. "
+                                                       "Not given: the server's.")
+
+
+def _request_options_model() -> type[BaseModel]:
+    hints = typing.get_type_hints(PredictorOptions)
+    fields = {f.name: _query_field(f, hints[f.name]) for f in dataclasses.fields(PredictorOptions)
+              if f.name in REQUEST_OPTIONS}
+    model = create_model("RequestOptions", __doc__="Predictor options a request may set (upocr.options.PredictorOptions)",
+                         **fields)
+    model.predictor_changes = lambda self: {name: getattr(self, name) for name in self.model_fields_set}
+    return model
+
+
+RequestOptions = _request_options_model()
 
 
 class ErrorAnswer(BaseModel):
@@ -79,6 +107,7 @@ class Region(BaseModel):
     pixels: int = Field(description="text pixels of the word")
     tampered_score: float | None = Field(None, description="tampering: share of the word's text pixels classed tampered")
     label: str | None = Field(None, description="tampering: real text or tampered text")
+    score: float | None = Field(None, description="removal with a word finder: the word detector's confidence")
 
 
 class TaskResult(BaseModel):
@@ -86,7 +115,8 @@ class TaskResult(BaseModel):
     title: str
     legend: list[LegendEntry]
     images: list[Picture]
-    regions: list[Region] | None = Field(description="words found (segmentation, tampering); null for removal")
+    regions: list[Region] | None = Field(description="words found (segmentation, tampering; removal when its "
+                                         "pipeline runs the word detector); else null")
     text_fraction: float | None = None
 
 

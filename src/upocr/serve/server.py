@@ -14,12 +14,15 @@ import json
 import os
 import socket
 import threading
+import typing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from upocr.options import PredictorOptions
 from upocr.predict import Predictor
 from upocr.serve import guards
 from upocr.serve.app import Limits, ServeState, make_app
@@ -37,22 +40,29 @@ class ServeSettings:
 
     weights: str | None = None
     device: str = "cpu"
-    predictor_options: dict[str, Any] = field(default_factory=dict)  # Predictor keyword arguments
+    options: PredictorOptions = field(default_factory=lambda: PredictorOptions(keep_output=False))
     model_label: str = "model"
     limits: Limits = field(default_factory=Limits)
     host: str = "127.0.0.1"
     allowed_hosts: Sequence[str] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        values = asdict(self)
+        values["options"] = {name: str(value) if isinstance(value, Path) else value
+                             for name, value in values["options"].items()}
+        return json.dumps(values)
 
     @classmethod
     def from_json(cls, text: str) -> "ServeSettings":
         values = json.loads(text)
-        return cls(**{**values, "limits": Limits(**values["limits"])})
+        hints = typing.get_type_hints(PredictorOptions)
+        options = {name: Path(value) if value is not None and "Path" in str(hints[name]) else value
+                   for name, value in values["options"].items()}
+        return cls(**{**values, "limits": Limits(**values["limits"]), "options": PredictorOptions(**options),
+                      "allowed_hosts": tuple(values["allowed_hosts"])})
 
     def load_predictor(self) -> Predictor:
-        return Predictor(weights=self.weights, device=self.device, keep_output=False, **self.predictor_options)
+        return Predictor(options=self.options, weights=self.weights, device=self.device)
 
     def build_app(self, predictor: Predictor | None = None) -> Any:
         if predictor is None:
