@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -108,7 +107,7 @@ def run_task(args: argparse.Namespace) -> int:
         return 1
     try:
         report = predict_files(predictor, args.inputs, args.output, args.task,
-                               overwrite=args.overwrite, on_error=_fail, progress=True,
+                               overwrite=args.overwrite, on_error=_fail, on_note=_fail, progress=True,
                                masks=getattr(args, "mask", None), regions=getattr(args, "regions", False))
     except FilesInterrupted as stop:
         _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
