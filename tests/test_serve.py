@@ -848,3 +848,34 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_sigterm_stops_the_server_cleanly(tiny_weights):
+    """SIGTERM (what service managers send) stops one process the way Ctrl+C does: accepted work done, exit 0."""
+    process = subprocess.Popen([sys.executable, "-m", "upocr.cli", "serve", "--port", "0", "--size", str(SIZE),
+                                "--weights", str(tiny_weights)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = None
+        while url is None:
+            line = process.stdout.readline()
+            assert line, "the server exited before printing its address"
+            match = re.search(r"open (http://\S+/)", line)
+            url = match.group(1) if match else None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url + "v1/health", timeout=5) as response:
+                    assert response.status == 200
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert "upocr serve: stopped" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()

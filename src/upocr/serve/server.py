@@ -10,6 +10,7 @@ a second Ctrl+C stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import threading
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
@@ -69,6 +70,18 @@ class ServeSettings:
             predictor = self.load_predictor()
         state = ServeState(predictor=predictor, model_label=self.model_label, limits=self.limits)
         return make_app(state, host=self.host, allowed_hosts=self.allowed_hosts)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, except that a Ctrl+C or SIGTERM it has already answered (by finishing the accepted
+    requests and stopping) ends `serve` normally instead of being raised again as KeyboardInterrupt / death
+    by the signal: `upocr serve` then says "stopped" and exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()  # uvicorn's record of the signals it would raise again
 
 
 def app_from_environment() -> Any:
@@ -158,5 +171,5 @@ def serve(settings: ServeSettings, port: int = 8000, *, workers: int = 1, predic
         return
     config = uvicorn_config(settings.build_app(predictor), settings.host, port)
     print(f"upocr serve: open {url}  (Ctrl+C to stop)", flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
     print("upocr serve: stopped", flush=True)
