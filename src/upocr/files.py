@@ -164,11 +164,11 @@ def predict_files(
             bar.update()
 
     def failed(path: Path, error: Exception) -> None:
-        if isinstance(error, _Refused):
+        if isinstance(error, OutputRefused):
             report.existing += error.exists
             fail(f"{printable(path)}: {error}")
         else:  # sorted by `_per_input_problem`, re-raised if not per input
-            _fail_input(error, path, predictor, fail)
+            fail_input(error, path, predictor, fail)
         bar.update()
 
     try:
@@ -181,10 +181,10 @@ def predict_files(
                 pixels = reading.pop(index)
                 index += 1
                 try:
-                    _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
+                    check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
                     image = pixels.result()
                     outputs = task_outputs(task, out_dir, name, image.shape[:2], regions=regions)  # overlay: maybe PNG
-                    _check_may_write(outputs, inputs_resolved, written, overwrite)
+                    check_may_write(outputs, inputs_resolved, written, overwrite)
                     mask = mask_for(masks, name, image.shape[:2]) if masks is not None else None
                 except Exception as error:  # noqa: BLE001 - see `failed`
                     failed(path, error)
@@ -204,8 +204,8 @@ def predict_files(
             finish_writing()  # the previous group's files, before this one's are written
             for one, (prediction,) in zip(group, predictions):
                 try:
-                    _check_may_write(one.outputs, inputs_resolved, written, overwrite)  # the model may have run for minutes
-                except _Refused as refused:
+                    check_may_write(one.outputs, inputs_resolved, written, overwrite)  # the model may have run for minutes
+                except OutputRefused as refused:
                     failed(one.path, refused)
                     continue
                 for folder in {out.parent for out, _ in one.outputs} - cleaned:
@@ -244,8 +244,8 @@ class _Writing:
     future: Future[list[Path]]
 
 
-def _fail_input(error: Exception, path: Path, predictor: Predictor, fail: ErrorHandler) -> None:
-    """Report an error that concerns one input; re-raise any other (a bug)."""
+def fail_input(error: Exception, path: Path | str, predictor: Predictor, fail: ErrorHandler) -> None:
+    """Report an error that concerns one input (a file, or a URL: `upocr.batch`); re-raise any other (a bug)."""
     problem = _per_input_problem(error, predictor)
     if problem is None:
         raise error
@@ -257,15 +257,15 @@ def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, pr
     """Draw one input's files from its prediction and write them all, or none (`write_all`). Each file is
     drawn just before it is written, so only one full-size picture exists at a time. With
     `replace=False` a file that appeared meanwhile (another process writing the same name) is kept and
-    the input refused: `_Refused`."""
+    the input refused: `OutputRefused`."""
     try:
         write_all(((out, render(image, prediction)) for out, render in outputs), replace=replace)
     except OutputExistsError as error:
-        raise _Refused(f"output {printable(error.path)} exists (use --overwrite)", exists=True) from None
+        raise OutputRefused(f"output {printable(error.path)} exists (use --overwrite)", exists=True) from None
     return [out for out, _ in outputs]
 
 
-class _Refused(Exception):
+class OutputRefused(Exception):
     """An output of this input may not be written: it is an input, or it exists (`exists`)."""
 
     def __init__(self, message: str, *, exists: bool) -> None:
@@ -273,19 +273,19 @@ class _Refused(Exception):
         self.exists = exists
 
 
-def _check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:
-    """Raise _Refused unless every output may be written. An input is never replaced; any other
+def check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:
+    """Raise OutputRefused unless every output may be written. An input is never replaced; any other
     existing file only with `overwrite`, or when this run wrote it."""
     for out, _ in outputs:
         try:
             resolved = out.resolve()
         except (OSError, RuntimeError):  # RuntimeError on Python < 3.13: "Symlink loop from ..."
-            raise _Refused(f"output {printable(out)}: symlink loop", exists=False) from None
+            raise OutputRefused(f"output {printable(out)}: symlink loop", exists=False) from None
         if resolved in inputs:
-            raise _Refused(f"output {printable(out)} would overwrite an input; choose another output folder (-o)", exists=False)
+            raise OutputRefused(f"output {printable(out)} would overwrite an input; choose another output folder (-o)", exists=False)
     for out, _ in outputs:
         if not overwrite and os.path.lexists(out) and out not in written:
-            raise _Refused(f"output {printable(out)} exists (use --overwrite)", exists=True)
+            raise OutputRefused(f"output {printable(out)} exists (use --overwrite)", exists=True)
 
 
 def _per_input_problem(error: Exception, predictor: Predictor) -> str | None:
