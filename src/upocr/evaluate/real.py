@@ -25,10 +25,12 @@ detector); "METHOD, inside the words" keeps a method's result inside the grown p
 outside, i.e. the method without its false positives. On real-dev the two split the model's removal gap
 into false positives and mask shape (docs/results.md).
 
-Competitors: doing nothing; an OCR detector's boxes filled by OpenCV Telea (RapidOCR's detector, the
-optional extra `pip install 'upocr[real]'`; its wheel ships the ONNX weights); Otsu and Sauvola masks.
-The detector is also the erasure judge, so "detector + Telea" is measured by the detector it was built
-from: an optimistic number for it, stated in the report.
+Competitors: doing nothing; an OCR detector's rectangles filled by OpenCV Telea (by default PP-OCRv4's
+DB detector in box mode, the network RapidOCR ships, run by `upocr.detector`; RapidOCR itself with
+`--detector rapidocr` where it is installed); every removal pipeline of `upocr.removal` (the word
+detector's polygons + Telea among them); Otsu and Sauvola masks. The detector is also the erasure judge,
+so "detector + Telea" is measured by the detector it was built from: an optimistic number for it, stated
+in the report (the polygon pipelines share its network too).
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ def rapidocr_detector() -> Detector:
         from rapidocr_onnxruntime import RapidOCR
     except ImportError:
         raise ImportError(
-            "the real-image benchmark's OCR detector needs rapidocr_onnxruntime: pip install 'upocr[real]'"
+            "--detector rapidocr needs rapidocr_onnxruntime: pip install --no-deps rapidocr_onnxruntime pyclipper "
+            "shapely six (or use the default --detector ppocr)"
         ) from None
     engine = RapidOCR()
 
@@ -267,6 +270,14 @@ def stroke_detector(image: np.ndarray) -> list[np.ndarray]:
     return [
         np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32) for x, y, w, h, _ in stats[1:count]
     ]
+
+
+# `upocr evaluate real --detector`: the erasure judge and the rectangles competitor, made on demand.
+REAL_DETECTORS: dict[str, Callable[[], Detector]] = {
+    "ppocr": lambda: ppocr_detector(),
+    "rapidocr": lambda: rapidocr_detector(),
+    "strokes": lambda: stroke_detector,
+}
 
 
 def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:
