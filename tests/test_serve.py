@@ -115,6 +115,7 @@ def test_page_health_and_schema(server):
     assert health["model"] == "tiny test model" and health["size"] == SIZE
     assert health["max_upload_bytes"] == UPLOAD_LIMIT
     assert "receipt.jpg" in health["samples"]
+    assert health["removal"].startswith("telea-fill: ") and health["segmentation"] == "model"  # the tiny weights' defaults
     status, schema = _json(server, "/openapi.json")
     assert status == 200 and schema["openapi"].startswith("3.")
     assert {"/v1/health", "/v1/predict", "/v1/samples/{name}", "/v1/remove-text", "/v1/segment-text",

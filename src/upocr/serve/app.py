@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from upocr.io import IMAGE_SUFFIXES, ImageError, read_image
 from upocr.predict import Predictor
+from upocr.removal import removal_pipeline
 from upocr.serve import guards
 from upocr.serve.answers import describe_result, picture_of, png_base64
 from upocr.serve.models import (
@@ -118,6 +119,8 @@ class ServeState:
             "size": self.predictor.size,
             "precision": self.predictor.precision,
             "backend": getattr(self.predictor, "backend", "pytorch"),
+            "removal": removal_pipeline(self.predictor.removal).describe(),
+            "segmentation": self.predictor.segmentation,
             "tasks": ["all"] + [task.short for task in ALL_TASKS],
             "samples": self.sample_names(),
             "max_upload_bytes": self.limits.max_upload_bytes,

@@ -80,6 +80,8 @@ class HealthAnswer(BaseModel):
     size: int
     precision: str
     backend: str
+    removal: str = Field(description="the default text-removal pipeline: name, what finds the text and what fills it")
+    segmentation: str = Field(description="the default text-segmentation finder")
     tasks: list[str]
     samples: list[str]
     max_upload_bytes: int
