@@ -21,7 +21,6 @@ Measurements per word (its region: a polygon or a box, rasterised; crop = its bo
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -65,8 +64,8 @@ class ImageMaps:
     """Whole-image maps the per-word measurements read from (computed once per image)."""
 
     grey: np.ndarray  # float32 (H, W), 0-255
-    lab: np.ndarray  # float32 (H, W, 3)
-    ela: dict[int, np.ndarray]  # quality -> float32 (H, W) mean absolute error over the channels
+    bgr: np.ndarray  # uint8 (H, W, 3)
+    ela: dict[int, np.ndarray]  # quality -> float32 (H, W) absolute luminance error
     residual: np.ndarray  # float32 (H, W) absolute second-order residual
     gradient: np.ndarray  # float32 (H, W) gradient magnitude
     step_x: np.ndarray  # float32 (H, W-1) |grey[:, x+1] - grey[:, x]|
@@ -81,14 +80,16 @@ def jpeg_roundtrip_bgr(bgr: np.ndarray, quality: int) -> np.ndarray:
 
 
 def image_maps(image: np.ndarray) -> ImageMaps:
-    """The maps of an RGB uint8 (H, W, 3) image."""
+    """The maps of an RGB uint8 (H, W, 3) image. Error levels on the luminance only: JPEG's chroma is
+    subsampled and coarsely quantised, and three channels would triple the cost (about 1 s per
+    1600x1200 photo instead of 0.3)."""
     bgr = np.ascontiguousarray(image[..., ::-1])
-    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+    grey_levels = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    grey = grey_levels.astype(np.float32)
     ela = {}
     for quality in ELA_QUALITIES:
-        again = jpeg_roundtrip_bgr(bgr, quality)
-        ela[quality] = cv2.absdiff(bgr, again).astype(np.float32).mean(axis=2)
+        again = cv2.cvtColor(jpeg_roundtrip_bgr(bgr, quality), cv2.COLOR_BGR2GRAY)
+        ela[quality] = cv2.absdiff(grey_levels, again).astype(np.float32)
     # Second-order residual: the image minus the average of its 4 neighbours (an SRM "square 3x3" style
     # filter): flat for smooth content, so what is left is sensor noise, resampling and JPEG traces.
     kernel = np.array([[0, -0.25, 0], [-0.25, 1, -0.25], [0, -0.25, 0]], np.float32)
@@ -98,7 +99,15 @@ def image_maps(image: np.ndarray) -> ImageMaps:
     gradient = cv2.magnitude(gx, gy)
     step_x = np.abs(np.diff(grey, axis=1))
     step_y = np.abs(np.diff(grey, axis=0))
-    return ImageMaps(grey, lab, ela, residual, gradient, step_x, step_y)
+    return ImageMaps(grey, bgr, ela, residual, gradient, step_x, step_y)
+
+
+def _lab(bgr_mean: np.ndarray) -> np.ndarray:
+    """Lab of one mean BGR colour (0-255 floats)."""
+    if np.isnan(bgr_mean).any():
+        return np.full(3, np.nan, np.float32)
+    pixel = (np.asarray(bgr_mean, np.float32) / 255.0).reshape(1, 1, 3)
+    return cv2.cvtColor(pixel, cv2.COLOR_BGR2Lab).reshape(3)
 
 
 def region_boxes(regions: Sequence[np.ndarray | Sequence[float]], shape: tuple[int, int]) -> list[np.ndarray]:
@@ -126,7 +135,12 @@ def _bbox(polygon: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _mean(values: np.ndarray, where: np.ndarray) -> float:
-    return float(values[where].mean()) if where.any() else float("nan")
+    """Mean of `values` (2-D float32) where `where` (bool) holds; NaN when nowhere. cv2.mean with a
+    mask: several times faster than boolean indexing, and this runs ~10 times per word."""
+    mask = where.view(np.uint8)
+    if not cv2.countNonZero(mask):
+        return float("nan")
+    return float(cv2.mean(values, mask=mask)[0])
 
 
 def _grid_strength(steps: np.ndarray, offset: int, axis: int) -> tuple[float, float]:
@@ -182,7 +196,7 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         # Background well away from the ink (the residual of anti-aliased edges is not noise).
         calm_bg = background & (cv2.dilate(ink.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0)
         calm_ring = outside_ring & (gradient < np.percentile(gradient[inside], 50) + 1)
-        lab = maps.lab[crop]
+        colours = maps.bgr[crop]
         feature = {}
         for quality in ELA_QUALITIES:
             ela = maps.ela[quality][crop]
@@ -202,9 +216,11 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         feature["contrast"] = contrast
         feature["sharpness"] = edge_gradient / (contrast + 1.0)
         feature["edge_width"] = (contrast + 1.0) / (float(gradient[inside].max()) / 4.0 + 1.0)  # Sobel gain 4
+        ink_lab = _lab(colours[ink].mean(0) if ink.any() else np.full(3, np.nan))
+        bg_lab = _lab(colours[background].mean(0) if background.any() else np.full(3, np.nan))
         for channel, name in enumerate("lab"):
-            feature[f"ink_{name}"] = _mean(lab[..., channel], ink)
-            feature[f"bg_{name}"] = _mean(lab[..., channel], background)
+            feature[f"ink_{name}"] = float(ink_lab[channel])
+            feature[f"bg_{name}"] = float(bg_lab[channel])
         feature["log_height"] = float(np.log(box_h))
         feature["aspect"] = float(np.log(box_w / box_h))
         rows[index] = [feature.get(name, np.nan) for name in BASE_NAMES]
@@ -255,11 +271,32 @@ def _leave_one_out_median(values: np.ndarray, peers: np.ndarray) -> np.ndarray:
     return out
 
 
+def _median_of_others(values: np.ndarray) -> np.ndarray:
+    """values (N, F) -> (N, F): per column, the median of the other words' values, NaNs left out
+    (one sort instead of N medians: the others are the sorted column with the word's own value removed)."""
+    count = values.shape[0]
+    order = np.argsort(values, axis=0, kind="stable")  # NaN sorts last
+    ordered = np.take_along_axis(values, order, axis=0)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(count)[:, None], order.shape), axis=0)
+    present = ~np.isnan(values)
+    others = present.sum(axis=0)[None] - present  # valid values among the others
+    def pick(k: np.ndarray) -> np.ndarray:
+        index = np.where(present & (k >= rank), k + 1, k)  # skip the word's own value
+        return np.take_along_axis(ordered, np.clip(index, 0, count - 1), axis=0)
+    low, high = np.maximum(others - 1, 0) // 2, np.maximum(others, 1) // 2
+    median = (pick(low) + pick(high)) / 2
+    return np.where(others > 0, median, np.nan).astype(np.float32)
+
+
 def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """Column medians ignoring NaN; an all-NaN column gives NaN without a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(values, axis=0)
+    """Column medians of (N, F) ignoring NaN (NaN for an all-NaN column); a sort, not numpy's masked path."""
+    ordered = np.sort(values, axis=0)
+    valid = (~np.isnan(values)).sum(axis=0)
+    low, high = np.maximum(valid - 1, 0) // 2, np.maximum(valid, 1) // 2
+    columns = np.arange(values.shape[1])
+    median = (ordered[np.minimum(low, len(values) - 1), columns] + ordered[np.minimum(high, len(values) - 1), columns]) / 2
+    return np.where(valid > 0, median, np.nan)
 
 
 def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[float]]) -> np.ndarray:
@@ -278,8 +315,7 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         derived += [column[f"ela{q}_bg"] / (column[f"ela{q}_ring"] + 0.1) for q in ELA_QUALITIES]
         derived += [column[f"ela{q}_edge"] / (column[f"ela{q}_bg"] + 0.1) for q in ELA_QUALITIES]
     relative = base[:, [BASE_NAMES.index(n) for n in RELATIVE]]
-    everyone = ~np.eye(count, dtype=bool)
-    median = _leave_one_out_median(relative, everyone)
+    median = _median_of_others(relative)
     deviation = relative - median
     spread = _nanmedian(np.abs(relative - _nanmedian(relative))) + 1e-3
     z = deviation / spread
