@@ -27,6 +27,8 @@ def register(subparsers) -> None:
                         help="share of images held back to choose the threshold (default 0.2)")
     parser.add_argument("--max-iter", type=positive(int), default=300, help="boosting iterations at most (default 300)")
     parser.add_argument("--limit", type=positive(int), default=None, help="use only the first N images")
+    parser.add_argument("--features", default=None, metavar="FILE",
+                        help="feature cache (npz): read from it when it exists, else measure and write it")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
-                                    max_iter=args.max_iter, seed=args.seed)
+                                    max_iter=args.max_iter, seed=args.seed,
+                                    features_file=args.features)
     except (LayoutError, ValueError, OSError, ImportError) as error:
         print(f"upocr train-tampering: error: {error}", file=sys.stderr)
         return 2

@@ -113,3 +113,14 @@ def regions_from_text_mask(mask: np.ndarray) -> list[np.ndarray]:
             continue
         boxes.append(np.array([x1, y, x2, y + h - 1], np.float32))
     return boxes
+
+
+def detect_tampered_words(image: np.ndarray, *, regions: Sequence[Region] | None = None, text_mask: np.ndarray | None = None,
+                          threshold: float | None = None, classifier: TreeEnsemble | str | Path | None = None) -> WordTampering:
+    """What the predictor calls: word `regions` (a finder's polygons or boxes) or, without them, a
+    `text_mask` (e.g. the model's segmentation mask) grouped into words -> class map + per-word scores."""
+    if regions is None:
+        if text_mask is None:
+            raise ValueError("give the word regions or a text mask")
+        regions = regions_from_text_mask(text_mask)
+    return classify_regions(image, regions, threshold=threshold, classifier=classifier)

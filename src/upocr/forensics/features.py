@@ -44,6 +44,11 @@ BASE_NAMES = (
     "log_height", "aspect", "twin",
 )
 RELATIVE = tuple(n for n in BASE_NAMES if n not in ("aspect", "twin"))
+# Also against words of about the same height (a headline is naturally sharper and saves differently
+# from small print; a forged word matches the size of the words it sits among).
+SIZE_RELATIVE = ("ela50_edge", "ela70_edge", "ela85_edge", "ela95_edge", "ela70_bg", "noise_bg", "noise_edge", "sharpness",
+                 "edge_width", "contrast", "grid_x", "grid_y", "ink_l", "bg_l")
+SIZE_PEER_LOG_RATIO = 0.25  # |log(height ratio)| below this: "about the same height"
 LINE_RELATIVE = ("ink_l", "ink_a", "ink_b", "log_height", "sharpness", "edge_width", "noise_bg", "ela85_edge", "ela70_edge")
 IMAGE_NAMES = ("word_count", "image_ela85", "image_ela70", "image_noise", "image_grid")
 # Derived per word: background-inside vs ring (an erased and refilled background differs from its surroundings).
@@ -55,6 +60,8 @@ FEATURE_NAMES = (
     *(f"{n}_dev" for n in RELATIVE),
     *(f"{n}_z" for n in RELATIVE),
     *(f"{n}_line_dev" for n in LINE_RELATIVE),
+    *(f"{n}_size_dev" for n in SIZE_RELATIVE),
+    "size_peers",
     *IMAGE_NAMES,
 )
 
@@ -322,13 +329,19 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     boxes = np.array([[*p.min(0), *p.max(0)] for p in region_boxes(regions, maps.grey.shape)], np.float32)
     line_columns = base[:, [BASE_NAMES.index(n) for n in LINE_RELATIVE]]
     line_dev = line_columns - _leave_one_out_median(line_columns, _same_line(boxes))
+    log_height = column["log_height"]
+    size_peers = np.abs(log_height[:, None] - log_height[None]) < SIZE_PEER_LOG_RATIO
+    np.fill_diagonal(size_peers, False)
+    size_columns = base[:, [BASE_NAMES.index(n) for n in SIZE_RELATIVE]]
+    size_dev = size_columns - _leave_one_out_median(size_columns, size_peers)
     image_level = np.array([
         count,
         float(maps.ela[85].mean()), float(maps.ela[70].mean()), float(maps.residual.mean()),
         _grid_strength(maps.step_x, 0, axis=1)[0],
     ], np.float32)
     features = np.concatenate([
-        base, np.stack(derived, axis=1), deviation, z, line_dev, np.broadcast_to(image_level, (count, len(IMAGE_NAMES))),
+        base, np.stack(derived, axis=1), deviation, z, line_dev, size_dev, size_peers.sum(axis=1, keepdims=True),
+        np.broadcast_to(image_level, (count, len(IMAGE_NAMES))),
     ], axis=1).astype(np.float32)
     assert features.shape[1] == len(FEATURE_NAMES)
     return features

@@ -23,6 +23,7 @@ from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_sa
 from upocr.forensics.features import FEATURE_NAMES, word_features
 from upocr.forensics.model import TreeEnsemble, from_sklearn
 from upocr.io import read_image
+from upocr.utils import atomic_output
 
 
 @dataclass
@@ -54,6 +55,21 @@ def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, l
         owners.append(np.full(len(boxes), len(names), np.int32))
         names.append(sample.name)
     return WordTable(np.concatenate(features), np.concatenate(labels), np.concatenate(owners), names)
+
+
+def save_table(table: WordTable, path: str | os.PathLike) -> None:
+    """Keep measured features (npz) to retrain without measuring again (`load_table`)."""
+    with atomic_output(Path(path)) as temporary:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, features=table.features, labels=table.labels, image_index=table.image_index,
+                                names=np.array(table.names), feature_names=np.array(FEATURE_NAMES))
+
+
+def load_table(path: str | os.PathLike) -> WordTable:
+    with np.load(path, allow_pickle=False) as data:
+        if tuple(str(n) for n in data["feature_names"]) != FEATURE_NAMES:
+            raise ValueError(f"{path}: features of another version; measure again")
+        return WordTable(data["features"], data["labels"], data["image_index"], [str(n) for n in data["names"]])
 
 
 def validation_images(names: Sequence[str], share: float) -> np.ndarray:
@@ -130,10 +146,17 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
 
 
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
-                     limit: int | None = None, progress: bool = True, **options) -> TreeEnsemble:
-    """Features from every root, fit, save to `out`; returns the ensemble (its `record` says how)."""
+                     limit: int | None = None, progress: bool = True, features_file: str | os.PathLike | None = None,
+                     **options) -> TreeEnsemble:
+    """Features from every root, fit, save to `out`; returns the ensemble (its `record` says how).
+    `features_file`: read the features from there when it exists, else measure and write them there."""
     started = time.perf_counter()
-    table = collect_words(roots, split, limit=limit, progress=progress)
+    if features_file is not None and Path(features_file).is_file():
+        table = load_table(features_file)
+    else:
+        table = collect_words(roots, split, limit=limit, progress=progress)
+        if features_file is not None:
+            save_table(table, features_file)
     feature_seconds = time.perf_counter() - started
     record = {"data": [str(Path(r)) for r in roots], "split": split, "images": len(table.names),
               "words": int(table.labels.size), "tampered_words": int(table.labels.sum()),
