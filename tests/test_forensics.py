@@ -139,3 +139,46 @@ def test_median_of_the_other_words_matches_the_direct_computation():
                 if column.size:
                     expected[i, j] = np.median(column)
         np.testing.assert_allclose(_median_of_others(values), expected, rtol=1e-6, equal_nan=True)
+
+
+def test_threshold_keeps_the_false_alarm_rate_and_auc_counts_ties_half():
+    from upocr.forensics.train import roc_auc, threshold_for_false_alarms
+
+    probabilities = np.linspace(0, 1, 201)
+    labels = np.zeros(201, int)
+    threshold = threshold_for_false_alarms(probabilities, labels, 0.05)
+    assert (probabilities > threshold).mean() <= 0.05 and (probabilities >= threshold).mean() > 0.05
+    assert roc_auc(np.array([0.1, 0.9, 0.5, 0.5]), np.array([0, 1, 0, 1])) == pytest.approx(0.875)
+
+
+def test_constructed_copy_move_pastes_one_field_over_another():
+    from upocr.evaluate.forensic import copy_move_forgery
+
+    image, boxes = page(np.random.default_rng(5))
+    image = image[..., ::-1].copy()
+    words = [np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32) for x1, y1, x2, y2 in boxes]
+    forged, polygons, tampered = copy_move_forgery(image, words, np.random.default_rng(0))
+    assert tampered.count(True) == 1 and tampered[-1] and len(polygons) == len(words)
+    x1, y1 = polygons[-1].min(0).astype(int)
+    x2, y2 = polygons[-1].max(0).astype(int)
+    pasted = forged[y1:y2 + 1, x1:x2 + 1].astype(int)
+    sources = [image[b[1]:b[3] + 1, b[0]:b[2] + 1].astype(int) for b in boxes]
+    # The pasted patch is one of the other fields (up to the JPEG re-save).
+    assert min(np.abs(pasted - s).mean() for s in sources if s.shape == pasted.shape) < 4
+
+
+def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, capsys):
+    from upocr.cli import main
+    from upocr.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "data", count=12, seed=3, size=128, tasks=["tampering"], workers=1, progress=False)
+    out = tmp_path / "words.npz"
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--max-iter", "5",
+                 "--validation-share", "0.5", "--features", str(tmp_path / "features.npz")]) == 0
+    classifier = load_classifier(out)
+    record = classifier.record
+    assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
+    assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
+    assert (tmp_path / "features.npz").is_file()
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
+    assert "must be between 0 and 1" in capsys.readouterr().err

@@ -83,9 +83,11 @@ def synthetic_scores(root: str | Path, split: str, classifier: TreeEnsemble, *, 
 
 
 def real_false_alarms(samples: Sequence[RealSample], classifier: TreeEnsemble, *, threshold: float | None = None,
-                      finder: Finder | None = None, progress: bool = True) -> MethodScores:
-    """Genuine-text false alarms on real photos; `finder` None = the annotated polygons."""
+                      finder: Finder | None = None, progress: bool = True) -> tuple[MethodScores, int, int]:
+    """Genuine-text false alarms on real photos; `finder` None = the annotated polygons. Returns the
+    pixel scores and, with the annotated polygons, (genuine words flagged, genuine words)."""
     scores = MethodScores()
+    words_flagged = words = 0
     for sample in tqdm(samples, desc="real images", unit="image", disable=not progress):
         if not sample.words:
             continue
@@ -95,7 +97,11 @@ def real_false_alarms(samples: Sequence[RealSample], classifier: TreeEnsemble, *
         result = classify_regions(image, regions, threshold=threshold, classifier=classifier)
         scores.seconds.append(time.perf_counter() - started)
         score_tampering(scores, sample, result.classes)
-    return scores
+        if finder is None:
+            genuine = ~np.array(sample.tampered, bool)
+            words += int(genuine.sum())
+            words_flagged += int((result.probabilities[genuine] > result.threshold).sum())
+    return scores, words_flagged, words
 
 
 def copy_move_forgery(image: np.ndarray, words: Sequence[np.ndarray], rng: np.random.Generator,
