@@ -5,7 +5,9 @@ copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a ma
         --real ../shared/real-dev [--classifier FILE] [--finders gt mask] [--threshold T] [--json FILE]
 
 Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
-bundled model's text mask grouped into words (the whole `detect-tampering` pipeline; loads the model).
+bundled model's text mask grouped into words (loads the model); `detector` = RapidOCR's PP-OCR DB
+detector quads (`pip install 'upocr[real]'`), what a word-detector finder gives (often whole lines);
+`detector-words` = those quads split into words at blank column runs (`split_into_words`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier", default=None, help="classifier npz (default: the bundled one)")
     parser.add_argument("--synthetic", nargs="*", default=[], metavar="ROOT:SPLIT")
     parser.add_argument("--real", default=None, metavar="DIR", help="real-dev folder")
-    parser.add_argument("--finders", nargs="+", default=["gt"], choices=["gt", "mask"])
+    parser.add_argument("--finders", nargs="+", default=["gt"], choices=["gt", "mask", "detector", "detector-words"])
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--copy-move-trials", type=int, default=5)
@@ -39,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
         from upocr.predict import Predictor
 
         finders["mask"] = text_mask_finder(Predictor())
+    if "detector" in args.finders:
+        from upocr.evaluate.real import rapidocr_detector
+
+        finders["detector"] = rapidocr_detector()
+    if "detector-words" in args.finders:
+        from upocr.evaluate.real import rapidocr_detector
+        from upocr.forensics.detect import split_into_words
+
+        lines_of = rapidocr_detector()
+        finders["detector-words"] = lambda image: split_into_words(image, lines_of(image))
     finders = {name: finders[name] for name in args.finders}
     results: dict = {"threshold": threshold, "synthetic": {}, "real": {}}
     lines = [f"threshold {threshold:.4f}", "",

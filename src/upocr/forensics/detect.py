@@ -115,6 +115,55 @@ def regions_from_text_mask(mask: np.ndarray) -> list[np.ndarray]:
     return boxes
 
 
+WORD_GAP_SHARE = 0.4  # a blank run of columns this share of the line height (or wider) separates words
+
+
+def split_into_words(image: np.ndarray, regions: Sequence[Region]) -> list[np.ndarray]:
+    """Line regions (a detector's quads often hold a whole line) -> word boxes (x1, y1, x2, y2): inside
+    each region's bounding box, ink by Otsu (the minority side), split at blank column runs at least
+    WORD_GAP_SHARE of the line height wide. A forged word is judged against its neighbours only when
+    it is a region of its own. Regions taller than wide (vertical text) are kept whole."""
+    height, width = image.shape[:2]
+    grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+    words: list[np.ndarray] = []
+    for polygon in region_boxes(regions, (height, width)):
+        x1, y1 = np.floor(polygon.min(0)).astype(int)
+        x2, y2 = np.ceil(polygon.max(0)).astype(int)
+        box_h, box_w = y2 - y1 + 1, x2 - x1 + 1
+        crop = grey[y1:y2 + 1, x1:x2 + 1]
+        if box_h < MIN_WORD_HEIGHT or box_w <= box_h or crop.size < 16:
+            words.append(np.array([x1, y1, x2, y2], np.float32))
+            continue
+        _, dark = cv2.threshold(crop, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+        ink = dark if dark.sum() <= dark.size / 2 else 1 - dark
+        # A column is blank when (almost) no ink crosses it; stray pixels of the neighbouring line
+        # at the box's top and bottom edges should not bridge a gap.
+        blank = ink[max(0, box_h // 8):box_h - box_h // 8].sum(axis=0) <= 0
+        gap = max(2, int(round(WORD_GAP_SHARE * box_h)))
+        start, runs = None, []
+        for x, is_blank in enumerate(np.append(blank, False)):
+            if is_blank and start is None:
+                start = x
+            elif not is_blank and start is not None:
+                if x - start >= gap:
+                    runs.append((start, x))
+                start = None
+        left = 0
+        pieces = []
+        for run_start, run_end in runs:
+            if run_start > left:
+                pieces.append((left, run_start - 1))
+            left = run_end
+        if left < box_w:
+            pieces.append((left, box_w - 1))
+        pieces = [(a, b) for a, b in pieces if ink[:, a:b + 1].any()]
+        if len(pieces) <= 1:
+            words.append(np.array([x1, y1, x2, y2], np.float32))
+            continue
+        words += [np.array([x1 + a, y1, x1 + b, y2], np.float32) for a, b in pieces]
+    return words
+
+
 def detect_tampered_words(image: np.ndarray, *, regions: Sequence[Region] | None = None, text_mask: np.ndarray | None = None,
                           threshold: float | None = None, classifier: TreeEnsemble | str | Path | None = None) -> WordTampering:
     """What the predictor calls: word `regions` (a finder's polygons or boxes) or, without them, a
