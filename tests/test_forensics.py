@@ -182,3 +182,24 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert (tmp_path / "features.npz").is_file()
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_found_regions_are_labelled_by_their_share_in_tampered_boxes():
+    from upocr.forensics.train import found_region_labels
+
+    boxes = [(10, 10, 49, 29, 2), (60, 10, 99, 29, 1)]
+    regions = [np.array([12, 10, 47, 29]), np.array([60, 10, 99, 29]), np.array([30, 10, 89, 29]),
+               np.array([150, 50, 170, 60])]
+    assert found_region_labels(regions, boxes, (100, 200)).tolist() == [1, 0, -1, 0]
+
+
+def test_line_regions_are_split_into_words_at_wide_gaps():
+    from upocr.forensics.detect import split_into_words
+
+    image = np.full((40, 200, 3), 230, np.uint8)
+    for x in (10, 18, 26):  # word 1: letters 3 px apart
+        image[10:30, x:x + 5] = 20
+    for x in (70, 78):  # word 2, 39 px further
+        image[10:30, x:x + 5] = 20
+    words = split_into_words(image, [np.array([5, 8, 90, 31])])
+    assert [w.astype(int).tolist() for w in words] == [[5, 8, 30, 31], [70, 8, 90, 31]]

@@ -29,6 +29,10 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=positive(int), default=None, help="use only the first N images")
     parser.add_argument("--features", default=None, metavar="FILE",
                         help="feature cache (npz): read from it when it exists, else measure and write it")
+    parser.add_argument("--detector-every", type=int, default=0, metavar="K",
+                        help="every K-th image also adds the regions RapidOCR's PP-OCR detector finds there, split "
+                             "into words and labelled by their overlap with tampered boxes (needs `pip install "
+                             "'upocr[real]'`), so the trees also learn a finder's regions; 0 = off (default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -41,11 +45,21 @@ def run(args: argparse.Namespace) -> int:
         print("upocr train-tampering: error: --false-alarm-rate and --validation-share must be between 0 and 1",
               file=sys.stderr)
         return 2
+    finder = None
     try:
+        if args.detector_every > 0:
+            from upocr.evaluate.real import rapidocr_detector
+            from upocr.forensics.detect import split_into_words
+
+            detect_lines = rapidocr_detector()
+
+            def finder(image):
+                return split_into_words(image, detect_lines(image))
+
         ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
                                     max_iter=args.max_iter, seed=args.seed,
-                                    features_file=args.features)
+                                    features_file=args.features, finder=finder, finder_every=args.detector_every)
     except (LayoutError, ValueError, OSError, ImportError) as error:
         print(f"upocr train-tampering: error: {error}", file=sys.stderr)
         return 2

@@ -156,11 +156,9 @@ def split_into_words(image: np.ndarray, regions: Sequence[Region]) -> list[np.nd
             left = run_end
         if left < box_w:
             pieces.append((left, box_w - 1))
-        pieces = [(a, b) for a, b in pieces if ink[:, a:b + 1].any()]
-        if len(pieces) <= 1:
-            words.append(np.array([x1, y1, x2, y2], np.float32))
-            continue
-        words += [np.array([x1 + a, y1, x1 + b, y2], np.float32) for a, b in pieces]
+        # Pieces keep the blank margins they have (the quad's padding at the ends): shrinking them to their
+        # ink lost pixel IoU against word boxes (v2 held-out tampered IoU 0.199 -> 0.171 sideways only).
+        words += [np.array([x1 + a, y1, x1 + b, y2], np.float32) for a, b in pieces if ink[:, a:b + 1].any()]
     return words
 
 

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -36,16 +36,42 @@ class WordTable:
     names: list[str]
 
 
+FOUND_INSIDE = 0.5  # a found region is tampered when this share of it lies in tampered boxes
+FOUND_OUTSIDE = 0.1  # ... and genuine below this share; in between it is left out (half a forgery)
+
+Finder = Callable[[np.ndarray], list]
+
+
+def found_region_labels(regions: Sequence[np.ndarray], boxes: Sequence[tuple[int, int, int, int, int]],
+                        shape: tuple[int, int]) -> np.ndarray:
+    """Per found region: 1 tampered, 0 genuine (also regions on no word: the pipeline should not flag
+    them), -1 ambiguous, from the share of its box that lies in tampered ground-truth boxes."""
+    tampered = np.zeros(shape, np.uint8)
+    for x1, y1, x2, y2, label in boxes:
+        if label == TAMPERED_TEXT:
+            tampered[max(y1, 0):y2 + 1, max(x1, 0):x2 + 1] = 1
+    labels = []
+    for region in regions:
+        points = np.asarray(region, np.float32).reshape(-1, 2)
+        x1, y1 = np.clip(np.floor(points.min(0)).astype(int), 0, None)
+        x2, y2 = np.ceil(points.max(0)).astype(int)
+        share = float(tampered[y1:y2 + 1, x1:x2 + 1].mean()) if y2 >= y1 and x2 >= x1 else 0.0
+        labels.append(1 if share >= FOUND_INSIDE else 0 if share < FOUND_OUTSIDE else -1)
+    return np.array(labels, np.int8)
+
+
 def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, limit: int | None = None,
-                  progress: bool = True) -> WordTable:
-    """Features and labels of every GT word box of the `split` images under each root."""
+                  progress: bool = True, finder: Finder | None = None, finder_every: int = 0) -> WordTable:
+    """Features and labels of every GT word box of the `split` images under each root; with `finder`,
+    every `finder_every`-th image also adds the regions the finder returns (labelled by
+    `found_region_labels`), so the trees also learn the regions they will be given at inference."""
     samples = [sample for root in roots for sample in tampering_samples(root, split)]
     if limit:
         samples = samples[:limit]
     if not samples:
         raise ValueError(f"no {split} tampering images under {', '.join(str(r) for r in roots)}")
     features, labels, owners, names = [], [], [], []
-    for sample in tqdm(samples, desc="word features", unit="image", disable=not progress):
+    for index, sample in enumerate(tqdm(samples, desc="word features", unit="image", disable=not progress)):
         boxes = read_tampering_boxes(sample.gt)
         if not boxes:
             continue
@@ -53,6 +79,14 @@ def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, l
         features.append(word_features(image, [box[:4] for box in boxes]))
         labels.append(np.array([box[4] == TAMPERED_TEXT for box in boxes], np.int8))
         owners.append(np.full(len(boxes), len(names), np.int32))
+        if finder is not None and finder_every and index % finder_every == 0:
+            regions = finder(image)
+            found = found_region_labels(regions, boxes, image.shape[:2])
+            keep = found >= 0
+            if keep.any():
+                features.append(word_features(image, [r for r, k in zip(regions, keep) if k]))
+                labels.append(found[keep])
+                owners.append(np.full(int(keep.sum()), len(names), np.int32))
         names.append(sample.name)
     return WordTable(np.concatenate(features), np.concatenate(labels), np.concatenate(owners), names)
 
@@ -147,20 +181,21 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
 
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
                      limit: int | None = None, progress: bool = True, features_file: str | os.PathLike | None = None,
-                     **options) -> TreeEnsemble:
+                     finder: Finder | None = None, finder_every: int = 0, **options) -> TreeEnsemble:
     """Features from every root, fit, save to `out`; returns the ensemble (its `record` says how).
     `features_file`: read the features from there when it exists, else measure and write them there."""
     started = time.perf_counter()
     if features_file is not None and Path(features_file).is_file():
         table = load_table(features_file)
     else:
-        table = collect_words(roots, split, limit=limit, progress=progress)
+        table = collect_words(roots, split, limit=limit, progress=progress, finder=finder, finder_every=finder_every)
         if features_file is not None:
             save_table(table, features_file)
     feature_seconds = time.perf_counter() - started
     record = {"data": [str(Path(r)) for r in roots], "split": split, "images": len(table.names),
               "words": int(table.labels.size), "tampered_words": int(table.labels.sum()),
-              "feature_seconds": round(feature_seconds, 1)}
+              "feature_seconds": round(feature_seconds, 1),
+              "found_regions_every": finder_every if finder is not None else 0}
     record.update(_synth_runs(roots))
     ensemble = fit(table, record=record, **options)
     ensemble.record["total_seconds"] = round(time.perf_counter() - started, 1)
