@@ -183,6 +183,14 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = _L
     return path
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file atomically (`upocr.utils.atomic_output`): never half-written."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
 def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and folders into a list of image paths.
 
