@@ -5,7 +5,9 @@ copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a ma
         --real ../shared/real-dev [--classifier FILE] [--finders gt mask] [--threshold T] [--json FILE]
 
 Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
-bundled model's text mask grouped into words (loads the model); `detector` = RapidOCR's PP-OCR DB
+bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
+(classes 1 and 2) of the model's own tampering output, its blobs split into words (what `detect-tampering`
+has without a word detector); `detector` = RapidOCR's PP-OCR DB
 detector quads (`pip install 'upocr[real]'`), what a word-detector finder gives (often whole lines);
 `detector-words` = those quads split into words at blank column runs (`split_into_words`).
 """
@@ -23,14 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier", default=None, help="classifier npz (default: the bundled one)")
     parser.add_argument("--synthetic", nargs="*", default=[], metavar="ROOT:SPLIT")
     parser.add_argument("--real", default=None, metavar="DIR", help="real-dev folder")
-    parser.add_argument("--finders", nargs="+", default=["gt"], choices=["gt", "mask", "detector", "detector-words"])
+    parser.add_argument("--finders", nargs="+", default=["gt"], choices=["gt", "mask", "model-words", "detector", "detector-words"])
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--copy-move-trials", type=int, default=5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from upocr.evaluate.forensic import copy_move_scores, real_false_alarms, synthetic_scores, text_mask_finder
+    from upocr.evaluate.forensic import (copy_move_scores, model_text_words, real_false_alarms, synthetic_scores,
+                                         text_mask_finder)
     from upocr.evaluate.real import read_real_samples
     from upocr.forensics.model import load_classifier
 
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         from upocr.predict import Predictor
 
         finders["mask"] = text_mask_finder(Predictor())
+    if "model-words" in args.finders:
+        from upocr.predict import Predictor
+
+        model = Predictor()
+        finders["model-words"] = lambda image: model_text_words(model, image)
     if "detector" in args.finders:
         from upocr.evaluate.real import rapidocr_detector
 

@@ -27,7 +27,7 @@ from upocr.data.layouts import read_tampering_boxes, read_tampering_label, tampe
 from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.real import MethodScores, RealSample, polygon_mask, score_tampering
-from upocr.forensics.detect import classify_regions, regions_from_text_mask
+from upocr.forensics.detect import classify_regions, regions_from_text_mask, split_into_words
 from upocr.forensics.model import TreeEnsemble
 from upocr.forensics.train import roc_auc
 from upocr.io import read_image
@@ -38,6 +38,14 @@ Finder = Callable[[np.ndarray], list]  # RGB image -> word regions
 def text_mask_finder(predictor) -> Finder:
     """Regions from the model's text segmentation, grouped into words."""
     return lambda image: regions_from_text_mask(predictor.predict(image, "segmentation").mask)
+
+
+def model_text_words(predictor, image: np.ndarray) -> list[np.ndarray]:
+    """Regions from the model's tampering output: its text (real or tampered) blobs, split into words."""
+    classes = predictor.predict(image, "tampering").classes
+    count, _, stats, _ = cv2.connectedComponentsWithStats((classes > 0).astype(np.uint8), connectivity=8)
+    blobs = [np.array([x, y, x + w - 1, y + h - 1], np.float32) for x, y, w, h, _ in stats[1:count]]
+    return split_into_words(image, blobs)
 
 
 @dataclass
