@@ -203,3 +203,28 @@ def test_line_regions_are_split_into_words_at_wide_gaps():
         image[10:30, x:x + 5] = 20
     words = split_into_words(image, [np.array([5, 8, 90, 31])])
     assert [w.astype(int).tolist() for w in words] == [[5, 8, 30, 31], [70, 8, 90, 31]]
+
+
+def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, tmp_path):
+    import json
+
+    from upocr.cli import main
+    from upocr.predict import Predictor
+
+    image, _ = page(np.random.default_rng(6))
+    image = image[..., ::-1].copy()
+    predictor = Predictor(weights=tiny_weights, size=64, tile=None, tampering="words")
+    found = predictor.predict(image, "tampering")
+    assert found.words and set(found.words[0]) == {"box", "polygon", "probability", "tampered"}
+    x1, y1, x2, y2 = found.words[0]["box"]
+    assert found.classes[(y1 + y2) // 2, (x1 + x2) // 2] in (1, 2) and found.classes[0, 0] == 0
+    everything = predictor.with_options(tampering_threshold=0.0).predict(image, "tampering")
+    assert all(word["tampered"] for word in everything.words) and set(np.unique(everything.classes)) == {0, 2}
+    assert predictor.with_options(tampering="model").predict(image, "tampering").words is None
+    cv2.imwrite(str(tmp_path / "page.png"), image[..., ::-1])
+    assert main(["detect-tampering", str(tmp_path / "page.png"), "-o", str(tmp_path / "out"), "--weights",
+                 str(tiny_weights), "--size", "64", "--tampering", "words", "--tampering-threshold", "0.5",
+                 "--regions"]) == 0
+    written = json.loads((tmp_path / "out" / "page_regions.json").read_text())
+    assert len(written["words"]) == len(found.words)
+    assert [w["tampered"] for w in written["words"]] == [w["probability"] > 0.5 for w in written["words"]]

@@ -90,6 +90,7 @@ class Prediction:
     classes: np.ndarray | None = None  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
     change_mask: np.ndarray | None = field(default=None, repr=False)  # float32 (H, W): removal blend weight
     regions: Any = field(default=None, repr=False)  # WordRegions | None
+    words: list[dict] | None = field(default=None, repr=False)  # tampering "words": per word box, probability, flag
 
     @property
     def result(self) -> np.ndarray:
@@ -168,6 +169,7 @@ class Predictor:
         self.removal = self.pipeline.name
         self.grow, self.max_pixels, self.keep_output = options.grow, options.max_pixels, options.keep_output
         self.detector_model = options.detector_model
+        self.tampering, self.tampering_threshold = options.tampering, options.tampering_threshold
         self._word_detector: Any = None  # upocr.detector.WordDetector, opened when a pipeline first needs it
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
@@ -194,7 +196,9 @@ class Predictor:
 
     def finds_words(self, task: Task | str) -> bool:
         """Whether this predictor runs the word detector for `task` (and so gives `Prediction.regions`)."""
-        return Task.parse(task) == Task.TEXT_REMOVAL and self.pipeline.finder == "words"
+        task = Task.parse(task)
+        return ((task == Task.TEXT_REMOVAL and self.pipeline.finder == "words")
+                or (task == Task.TAMPERED_TEXT_DETECTION and self.tampering == "words"))
 
     @property
     def word_detector(self) -> Any:
@@ -276,7 +280,8 @@ class Predictor:
             # characters larger than a tile (posters), of which tiles find only the edges. On real photos
             # (`upocr evaluate real`) the union erased more words than either scale alone.
             whole_text = self._run_resized([pixels], [Task.TEXT_SEGMENTATION])[0][0][1]
-        regions = self.word_detector.detect(pixels) if finder == "words" else None
+        tampering_words = Task.TAMPERED_TEXT_DETECTION in task_list and self.tampering == "words"
+        regions = self.word_detector.detect(pixels) if finder == "words" or tampering_words else None
         decoder = _BandDecoder(self, pixels, task_list, run_list, tile, whole_text, finder)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)
@@ -421,6 +426,8 @@ class _BandDecoder:
         output = self.outputs.get(task)
         result = self.results[task]
         pipeline = self.predictor.pipeline
+        if task == Task.TAMPERED_TEXT_DETECTION and self.predictor.tampering == "words":
+            return self._tampered_words(output, regions)
         if task != Task.TEXT_REMOVAL or (pipeline.finder is None and mask is None):
             return Prediction(task, output, **{task.spec.result_field: result})
         predictor, pixels = self.predictor, self.pixels
@@ -459,6 +466,16 @@ class _BandDecoder:
             if change_mask is not None:
                 change_mask[top:bottom] = band_weight
         return Prediction(task, output, image=result, change_mask=change_mask, regions=regions)
+
+    def _tampered_words(self, output: np.ndarray | None, regions: Any) -> Prediction:
+        """Tampering by words: the detector's regions split into words, each judged by the forensic
+        classifier against the image's other words (`upocr.forensics`); the model's output is kept as is."""
+        from upocr.forensics.detect import detect_tampered_words, split_into_words
+
+        words = split_into_words(self.pixels, regions.polygons) if regions.polygons else []
+        found = detect_tampered_words(self.pixels, regions=words, threshold=self.predictor.tampering_threshold)
+        return Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=found.classes, regions=regions,
+                          words=found.words())
 
     def _region(self, mask: np.ndarray | None, regions: Any) -> tuple[np.ndarray | None, float]:
         """The region to fill, grown (None: the model-change finder), and the growth's pixel scale: a
