@@ -186,3 +186,32 @@ def copy_move_scores(samples: Sequence[RealSample], classifier: TreeEnsemble, *,
             for probability, flag in zip(result.probabilities, tampered):
                 (scores.pasted_probabilities if flag else scores.genuine_probabilities).append(float(probability))
     return scores
+
+
+def pipeline_scores(root: str | Path, split: str, predictor, *, limit: int | None = None,
+                    progress: bool = True) -> ForensicScores:
+    """The whole `detect-tampering` path (`predictor.predict(image, "tampering").classes`) on a
+    Tampered-IC13-layout split, e.g. with `Predictor(tampering="words")`."""
+    scores = ForensicScores()
+    samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
+    for sample in tqdm(samples, desc=f"pipeline {Path(root).name}", unit="image", disable=not progress):
+        image = read_image(sample.image)
+        started = time.perf_counter()
+        classes = predictor.predict(image, "tampering").classes
+        scores.seconds.append(time.perf_counter() - started)
+        scores.matrix.update(read_tampering_label(sample.gt, image.shape[:2]), classes)
+        scores.images += 1
+    return scores
+
+
+def pipeline_false_alarms(samples: Sequence[RealSample], predictor, *, progress: bool = True) -> MethodScores:
+    """Genuine-text false alarms of the whole `detect-tampering` path on real photos."""
+    scores = MethodScores()
+    for sample in tqdm(samples, desc="pipeline real", unit="image", disable=not progress):
+        if sample.words:
+            image = read_image(sample.image)
+            started = time.perf_counter()
+            classes = predictor.predict(image, "tampering").classes
+            scores.seconds.append(time.perf_counter() - started)
+            score_tampering(scores, sample, classes)
+    return scores
