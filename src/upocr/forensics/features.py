@@ -27,6 +27,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from upocr.data.synth.tampering import jpeg_roundtrip
+
 ELA_QUALITIES = (50, 70, 85, 95)
 RING_SHARE = 0.35  # the ring around a word is this share of its height wide
 TWIN_SIZE = (12, 40)  # (h, w) a word is resized to for the copy-move correlation
@@ -79,13 +81,6 @@ class ImageMaps:
     step_y: np.ndarray  # float32 (H-1, W)
 
 
-def jpeg_roundtrip_bgr(bgr: np.ndarray, quality: int) -> np.ndarray:
-    ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)
-
-
 def image_maps(image: np.ndarray) -> ImageMaps:
     """The maps of an RGB uint8 (H, W, 3) image. Error levels on the luminance only: JPEG's chroma is
     subsampled and coarsely quantised, and three channels would triple the cost (about 1 s per
@@ -95,7 +90,7 @@ def image_maps(image: np.ndarray) -> ImageMaps:
     grey = grey_levels.astype(np.float32)
     ela = {}
     for quality in ELA_QUALITIES:
-        again = cv2.cvtColor(jpeg_roundtrip_bgr(bgr, quality), cv2.COLOR_BGR2GRAY)
+        again = cv2.cvtColor(jpeg_roundtrip(image, quality), cv2.COLOR_RGB2GRAY)
         ela[quality] = cv2.absdiff(grey_levels, again).astype(np.float32)
     # Second-order residual: the image minus the average of its 4 neighbours (an SRM "square 3x3" style
     # filter): flat for smooth content, so what is left is sensor noise, resampling and JPEG traces.
