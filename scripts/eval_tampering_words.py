@@ -8,7 +8,7 @@ Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alon
 bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
 (classes 1 and 2) of the model's own tampering output, its blobs split into words (what `detect-tampering`
 has without a word detector); `detector` = RapidOCR's PP-OCR DB
-detector quads (`pip install 'upocr[real]'`), what a word-detector finder gives (often whole lines);
+detector quads (the optional rapidocr_onnxruntime), what a word-detector finder gives (often whole lines);
 `detector-words` = those quads split into words at blank column runs (`split_into_words`).
 """
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
 from upocr.io import DEFAULT_MAX_PIXELS
-from upocr.removal import DEFAULT_GROW, REMOVAL_PIPELINES
+from upocr.removal import DEFAULT_GROW, REMOVAL_PIPELINES, SEGMENTATION_FINDERS
 from upocr.weights.defaults import SIZE_MULTIPLE, InferenceDefaults
 
 # A larger working size is refused (from options or from a weights file): the model's memory grows with
@@ -130,6 +130,10 @@ class PredictorOptions:
         None, flags=("--threshold",), type=parse_threshold, scope="segmentation",
         help="text score threshold (default: the one calibrated for the weights; 0.4, the original's, for "
         "weights without one)")
+    segmentation: str | None = option(
+        None, flags=("--segmentation",), choices=tuple(SEGMENTATION_FINDERS), scope="segmentation",
+        help="which part finds the text mask: " + "; ".join(f"{k}: {v}" for k, v in SEGMENTATION_FINDERS.items())
+        + " (default: the finder stored with the weights)")
     removal: str | None = option(
         None, flags=("--removal", "--mode"), choices=tuple(REMOVAL_PIPELINES), scope="removal",
         help="how text is removed: which part finds the text and which fills it (default: the pipeline stored "
@@ -173,6 +177,8 @@ class PredictorOptions:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold!r}")
+        if self.segmentation is not None and self.segmentation not in SEGMENTATION_FINDERS:
+            raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATION_FINDERS)}, got {self.segmentation!r}")
         if self.removal is not None and self.removal not in REMOVAL_PIPELINES:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_PIPELINES)}, got {self.removal!r}")
         if _not_whole(self.grow) or self.grow < 0:

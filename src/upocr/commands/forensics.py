@@ -31,8 +31,8 @@ def register(subparsers) -> None:
                         help="feature cache (npz): read from it when it exists, else measure and write it")
     parser.add_argument("--detector-every", type=int, default=0, metavar="K",
                         help="every K-th image also adds the regions RapidOCR's PP-OCR detector finds there, split "
-                             "into words and labelled by their overlap with tampered boxes (needs `pip install "
-                             "'upocr[real]'`), so the trees also learn a finder's regions; 0 = off (default)")
+                             "into words and labelled by their overlap with tampered boxes (needs the optional rapidocr_onnxruntime), "
+                             "so the trees also learn a finder's regions; 0 = off (default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
