@@ -52,6 +52,7 @@ class Prediction:
     classes: np.ndarray | None = None  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
     change_mask: np.ndarray | None = field(default=None, repr=False)  # float32 (H, W): removal blend weight
     regions: Any = field(default=None, repr=False)  # WordRegions | None
+    words: list[dict] | None = field(default=None, repr=False)  # tampering "words": per word box, probability, flag
 
     @property
     def result(self) -> np.ndarray:
@@ -120,6 +121,8 @@ class BandDecoder:
         output = self.outputs.get(task)
         result = self.results[task]
         pipeline = self.predictor.pipeline
+        if task == Task.TAMPERED_TEXT_DETECTION and self.predictor.tampering == "words":
+            return self._tampered_words(output, regions)
         if task == Task.TEXT_SEGMENTATION and self.predictor.segmentation == "model-in-words":
             result &= regions.mask(WORDS_SEGMENTATION_MARGIN)  # the model's ink, inside the words only
             return Prediction(task, output, mask=result, regions=regions)
@@ -161,6 +164,16 @@ class BandDecoder:
             if change_mask is not None:
                 change_mask[top:bottom] = band_weight
         return Prediction(task, output, image=result, change_mask=change_mask, regions=regions)
+
+    def _tampered_words(self, output: np.ndarray | None, regions: Any) -> Prediction:
+        """Tampering by words: the detector's regions split into words, each judged by the forensic
+        classifier against the image's other words (`upocr.forensics`); the model's output is kept as is."""
+        from upocr.forensics.detect import detect_tampered_words, split_into_words
+
+        words = split_into_words(self.pixels, regions.polygons) if regions.polygons else []
+        found = detect_tampered_words(self.pixels, regions=words, threshold=self.predictor.tampering_threshold)
+        return Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=found.classes, regions=regions,
+                          words=found.words())
 
     def _region(self, mask: np.ndarray | None, regions: Any) -> tuple[np.ndarray | None, float]:
         """The region to fill, grown (None: the model-change finder), and the growth's pixel scale: a

@@ -124,6 +124,7 @@ class Predictor:
             raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATION_FINDERS)}, got {self.segmentation!r}")
         self.grow, self.max_pixels, self.keep_output = options.grow, options.max_pixels, options.keep_output
         self.detector_model = options.detector_model
+        self.tampering, self.tampering_threshold = options.tampering, options.tampering_threshold
         self._word_detector: Any = None  # upocr.detector.WordDetector, opened when a pipeline first needs it
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
@@ -152,7 +153,8 @@ class Predictor:
         """Whether this predictor runs the word detector for `task` (and so gives `Prediction.regions`)."""
         task = Task.parse(task)
         return (task == Task.TEXT_REMOVAL and self.pipeline.finder == "words"
-                or task == Task.TEXT_SEGMENTATION and self.segmentation == "model-in-words")
+                or task == Task.TEXT_SEGMENTATION and self.segmentation == "model-in-words"
+                or task == Task.TAMPERED_TEXT_DETECTION and self.tampering == "words")
 
     @property
     def word_detector(self) -> Any:
@@ -235,7 +237,8 @@ class Predictor:
             # (`upocr evaluate real`) the union erased more words than either scale alone.
             whole_text = self._run_resized([pixels], [Task.TEXT_SEGMENTATION])[0][0][1]
         words_mask_text = Task.TEXT_SEGMENTATION in task_list and self.segmentation == "model-in-words"
-        regions = self.word_detector.detect(pixels) if finder == "words" or words_mask_text else None
+        tampering_words = Task.TAMPERED_TEXT_DETECTION in task_list and self.tampering == "words"
+        regions = self.word_detector.detect(pixels) if finder == "words" or words_mask_text or tampering_words else None
         decoder = BandDecoder(self, pixels, task_list, run_list, tile, whole_text, finder)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)

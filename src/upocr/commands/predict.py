@@ -90,6 +90,7 @@ def _no_file_options(parser: argparse.ArgumentParser) -> None:
 TASK_FILE_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
     Task.TEXT_REMOVAL: _removal_file_options,
     Task.TEXT_SEGMENTATION: _regions_option,
+    Task.TAMPERED_TEXT_DETECTION: _regions_option,
 }
 
 
