@@ -44,7 +44,8 @@ def test_inference_defaults_are_stored_with_the_weights_not_in_the_config(tiny, 
     stored = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
     assert "input_size" not in stored and "segmentation_threshold" not in stored and stored == tiny.config.to_dict()
     metadata = safetensors_metadata(tmp_path / "m" / WEIGHTS_FILE)
-    assert json.loads(metadata["upocr_inference"]) == {"input_size": 64, "segmentation_threshold": 0.25, "removal": "telea-fill"}
+    assert json.loads(metadata["upocr_inference"]) == {"input_size": 64, "segmentation_threshold": 0.25, "removal": "telea-fill",
+                                                       "segmentation": "model", "tampering": "model"}
     for path in (tmp_path / "m", tmp_path / "m" / WEIGHTS_FILE):
         loaded = upocr.load_model(path)
         assert loaded.inference == InferenceDefaults(64, 0.25) and loaded.config == tiny.config

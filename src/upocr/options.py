@@ -145,9 +145,10 @@ class PredictorOptions:
     detector_model: Path | None = option(
         None, flags=("--detector-model",), type=Path, metavar="ONNX", scope="removal",
         help="a PP-OCR DB text detector .onnx for the word finder (default: the bundled PP-OCRv4 mobile detector)")
-    tampering: str = option(
-        "model", flags=("--tampering",), choices=TAMPERING_DECISIONS, scope="tampering",
-        help="how tampered words are told apart: model (default): the model's own 0/1/2 output (on synthetic "
+    tampering: str | None = option(
+        None, flags=("--tampering",), choices=TAMPERING_DECISIONS, scope="tampering",
+        help="how tampered words are told apart (default: the decision stored with the weights; the bundled "
+        "weights store words, others model): model: the model's own 0/1/2 output (on synthetic "
         "held-out forgeries it flags none); words: the word detector finds the words, split at wide gaps, and the "
         "per-word forensic classifier (upocr.forensics, docs/tampering.md) flags those whose traces differ from "
         "the other words of the image")
@@ -183,7 +184,7 @@ class PredictorOptions:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_PIPELINES)}, got {self.removal!r}")
         if _not_whole(self.grow) or self.grow < 0:
             raise ValueError(f"grow must be a whole number of pixels, 0 or more, got {self.grow!r}")
-        if self.tampering not in TAMPERING_DECISIONS:
+        if self.tampering is not None and self.tampering not in TAMPERING_DECISIONS:
             raise ValueError(f"tampering must be one of {', '.join(TAMPERING_DECISIONS)}, got {self.tampering!r}")
         if self.tampering_threshold is not None and not (
                 isinstance(self.tampering_threshold, (int, float)) and 0 <= self.tampering_threshold < 1):

@@ -34,7 +34,7 @@ from PIL import Image
 from upocr.decoding import BandDecoder, Prediction
 from upocr.io import read_image
 from upocr.model.checkpoint import load_model, resolve_device
-from upocr.options import PredictorOptions, check_multiple
+from upocr.options import TAMPERING_DECISIONS, PredictorOptions, check_multiple
 from upocr.removal import SEGMENTATION_FINDERS, removal_pipeline
 from upocr.tasks import Task
 from upocr.tiling import AUTO_TILE_AREA_FACTOR, BAND_ROWS, Band, resized_bands, tiled_bands
@@ -124,7 +124,10 @@ class Predictor:
             raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATION_FINDERS)}, got {self.segmentation!r}")
         self.grow, self.max_pixels, self.keep_output = options.grow, options.max_pixels, options.keep_output
         self.detector_model = options.detector_model
-        self.tampering, self.tampering_threshold = options.tampering, options.tampering_threshold
+        self.tampering = options.tampering if options.tampering is not None else stored.tampering
+        if self.tampering not in TAMPERING_DECISIONS:
+            raise ValueError(f"tampering must be one of {', '.join(TAMPERING_DECISIONS)}, got {self.tampering!r}")
+        self.tampering_threshold = options.tampering_threshold
         self._word_detector: Any = None  # upocr.detector.WordDetector, opened when a pipeline first needs it
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
@@ -214,6 +217,8 @@ class Predictor:
                 run_list.append(Task.TEXT_SEGMENTATION)
             if not self.pipeline.runs_removal_prompt(self.keep_output):
                 run_list.remove(Task.TEXT_REMOVAL)
+        if Task.TAMPERED_TEXT_DETECTION in task_list and self.tampering == "words" and not self.keep_output:
+            run_list.remove(Task.TAMPERED_TEXT_DETECTION)  # the words' classes come from the detector + classifier
         return run_list
 
     def _decode(

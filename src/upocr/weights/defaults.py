@@ -24,6 +24,7 @@ SIZE_MULTIPLE = 32
 # got before pipelines were stored).
 DEFAULT_REMOVAL = "telea-fill"
 DEFAULT_SEGMENTATION = "model"  # the model's own text mask
+DEFAULT_TAMPERING = "model"  # the model's own 0/1/2 output
 
 
 @dataclass(frozen=True)
@@ -35,12 +36,15 @@ class InferenceDefaults:
     Predictor uses it): the bundled synthetic-trained weights store the one that scored best on real
     photos; weights without the key get "telea-fill" (the model's text mask, filled by Telea).
     segmentation: which finder decides the text mask (`upocr.removal.SEGMENTATION_FINDERS`; "model" for
-    weights without the key)."""
+    weights without the key).
+    tampering: how detect-tampering decides (`upocr.options.TAMPERING_DECISIONS`: "model", the model's own
+    output, for weights without the key; "words", the per-word forensic classifier)."""
 
     input_size: int = ORIGINAL_INPUT_SIZE
     segmentation_threshold: float = SEGMENTATION_THRESHOLD
     removal: str = DEFAULT_REMOVAL
     segmentation: str = DEFAULT_SEGMENTATION
+    tampering: str = DEFAULT_TAMPERING
 
     # The largest working resolution (also `--size`'s limit): the model's memory grows with size^2, so a
     # weights file claiming 8192 made a 160x128 image take 4.9 GB; large images are better run on tiles.
@@ -53,7 +57,7 @@ class InferenceDefaults:
             raise ValueError(f"input_size {self.input_size} is too large (at most {self.MAX_INPUT_SIZE})")
         if not 0.0 < float(self.segmentation_threshold) < 1.0:
             raise ValueError(f"segmentation_threshold must be in (0, 1), got {self.segmentation_threshold}")
-        for key in ("removal", "segmentation"):
+        for key in ("removal", "segmentation", "tampering"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValueError(f"{key} must be a name, got {getattr(self, key)!r}")
 
