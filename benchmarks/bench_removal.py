@@ -1,6 +1,7 @@
 """Text removal pipelines: seconds per image and peak RSS, per pipeline x image size, on CPU.
 
     python benchmarks/bench_removal.py                                    # the defaults (~3 min on 2 cores)
+    python benchmarks/bench_removal.py --pipelines words-telea telea-fill model-fill raw   # docs/results.md (~7 min)
     python benchmarks/bench_removal.py --runs 5 --threads 2
     python benchmarks/bench_removal.py --pipelines words-telea words-model --large-pipelines words-telea telea-fill
 
@@ -8,7 +9,9 @@ Rows (each in a fresh process, so that its peak RSS is its own):
 * one per removal pipeline (`upocr.removal.REMOVAL_PIPELINES`) and image: `Predictor(removal=P,
   keep_output=False)` built from the bundled weights (as `upocr remove-text` builds it), one warm-up
   `predict(image, "removal")` on the decoded array, then `--runs` timed calls; the median is reported.
-  "load s" is building the Predictor (model + detector on first use are in the warm-up, not counted);
+  "load s" is building the Predictor (model + detector on first use are in the warm-up, not counted).
+  Rows whose pipeline runs the model (all but words-telea: every 256 x 256 tile of the photo, ~40 CPU s)
+  run `--model-runs` times (default 1) without a warm-up, so that the defaults finish in ~3 minutes;
 * "detector": `upocr.detector.WordDetector().detect(image)` alone (ONNX pass + DB post-processing);
 * "CLI": `upocr remove-text photo.jpg -o OUT` (default pipeline) wall time, whole process: start-up,
   weight loading, JPEG decode, removal, PNG encode, write; median of `--runs` processes.
@@ -88,7 +91,8 @@ def measure(row: str, image_path: Path, args: argparse.Namespace) -> dict:
         predictor = Predictor(removal=row, keep_output=False)
         call = lambda: predictor.predict(pixels, "removal")  # noqa: E731
     load = time.perf_counter() - start
-    call()  # warm-up: ONNX / torch first-run allocations, the detector opened on first use
+    if not args.no_warm_up:
+        call()  # warm-up: ONNX / torch first-run allocations, the detector opened on first use
     seconds, cpu_seconds = [], []
     for _ in range(args.runs):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -112,15 +116,24 @@ def child_rss(command: list[str]) -> tuple[float, float, str, str]:
     return seconds, usage.ru_maxrss / 1024, out.decode(), tail
 
 
+def model_passes(pipeline) -> bool:
+    """Whether `pipeline` runs the UPOCR model under keep_output=False (all but the word finder + Telea)."""
+    return pipeline.finder != "words" or pipeline.runs_removal_prompt(keep_output=False)
+
+
 def main() -> int:
     from upocr.removal import REMOVAL_PIPELINES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipelines", nargs="*", choices=list(REMOVAL_PIPELINES),
-                        default=["words-telea", "telea-fill", "model-fill", "raw"], help="rows on the 1600 x 1200 photo")
+                        default=["words-telea"],
+                        help="rows on the 1600 x 1200 photo (default: words-telea; each model pipeline adds 0.5-2 min)")
     parser.add_argument("--large-pipelines", nargs="*", choices=list(REMOVAL_PIPELINES), default=["words-telea"],
                         help="rows on the 9000 x 9000 page (default: words-telea, the default pipeline)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per row (median), after one warm-up")
+    parser.add_argument("--model-runs", type=int, default=1,
+                        help="timed runs of the rows that run the model, without a warm-up (tens of seconds each on 2 cores)")
+    parser.add_argument("--no-warm-up", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help="torch and detector (ONNX Runtime) threads")
     parser.add_argument("--no-cli", action="store_true", help="skip the `upocr remove-text` rows")
     parser.add_argument("--images", type=Path, default=Path(tempfile.gettempdir()) / "upocr-bench-removal")
@@ -146,8 +159,9 @@ def main() -> int:
     rows += [(p, large, "9000x9000 page") for p in [DETECTOR_ROW, *args.large_pipelines]]
     failed = 0
     for row, image, label in rows:
-        command = [sys.executable, __file__, "--child", row, str(image), "--runs", str(args.runs),
-                   "--threads", str(args.threads)]
+        runs_model = row != DETECTOR_ROW and model_passes(REMOVAL_PIPELINES[row])
+        command = [sys.executable, __file__, "--child", row, str(image), "--threads", str(args.threads),
+                   "--runs", str(args.model_runs if runs_model else args.runs)] + (["--no-warm-up"] if runs_model else [])
         _, peak, out, error = child_rss(command)
         if error:
             failed += 1
@@ -156,6 +170,7 @@ def main() -> int:
             continue
         result = json.loads(out.strip().splitlines()[-1])
         name = f"{row} (default)" if row == "words-telea" else row
+        name += f" ({args.model_runs} run, no warm-up)" if runs_model else ""
         print(f"| {name} | {label} | {result['s_per_image']:.2f} | {result['min_s']:.2f} | {result['cpu_s']:.2f} | {result['load_s']:.1f} | "
               f"{peak:,.0f} |", flush=True)
     if not args.no_cli:
