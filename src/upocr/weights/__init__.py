@@ -13,6 +13,7 @@ from upocr.weights.formats import (
     CheckpointError,
     StoredConfig,
     StoredWeights,
+    bundled_inference_defaults,
     read_weights,
     safetensors_metadata,
     save_weights,
@@ -23,6 +24,6 @@ from upocr.weights.record import training_record, training_stages
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "CheckpointError", "InferenceDefaults", "StoredConfig",
-    "StoredWeights", "check_finite", "check_state_fits", "read_weights", "safetensors_metadata", "save_weights",
+    "StoredWeights", "bundled_inference_defaults", "check_finite", "check_state_fits", "read_weights", "safetensors_metadata", "save_weights",
     "short_reason", "split_legacy_fields", "torch_load_safely", "training_record", "training_stages",
 ]  # fmt: skip
