@@ -260,3 +260,51 @@ def test_an_upward_import_is_found(fake_package):
     assert graph["upocr.weights"] == {"upocr.model.upocr"}  # relative imports resolved
     assert layer_of("upocr.weights") < layer_of("upocr.model.upocr")
     assert cycles(graph) == [["upocr.model.upocr", "upocr.weights", "upocr.model.upocr"]]
+
+
+# ---------------------------------------------------------------- the faces reach the library through its API
+
+# The command line reaches the network and the weights only through the package's public API (`upocr`:
+# load_model, build_model, describe_weights, InferenceDefaults, ...), never by importing them itself.
+FACE_FORBIDDEN = ("upocr.model", "upocr.weights")
+
+
+def test_commands_reach_the_network_and_weights_only_through_the_api():
+    modules = module_files()
+    offenders = sorted(
+        f"{module} imports {target}"
+        for module in modules if module.startswith("upocr.commands")
+        for target in imports_of(module, modules) if target.startswith(FACE_FORBIDDEN)
+    )
+    assert not offenders, "use the `upocr` API instead:\n" + "\n".join(offenders)
+
+
+# ---------------------------------------------------------------- the architecture picture is these layers
+
+ARCHITECTURE_DOC = SOURCE.parent / "docs" / "architecture.md"
+
+
+def layers_mermaid() -> str:
+    """The layer picture of docs/architecture.md, made from LAYERS (one box a layer, lowest at the bottom)."""
+    lines = ["flowchart BT"]
+    for index, (name, members) in enumerate(LAYERS):
+        shown = " · ".join(member.removeprefix("upocr.") if member != "upocr" else "upocr (the API)" for member in members)
+        lines.append(f'    layer{index}["<b>{name}</b><br/>{shown}"]')
+    lines += [f"    layer{index + 1} --> layer{index}" for index in range(len(LAYERS) - 1)]
+    return "\n".join(lines)
+
+
+def _doc_picture(text: str) -> str:
+    start = text.index("```mermaid\n") + len("```mermaid\n")
+    return text[start : text.index("```", start)].rstrip("\n")
+
+
+def test_the_architecture_picture_shows_the_tested_layers():
+    assert _doc_picture(ARCHITECTURE_DOC.read_text(encoding="utf-8")) == layers_mermaid(), (
+        "docs/architecture.md's picture differs from LAYERS: run `python tests/test_imports.py` to redraw it")
+
+
+if __name__ == "__main__":  # redraw docs/architecture.md's picture from LAYERS
+    text = ARCHITECTURE_DOC.read_text(encoding="utf-8")
+    ARCHITECTURE_DOC.write_text(text.replace(_doc_picture(text), layers_mermaid()), encoding="utf-8")
+    print(f"redrew {ARCHITECTURE_DOC}")

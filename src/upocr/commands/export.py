@@ -36,9 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     try:
+        from upocr import build_model, load_model
         from upocr.export import export_onnx
-        from upocr.model import build_model
-        from upocr.model.checkpoint import load_model
 
         if args.output.suffix.lower() != ".onnx":
             raise ValueError(f"{args.output}: the output name must end in .onnx")

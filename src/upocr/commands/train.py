@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from upocr.weights import CheckpointError
+    from upocr import CheckpointError
     from upocr.train.checkpoint import CheckpointWriteError
     from upocr.train.config import resolve_config
     from upocr.train.trainer import NonFiniteLossError, TrainingInterrupted, train
