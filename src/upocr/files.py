@@ -49,7 +49,8 @@ _OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "failed to 
 
 Renderer = Callable[[np.ndarray, Prediction], np.ndarray | str]  # an image, or a text file's content
 REGIONS_SUFFIX = "_regions.json"
-MASK_SUFFIXES = ("", "_mask")  # a mask folder's names: <name>.png, or segment-text's <name>_mask.png
+# A mask folder's names: <name>.<suffix>, or segment-text's result name for <name> (its spec's suffix).
+MASK_SUFFIXES = ("", Task.TEXT_SEGMENTATION.spec.result_suffix.rsplit(".", 1)[0])
 ErrorHandler = Callable[[str], None]
 
 
@@ -400,7 +401,7 @@ def mask_for(masks: Path, name: Path, shape: tuple[int, int]) -> np.ndarray:
                       for suffix in sorted(IMAGE_SUFFIXES, key=lambda suffix: suffix != ".png")]
         path = next((c for c in candidates if c.is_file()), None)
         if path is None:
-            raise FileNotFoundError(f"no mask {printable(masks / name)}.png (or _mask.png) for it")
+            raise FileNotFoundError(f"no mask {printable(masks / name)}.png (nor segment-text's mask name) for it")
     pixels = read_image(path)
     if pixels.shape[:2] != shape:
         raise ImageError(f"{printable(path)}: mask is {pixels.shape[1]}x{pixels.shape[0]}, image {shape[1]}x{shape[0]}")

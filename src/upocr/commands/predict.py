@@ -72,7 +72,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, spec: TaskSpec, *, input
 def _removal_file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", type=Path, metavar="FILE|DIR",
                         help="where the text is, instead of the pipeline's finder: one mask image for every input, or a "
-                        "folder of masks named like the outputs (<name>.png or <name>_mask.png, e.g. segment-text's); "
+                        "folder of masks named like the outputs (<name>.png, or segment-text's mask file for <name>); "
                         "white = text; filled by the pipeline's filler")
     _regions_option(parser)
 
