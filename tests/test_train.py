@@ -309,15 +309,17 @@ def test_resume_removes_temp_files_of_a_killed_write(tmp_path, synthetic_dataset
     config = _config(tmp_path, iterations=2, checkpoint_every=1)
     train(config, datasets=synthetic_datasets(), progress=False)
     run = tmp_path / "run"
-    stale = [run / "checkpoints" / ".step-00000003.wvif39jh.tmp.pt", run / "model" / ".model.qpc5wsdo.tmp.safetensors",
-             run / ".train.abcd1234.tmp.csv"]  # fmt: skip
+    stale = [run / "checkpoints" / ".step-00000003.wvif39jh.tmp.pt", run / "model" / ".model.qpc5wsdo.tmp.safetensors"]
     for path in stale:
         path.write_bytes(b"half a file")
-    kept = run / "checkpoints" / "notes.txt"
-    kept.write_text("mine")
+    # Only the atomic-write names in checkpoints/ and model/ go (N3): nothing else, nowhere else.
+    kept = [run / "checkpoints" / "notes.txt", run / "checkpoints" / ".notes.tmp", run / "model" / ".draft.tmp.md",
+            run / ".train.abcd1234.tmp.csv"]  # fmt: skip
+    for path in kept:
+        path.write_text("mine")
     train(dataclasses.replace(config, iterations=3, resume="auto"), datasets=synthetic_datasets(), progress=False)
     assert not any(path.exists() for path in stale)
-    assert kept.read_text() == "mine"
+    assert all(path.read_text() == "mine" for path in kept)
 
 
 def _bad_copy(tiny_data_root, tmp_path, keep_bytes) -> tuple[object, object]:
@@ -463,9 +465,11 @@ def test_train_csv_after_a_resume_matches_the_uninterrupted_run(tmp_path, synthe
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch, native, expected):
     """auto used to mean bf16 on every CPU; on AVX2-only CPUs torch emulates it, ~10x slower than fp32."""
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
-    assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
-    assert trainer_module.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
+    from upocr.train import distributed
+
+    monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: native)
+    assert distributed.resolve_precision("auto", torch.device("cpu")) == expected
+    assert distributed.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):

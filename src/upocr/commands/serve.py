@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from upocr import describe_weights
 from upocr.commands import positive
-from upocr.commands.predict import describe_weights
 from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
 from upocr.serve import (
     DEFAULT_MAX_CONCURRENT,

@@ -18,10 +18,10 @@ from upocr.weights.formats import (
     save_weights,
     short_reason,
 )
-from upocr.weights.record import training_record, training_stages
+from upocr.weights.record import TrainingRecord, describe_weights, training_record
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "CheckpointError", "InferenceDefaults", "StoredConfig",
-    "StoredWeights", "check_finite", "check_state_fits", "read_weights", "safetensors_metadata", "save_weights",
-    "short_reason", "split_legacy_fields", "training_record", "training_stages",
+    "StoredWeights", "TrainingRecord", "check_finite", "check_state_fits", "describe_weights", "read_weights",
+    "safetensors_metadata", "save_weights", "short_reason", "split_legacy_fields", "training_record",
 ]  # fmt: skip
