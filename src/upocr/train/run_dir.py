@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+import yaml
 from torch.utils.data import Dataset
 
 from upocr.tasks import Task
@@ -85,18 +86,36 @@ def existing_run(run_dir: str | Path) -> str | None:
 
 
 def foreign_entries(run_dir: Path, config_file: str | Path | None = None) -> list[str]:
-    """Names at the top of `run_dir` that no run writes (the --config file itself may be there)."""
+    """Names at the top of `run_dir` that are not a run's (the --config file itself may be there): other
+    names, and a run's names that another program wrote (a train.csv without the log's header, a
+    config.yaml that is not a full set of resolved options)."""
     if not run_dir.is_dir():
         return []
-    allowed = set(RUN_ENTRIES)
-    if config_file is not None and Path(config_file).resolve().parent == run_dir.resolve():
-        allowed.add(Path(config_file).name)
+    config_path = Path(config_file).resolve() if config_file is not None else None
     names = []
     for entry in sorted(run_dir.iterdir()):
         match = TEMP_FILE_PATTERN.match(entry.name)
-        if entry.name not in allowed and not (match and f"{match['stem']}{match['suffix'] or ''}" in allowed):
-            names.append(entry.name)
+        name = f"{match['stem']}{match['suffix'] or ''}" if match else entry.name  # a killed write of a run file
+        if entry.resolve() == config_path or (name in RUN_ENTRIES and (match or _written_by_a_run(entry))):
+            continue
+        names.append(entry.name)
     return names
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """Whether a file with one of a run's names holds what a run writes there."""
+    try:
+        if path.name in ("train.csv", "eval.csv"):
+            with open(path, newline="") as handle:
+                return next(csv.reader(handle), [""])[0] == "step"
+        if path.name in (CONFIG_NAME, OWN_CONFIG_NAME):
+            values = yaml.safe_load(path.read_text())
+            return isinstance(values, dict) and set(values) == {item.name for item in dataclasses.fields(TrainConfig)}
+        if path.name == "summary.json":
+            return "weights_sha256" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError, csv.Error, yaml.YAMLError):
+        return False
+    return True  # checkpoints/, model/ (what they hold is checked by existing_run), samples.png, run.lock
 
 
 class RunLock:
