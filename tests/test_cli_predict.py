@@ -205,7 +205,7 @@ def test_ctrl_c_during_a_folder_is_one_line_and_exit_130(tmp_path, inputs, tiny_
     calls = {"n": 0}
     real_predict = Predictor.predict_many
 
-    def predict_many(self, images, tasks):
+    def predict_many(self, images, tasks, **options):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt

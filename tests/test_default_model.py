@@ -79,7 +79,7 @@ def test_bundled_weights_load_and_say_how_they_were_trained():
     record = training_record(DEFAULT_WEIGHTS)
     assert record is not None and record.trained is True, record
     if record.init_record:  # a multi-stage model says so, with every stage's images counted
-        from upocr.commands.predict import describe_weights
+        from upocr import describe_weights
 
         assert "training images in all" in describe_weights(None)
     with torch.no_grad():

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import pytest
 
-from upocr.commands.options import add_dataclass_options, given_options
+from upocr.commands.options import add_options, given_options, options_from_args
 from upocr.fields import coerce, coerce_fields, option
 
 
@@ -40,7 +40,7 @@ def test_values_that_do_not_fit_name_the_field(value, annotation, message):
 class _Options:
     size: int | None = option(None, help="working size")
     mode: Literal["a", "b"] = option("a", help="the mode")
-    output: str | None = option(None, flags=("--out", "-o"), help="where")
+    output: str | None = option(None, flags=("--out", "-o"), help="where", scope="paths")
     fast: bool = option(False, help="go fast")
     colour: bool = option(True, flags=("--no-colour",), help="plain output")
     names: list[str] | None = option(None, help="names")
@@ -53,7 +53,7 @@ class _Options:
 
 def _parse(argv: list[str], only=None) -> tuple[dict, list[str]]:
     parser = argparse.ArgumentParser()
-    names = add_dataclass_options(parser, _Options, only)
+    names = add_options(parser, _Options, only=only)
     return given_options(parser.parse_args(argv), _Options), names
 
 
@@ -72,12 +72,16 @@ def test_every_declared_field_becomes_one_option_and_only_given_ones_come_back()
         _parse(["--size", "big"])
 
 
-def test_only_picks_fields_in_its_order_and_refuses_unknown_ones():
+def test_only_and_scopes_pick_fields_and_unknown_names_are_refused():
     parser = argparse.ArgumentParser()
-    assert add_dataclass_options(parser, _Options, ["fast", "size"]) == ["fast", "size"]
-    assert [a.dest for a in parser._actions if a.dest != "help"] == ["fast", "size"]
+    assert add_options(parser, _Options, only=["fast", "size"]) == ["size", "fast"]
+    assert [a.dest for a in parser._actions if a.dest != "help"] == ["size", "fast"]
+    assert add_options(argparse.ArgumentParser(), _Options, scopes=["paths"]) == ["output"]
     with pytest.raises(ValueError, match="_Options has no command-line option.s. internal"):
-        add_dataclass_options(argparse.ArgumentParser(), _Options, ["internal"])
+        add_options(argparse.ArgumentParser(), _Options, only=["internal"])
+    parser = argparse.ArgumentParser()
+    add_options(parser, _Options)
+    assert options_from_args(parser.parse_args(["--size", "32"]), _Options, fast=True) == _Options(size=32, fast=True)
 
 
 def test_upocr_train_offers_every_training_option():

@@ -96,7 +96,7 @@ def test_out_of_memory_fails_one_image_and_the_run_goes_on(tmp_path, folder, pre
     """D4: torch's CPU allocator raises a plain RuntimeError, which used to abort the whole batch."""
     real_predict = Predictor.predict_many
 
-    def predict_many(self, images, tasks):
+    def predict_many(self, images, tasks, **options):
         if any(image[0, 0, 0] == 80 for image in images):  # b.png
             raise error
         return real_predict(self, images, tasks)

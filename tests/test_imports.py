@@ -20,7 +20,8 @@ PACKAGE = "upocr"
 # the network; the network loads and saves through it, so it sits below `upocr.model`.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("upocr.utils", "upocr.tasks", "upocr.io", "upocr.inpaint", "upocr.visualize", "upocr.weights",
-                     "upocr.samples", "upocr.fields")),  # fmt: skip
+                     "upocr.samples", "upocr.tiling", "upocr.removal", "upocr.detector", "upocr.options",
+                     "upocr.fields")),  # fmt: skip
     ("network and data", ("upocr.model", "upocr.data", "upocr.export")),  # export: the network as ONNX
     ("inference", ("upocr.predict",)),
     ("file pipeline", ("upocr.files",)),
@@ -181,6 +182,40 @@ def test_weights_import_nothing_from_the_network():
     assert not offenders, offenders
 
 
+# Packages whose modules use no other module's private names (`from upocr.x import _name`, `x._name`):
+# what one module needs of another is public there.
+NO_PRIVATE_IMPORTS = ("upocr.data",)
+
+
+def private_uses(module: str, modules: dict) -> list[str]:
+    """`other._name` references of `module` to another upocr module's private (one underscore) names."""
+    path, is_package = modules[module]
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found, bound = [], {}  # bound: local name -> the upocr module it stands for
+    for node in _import_nodes(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE) and not node.level:
+            for alias in node.names:
+                target = f"{node.module}.{alias.name}"
+                if target in modules:
+                    bound[alias.asname or alias.name] = target
+                elif alias.name.startswith("_") and node.module != module:
+                    found.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            bound.update({alias.asname: alias.name for alias in node.names if alias.asname and alias.name in modules})
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{bound[node.value.id]}.{node.attr}")
+    return sorted(set(found))
+
+
+def test_no_module_uses_another_modules_private_names():
+    modules = module_files()
+    offenders = [f"{module} uses {name}" for module in sorted(modules) if module.startswith(NO_PRIVATE_IMPORTS)
+                 for name in private_uses(module, modules)]
+    assert not offenders, "\n".join(offenders)
+
+
 # ---------------------------------------------------------------------------- the checks themselves
 
 
@@ -210,6 +245,14 @@ def test_a_deferred_import_loop_is_found(fake_package):
     })  # fmt: skip
     assert graph["upocr.evaluate.removal"] == {"upocr.evaluate.fid"}  # the TYPE_CHECKING import does not count
     assert cycles(graph) == [["upocr.evaluate.fid", "upocr.evaluate.removal", "upocr.evaluate.fid"]]
+
+
+def test_a_private_import_is_found(fake_package):
+    fake_package({"__init__.py": "", "data/__init__.py": "", "data/a.py": "def _x():\n    pass\n",
+                  "data/b.py": "from upocr.data.a import _x\n", "data/c.py": "from upocr.data import a\na._x()\n"})
+    modules = module_files()
+    assert private_uses("upocr.data.b", modules) == private_uses("upocr.data.c", modules) == ["upocr.data.a._x"]
+    assert private_uses("upocr.data.a", modules) == []
 
 
 def test_an_upward_import_is_found(fake_package):

@@ -120,3 +120,45 @@ def test_unreadable_image_is_a_clear_error(tmp_path: Path):
         layouts.read_removal_mask(bad)
     Image.new("L", (4, 4), 100).save(tmp_path / "ok.png")
     assert layouts.read_segmentation_label(tmp_path / "ok.png").min() == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Writers: what `upocr synth` writes, read back by the readers above
+# --------------------------------------------------------------------------------------------
+
+
+def test_each_tasks_writer_writes_what_its_reader_reads(tmp_path: Path):
+    ys, xs = np.mgrid[0:24, 0:32]
+    image = np.stack([xs * 8, ys * 10, np.full_like(xs, 90)], 2).astype(np.uint8)  # smooth: JPEG keeps it
+    mask = np.full((24, 32, 3), 255, np.uint8)
+    mask[4:10, 5:20] = 0
+    label = np.zeros((24, 32), np.uint8)
+    label[5:9, 6:18], label[9, 6:18] = layouts.TEXTSEG_TEXT, layouts.TEXTSEG_IGNORE
+    boxes = [(5, 4, 19, 9, layouts.REAL_TEXT), (1, 15, 8, 20, layouts.TAMPERED_TEXT)]
+    pixels = {Task.TEXT_REMOVAL: layouts.RemovalPixels(image, image // 2, mask, 90),
+              Task.TEXT_SEGMENTATION: layouts.SegmentationPixels(image, label, 90),
+              Task.TAMPERED_TEXT_DETECTION: layouts.TamperingPixels(image, 90, boxes)}
+    for task in Task:
+        layouts.sample_writer(task)(tmp_path, "test", "s_000", pixels[task])
+    layouts.add_to_textseg_split(tmp_path, "test", ["s_000"], val_every=8)
+    assert layouts.available_tasks(tmp_path) == sorted(Task)
+    removal = layouts.task_samples(Task.TEXT_REMOVAL, tmp_path, "test")[0]
+    assert np.abs(np.asarray(layouts.read_rgb(removal.image), np.float32) - image).mean() < 3  # JPEG
+    assert (layouts.read_removal_mask(removal.mask)[4:10, 5:20] == 0).all()
+    segmentation = layouts.task_samples(Task.TEXT_SEGMENTATION, tmp_path, "test")[0]
+    assert np.array_equal(layouts.read_segmentation_label(segmentation.label)[5:10, 6:18],
+                          np.repeat([[1], [1], [1], [1], [layouts.IGNORE_CLASS]], 12, axis=1))  # PNG: exact
+    tampering = layouts.task_samples(Task.TAMPERED_TEXT_DETECTION, tmp_path, "test")[0]
+    assert layouts.read_tampering_boxes(tampering.gt) == boxes
+
+
+def test_a_task_without_a_writer_is_refused_not_written_as_another(tmp_path: Path, monkeypatch):
+    from upocr.data.synth import SynthError, generate_dataset
+
+    monkeypatch.delitem(layouts.SAMPLE_WRITERS, Task.TEXT_SEGMENTATION)
+    with pytest.raises(ValueError, match="no sample writer for text segmentation"):
+        layouts.sample_writer(Task.TEXT_SEGMENTATION)
+    with pytest.raises(SynthError, match="no sample writer for text segmentation"):
+        generate_dataset(tmp_path / "data", count=1, seed=0, size=32, tasks=["removal", "segmentation"], workers=1,
+                         progress=False)
+    assert not (tmp_path / "data").exists()  # refused before anything was written

@@ -10,7 +10,9 @@ from PIL import Image
 
 from upocr.io import write_image
 from upocr.model import build_model
-from upocr.predict import Predictor, removal_change_mask, tile_starts, tile_weights
+from upocr.predict import Predictor
+from upocr.removal import removal_change_mask
+from upocr.tiling import tile_starts, tile_weights
 from upocr.tasks import Task
 
 RNG = np.random.default_rng(0)
@@ -322,7 +324,7 @@ def test_fill_modes_run_the_segmentation_prompt_once_with_the_removal():
         ({"batch_size": 0}, "batch_size"),
         ({"precision": "int8"}, "precision"),
         ({"precision": "fp16"}, "CUDA"),
-        ({"removal": "smudge"}, "removal must be one of raw, blend, model-fill, telea-fill"),
+        ({"removal": "smudge"}, "removal must be one of words-telea, words-model, telea-fill, model-fill, blend, raw"),
         ({"grow": -1}, "grow must be a whole number of pixels, 0 or more"),
         ({"grow": 2.5}, "grow must be a whole number"),
     ],

@@ -13,15 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from upocr.inpaint import dilate, telea_inpaint
-from upocr.predict import (
-    Predictor,
-    RowFilterStream,
-    composite,
-    removal_change_mask,
-    resize_rows,
-    tile_starts,
-    tile_weights,
-)
+from upocr.predict import Predictor
+from upocr.removal import composite, removal_change_mask
+from upocr.tiling import RowFilterStream, resize_rows, tile_starts, tile_weights
 from upocr.tasks import Task, decode_removal, decode_segmentation, decode_tampering
 
 ALL = [Task.TEXT_REMOVAL, Task.TEXT_SEGMENTATION, Task.TAMPERED_TEXT_DETECTION]

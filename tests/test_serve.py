@@ -439,7 +439,7 @@ def test_decoding_model_and_encoding_all_run_inside_the_concurrency_limit(tiny_w
 
 
 def test_health_has_no_absolute_paths(tiny_weights):
-    from upocr.commands.predict import describe_weights
+    from upocr import describe_weights
     from upocr.weights import DEFAULT_WEIGHTS
 
     label = describe_weights(None) + f" and {tiny_weights}"  # what `upocr serve` passes, plus a user path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from upocr.data import layouts
 from upocr.data.datasets import build_dataset
 from upocr.data.synth import SynthError, generate_dataset, parse_size
 from upocr.data.synth import backgrounds, fonts
-from upocr.data.synth.render import fill_polygons, textseg_label
+from upocr.data.synth.blocks import MIN_FONT_PX
+from upocr.data.synth.geometry import fill_polygons
+from upocr.data.synth.render import textseg_label
 from upocr.data.synth.world import render_scene
 from upocr.data.synth.tampering import tamper_scene
 from upocr.tasks import Task
@@ -307,9 +310,9 @@ def test_shot_noise_changes_only_where_the_signal_changed():
 
 
 def test_poster_headlines_exceed_a_256_px_tile_and_print_has_real_x_height():
-    from upocr.data.synth.world import X_HEIGHT_RATIO, _poster_plans, print_size
+    from upocr.data.synth.world import X_HEIGHT_RATIO, poster_plans, print_size
 
-    headlines = [_poster_plans(np.random.default_rng(i), "train", (1024, 1024))[0].size for i in range(20)]
+    headlines = [poster_plans(np.random.default_rng(i), "train", (1024, 1024))[0].size for i in range(20)]
     assert max(headlines) > 256 and min(headlines) >= 0.12 * 1024 - 1
     x_heights = [print_size(np.random.default_rng(i), (1200, 900)) * X_HEIGHT_RATIO for i in range(50)]
     assert 7.5 <= min(x_heights) and max(x_heights) <= 14.5
@@ -414,7 +417,9 @@ def test_page_curl_bends_text_and_labels_together(monkeypatch):
     points = np.stack([np.random.default_rng(1).uniform(10, 140, 50), np.random.default_rng(2).uniform(10, 110, 50)], 1)
     assert_forward_inverts_maps(curl, points, (120, 150))
 
-    monkeypatch.setattr(world, "CURL_PROBABILITY", 1.0)
+    document = world.SCENE_KINDS["document"]
+    curled = tuple(replace(kind, curl_probability=1.0) for kind in document.sub_kinds)
+    monkeypatch.setitem(world.SCENE_KINDS, "document", replace(document, sub_kinds=curled))
     options = world.SceneOptions(scenes="v2", kinds=("document",))
     tampered = 0
     for index in range(3):
@@ -433,7 +438,7 @@ def test_arc_text_bends_glyphs_labels_and_polygons_together(monkeypatch):
     """Text on a circle (badges, round signs): forward map inverts the remap, ground truth stays exact,
     the polygons really bend, tampering follows the arc."""
     from upocr.data.synth import world
-    from upocr.data.synth.render import ArcBend
+    from upocr.data.synth.geometry import ArcBend
 
     for sign in (1, -1):
         arc = ArcBend((120, 150), cx=75.0, cy=60.0, radius=40.0, sign=sign)
@@ -469,3 +474,81 @@ def test_arc_text_bends_glyphs_labels_and_polygons_together(monkeypatch):
         normal = np.array([y0 - y1, x1 - x0]) / max(1e-9, np.hypot(x1 - x0, y1 - y0))
         deviations.append(np.abs((top - top[0]) @ normal).max())
     assert max(deviations) > 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# Scene kinds as a table, one block placement path
+# --------------------------------------------------------------------------------------------
+
+
+def _kind_cases() -> list:
+    from upocr.data.synth import world
+
+    cases = [pytest.param(kind, id=kind.name) for kind in world.drawn_kinds()]
+    cases += [pytest.param(replace(kind, curl_probability=1.0), id=f"{kind.name}-curled")
+              for kind in world.drawn_kinds() if kind.curl_probability]
+    return cases + [pytest.param(None, id="v1")]
+
+
+@pytest.mark.parametrize("kind", _kind_cases())
+def test_every_scene_kind_renders_at_64px_with_exact_ground_truth(kind):
+    """Every kind (sub-kinds too, curled pages, and the v1 scene) at 64 x 64: before JPEG the text-free
+    twin equals the image outside the word polygons, every labelled pixel lies inside them, and text is
+    drawn (a receipt or a sign may find no room on some seeds, not on all)."""
+    from upocr.data.synth import world
+    from upocr.data.synth.classic import render_classic_scene
+
+    options = world.SceneOptions(scenes="v2")
+    texts = 0
+    for index in range(6):
+        rng = np.random.default_rng([64, index])
+        if kind is None:
+            scene = render_classic_scene(rng, size=(64, 64), split="test")
+        else:
+            scene = world.render_kind_scene(rng, kind, size=(64, 64), split="train", options=options)
+            assert scene.extra["kind"] == kind.name
+            if kind.curl_probability == 1.0:
+                assert all(block.geometry.page is not None for block in scene.blocks)
+        assert scene.image.shape == scene.background.shape == (64, 64, 3)
+        inside = fill_polygons([w.polygon for w in scene.words], (64, 64)).astype(bool)
+        assert np.array_equal(scene.image[~inside], scene.background[~inside])
+        label = textseg_label(scene)
+        assert (label[~inside] == 0).all()
+        if scene.words:
+            assert not np.array_equal(scene.image[inside], scene.background[inside])
+            texts += bool((label == layouts.TEXTSEG_TEXT).any())
+    assert texts >= 2
+
+
+def test_scene_kinds_table_weights_and_lookup():
+    from upocr.data.synth import world
+
+    assert list(world.SCENE_KINDS) == list(world.SceneOptions().kinds) == ["classic", "sign", "poster", "ui", "document"]
+    assert sum(kind.weight for kind in world.SCENE_KINDS.values()) == pytest.approx(1.0)
+    document = world.SCENE_KINDS["document"]
+    assert [k.name for k in document.sub_kinds] == ["book", "receipt"]
+    assert sum(k.weight for k in document.sub_kinds) == pytest.approx(1.0)
+    drawn = [document.resolve(np.random.default_rng(i)).name for i in range(400)]
+    assert 0.5 < drawn.count("book") / len(drawn) < 0.7
+    assert [k.name for k in world.drawn_kinds()] == ["classic", "sign", "poster", "ui", "book", "receipt"]
+    with pytest.raises(ValueError, match="unknown scene kind 'comic'"):
+        render_scene(np.random.default_rng(0), size=(64, 64), options=world.SceneOptions(scenes="v2", kinds=("comic",)))
+    with pytest.raises(ValueError, match="either background, plans and camera, or sub-kinds"):
+        world.SceneKind("half", 1.0, background=world.photo_or_texture)
+
+
+def test_a_block_too_big_for_the_image_raises_and_is_retried_smaller():
+    from upocr.data.synth.blocks import BlockPlan, BlockTooBig, SceneCanvas, place_block, place_with_retries
+
+    font = fonts.fonts_for_split("train")[0]
+    plan = BlockPlan(font=font, script="english", size=150, lines=1, words_per_line=2, max_width=1000.0, angle=0.0,
+                     perspective=0.0)
+    canvas = SceneCanvas(np.full((64, 64, 3), 200, np.float32))
+    with pytest.raises(BlockTooBig):
+        place_block(np.random.default_rng(0), plan, canvas, "train", blur_reach=0.0)
+    assert not canvas.occupied.any() and not canvas.blocks
+    placed = place_with_retries(np.random.default_rng(0), plan, canvas, "train", blur_reach=0.0, tries=10)
+    assert placed is not None and MIN_FONT_PX <= placed.block.style.size < 150 and canvas.occupied.any()
+    # Pages and receipts keep their print size and lose lines instead.
+    page = replace(plan, size=10, lines=20)
+    assert page.smaller(1.0) == (replace(page, lines=14), 1.0) and plan.smaller(1.0) == (plan, 0.7)

@@ -209,12 +209,15 @@ def test_files_keep_their_names_and_pixels():
 def test_every_layer_table_covers_every_task():
     """What a fourth task needs besides its spec (docs/architecture.md): each table names the place."""
     from upocr.data import datasets, layouts, transforms
+    from upocr.data.synth import generate
     from upocr.evaluate import report, runner
     from upocr.train import losses
 
     tables = {
         "data/layouts.py TASK_DIRS": layouts.TASK_DIRS,
         "data/layouts.py SAMPLE_READERS": layouts.SAMPLE_READERS,
+        "data/layouts.py SAMPLE_WRITERS": layouts.SAMPLE_WRITERS,
+        "data/synth/generate.py SAMPLE_PIXELS": generate.SAMPLE_PIXELS,
         "data/datasets.py DATASETS": datasets.DATASETS,
         "data/transforms.py TRAIN_AUGMENTATION": transforms.TRAIN_AUGMENTATION,
         "data/transforms.py NEW_PIXEL_FILL": transforms.NEW_PIXEL_FILL,

@@ -44,7 +44,7 @@ def test_inference_defaults_are_stored_with_the_weights_not_in_the_config(tiny, 
     stored = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
     assert "input_size" not in stored and "segmentation_threshold" not in stored and stored == tiny.config.to_dict()
     metadata = safetensors_metadata(tmp_path / "m" / WEIGHTS_FILE)
-    assert json.loads(metadata["upocr_inference"]) == {"input_size": 64, "segmentation_threshold": 0.25}
+    assert json.loads(metadata["upocr_inference"]) == {"input_size": 64, "segmentation_threshold": 0.25, "removal": "telea-fill"}
     for path in (tmp_path / "m", tmp_path / "m" / WEIGHTS_FILE):
         loaded = upocr.load_model(path)
         assert loaded.inference == InferenceDefaults(64, 0.25) and loaded.config == tiny.config
@@ -114,7 +114,7 @@ def test_the_bundled_weights_run_at_the_size_they_were_trained_at():
 def test_other_files_have_no_training_record_and_are_never_read_whole(tmp_path):
     """describe_weights reads the record of any --weights: a .pth zip or an .onnx file gave a nonsense header
     length and a MemoryError (seen with `serve --weights model.onnx`)."""
-    from upocr.commands.predict import describe_weights
+    from upocr import describe_weights
     from upocr.weights import training_record
 
     pth = tmp_path / "upocr.pth"

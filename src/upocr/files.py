@@ -12,12 +12,15 @@ detect-tampering` run, for any caller that wants the same rules:
 * errors: a bad input (unreadable, corrupt, too large, out of memory, unwritable output) is one line
   "<input>: <problem>" and the others go on; Ctrl-C raises `FilesInterrupted` with the report so far;
 * overlap: the next images are decoded and the previous ones' files encoded in threads while the model runs;
-* batches: up to `predictor.batch_size` resized images share forward passes (`Predictor.predict_many`).
+* batches: up to `predictor.batch_size` resized images share forward passes (`Predictor.predict_many`);
+* given masks (`masks=`: one mask file, or a folder of masks named like the outputs) replace the removal
+  pipeline's finder; `regions=True` adds `<name>_regions.json`, the word detector's polygons.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from upocr.io import ImageError, expand_inputs, read_image, write_image
+from upocr.io import IMAGE_SUFFIXES, ImageError, expand_inputs, read_image, write_image, write_text
 from upocr.predict import Prediction, Predictor
 from upocr.tasks import OutputFile, Task
 from upocr.utils import printable, remove_stale_temporaries
@@ -42,7 +45,9 @@ PER_INPUT_ERRORS = (ImageError, OSError, MemoryError, torch.OutOfMemoryError)
 # How allocators word a failed allocation (torch CPU, CUDA, OpenCV).
 _OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "failed to allocate", "insufficient memory")
 
-Renderer = Callable[[np.ndarray, Prediction], np.ndarray]
+Renderer = Callable[[np.ndarray, Prediction], np.ndarray | str]  # an image, or a text file's content
+REGIONS_SUFFIX = "_regions.json"
+MASK_SUFFIXES = ("", "_mask")  # a mask folder's names: <name>.png, or segment-text's <name>_mask.png
 ErrorHandler = Callable[[str], None]
 
 
@@ -76,8 +81,13 @@ def predict_files(
     overwrite: bool = False,
     on_error: ErrorHandler | None = None,
     progress: bool = False,
+    masks: str | os.PathLike | None = None,
+    regions: bool = False,
 ) -> FilesReport:
     """Run `task` on every image of `inputs` and write its result files under `out_dir`.
+
+    `masks`: where the text is, for removal: one mask image for every input, or a folder of masks named
+    like the outputs (`mask_for`). `regions`: also write the word detector's polygons as JSON.
 
     `on_error(line)` is called with each error line as it happens (they are also in the report);
     `progress` shows a progress bar on stderr when it is a terminal and there are several images.
@@ -86,6 +96,12 @@ def predict_files(
     task = Task.parse(task)
     out_dir = Path(out_dir)
     report = FilesReport(task=task, out_dir=out_dir)
+    masks = Path(masks) if masks is not None else None
+    if masks is not None and not masks.exists():
+        raise FileNotFoundError(f"{printable(masks)}: mask file or folder not found")
+    if regions and not predictor.finds_words(task):
+        raise ValueError(f"regions come from the word detector, which the {task.short} settings do not run "
+                         "(choose a words pipeline, e.g. --removal words-telea)")
 
     def fail(line: str) -> None:
         report.errors.append(line)
@@ -95,7 +111,7 @@ def predict_files(
     items = find_images(inputs, fail)
     report.total = len(items)
     names = output_names(items)
-    planned = [task_outputs(task, out_dir, name) for name in names]
+    planned = [task_outputs(task, out_dir, name, regions=regions) for name in names]
     check_unique([path for outputs in planned for path, _ in outputs])
     inputs_resolved = {path.resolve() for path, _ in items}
     written: set[Path] = set()  # outputs of this run: the only existing files it may replace
@@ -151,18 +167,20 @@ def predict_files(
                 try:
                     _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
                     image = pixels.result()
-                    outputs = task_outputs(task, out_dir, name, image.shape[:2])  # the overlay may become a PNG
+                    outputs = task_outputs(task, out_dir, name, image.shape[:2], regions=regions)  # overlay: maybe PNG
                     _check_may_write(outputs, inputs_resolved, written, overwrite)
+                    mask = mask_for(masks, name, image.shape[:2]) if masks is not None else None
                 except Exception as error:  # noqa: BLE001 - see `failed`
                     failed(path, error)
                     continue
-                group.append(_Input(path, image, outputs))
+                group.append(_Input(path, image, outputs, mask))
                 if predictor.uses_tiles(*image.shape[:2]):
                     break  # tiled images run alone (their tiles share the batches)
             if not group:
                 continue
             try:
-                predictions = predictor.predict_many([one.image for one in group], [task])
+                predictions = predictor.predict_many([one.image for one in group], [task],
+                                                     masks=[one.mask for one in group] if masks is not None else None)
             except Exception as error:  # noqa: BLE001 - see `failed`
                 for one in group:
                     failed(one.path, error)
@@ -198,6 +216,7 @@ class _Input:
     path: Path
     image: np.ndarray
     outputs: list[tuple[Path, Renderer]]
+    mask: np.ndarray | None = None  # a given text mask
 
 
 @dataclass
@@ -293,12 +312,42 @@ def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list
     return items
 
 
-def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] | None = None) -> list[tuple[Path, Renderer]]:
-    """The files one input produces for `task` (its spec's `outputs`), and how each is drawn from
-    (image, prediction). Overlays are JPEG, or PNG for an image (`shape` = (H, W)) with a side JPEG
-    cannot store."""
+def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] | None = None,
+                 *, regions: bool = False) -> list[tuple[Path, Renderer]]:
+    """The files one input produces for `task` (its spec's `outputs`, and with `regions` the word
+    polygons' JSON), and how each is drawn from (image, prediction). Overlays are JPEG, or PNG for an
+    image (`shape` = (H, W)) with a side JPEG cannot store."""
     base = out_dir / name
-    return [(output.path(base, shape), _renderer(output)) for output in task.spec.outputs]
+    outputs = [(output.path(base, shape), _renderer(output)) for output in task.spec.outputs]
+    if regions:
+        outputs.append((base.with_name(base.name + REGIONS_SUFFIX), regions_json))
+    return outputs
+
+
+def regions_json(image: np.ndarray, prediction: Prediction) -> str:
+    """`<name>_regions.json`: the word detector's polygons (x, y in image pixels) and scores."""
+    if prediction.regions is None:
+        raise RuntimeError("the prediction carries no word regions")  # a bug: predict_files checked the settings
+    height, width = image.shape[:2]
+    return json.dumps({"width": width, "height": height, "regions": prediction.regions.to_json()}) + "\n"
+
+
+def mask_for(masks: Path, name: Path, shape: tuple[int, int]) -> np.ndarray:
+    """bool (H, W): the given text mask of the input whose outputs are named `name` (white = text).
+
+    `masks` is one mask file (for every input) or a folder holding `<name>.<image suffix>` or
+    `<name>_mask.<suffix>` (segment-text's output name). A missing or mis-sized mask is a one-line error."""
+    path = masks
+    if masks.is_dir():
+        candidates = [masks / f"{name}{tail}{suffix}" for tail in MASK_SUFFIXES
+                      for suffix in sorted(IMAGE_SUFFIXES, key=lambda suffix: suffix != ".png")]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            raise FileNotFoundError(f"no mask {printable(masks / name)}.png (or _mask.png) for it")
+    pixels = read_image(path)
+    if pixels.shape[:2] != shape:
+        raise ImageError(f"{printable(path)}: mask is {pixels.shape[1]}x{pixels.shape[0]}, image {shape[1]}x{shape[0]}")
+    return pixels.max(axis=2) > 127
 
 
 def _renderer(output: OutputFile) -> Renderer:
@@ -309,8 +358,8 @@ def write_all(files: Iterable[tuple[Path, np.ndarray]]) -> None:
     """Write every file of one input, or none: on a failure the ones already written are removed."""
     written: list[Path] = []
     try:
-        for path, array in files:
-            write_image(path, array)
+        for path, content in files:
+            write_text(path, content) if isinstance(content, str) else write_image(path, content)
             written.append(path)
     except BaseException:
         for path in written:

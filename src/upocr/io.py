@@ -157,10 +157,10 @@ def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
+def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = _LOSSY_QUALITY) -> Path:
     """Write an (H, W, 3) RGB or (H, W) grey uint8 array (bool -> 0/255); format from the suffix; atomic.
 
-    JPEG/WebP are written at quality 95. The file appears complete or not at all.
+    JPEG/WebP are written at `quality` (default 95). The file appears complete or not at all.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -177,9 +177,17 @@ def write_image(path: str | os.PathLike, array: np.ndarray) -> Path:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use .png, .jpg, .webp, .bmp or .tif")
     if image_format == "JPEG" and max(array.shape[:2]) > JPEG_MAX_SIDE:
         raise ValueError(f"{path}: JPEG cannot store a side over {JPEG_MAX_SIDE} px (image {array.shape[1]}x{array.shape[0]}); use .png")
-    options = {"quality": _LOSSY_QUALITY} if image_format in ("JPEG", "WEBP") else {}
+    options = {"quality": int(quality)} if image_format in ("JPEG", "WEBP") else {}
     with atomic_output(path) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=image_format, **options)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file atomically (`upocr.utils.atomic_output`): never half-written."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path
 
 

@@ -19,6 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from upocr.commands.options import add_model_arguments, add_options, add_predictor_options, options_from_args
+from upocr.options import PredictorOptions
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 
 
@@ -58,10 +60,8 @@ def register(subparsers) -> None:
     tampering.set_defaults(func=_run_tampering, task=Task.TAMPERED_TEXT_DETECTION)
 
     model = commands.add_parser("model", help="run a model and the baselines on the test splits; one table")
-    model.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the bundled weights)")
-    model.add_argument("--size", type=int, default=None, help="model input size (default: the weights' training size; 512 for original weights)")
-    model.add_argument("--threshold", type=float, default=None, help="segmentation threshold (default: the weights' calibrated one, else 0.4)")
-    model.add_argument("--device", default="cpu")
+    add_model_arguments(model)
+    add_options(model, PredictorOptions, only=("size", "threshold", "batch_size", "precision", "backend"))
     model.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the classical baselines")
     _add_benchmark_options(model)
     model.set_defaults(func=_run_model)
@@ -72,8 +72,7 @@ def register(subparsers) -> None:
 
     real = commands.add_parser("real", help="the model and an OCR-detector pipeline on annotated real photos")
     real.add_argument("--data", type=Path, required=True, help="folder in the real-dev layout (NAME.jpg + NAME.json sidecars)")
-    real.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the bundled weights)")
-    real.add_argument("--device", default="cpu")
+    add_predictor_options(real)  # as the task commands; each --variants entry then sets its own tiling
     real.add_argument("--variants", nargs="+", default=["default"], choices=sorted(REAL_VARIANTS),
                       help="how the model meets an image: " + "; ".join(f"{k}: {v[1]}" for k, v in REAL_VARIANTS.items()))
     real.add_argument("--detector", choices=("rapidocr", "strokes"), default="rapidocr",
@@ -191,7 +190,8 @@ def _run_tampering(args: argparse.Namespace) -> int:
 
 
 def _run_benchmarks(args: argparse.Namespace, predictor) -> int:
-    from upocr.evaluate.report import write_json, write_text
+    from upocr.evaluate.report import write_json
+    from upocr.io import write_text
     from upocr.evaluate.runner import evaluate_on_benchmarks
 
     _check_fid_weights(args.fid_weights)
@@ -220,7 +220,8 @@ def _run_model(args: argparse.Namespace) -> int:
     from upocr.predict import Predictor
 
     # Resize mode at --size, raw decoding: the original's evaluation path (see upocr.evaluate.runner).
-    predictor = Predictor(weights=args.weights, device=args.device, size=args.size, tile=None, threshold=args.threshold)
+    options = options_from_args(args, PredictorOptions, tile=None)
+    predictor = Predictor(options=options, weights=args.weights, device=args.device)
     return _run_benchmarks(args, predictor)
 
 
@@ -234,7 +235,8 @@ def _run_real(args: argparse.Namespace) -> int:
     import upocr
     from upocr.evaluate import real
     from upocr.evaluate.baselines import otsu_text_mask, sauvola_text_mask
-    from upocr.evaluate.report import write_json, write_text
+    from upocr.evaluate.report import write_json
+    from upocr.io import write_text
     from upocr.io import write_image
     from upocr.visualize import image_grid
 
@@ -246,8 +248,9 @@ def _run_real(args: argparse.Namespace) -> int:
         options = dict(REAL_VARIANTS[variant][0])
         if options.get("tile") == "native":
             options["tile"] = model.inference.input_size
-        # Results only, as the CLI runs (and timed as it runs: telea-fill then skips the removal prompt).
-        predictor = upocr.Predictor(model, device=args.device, keep_output=False, **options)
+        # Results only, as the CLI runs (and timed as it runs: Telea fills then skip the removal prompt).
+        predictor = upocr.Predictor(model, options_from_args(args, PredictorOptions, keep_output=False, **options),
+                                    device=args.device)
         removal[f"upocr ({variant})"] = real.predictor_removal(predictor)
         segmentation[f"upocr ({variant})"] = real.predictor_segmentation(predictor)
         tampering[f"upocr ({variant})"] = real.predictor_tampering(predictor)

@@ -12,21 +12,18 @@ from tqdm import tqdm
 
 from upocr import describe_weights
 from upocr.cli import EXIT_INTERRUPTED
-from upocr.commands import positive
+from upocr.commands.options import TASK_SCOPES, add_predictor_options, options_from_args
 from upocr.files import FilesInterrupted, FilesReport, predict_files
-from upocr.io import DEFAULT_MAX_PIXELS, expand_inputs, read_image, write_image
-from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, REMOVAL_TEXT_DILATION, Predictor
-from upocr.tasks import SEGMENTATION_THRESHOLD, TASK_SPECS, Task, TaskSpec
+from upocr.io import expand_inputs, read_image, write_image
+from upocr.options import PredictorOptions
+from upocr.predict import Predictor
+from upocr.removal import REMOVAL_PIPELINES
+from upocr.tasks import TASK_SPECS, Task, TaskSpec
 from upocr.utils import printable
 from upocr.visualize import image_grid
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEMO_TASKS = tuple(TASK_SPECS)  # one column each, in the specs' order
-
-# --size above this is refused: the model's memory grows with size^2 (attention: faster), and large
-# images are better served by tiles at their native resolution.
-MAX_SIZE = 4096
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     for spec in TASK_SPECS.values():  # remove-text, segment-text, detect-tampering
@@ -43,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--overwrite", action="store_true",
                             help="replace output files that already exist (e.g. from an earlier run); "
                             "inputs are never replaced")
-        add_predictor_options(parser)
-        TASK_OPTIONS.get(spec.task, _no_options)(parser)
+        add_predictor_options(parser, TASK_SCOPES[spec.task])
+        TASK_FILE_OPTIONS.get(spec.task, _no_file_options)(parser)
         parser.set_defaults(func=run_task, task=spec.task)
 
     demo = subparsers.add_parser(
@@ -59,129 +56,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run_demo)
 
 
+def _removal_file_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask", type=Path, metavar="FILE|DIR",
+                        help="where the text is, instead of the pipeline's finder: one mask image for every input, or a "
+                        "folder of masks named like the outputs (<name>.png or <name>_mask.png, e.g. segment-text's); "
+                        "white = text; filled by the pipeline's filler")
+    _regions_option(parser)
+
+
+def _regions_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--regions", action="store_true",
+                        help="also write the word detector's text regions as JSON polygons (OUT/<name>_regions.json)")
+
+
+def _no_file_options(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+# Options of one task's command about its files (the predictor's are `upocr.options.PredictorOptions`).
+TASK_FILE_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
+    Task.TEXT_REMOVAL: _removal_file_options,
+    Task.TEXT_SEGMENTATION: _regions_option,
+}
+
+
 def _writes(spec: TaskSpec) -> str:
     """'Writes OUT/<name><suffix> (<label>) and ...': the files of the task's spec, for --help."""
     return "Writes " + " and ".join(f"OUT/<name>{output.suffix} ({output.label})" for output in spec.outputs) + "."
 
 
-def _no_options(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
-def _removal_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--mode",
-        choices=REMOVAL_MODES,
-        default=DEFAULT_REMOVAL_MODE,
-        help=f"how the result is built (default {DEFAULT_REMOVAL_MODE}): telea-fill: the model's text mask "
-        "filled by Telea inpainting; model-fill: the same mask filled by the model's own (coarse) removal "
-        "output; blend: the model's removal output where it changed the image; raw: the output as it is",
-    )
-    parser.add_argument(
-        "--grow",
-        type=positive(int, allow_zero=True),
-        default=REMOVAL_TEXT_DILATION,
-        metavar="PX",
-        help=f"fill modes: grow the text mask by PX working-resolution pixels before filling it (default "
-        f"{REMOVAL_TEXT_DILATION}); more also erases outlines, shadows and halos around letters, and repaints "
-        "more of what is around them",
-    )
-
-
-def _segmentation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--threshold",
-        type=_threshold_value,
-        default=None,
-        help=f"text score threshold (default: the one calibrated for the weights; {SEGMENTATION_THRESHOLD}, "
-        "the original's, for weights without one)",
-    )
-
-
-# Options of one task's command only (the Predictor options of the others' results).
-TASK_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
-    Task.TEXT_REMOVAL: _removal_options,
-    Task.TEXT_SEGMENTATION: _segmentation_options,
-}
-
-
-def add_predictor_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
-    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    group.add_argument(
-        "--size", type=_size_value, default=None,
-        help=f"the model's working resolution, a multiple of 32 up to {MAX_SIZE} (default: what the weights were "
-        "trained at, 512 for original weights)",
-    )
-    group.add_argument(
-        "--tile",
-        type=_tile_value,
-        default="auto",
-        metavar="off|auto|N",
-        help="auto (default): images with more than 4 x SIZE^2 pixels run on SIZE x SIZE tiles at their "
-        "native resolution (small print survives), smaller ones are resized to SIZE x SIZE; off: always "
-        "resize, like the original; N: always overlapping N x N tiles (memory bounded by the tile)",
-    )
-    group.add_argument("--overlap", type=int, default=None,
-                       help="pixels shared by neighbouring tiles (default: tile / 8, i.e. 64 for 512)")
-    group.add_argument("--batch-size", type=int, default=1, help="(tile or image, task) pairs per forward pass (default 1): the tiles of a large image, or up to N small images of a folder at once")
-    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU)")
-    group.add_argument("--backend", choices=BACKENDS, default="pytorch",
-                       help="pytorch (default) or onnxruntime (fp32; --weights may be a .onnx file from "
-                       "`upocr export-onnx`, else the weights are exported first; pip install 'upocr[onnx]')")
-    group.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
-                       help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
-
-
-def _tile_value(text: str) -> int | str | None:
-    if text.lower() in ("off", "none", "0"):
-        return None
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected off, auto or a tile size in pixels, got {text!r}") from None
-
-
-def _threshold_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not (math.isfinite(value) and 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
-
-
-def _size_value(text: str) -> int:
-    value = positive(int)(text)
-    if value > MAX_SIZE:
-        raise argparse.ArgumentTypeError(
-            f"{value} is too large (at most {MAX_SIZE}: memory grows with the square of the size); "
-            "for detail in large images use --tile N, which runs N x N tiles at the image's own resolution"
-        )
-    return value
-
-
-def build_predictor(args: argparse.Namespace) -> Predictor:
-    return Predictor(
-        weights=args.weights,
-        device=args.device,
-        size=args.size,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        backend=args.backend,
-        threshold=getattr(args, "threshold", None),
-        removal=getattr(args, "mode", DEFAULT_REMOVAL_MODE),
-        grow=getattr(args, "grow", REMOVAL_TEXT_DILATION),
-        max_pixels=args.max_pixels,
-        keep_output=False,  # results only: memory bounded by them, not by float maps of the image
-    )
+def build_predictor(args: argparse.Namespace, **overrides: object) -> Predictor:
+    """The Predictor the parsed arguments ask for; results only (keep_output=False): memory bounded by them."""
+    options = options_from_args(args, PredictorOptions, keep_output=False, **overrides)
+    return Predictor(options=options, weights=args.weights, device=args.device)
 
 
 def _fail(message: object) -> None:
@@ -202,7 +109,8 @@ def run_task(args: argparse.Namespace) -> int:
         return 1
     try:
         report = predict_files(predictor, args.inputs, args.output, args.task,
-                               overwrite=args.overwrite, on_error=_fail, progress=True)
+                               overwrite=args.overwrite, on_error=_fail, progress=True,
+                               masks=getattr(args, "mask", None), regions=getattr(args, "regions", False))
     except FilesInterrupted as stop:
         _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
               "outputs written so far are complete")

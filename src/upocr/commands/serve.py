@@ -8,7 +8,8 @@ from pathlib import Path
 
 from upocr import describe_weights
 from upocr.commands import positive
-from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES, Predictor
+from upocr.commands.options import add_predictor_options
+from upocr.commands.predict import build_predictor
 from upocr.serve import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_PIXELS,
@@ -30,22 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this computer only; ::1 for IPv6)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
-    parser.add_argument("--size", type=int, default=None,
-                        help="the model's working resolution (default: what the weights were trained at, 512 for original weights)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 (default), bf16 autocast (CPU/CUDA), fp16 autocast (CUDA) or int8 (CPU), as remove-text")
-    parser.add_argument("--backend", choices=BACKENDS, default="pytorch",
-                        help="pytorch (default) or onnxruntime (fp32; --weights may be a .onnx file from "
-                        "`upocr export-onnx`), as remove-text")
-    parser.add_argument("--removal-mode", choices=REMOVAL_MODES, default=DEFAULT_REMOVAL_MODE,
-                        help=f"how text removal builds its result, as remove-text --mode (default {DEFAULT_REMOVAL_MODE})")
+    add_predictor_options(parser)  # the same options as the task commands (upocr.options)
     parser.add_argument("--max-upload-mb", type=positive(float), default=DEFAULT_MAX_UPLOAD_BYTES / 2**20,
                         help=f"refuse larger uploads (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})")
-    parser.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
-                        help="refuse images with more pixels, checked before decoding "
-                        f"(default {DEFAULT_MAX_PIXELS:,}); images over {PREVIEW_MAX_SIDE} px on a side are answered with downscaled previews")
     parser.add_argument("--max-concurrent", type=positive(int), default=DEFAULT_MAX_CONCURRENT,
                         help=f"predictions decoded, run and encoded at once (default {DEFAULT_MAX_CONCURRENT})")
     parser.add_argument("--max-queue", type=positive(int, allow_zero=True), default=DEFAULT_MAX_QUEUE,
@@ -61,9 +49,9 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"upocr: --port must be between 0 and 65535, got {args.port}", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor(weights=args.weights, device=args.device, size=args.size,
-                              precision=args.precision, removal=args.removal_mode, backend=args.backend,
-                              keep_output=False)
+        # The server's own pixel limit by default (uploads), unless --max-pixels is given.
+        max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
+        predictor = build_predictor(args, max_pixels=max_pixels)
     except Exception as error:  # noqa: BLE001 - missing/bad weights, no CUDA, bad size: one clear line
         print(f"upocr: {error}", file=sys.stderr)
         return 1
@@ -71,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"weights: {label}", flush=True)  # the page shows it without absolute paths
     try:
         serve(predictor, args.host, args.port, model_label=label,
-              max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+              max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=max_pixels,
               max_concurrent=args.max_concurrent, max_queue=args.max_queue, allowed_hosts=args.allow_host)
     except OSError as error:  # e.g. the port is taken
         print(f"upocr: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from upocr.commands.options import add_dataclass_options, given_options
+from upocr.commands.options import add_options, given_options
 from upocr.train.config import TrainConfig
 
 
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         "Options come from defaults < --config YAML < flags.",
     )
     parser.add_argument("--config", help="YAML file of training options (any option below, with _ or -)")
-    add_dataclass_options(parser, TrainConfig)  # every option of TrainConfig, declared there once
+    add_options(parser, TrainConfig)  # every option of TrainConfig, declared there once
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
     parser.set_defaults(func=run)
 

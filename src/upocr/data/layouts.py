@@ -10,7 +10,8 @@ Under one data root:
   TamperedTextDetection/Tampered-IC13/{train,test}_img/<name>.<ext>, {train,test}_gt/<stem>.txt
       one "x1,y1,x2,y2,label" line per word box, label 1 real, 2 tampered.
 
-The same readers serve the real benchmarks and `upocr synth` output.
+The same readers serve the real benchmarks and `upocr synth` output, which the writers beside them
+(`SAMPLE_WRITERS`) write.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from upocr.io import write_image
 from upocr.tasks import Task
+from upocr.utils import atomic_output
 
 REMOVAL_DIR = Path("TextRemoval") / "SCUT-ENS"
 SEGMENTATION_DIR = Path("TextSegmentation") / "TextSeg"
@@ -32,11 +36,14 @@ TASK_DIRS = {Task.TEXT_REMOVAL: REMOVAL_DIR, Task.TEXT_SEGMENTATION: SEGMENTATIO
              Task.TAMPERED_TEXT_DETECTION: TAMPERING_DIR}
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+TEXTSEG_LABEL_SUFFIX = "_maskfg"  # TextSeg's label of <name>.jpg is semantic_label/<name>_maskfg.png
 SEGMENTATION_SPLITS = ("train", "val", "test")
 SPLITS = ("train", "test")
 
-# TextSeg label values and what the readers turn them into.
-TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE = 100, 200, 255
+# TextSeg label values (the one place they are written down: the synthetic writer, the readers and the
+# evaluation's label check use these) and what the readers turn them into.
+TEXTSEG_BACKGROUND, TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE = 0, 100, 200, 255
+TEXTSEG_VALUES = frozenset((TEXTSEG_BACKGROUND, TEXTSEG_TEXT, TEXTSEG_EFFECT, TEXTSEG_IGNORE))
 # Class map values used by readers (the `upocr.tasks.encode_*` inputs).
 IGNORE_CLASS = 255
 REAL_TEXT, TAMPERED_TEXT = 1, 2
@@ -119,7 +126,7 @@ def segmentation_samples(data_root: str | Path, split: str) -> list[Segmentation
     samples = []
     for name in sorted(str(n) for n in names):
         stem = _stem(name)
-        image, label = base / "image" / f"{stem}.jpg", base / "semantic_label" / f"{stem}_maskfg.png"
+        image, label = base / "image" / f"{stem}.jpg", base / "semantic_label" / f"{stem}{TEXTSEG_LABEL_SUFFIX}.png"
         for needed in (image, label):
             if not needed.is_file():
                 raise LayoutError(f"{needed}: missing (listed in {base / 'split.json'} under {split!r})")
@@ -155,6 +162,103 @@ def available_tasks(data_root: str | Path) -> list[Task]:
     """Tasks whose benchmark folder exists under `data_root`, in prompt-index order."""
     root = Path(data_root)
     return [task for task in sorted(TASK_DIRS) if (root / TASK_DIRS[task]).is_dir()]
+
+
+# --------------------------------------------------------------------------------------------
+# Sample writers (`upocr synth`): each task's files where and as its reader above reads them
+# --------------------------------------------------------------------------------------------
+
+MASK_JPEG_QUALITY = 95  # removal masks: near-lossless, so the reader's threshold sees clean edges
+
+
+@dataclass(frozen=True)
+class RemovalPixels:
+    """A text-removal sample to write: (H, W, 3) uint8 input, text-free label and mask (white
+    background, black text), input and label saved at JPEG `quality`."""
+
+    image: np.ndarray
+    label: np.ndarray
+    mask: np.ndarray
+    quality: int
+
+
+@dataclass(frozen=True)
+class SegmentationPixels:
+    """A text-segmentation sample to write: (H, W, 3) uint8 input saved at JPEG `quality`, and its
+    (H, W) uint8 TextSeg label (TEXTSEG_VALUES)."""
+
+    image: np.ndarray
+    label: np.ndarray
+    quality: int
+
+
+@dataclass(frozen=True)
+class TamperingPixels:
+    """A tampered-text sample to write: (H, W, 3) uint8 image saved at JPEG `quality`, and one
+    (x1, y1, x2, y2, label) box per word (corners inclusive; label REAL_TEXT or TAMPERED_TEXT)."""
+
+    image: np.ndarray
+    quality: int
+    boxes: list[tuple[int, int, int, int, int]]
+
+
+def write_removal_sample(root: str | Path, split: str, name: str, sample: RemovalPixels) -> None:
+    _check_split(split, SPLITS)
+    base = Path(root) / REMOVAL_DIR / split
+    write_image(base / "image" / f"{name}.jpg", sample.image, quality=sample.quality)
+    write_image(base / "label" / f"{name}.jpg", sample.label, quality=sample.quality)
+    write_image(base / "mask" / f"{name}.jpg", sample.mask, quality=MASK_JPEG_QUALITY)
+
+
+def write_segmentation_sample(root: str | Path, split: str, name: str, sample: SegmentationPixels) -> None:
+    """Image and label; the name joins `split` in split.json through `add_to_textseg_split`."""
+    _check_split(split, SEGMENTATION_SPLITS)
+    base = Path(root) / SEGMENTATION_DIR
+    write_image(base / "image" / f"{name}.jpg", sample.image, quality=sample.quality)
+    write_image(base / "semantic_label" / f"{name}{TEXTSEG_LABEL_SUFFIX}.png", sample.label)
+
+
+def write_tampering_sample(root: str | Path, split: str, name: str, sample: TamperingPixels) -> None:
+    _check_split(split, SPLITS)
+    base = Path(root) / TAMPERING_DIR
+    write_image(base / f"{split}_img" / f"{name}.jpg", sample.image, quality=sample.quality)
+    with atomic_output(base / f"{split}_gt" / f"{name}.txt") as tmp:
+        tmp.write_text("".join(f"{x1},{y1},{x2},{y2},{label}\n" for x1, y1, x2, y2, label in sample.boxes),
+                       encoding="utf-8")
+
+
+# Each task's sample writer: (data root, split, name, pixels) -> the files its reader reads.
+SAMPLE_WRITERS: dict[Task, Callable] = {Task.TEXT_REMOVAL: write_removal_sample,
+                                        Task.TEXT_SEGMENTATION: write_segmentation_sample,
+                                        Task.TAMPERED_TEXT_DETECTION: write_tampering_sample}
+
+
+def sample_writer(task: Task | str | int) -> Callable:
+    """`task`'s writer in SAMPLE_WRITERS; ValueError for a task without one."""
+    task = Task.parse(task)
+    if task not in SAMPLE_WRITERS:
+        raise ValueError(f"no sample writer for {task.title} (add one to data/layouts.py SAMPLE_WRITERS)")
+    return SAMPLE_WRITERS[task]
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Indented UTF-8 JSON, written atomically (split.json, synth-manifest.json)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def add_to_textseg_split(root: str | Path, split: str, names: list[str], val_every: int) -> None:
+    """List `names` in <root>'s TextSeg split.json: under "test" for the test split; for train, every
+    `val_every`-th name under "val" and the rest under "train" (names already listed stay put)."""
+    path = Path(root) / SEGMENTATION_DIR / "split.json"
+    data = _read_split_json(path) if path.is_file() else {}
+    for key in SEGMENTATION_SPLITS:
+        data.setdefault(key, [])
+    for index, name in enumerate(names):
+        key = split if split == "test" else ("val" if index % val_every == val_every - 1 else "train")
+        if name not in data[key]:
+            data[key].append(name)
+    write_json(path, data)
 
 
 # --------------------------------------------------------------------------------------------

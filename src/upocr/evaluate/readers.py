@@ -5,6 +5,7 @@ Each unreadable file is an ImageError (one line naming the file)."""
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from upocr.data.layouts import TEXTSEG_EFFECT, TEXTSEG_IGNORE, TEXTSEG_TEXT, TEXTSEG_VALUES
 from upocr.io import ImageError, read_image
 from upocr.tasks import decode_tampering, segmentation_probability
 
 # File suffixes the original picks up (case-sensitive, exactly its list; '.Jpg' is not an image to it).
 ORIGINAL_IMAGE_SUFFIXES = (".png", ".PNG", ".jpg", ".JPG", ".jpeg", ".JPEG", ".bmp", ".BMP")
 
-# The values a TextSeg *_maskfg.png label holds: background, text, word effect, ignore.
-TEXTSEG_VALUES = frozenset((0, 100, 200, 255))
+# Values only a TextSeg label holds (a 0/255 mask holds 0 and 255, as TextSeg's background and ignore).
+TEXTSEG_MARKS = (TEXTSEG_TEXT, TEXTSEG_EFFECT)
 
 
 def read_rgb_as_original(path: str | os.PathLike) -> Image.Image:
@@ -85,20 +87,53 @@ def original_file_list(folder: str | os.PathLike) -> list[Path]:
     return [Path(p) for p in sorted(found)]
 
 
+def _grey_label(path: Path) -> np.ndarray | None:
+    """(H, W) values of a label-like image (grey stored as RGB is fine); None for a colour image."""
+    values = read_plain(path)
+    if values.ndim == 3:
+        if not (np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 0], values[..., 2])):
+            return None
+        values = values[..., 0]
+    return values
+
+
 def check_textseg_label(path: Path) -> None:
     """Refuse a file that is not a TextSeg label (a removal label, a prediction, a 0/255 mask): scoring
-    against one gives meaningless numbers."""
-    values = read_plain(path)
-    if values.ndim == 3:  # grey stored as RGB is fine; colour is not a label
-        if not (np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 0], values[..., 2])):
-            raise ValueError(f"{path}: not a TextSeg label (a colour image; expected grey values 0, 100, 200, 255)")
-        values = values[..., 0]
+    against one gives meaningless numbers. A label holding only background and ignore (255) values is
+    a 0/255 mask unless its folder holds TextSeg labels (text 100 or effect 200): then it is a TextSeg
+    label whose glyphs are all fringe (tiny text, e.g. `upocr synth --size 64`)."""
+    path = Path(path)
+    values = _grey_label(path)
+    if values is None:  # grey stored as RGB is fine; colour is not a label
+        raise ValueError(f"{path}: not a TextSeg label (a colour image; expected grey values 0, 100, 200, 255)")
     found = set(np.unique(values).tolist())
     if not found <= TEXTSEG_VALUES:
         shown = ", ".join(str(v) for v in sorted(found - TEXTSEG_VALUES)[:5])
         raise ValueError(f"{path}: not a TextSeg label (holds {shown}; expected only 0, 100, 200, 255)")
-    if 255 in found and not found & {100, 200}:
-        raise ValueError(f"{path}: a 0/255 mask, not a TextSeg label (no text value 100); use --gt-format binary")
+    if TEXTSEG_IGNORE in found and not found & set(TEXTSEG_MARKS) and not folder_holds_textseg_labels(path.parent):
+        raise ValueError(f"{path}: a 0/255 mask, not a TextSeg label (no text value 100 in any label of its folder); "
+                         "use --gt-format binary")
+
+
+def folder_holds_textseg_labels(folder: Path) -> bool:
+    """Whether any grey image directly in `folder` holds a TextSeg text (100) or effect (200) value
+    (read once per folder state: the answer is cached until a file is added, removed or renamed)."""
+    folder = Path(folder)
+    return _folder_holds_textseg_labels(str(folder.resolve()), folder.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _folder_holds_textseg_labels(folder: str, modified_ns: int) -> bool:
+    for path in sorted(Path(folder).iterdir()):
+        if not path.name.endswith(ORIGINAL_IMAGE_SUFFIXES) or path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            values = _grey_label(path)
+        except ImageError:  # an unreadable file is reported when it is scored, not here
+            continue
+        if values is not None and np.isin(values, TEXTSEG_MARKS).any():
+            return True
+    return False
 
 
 def _resize_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -110,8 +110,3 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path

@@ -42,14 +42,15 @@ from upocr.evaluate.removal import (
 from upocr.evaluate.readers import read_plain, read_rgb_as_original
 from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
-from upocr.predict import DEFAULT_REMOVAL_MODE, REMOVAL_MODES
+from upocr.removal import REMOVAL_PIPELINES
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_segmentation_target
 from upocr.visualize import image_grid
 
 MODEL_METHOD = "model"
-# Text removal only: one more row per result mode of the Predictor (upocr.predict: "blend", "model-fill",
-# "telea-fill"), each what `upocr remove-text --mode MODE` writes; none uses ground truth.
-MODEL_REMOVAL_METHODS = {mode: f"model+{mode}" for mode in REMOVAL_MODES if mode != "raw"}
+# Text removal only: one more row per removal pipeline of the Predictor (upocr.removal: "words-telea",
+# "telea-fill", ...), each what `upocr remove-text --removal NAME` writes; none uses ground truth.
+MODEL_REMOVAL_METHODS = {name: f"model+{name}" for name in REMOVAL_PIPELINES if name != "raw"}
+RANKING_PIPELINE = "telea-fill"  # the sample pictures rank images by the model's own mask, Telea-filled
 SPLIT = "test"
 
 
@@ -258,7 +259,7 @@ def successes_and_failures(task: Task, report: EvaluationReport, samples: Sequen
     """`count` samples from the model's best to its worst test image (evenly spaced in the ranking, so
     the middle rows are typical); the first `count` samples when the model was not evaluated."""
     results = {r.method: r for r in report.results if r.task == task}
-    model = results.get(MODEL_REMOVAL_METHODS[DEFAULT_REMOVAL_MODE]) or results.get(MODEL_METHOD)
+    model = results.get(MODEL_REMOVAL_METHODS[RANKING_PIPELINE]) or results.get(MODEL_METHOD)
     if model is None or count < 1:
         return list(samples[:count])
     by_gt = {baseline_methods.ground_truth_path(s, task): s for s in samples}

@@ -20,22 +20,31 @@ ORIGINAL_INPUT_SIZE = 512
 # Input sides the network accepts are multiples of this: its encoder downsamples 32x and the decoder
 # doubles back (defined here, below the network, so that stored sizes are checked on reading).
 SIZE_MULTIPLE = 32
+# Weights that store no removal pipeline: the model's own text mask, filled by Telea (what every file
+# got before pipelines were stored).
+DEFAULT_REMOVAL = "telea-fill"
 
 
 @dataclass(frozen=True)
 class InferenceDefaults:
     """input_size: the working resolution the weights were trained at (the Predictor's default `size`).
     segmentation_threshold: the text-segmentation threshold on the output's channel mean that suits
-    these weights (`scripts/calibrate_threshold.py` sets it from a validation split)."""
+    these weights (`scripts/calibrate_threshold.py` sets it from a validation split).
+    removal: the text-removal pipeline that suits them (`upocr.removal.REMOVAL_PIPELINES`, checked when a
+    Predictor uses it): the bundled synthetic-trained weights store the one that scored best on real
+    photos; weights without the key get "telea-fill" (the model's text mask, filled by Telea)."""
 
     input_size: int = ORIGINAL_INPUT_SIZE
     segmentation_threshold: float = SEGMENTATION_THRESHOLD
+    removal: str = DEFAULT_REMOVAL
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_size, int) or self.input_size <= 0 or self.input_size % SIZE_MULTIPLE:
             raise ValueError(f"input_size must be a positive multiple of {SIZE_MULTIPLE}, got {self.input_size!r}")
         if not 0.0 < float(self.segmentation_threshold) < 1.0:
             raise ValueError(f"segmentation_threshold must be in (0, 1), got {self.segmentation_threshold}")
+        if not isinstance(self.removal, str) or not self.removal:
+            raise ValueError(f"removal must be a pipeline name, got {self.removal!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -122,7 +122,7 @@ def _load_user_photo(path: str, max_side: int) -> np.ndarray:
         raise BackgroundError(f"{path}: not a readable image ({error})") from None
 
 
-def _fractal_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 5) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 5) -> np.ndarray:
     """Smooth multi-scale noise in [0, 1] (upsampled random grids, halving amplitude per octave)."""
     total = np.zeros((height, width), np.float32)
     amplitude, weight = 1.0, 0.0
@@ -157,7 +157,7 @@ def procedural_background(rng: np.random.Generator, height: int, width: int, kin
     yy = np.arange(height, dtype=np.float32)[:, None]
     xx = np.arange(width, dtype=np.float32)[None, :]
     if kind == 0:  # flat colour, faint mottling (painted wall, card)
-        t = _fractal_noise(rng, height, width) * 0.3
+        t = fractal_noise(rng, height, width) * 0.3
         image = _two_tone(t, base, _near_colour(rng, base, 25))
     elif kind == 1:  # linear or radial gradient (signs, posters, screens)
         if rng.random() < 0.5:
@@ -170,12 +170,12 @@ def procedural_background(rng: np.random.Generator, height: int, width: int, kin
         t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
         image = _two_tone(t, base, _random_colour(rng))
     elif kind == 2:  # fractal texture (concrete, stone, fabric)
-        t = _fractal_noise(rng, height, width, octaves=6)
+        t = fractal_noise(rng, height, width, octaves=6)
         image = _two_tone(t, base, _near_colour(rng, base, 70))
     elif kind == 3:  # wood grain / brushed stripes
         angle = rng.uniform(0, np.pi)
         freq = rng.uniform(0.02, 0.15)
-        warp = _fractal_noise(rng, height, width) * rng.uniform(5, 40)
+        warp = fractal_noise(rng, height, width) * rng.uniform(5, 40)
         t = 0.5 + 0.5 * np.sin((xx * np.float32(np.cos(angle)) + yy * np.float32(np.sin(angle)) + warp) * np.float32(freq))
         image = _two_tone(t.astype(np.float32), base, _near_colour(rng, base, 50))
     elif kind == 4:  # tiles / bricks with mortar
@@ -191,7 +191,7 @@ def procedural_background(rng: np.random.Generator, height: int, width: int, kin
         image[mortar] = _near_colour(rng, base, 60) * 0.6
     else:  # paper: light, fibrous
         base = rng.uniform(200, 255, 3).astype(np.float32)
-        t = _fractal_noise(rng, height, width, octaves=6)
+        t = fractal_noise(rng, height, width, octaves=6)
         image = _two_tone(t, base, base - rng.uniform(5, 30))
     grain = rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(rng.uniform(0, 6))
     return np.clip(image + grain, 0, 255).astype(np.float32)

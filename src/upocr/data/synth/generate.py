@@ -18,19 +18,17 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from upocr.data import layouts
 from upocr.data.synth import backgrounds, fonts
-from upocr.data.synth.render import removal_mask, textseg_label
+from upocr.data.synth.render import Scene, removal_mask, textseg_label
 from upocr.data.synth.tampering import reprocess, tamper_scene
 from upocr.data.synth.world import SceneOptions, render_scene
 from upocr.tasks import Task
-from upocr.utils import atomic_output
 
 GENERATOR_VERSION = 1
 SCENE_VERSIONS = ("v1", "v2")
@@ -38,7 +36,6 @@ MANIFEST_NAME = "synth-manifest.json"
 SPLIT_IDS = {"train": 0, "test": 1}
 # Every 8th training name goes to TextSeg's "val" list (the dataset trains on train + val, as the original).
 VAL_EVERY = 8
-MASK_JPEG_QUALITY = 95
 
 
 class SynthError(ValueError):
@@ -76,46 +73,49 @@ def parse_size(size: int | str | Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def _save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
-    with atomic_output(path) as tmp:
-        Image.fromarray(image).save(tmp, format="JPEG", quality=int(quality))
+def _removal_pixels(rng: np.random.Generator, scene: Scene, options: SceneOptions | None) -> layouts.RemovalPixels:
+    return layouts.RemovalPixels(scene.image, scene.background, removal_mask(scene), scene.degradation.jpeg_quality)
 
 
-def _save_png(path: Path, image: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+def _segmentation_pixels(rng: np.random.Generator, scene: Scene,
+                         options: SceneOptions | None) -> layouts.SegmentationPixels:
+    return layouts.SegmentationPixels(scene.image, textseg_label(scene), scene.degradation.jpeg_quality)
 
 
-def _save_text(path: Path, content: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(content, encoding="utf-8")
+def _tampering_pixels(rng: np.random.Generator, scene: Scene, options: SceneOptions | None) -> layouts.TamperingPixels:
+    v2 = options is not None and options.scenes == "v2"
+    tampered = tamper_scene(rng, scene, methods="v2" if v2 else "v1", options=options)
+    image = reprocess(rng, tampered.image) if v2 else tampered.image
+    # Saved again at a new quality: in v1 real text is always double-compressed, tampered text not.
+    return layouts.TamperingPixels(image, int(rng.integers(70, 96)),
+                                   [(*box, label) for box, label in zip(tampered.boxes, tampered.labels)])
+
+
+# What a rendered scene gives each task's sample: (rng, scene, options) -> the pixels its writer
+# (`layouts.SAMPLE_WRITERS`) stores.
+SAMPLE_PIXELS: dict[Task, Callable] = {Task.TEXT_REMOVAL: _removal_pixels, Task.TEXT_SEGMENTATION: _segmentation_pixels,
+                                       Task.TAMPERED_TEXT_DETECTION: _tampering_pixels}
+
+
+def sample_maker(task: Task | str | int) -> tuple[Callable, Callable]:
+    """(`task`'s SAMPLE_PIXELS entry, its layout writer); SynthError for a task synth cannot make."""
+    task = Task.parse(task)
+    if task not in SAMPLE_PIXELS:
+        raise SynthError(f"no synthetic {task.title} samples (add an entry to generate.py SAMPLE_PIXELS)")
+    try:
+        return SAMPLE_PIXELS[task], layouts.sample_writer(task)
+    except ValueError as error:
+        raise SynthError(str(error)) from None
 
 
 def write_sample(root: Path, task: Task, split: str, seed: int, index: int, size: tuple[int, int],
                  options: SceneOptions | None = None) -> str:
     """Render and write one sample of `task`; returns its name."""
+    pixels, write = sample_maker(task)
     name = sample_name(split, seed, index)
     rng = sample_rng(seed, split, task, index)
     scene = render_scene(rng, size=size, split=split, options=options)
-    quality = scene.degradation.jpeg_quality
-    if task == Task.TEXT_REMOVAL:
-        base = root / layouts.REMOVAL_DIR / split
-        _save_jpeg(base / "image" / f"{name}.jpg", scene.image, quality)
-        _save_jpeg(base / "label" / f"{name}.jpg", scene.background, quality)
-        _save_jpeg(base / "mask" / f"{name}.jpg", removal_mask(scene), MASK_JPEG_QUALITY)
-    elif task == Task.TEXT_SEGMENTATION:
-        base = root / layouts.SEGMENTATION_DIR
-        _save_jpeg(base / "image" / f"{name}.jpg", scene.image, quality)
-        _save_png(base / "semantic_label" / f"{name}_maskfg.png", textseg_label(scene))
-    else:
-        v2 = options is not None and options.scenes == "v2"
-        tampered = tamper_scene(rng, scene, methods="v2" if v2 else "v1", options=options)
-        image = reprocess(rng, tampered.image) if v2 else tampered.image
-        base = root / layouts.TAMPERING_DIR
-        # Saved again at a new quality: in v1 real text is always double-compressed, tampered text not.
-        _save_jpeg(base / f"{split}_img" / f"{name}.jpg", image, int(rng.integers(70, 96)))
-        lines = "".join(f"{x1},{y1},{x2},{y2},{label}\n" for (x1, y1, x2, y2), label in zip(tampered.boxes, tampered.labels))
-        _save_text(base / f"{split}_gt" / f"{name}.txt", lines)
+    write(root, split, name, pixels(rng, scene, options))
     return name
 
 
@@ -146,22 +146,6 @@ def read_manifest(root: Path) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
         raise SynthError(f"{path}: not a synth manifest (expected {{\"runs\": [...]}})")
     return manifest
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _save_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
-def _update_textseg_split(root: Path, split: str, names: list[str]) -> None:
-    path = root / layouts.SEGMENTATION_DIR / "split.json"
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    for key in layouts.SEGMENTATION_SPLITS:
-        data.setdefault(key, [])
-    for index, name in enumerate(names):
-        key = split if split == "test" else ("val" if index % VAL_EVERY == VAL_EVERY - 1 else "train")
-        if name not in data[key]:
-            data[key].append(name)
-    _write_json(path, data)
 
 
 def generate_dataset(
@@ -209,6 +193,8 @@ def generate_dataset(
     task_list = sorted(set(Task.parse_many(tasks))) if tasks is not None else sorted(Task)
     if not task_list:
         raise SynthError("no tasks selected")
+    for task in task_list:  # before anything is written
+        sample_maker(task)
     root = Path(out_root)
     if root.exists() and not root.is_dir():
         raise SynthError(f"{root}: exists and is not a folder")
@@ -245,7 +231,7 @@ def generate_dataset(
     seconds = time.perf_counter() - started
 
     if Task.TEXT_SEGMENTATION in names:
-        _update_textseg_split(root, split, names[Task.TEXT_SEGMENTATION])
+        layouts.add_to_textseg_split(root, split, names[Task.TEXT_SEGMENTATION], VAL_EVERY)
     manifest = read_manifest(root)  # re-read: another run may have finished meanwhile
     for task in task_list:
         manifest["runs"].append({
@@ -257,7 +243,7 @@ def generate_dataset(
             **({"backgrounds": {"folder": str(background_dir), "files": len(user_photos), "mix": float(background_mix)}}
                if user_photos else {}),
         })
-    _write_json(root / MANIFEST_NAME, manifest)
+    layouts.write_json(root / MANIFEST_NAME, manifest)
     return {
         "root": str(root), "split": split, "seed": seed, "count": count, "size": (height, width),
         "tasks": [t.short for t in task_list], "names": {t.short: n for t, n in names.items()},

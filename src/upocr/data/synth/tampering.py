@@ -37,7 +37,8 @@ import cv2
 import numpy as np
 
 from upocr.data.synth import fonts, text
-from upocr.data.synth.render import Scene, box_of, composite, draw_word_layers, fill_polygons
+from upocr.data.synth.geometry import box_of, fill_polygons
+from upocr.data.synth.render import Scene, composite, draw_word_layers
 from upocr.data.synth.world import SceneOptions, render_scene
 
 REAL, TAMPERED = 1, 2

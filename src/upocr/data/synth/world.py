@@ -1,57 +1,48 @@
 """v2 scenes (`upocr synth --scenes v2`): text placed as in the world, with exact ground truth.
 
-Each scene is one of these kinds (weights in KIND_WEIGHTS):
+Each scene is one of the kinds in SCENE_KINDS (drawn by their weights):
 
-  classic   the v1 scene (random blocks on a photo or texture);
+  classic   the v1 scene's blocks (random blocks on a photo or texture);
   sign      plates/signs on a surface (the plate belongs to the background), perspective, light;
   poster    a headline with large glyphs (0.12-0.4 of the short side: at --size 1024 and more, glyphs
             bigger than a 256-px tile) and a few small lines;
   ui        a screenshot: flat theme, bars and buttons, crisp 10-18 px text, upright, no camera effects;
   document  a book page (whole image paper, 1-2 columns) or a receipt (paper strip on a surface), both
-            at real print sizes: x-height 8-14 px on a 1000 px page (scaled down on smaller images).
+            at real print sizes: x-height 8-14 px on a 1000 px page (scaled down on smaller images);
+            half of them curled.
 
-Camera effects (`world_degradation`) are applied identically to the composite and to its text-free
-twin, so outside the word polygons both stay equal: lighting (gradient, cast shadow, vignette,
-fractal), blur (Gaussian, defocus disk, motion), additive and signal-dependent (shot) noise driven
-by ONE random field (so the noise differs only where the text changed the signal), JPEG at write time.
-
-Most backgrounds also get non-text marks (barcodes, rules, icons, railings, pen loops: `clutter.py`),
-drawn into the text-free background, so the model learns to leave them.
+A kind is one `SceneKind` entry: its weight, background, block planner, camera, curl probability and
+sub-kinds. Camera effects (`camera.py`) are applied identically to the composite and to its text-free
+twin, so outside the word polygons both stay equal. Most backgrounds also get non-text marks (barcodes,
+rules, icons, railings, pen loops: `clutter.py`), drawn into the text-free background, so the model
+learns to leave them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
+from upocr.data.synth.blocks import (MIN_FONT_PX, BlockPlan, BlockRecipe, Plate, SceneCanvas,
+                                     place_with_retries)
+from upocr.data.synth.camera import classic_camera, photo_camera, screenshot_camera
+from upocr.data.synth.classic import classic_plans, render_classic_scene
 from upocr.data.synth.clutter import add_clutter
-from upocr.data.synth.render import (MIN_FONT_PX, BlockPlan, Degradation, PageCurl, Plate, Scene, SceneCanvas,
-                                     _random_degradation, _try_block, composite_plate, contrasting_colour,
-                                     render_classic_scene)
+from upocr.data.synth.geometry import PageCurl
+from upocr.data.synth.render import Degradation, Scene, contrasting_colour
 
-KINDS = ("classic", "sign", "poster", "ui", "document")
 # Share of sign and poster headlines set on a circular arc (badges, seals, round signs, logos), and the
 # arc's span in degrees: real signs curve text up to half a circle and more, the sine "curve" barely.
 ARC_PROBABILITY = 0.2
 ARC_DEGREES = (50.0, 220.0)
-KIND_WEIGHTS = (0.2, 0.22, 0.16, 0.12, 0.3)
 # x-height / font size of common fonts (about 0.45-0.55): font px = x-height / this.
 X_HEIGHT_RATIO = 0.5
-
-
-@dataclass(frozen=True)
-class SceneOptions:
-    """What `render_scene` draws: `scenes` v1 (the original generator) or v2 (this module), and an
-    optional folder's photos (`user_photos`) used for a `background_mix` share of backgrounds."""
-
-    scenes: str = "v1"
-    user_photos: tuple[str, ...] = ()
-    background_mix: float = 0.5
-    kinds: tuple[str, ...] = KINDS  # v2 kinds to draw from (their KIND_WEIGHTS renormalised)
+CURL_PROBABILITY = 0.5  # books and receipts
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +124,7 @@ def _maybe_arc(rng: np.random.Generator, plan: BlockPlan) -> BlockPlan:
     return replace(plan, lines=1, arc=degrees, curve=False, angle=plan.angle / 3, perspective=plan.perspective / 2)
 
 
-def _poster_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockPlan]:
+def poster_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockPlan]:
     script = _script(rng, split)
     tilt = float(rng.normal(0, 2))
     perspective = float(rng.uniform(0, 0.06))
@@ -162,7 +153,7 @@ def _ui_plan(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> Block
                      max_width=hw[1] * 0.6, angle=0.0, perspective=0.0, plate=plate, min_contrast=100.0)
 
 
-def _page_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockPlan]:
+def page_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockPlan]:
     """A book page: one or two columns of body text at print size, sometimes a heading."""
     h, w = hw
     script = _script(rng, split)
@@ -194,12 +185,38 @@ def _receipt_plan(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> 
                      min_contrast=100.0, ink=ink_colour(rng))
 
 
+
+def sign_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockRecipe]:
+    return [_sign_plan(rng, split, hw) for _ in range(int(rng.integers(1, 5)))]
+
+
+def ui_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockRecipe]:
+    return [_ui_plan(rng, split, hw) for _ in range(int(rng.integers(5, 15)))]
+
+
+def receipt_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockRecipe]:
+    return [_receipt_plan(rng, split, hw)]
+
+
 # --------------------------------------------------------------------------------------------
-# Backgrounds and camera
+# Backgrounds and page curl
 # --------------------------------------------------------------------------------------------
 
 
-def ui_background(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
+def photo_or_texture(rng: np.random.Generator, split: str, hw: tuple[int, int], options: SceneOptions) -> np.ndarray:
+    """A built-in photo crop or texture of the split, or one of the user's photos (`options`)."""
+    return backgrounds.random_background(rng, split, hw[0], hw[1], user_photos=options.user_photos,
+                                         user_mix=options.background_mix)
+
+
+def paper_background(rng: np.random.Generator, split: str, hw: tuple[int, int], options: SceneOptions) -> np.ndarray:
+    """A page filling the image: paper texture, aged or recycled tint."""
+    paper = backgrounds.procedural_background(rng, hw[0], hw[1], kind=5)
+    tint = rng.uniform(0.9, 1.0, 3).astype(np.float32)
+    return np.clip(paper * tint, 0, 255).astype(np.float32)
+
+
+def ui_background(rng: np.random.Generator, split: str, hw: tuple[int, int], options: SceneOptions) -> np.ndarray:
     """A flat light or dark theme with a header bar and a few panels (no texture, no grain)."""
     h, w = hw
     dark = rng.random() < 0.3
@@ -213,115 +230,6 @@ def ui_background(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
         y1, x1 = min(h, y0 + int(rng.integers(20, max(21, h // 2)))), min(w, x0 + int(rng.integers(20, max(21, w // 2))))
         image[y0:y1, x0:x1] = np.clip(image[y0, x0] + rng.normal(0, 1, 3) * 12 + (10 if dark else -10), 0, 255)
     return image
-
-
-def _cast_shadow(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray:
-    """(H, W) multiplicative field: a soft-edged polygon (a hand, a pole, a roof edge) darker."""
-    h, w = hw
-    points = np.stack([rng.uniform(-0.2, 1.2, 5) * w, rng.uniform(-0.2, 1.2, 5) * h], 1)
-    hull = cv2.convexHull(points.astype(np.float32)).astype(np.int32)
-    mask = np.zeros((h, w), np.float32)
-    cv2.fillPoly(mask, [hull], 1.0)
-    mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.01, 0.06) * max(h, w) + 1)
-    return 1 - rng.uniform(0.25, 0.6) * mask
-
-
-def _lighting(rng: np.random.Generator, hw: tuple[int, int]) -> np.ndarray | None:
-    h, w = hw
-    field = np.ones((h, w), np.float32)
-    used = False
-    if rng.random() < 0.4:  # directional light: a linear gradient
-        angle = rng.uniform(0, 2 * np.pi)
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        t = (xx * np.cos(angle) + yy * np.sin(angle)) / max(h, w)
-        field *= 1 + rng.uniform(0.1, 0.5) * (t - t.mean())
-        used = True
-    if rng.random() < 0.3:
-        field *= _cast_shadow(rng, hw)
-        used = True
-    if rng.random() < 0.25:  # vignette
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
-        field *= 1 - rng.uniform(0.1, 0.35) * r2 / 2
-        used = True
-    if rng.random() < 0.3:
-        noise = backgrounds._fractal_noise(rng, h, w, octaves=2)
-        field *= 1 + rng.uniform(0.1, 0.4) * (noise - 0.5)
-        used = True
-    return field[..., None].astype(np.float32) if used else None
-
-
-def _defocus_kernel(radius: float) -> np.ndarray:
-    size = 2 * int(math.ceil(radius)) + 1
-    kernel = np.zeros((size, size), np.float32)
-    cv2.circle(kernel, (size // 2, size // 2), int(round(radius)), 1.0, -1, lineType=cv2.LINE_AA)
-    return kernel / kernel.sum()
-
-
-def world_degradation(rng: np.random.Generator, hw: tuple[int, int], kind: str) -> Degradation:
-    """Camera effects for a v2 scene (screenshots: none, only JPEG)."""
-    h, w = hw
-    if kind == "ui":
-        return Degradation(None, 0.0, None, None, int(rng.integers(75, 99)))
-    if kind == "classic":
-        return _random_degradation(rng, hw)
-    illumination = _lighting(rng, hw)
-    r = rng.random()
-    blur, kernel = 0.0, None
-    if r < 0.45:
-        blur = float(rng.uniform(0.3, 1.4))
-    elif r < 0.55:
-        kernel = _defocus_kernel(float(rng.uniform(1.2, 3.0)))
-    elif r < 0.63:
-        length = int(rng.integers(3, 9))
-        kernel = np.zeros((length, length), np.float32)
-        kernel[length // 2, :] = 1
-        rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), float(rng.uniform(0, 180)), 1.0)
-        kernel = cv2.warpAffine(kernel, rot, (length, length))
-        kernel /= max(float(kernel.sum()), 1e-6)
-    noise, shot = None, None
-    if rng.random() < 0.7:
-        field = rng.standard_normal((h, w, 3), dtype=np.float32)
-        if rng.random() < 0.5:  # sensor shot noise: std grows with the signal (same field for both)
-            shot = field * np.float32(rng.uniform(0.15, 0.5))
-        else:
-            noise = field * np.float32(rng.uniform(1, 6))
-    return Degradation(illumination, blur, kernel, noise, int(rng.integers(55, 96)), shot_noise=shot)
-
-
-# --------------------------------------------------------------------------------------------
-# Scene
-# --------------------------------------------------------------------------------------------
-
-
-def _background(rng: np.random.Generator, kind: str, split: str, hw: tuple[int, int], options: SceneOptions):
-    h, w = hw
-    if kind == "ui":
-        return ui_background(rng, hw)
-    if kind == "book":
-        paper = backgrounds.procedural_background(rng, h, w, kind=5)
-        tint = rng.uniform(0.9, 1.0, 3).astype(np.float32)  # aged / recycled paper
-        return np.clip(paper * tint, 0, 255).astype(np.float32)
-    return backgrounds.random_background(rng, split, h, w, user_photos=options.user_photos,
-                                         user_mix=options.background_mix)
-
-
-def _plans(rng: np.random.Generator, kind: str, split: str, hw: tuple[int, int]):
-    """Block plans in drawing order (None: a v1 block)."""
-    if kind == "classic":
-        return [None] * int(rng.integers(1, 6))
-    if kind == "sign":
-        return [_sign_plan(rng, split, hw) for _ in range(int(rng.integers(1, 5)))]
-    if kind == "poster":
-        return _poster_plans(rng, split, hw)
-    if kind == "ui":
-        return [_ui_plan(rng, split, hw) for _ in range(int(rng.integers(5, 15)))]
-    if kind == "book":
-        return _page_plans(rng, split, hw)
-    return [_receipt_plan(rng, split, hw)]
-
-
-CURL_PROBABILITY = 0.5  # books and receipts
 
 
 def random_curl(rng: np.random.Generator, hw: tuple[int, int]) -> PageCurl:
@@ -339,46 +247,114 @@ def _spine_shading(curl: PageCurl, rng: np.random.Generator) -> np.ndarray:
     return np.broadcast_to(dark[None, :, None], (h, w, 1)).astype(np.float32)
 
 
+# --------------------------------------------------------------------------------------------
+# Scene kinds
+# --------------------------------------------------------------------------------------------
+
+Background = Callable[[np.random.Generator, str, tuple[int, int], "SceneOptions"], np.ndarray]
+Planner = Callable[[np.random.Generator, str, tuple[int, int]], list[BlockRecipe]]
+Camera = Callable[[np.random.Generator, tuple[int, int]], Degradation]
+
+
+@dataclass(frozen=True)
+class SceneKind:
+    """One kind of v2 scene. `weight`: its share of the mix (renormalised over the kinds asked for); a
+    sub-kind's: its share of its parent. A kind with `sub_kinds` draws one of them instead of itself."""
+
+    name: str
+    weight: float
+    background: Background | None = None  # (rng, split, hw, options) -> (H, W, 3) float32, before clutter
+    plans: Planner | None = None  # (rng, split, hw) -> block recipes, in drawing order
+    camera: Camera | None = None  # (rng, hw) -> degradation shared by the image and its text-free twin
+    curl_probability: float = 0.0  # share of scenes whose blocks bend with a curled page
+    page_is_image: bool = False  # the curled page is the whole image: the background bends too
+    sub_kinds: tuple[SceneKind, ...] = ()
+
+    def __post_init__(self) -> None:
+        drawn = (self.background, self.plans, self.camera)
+        if bool(self.sub_kinds) == all(part is not None for part in drawn):
+            raise ValueError(f"scene kind {self.name!r}: give either background, plans and camera, or sub-kinds")
+
+    def resolve(self, rng: np.random.Generator) -> SceneKind:
+        """This kind, or one of its sub-kinds by their weights."""
+        if not self.sub_kinds:
+            return self
+        draw, total = rng.random(), 0.0
+        for sub_kind in self.sub_kinds:
+            total += sub_kind.weight
+            if draw < total:
+                return sub_kind
+        return self.sub_kinds[-1]
+
+
+BOOK = SceneKind("book", 0.6, paper_background, page_plans, photo_camera, curl_probability=CURL_PROBABILITY,
+                 page_is_image=True)
+RECEIPT = SceneKind("receipt", 0.4, photo_or_texture, receipt_plans, photo_camera, curl_probability=CURL_PROBABILITY)
+SCENE_KINDS: dict[str, SceneKind] = {kind.name: kind for kind in (
+    SceneKind("classic", 0.2, photo_or_texture, classic_plans, classic_camera),
+    SceneKind("sign", 0.22, photo_or_texture, sign_plans, photo_camera),
+    SceneKind("poster", 0.16, photo_or_texture, poster_plans, photo_camera),
+    SceneKind("ui", 0.12, ui_background, ui_plans, screenshot_camera),
+    SceneKind("document", 0.3, sub_kinds=(BOOK, RECEIPT)),
+)}
+
+
+def scene_kind(name: str) -> SceneKind:
+    try:
+        return SCENE_KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown scene kind {name!r}; expected one of {', '.join(SCENE_KINDS)}") from None
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """What `render_scene` draws: `scenes` v1 (the original generator) or v2 (this module), and an
+    optional folder's photos (`user_photos`) used for a `background_mix` share of backgrounds."""
+
+    scenes: str = "v1"
+    user_photos: tuple[str, ...] = ()
+    background_mix: float = 0.5
+    kinds: tuple[str, ...] = tuple(SCENE_KINDS)  # v2 kinds to draw from (their weights renormalised)
+
+
+# --------------------------------------------------------------------------------------------
+# Scene
+# --------------------------------------------------------------------------------------------
+
+
+def drawn_kinds() -> list[SceneKind]:
+    """Every kind that draws scenes itself: the SCENE_KINDS entries, sub-kinds in place of their parent."""
+    return [leaf for kind in SCENE_KINDS.values() for leaf in (kind.sub_kinds or (kind,))]
+
+
 def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str,
                        options: SceneOptions) -> Scene:
-    h, w = size
-    weights = np.array([KIND_WEIGHTS[KINDS.index(k)] for k in options.kinds])
-    kind = options.kinds[int(rng.choice(len(options.kinds), p=weights / weights.sum()))]
-    if kind == "document":
-        kind = "book" if rng.random() < 0.6 else "receipt"
-    clean_bg = add_clutter(rng, _background(rng, kind, split, size, options))  # non-text marks: background
-    degradation = world_degradation(rng, size, kind)
-    plans = _plans(rng, kind, split, size)
-    if kind in ("book", "receipt") and rng.random() < CURL_PROBABILITY:
+    """A v2 scene of one of `options.kinds`, drawn by their weights."""
+    kinds = [scene_kind(name) for name in options.kinds]
+    weights = np.array([kind.weight for kind in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))].resolve(rng)
+    return render_kind_scene(rng, kind, size=size, split=split, options=options)
+
+
+def render_kind_scene(rng: np.random.Generator, kind: SceneKind, *, size: tuple[int, int], split: str,
+                      options: SceneOptions) -> Scene:
+    """A scene of `kind` (one that draws itself: no sub-kinds)."""
+    clean_bg = add_clutter(rng, kind.background(rng, split, size, options))  # non-text marks: background
+    degradation = kind.camera(rng, size)
+    plans = kind.plans(rng, split, size)
+    if kind.curl_probability and rng.random() < kind.curl_probability:
         curl = random_curl(rng, size)
-        if kind == "book":  # the whole image is the page: bend it (the text bends through its geometry)
+        if kind.page_is_image:  # bend the whole image (the text bends through its geometry)
             clean_bg = curl.apply(clean_bg, cv2.BORDER_REFLECT)
             shading = _spine_shading(curl, rng)
             degradation.illumination = shading if degradation.illumination is None else degradation.illumination * shading
         plans = [replace(plan, page=curl) for plan in plans]
     canvas = SceneCanvas(clean_bg)
     for plan in plans:
-        size_scale = 1.0
-        for _ in range(4):
-            result = _try_block(rng, clean_bg, canvas.occupied, split, False, degradation.reach, len(canvas.blocks),
-                                size_scale, plan=plan)
-            if result == "too-big":
-                # Pages and receipts keep their print size and lose lines; other blocks shrink.
-                if plan is not None and plan.lines > 3:
-                    plan = replace(plan, lines=int(plan.lines * 0.7))
-                else:
-                    size_scale *= 0.7
-                continue
-            if result is not None:
-                break
-        if result is None or result == "too-big":
-            continue
-        block, block_words, warped, region, plate = result
-        if plate is not None:  # part of the background: drawn into both, under the text
-            composite_plate(clean_bg, plate)
-            composite_plate(canvas.image, plate)
-        canvas.draw(block, block_words, warped, region)
-    return canvas.scene(degradation, split, extra={"kind": kind})
+        placed = place_with_retries(rng, plan, canvas, split, degradation.reach)
+        if placed is not None:
+            canvas.draw(placed)
+    return canvas.scene(degradation, split, extra={"kind": kind.name})
 
 
 def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str = "train",
@@ -387,4 +363,7 @@ def render_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str 
     scenes and user background photos (default: v1, built-in)."""
     if options is not None and options.scenes == "v2":
         return render_world_scene(rng, size=size, split=split, options=options)
-    return render_classic_scene(rng, size=size, split=split, options=options)
+    if options is None:
+        return render_classic_scene(rng, size=size, split=split)
+    return render_classic_scene(rng, size=size, split=split, user_photos=options.user_photos,
+                                user_mix=options.background_mix)

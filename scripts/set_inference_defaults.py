@@ -1,0 +1,48 @@
+"""Change the inference defaults stored with a weights folder, keeping its tensors byte for byte.
+
+    python scripts/set_inference_defaults.py src/upocr/weights --removal words-telea
+
+The defaults (`upocr.InferenceDefaults`: working size, segmentation threshold, removal pipeline) live in the
+safetensors metadata (`upocr_inference`); this rewrites that one key, atomically, and checks that the file
+still loads. Why a script: choosing a default by measurement (docs/results.md) should not need retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+import upocr
+from upocr.removal import REMOVAL_PIPELINES
+from upocr.utils import atomic_output
+from upocr.weights import WEIGHTS_FILE, InferenceDefaults, safetensors_metadata
+
+INFERENCE_KEY = "upocr_inference"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", type=Path, help="a save_pretrained folder (holds model.safetensors)")
+    parser.add_argument("--removal", choices=tuple(REMOVAL_PIPELINES), help="the default removal pipeline")
+    parser.add_argument("--threshold", type=float, help="the segmentation threshold")
+    parser.add_argument("--size", type=int, help="the working resolution")
+    args = parser.parse_args()
+    path = args.weights / WEIGHTS_FILE
+    metadata = safetensors_metadata(path)
+    stored = json.loads(metadata.get(INFERENCE_KEY, "{}"))
+    changes = {"removal": args.removal, "segmentation_threshold": args.threshold, "input_size": args.size}
+    defaults = InferenceDefaults.from_dict({**stored, **{k: v for k, v in changes.items() if v is not None}})
+    tensors = load_file(str(path))
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**metadata, INFERENCE_KEY: defaults.to_json()})
+    model = upocr.load_model(args.weights)
+    print(f"{path}: inference defaults {model.inference}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
