@@ -26,7 +26,9 @@ from pathlib import Path
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples"
 
 
-def make_folder(folder: Path, count: int, seed: int = 0) -> None:
+def make_folder(folder: Path, count: int, seed: int = 0, heights: tuple[int, int] = (200, 700),
+                widths: tuple[int, int] = (300, 900)) -> None:
+    """`count` JPEGs cut from the sample photos, sides drawn from `heights` and `widths` (inclusive)."""
     import numpy as np
     from PIL import Image
 
@@ -34,7 +36,7 @@ def make_folder(folder: Path, count: int, seed: int = 0) -> None:
     photos = [np.asarray(Image.open(path).convert("RGB")) for path in sorted(SAMPLES.glob("*.jpg"))]
     for index in range(count):
         photo = photos[index % len(photos)]
-        height, width = int(rng.integers(200, 701)), int(rng.integers(300, 901))
+        height, width = int(rng.integers(heights[0], heights[1] + 1)), int(rng.integers(widths[0], widths[1] + 1))
         top = int(rng.integers(0, max(1, photo.shape[0] - height // 2)))
         left = int(rng.integers(0, max(1, photo.shape[1] - width // 2)))
         crop = Image.fromarray(photo[top:, left:]).resize((width, height), Image.Resampling.BICUBIC)

@@ -10,7 +10,7 @@ still loads. Why a script: choosing a default by measurement (docs/results.md) s
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import upocr
 from upocr.removal import REMOVAL_PIPELINES
 from upocr.utils import atomic_output
-from upocr.weights import WEIGHTS_FILE, InferenceDefaults, safetensors_metadata
+from upocr.weights import WEIGHTS_FILE, safetensors_metadata
 
 INFERENCE_KEY = "upocr_inference"
 
@@ -33,9 +33,9 @@ def main() -> int:
     args = parser.parse_args()
     path = args.weights / WEIGHTS_FILE
     metadata = safetensors_metadata(path)
-    stored = json.loads(metadata.get(INFERENCE_KEY, "{}"))
+    stored = upocr.load_model(args.weights).inference  # also from older files that keep them in the config
     changes = {"removal": args.removal, "segmentation_threshold": args.threshold, "input_size": args.size}
-    defaults = InferenceDefaults.from_dict({**stored, **{k: v for k, v in changes.items() if v is not None}})
+    defaults = dataclasses.replace(stored, **{k: v for k, v in changes.items() if v is not None})
     tensors = load_file(str(path))
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata={**metadata, INFERENCE_KEY: defaults.to_json()})

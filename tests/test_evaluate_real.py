@@ -203,3 +203,58 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu"}
     assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)"}
     assert Image.open(out / "real.png").size[0] > 500
+
+
+def _one_sample(tmp_path: Path, sidecar: dict) -> Path:
+    image, _, _ = _picture()
+    Image.fromarray(image).save(tmp_path / "a.png")
+    (tmp_path / "a.json").write_text(json.dumps({"image": "a.png", "complete": True, **sidecar}))
+    return tmp_path / "a.json"
+
+
+GOOD_POLYGON = {"points": _quad(*WORDS[0])}
+
+
+@pytest.mark.parametrize("sidecar, problem", [
+    ({"polygons": None}, '"polygons" must be a list of polygons, got null'),
+    ({"polygons": {"points": []}}, '"polygons" must be a list of polygons'),
+    ({"polygons": [1, 2, 3]}, 'polygon 1 must be an object with "points", got 1'),
+    ({"polygons": [GOOD_POLYGON, {"text": "w"}]}, 'polygon 2 must be an object with "points"'),
+    ({"polygons": [{"points": [[0, 0], [5, 5, 5], [9, 0]]}]}, "polygon 1: points must be at least 3 [x, y] number pairs"),
+    ({"polygons": [{"points": "abc"}]}, "polygon 1: points must be at least 3 [x, y] number pairs"),
+    ({"polygons": [{"points": [[0, 0], [5, 5]]}]}, "polygon 1: points must be at least 3 [x, y] number pairs"),
+    ({"polygons": [{"points": [[0, 0], [1e12, 0], [0, 9]]}]}, "polygon 1: coordinates must be finite numbers"),
+    ({"polygons": [{"points": [[0, 0], [float("nan"), 0], [0, 9]]}]}, "polygon 1: coordinates must be finite numbers"),
+    ({"polygons": [{**GOOD_POLYGON, "tampered": "yes"}]}, 'polygon 1: "tampered" must be true or false, got "yes"'),
+    ({"polygons": [], "image": 5}, '"image" must be a file name (a string), got 5'),
+    ({"polygons": [], "label": 7}, '"label" must be a file name (a string), got 7'),
+    ({"polygons": [], "complete": "no"}, '"complete" must be true or false, got "no"'),
+    ({"polygons": [], "label": "../../../../../../etc/hostname"}, '"label" "../../../../../../etc/hostname" leads outside'),
+    ({"polygons": [], "image": "/etc/hostname"}, '"image" "/etc/hostname" leads outside'),
+])
+def test_malformed_sidecars_are_one_line_naming_the_sidecar(tmp_path: Path, sidecar: dict, problem: str) -> None:
+    """N10: these gave 16- to 20-line tracebacks, lines without the sidecar's name, or were accepted."""
+    path = _one_sample(tmp_path, sidecar)
+    with pytest.raises(ValueError) as raised:
+        real.read_real_samples(tmp_path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: {problem}") and "\n" not in message
+
+
+def test_an_image_without_a_sidecar_is_a_note(real_dir: Path) -> None:
+    """N17: it was skipped without a word."""
+    Image.fromarray(_picture()[0]).save(real_dir / "scene-boxes" / "lonely.png")
+    notes: list[str] = []
+    samples = real.read_real_samples(real_dir, on_note=notes.append)
+    assert len(samples) == 3  # labels and masks named by sidecars are not "without a sidecar"
+    assert notes == [f"{real_dir / 'scene-boxes' / 'lonely.png'}: no lonely.json sidecar beside it; skipped"]
+
+
+def test_cli_without_the_real_extra_is_one_line(real_dir: Path, tiny_weights: Path, monkeypatch, capsys) -> None:
+    """N17: a 16-line ImportError traceback."""
+    from upocr.cli import main
+
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # makes the import fail
+    assert main(["evaluate", "real", "--data", str(real_dir), "--weights", str(tiny_weights), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.endswith("pip install 'upocr[real]'")

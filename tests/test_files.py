@@ -210,3 +210,85 @@ def test_a_folder_runs_in_batches_of_images_with_the_same_files(tmp_path):
     assert _files(tmp_path / "three") == _files(tmp_path / "one") == ["0.png", "1.png", "3.png", "4.png"]
     for name in _files(tmp_path / "one"):
         assert (tmp_path / "three" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+def test_two_runs_writing_one_output_name_at_once_keep_one_and_refuse_the_other(tmp_path, predictor, monkeypatch):
+    """N2: two runs checked that x.png was free, then both renamed onto it: one result lost, both said
+    "1 of 1 image(s) written". Now the second to publish is refused (hard link: EEXIST)."""
+    import threading
+
+    import upocr.files
+
+    inputs = []
+    for colour in ("red", "blue"):
+        (tmp_path / colour).mkdir()
+        Image.new("RGB", (32, 32), colour).save(tmp_path / colour / "x.png")
+        inputs.append(tmp_path / colour / "x.png")
+    both_checked = threading.Barrier(2, timeout=30)
+    real_write_image = upocr.files.write_image
+
+    def write_image_after_both_checked(path, array, **options):
+        both_checked.wait()  # both runs have found the name free
+        return real_write_image(path, array, **options)
+
+    monkeypatch.setattr(upocr.files, "write_image", write_image_after_both_checked)
+    reports: dict[str, object] = {}
+    errors: dict[str, list[str]] = {"red": [], "blue": []}
+
+    def run(colour: str, path: Path) -> None:
+        reports[colour] = predict_files(predictor, [path], tmp_path / "out", "removal", on_error=errors[colour].append)
+
+    threads = [threading.Thread(target=run, args=(colour, path)) for colour, path in zip(errors, inputs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(report.done for report in reports.values()) == [0, 1]
+    loser = next(colour for colour, report in reports.items() if report.done == 0)
+    assert errors[loser] == [f"{tmp_path / loser / 'x.png'}: output {tmp_path / 'out' / 'x.png'} exists (use --overwrite)"]
+    assert reports[loser].existing == 1
+    assert _files(tmp_path / "out") == ["x.png"]  # and no temporary left
+    winner = "red" if loser == "blue" else "blue"
+    expected = predictor.predict(np.asarray(Image.open(tmp_path / winner / "x.png")), "removal").image
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x.png")), expected)
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_read_back(tmp_path, folder, predictor):
+    """N12: the second `segment-text nest -o nest/out` read nest/out's masks as inputs (out/out/a_mask_mask.png)
+    and refused the real inputs as "would overwrite an input"."""
+    out = folder / "out"
+    first = predict_files(predictor, [folder], out, "segmentation")
+    assert first.done == 3 and not first.notes
+    notes: list[str] = []
+    second = predict_files(predictor, [folder], out, "segmentation", overwrite=True, on_note=notes.append)
+    assert second.total == 3 and second.done == 3 and not second.errors
+    assert notes == second.notes == [f"{out}: the output folder is inside the input folder {folder}; its files are not read as inputs"]
+    assert _files(out) == sorted(f"{name}_mask{suffix}" for name in "abc" for suffix in (".png", "_overlay.jpg"))
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda out: out.symlink_to(out.name), "symlink loop"),
+    (lambda out: out.symlink_to(out.parent / "nowhere"), "the output folder is a broken symlink"),
+    (lambda out: out.write_bytes(b"a file"), "exists and is not a folder; choose another output folder (-o)"),
+])
+def test_an_output_folder_that_cannot_be_one_is_one_line(tmp_path, folder, predictor, make, problem):
+    """N16/N17: -o through a symlink loop gave a 37-line traceback (Path.resolve's RuntimeError); a dangling
+    symlink "File exists: sl/dangling" once per input."""
+    out = tmp_path / "out"
+    make(out)
+    errors: list[str] = []
+    report = predict_files(predictor, [folder], out, "segmentation", on_error=errors.append)
+    assert errors == [f"{out}: {problem}"] and report.done == 0 and report.total == 3
+
+
+def test_a_symlink_loop_below_the_output_folder_fails_that_input_only(tmp_path, predictor):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("sub/a.png", "b.png"):
+        Image.new("RGB", (32, 32), "red").save(tmp_path / "in" / name)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").symlink_to("sub")  # out/sub -> itself
+    errors: list[str] = []
+    report = predict_files(predictor, [tmp_path / "in"], tmp_path / "out", "segmentation", on_error=errors.append)
+    assert report.done == 1 and len(errors) == 1
+    assert errors[0].startswith(f"{tmp_path / 'in' / 'sub' / 'a.png'}: output {tmp_path / 'out' / 'sub'}")
+    assert errors[0].endswith("symlink loop")

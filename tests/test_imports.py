@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("network and data", ("upocr.model", "upocr.data", "upocr.export")),  # export: the network as ONNX
     ("inference", ("upocr.predict",)),
     ("file pipeline", ("upocr.files",)),
-    ("applications", ("upocr.evaluate", "upocr.train", "upocr.serve")),
+    ("applications", ("upocr.evaluate", "upocr.train", "upocr.serve", "upocr.batch")),  # batch: the file pipeline on Ray
     ("front", ("upocr.commands", "upocr.cli", "upocr")),  # `upocr` itself: the package's API (__init__)
 ]
 
@@ -184,7 +184,7 @@ def test_weights_import_nothing_from_the_network():
 
 # Packages whose modules use no other module's private names (`from upocr.x import _name`, `x._name`):
 # what one module needs of another is public there.
-NO_PRIVATE_IMPORTS = ("upocr.data",)
+NO_PRIVATE_IMPORTS = ("upocr.data", "upocr.batch", "upocr.commands.batch")
 
 
 def private_uses(module: str, modules: dict) -> list[str]:

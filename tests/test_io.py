@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from upocr.io import ImageError, expand_inputs, list_images, read_image, write_image
-from upocr.utils import atomic_output, remove_stale_temporaries
+from upocr.utils import OutputExistsError, atomic_output, remove_stale_temporaries
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (24, 40, 3), dtype=np.uint8)
@@ -234,6 +234,39 @@ def test_atomic_output_gives_new_files_the_usual_mode_and_keeps_a_replaced_files
         assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_atomic_output_sets_the_usual_mode_even_when_the_writer_replaced_the_temporary(tmp_path):
+    """N11: safetensors replaces the temporary with its own 0600 file; save_pretrained's model.safetensors
+    stayed 0600 beside a 0644 config.json."""
+    import upocr
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "replaced.bin") as tmp:
+            tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # what safetensors does
+            os.close(fd)
+        assert stat.S_IMODE((tmp_path / "replaced.bin").stat().st_mode) == 0o644
+        upocr.build_model("tiny").save_pretrained(tmp_path / "model")
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "model").iterdir()}
+        assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
+    finally:
+        os.umask(previous)
+
+
+def test_atomic_output_without_replace_never_replaces_a_file(tmp_path):
+    """N2: replace=False publishes with a hard link, so a file that appeared meanwhile is kept."""
+    with pytest.raises(OutputExistsError) as raised:
+        with atomic_output(tmp_path / "x.txt", replace=False) as tmp:
+            tmp.write_text("mine")
+            (tmp_path / "x.txt").write_text("theirs")  # another process, while this one writes
+    assert raised.value.path == tmp_path / "x.txt"
+    assert (tmp_path / "x.txt").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]  # no temporary left
+    write_image(tmp_path / "new.png", PIXELS, replace=False)
+    np.testing.assert_array_equal(read_image(tmp_path / "new.png"), PIXELS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.png", "x.txt"]
 
 
 def test_remove_stale_temporaries_only_touches_old_files_of_our_pattern(tmp_path):

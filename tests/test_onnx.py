@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,106 @@ def test_importing_upocr_needs_no_onnx():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _documented_task_order(text: str) -> list[str]:
+    """'(0 removal, 1 tampering, 2 segmentation; ...' after "`tasks` (B,) int64" -> the names by index."""
+    import re
+
+    listed = re.search(r"`tasks` \(B,\) int64 \(([^;)]*)[;)]", " ".join(text.split()))
+    assert listed, "the task indices are no longer documented where this test looks"
+    pairs = [item.split() for item in listed.group(1).split(",")]
+    assert [int(index) for index, _ in pairs] == list(range(len(pairs)))
+    return [name for _, name in pairs]
+
+
+def test_the_documented_task_order_is_the_exported_one(exported, tiny_model):
+    """The help and docs/inference.md said index 1 was segmentation; it is tampered text detection. The
+    order the file stores (upocr_tasks) must be the one documented, and mean what it says."""
+    import argparse
+
+    import onnx
+
+    from upocr.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    help_order = _documented_task_order(commands.choices["export-onnx"].description)
+    doc_order = _documented_task_order((Path(__file__).resolve().parents[1] / "docs" / "inference.md").read_text())
+    stored = {prop.key: prop.value for prop in onnx.load(str(exported[0])).metadata_props}
+    import json
+
+    assert help_order == doc_order == json.loads(stored["upocr_tasks"]) == ["removal", "tampering", "segmentation"]
+    # and index i runs task i: the file's output for each index equals PyTorch's for the named task
+    runner = OnnxRunner(exported[0])
+    images = torch.rand(len(doc_order), 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    indices = torch.arange(len(doc_order))
+    with torch.inference_mode():
+        expected = tiny_model(images, [Task.parse(name) for name in doc_order])
+    for ours, theirs in zip(runner(images, indices), expected):
+        assert float((ours - theirs).abs().max()) <= EXPORT_TOLERANCE
+
+
+def _rewritten(source: Path, target: Path, change) -> Path:
+    import onnx
+
+    proto = onnx.load(str(source))
+    change(proto)
+    onnx.save(proto, str(target))
+    return target
+
+
+def _segment_text_exit_status(weights: Path, tmp_path: Path) -> int:
+    """`upocr segment-text` on a small image with these ONNX weights, into tmp_path/out."""
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    return main(["segment-text", str(tmp_path / "in.png"), "-o", str(tmp_path / "out"), "--weights", str(weights),
+                 "--backend", "onnxruntime"])
+
+
+def test_onnx_weights_with_nan_values_are_refused(exported, tmp_path):
+    """N7: one NaN in the largest initializer loaded silently and wrote an empty mask with exit 0."""
+    from onnx import numpy_helper
+
+    def poison(proto) -> None:
+        largest = max(proto.graph.initializer, key=lambda tensor: int(np.prod(tensor.dims)))
+        values = numpy_helper.to_array(largest).copy()
+        values.flat[0] = np.nan
+        largest.CopyFrom(numpy_helper.from_array(values, largest.name))
+        poison.name = largest.name
+
+    bad = _rewritten(exported[0], tmp_path / "nan.onnx", poison)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: {re.escape(poison.name)} has NaN/Inf values$"):
+        OnnxRunner(bad)
+    assert _segment_text_exit_status(bad, tmp_path) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, value, reason", [
+    ("upocr_config", "{'a': 1}", "Expecting property name enclosed in double quotes"),
+    ("upocr_inference", "[1, 2]", "expected a JSON object, found list"),
+    ("upocr_inference", '{"input_size": 64, "segmentation_threshold": NaN}', "segmentation_threshold must be in (0, 1), got nan"),
+    ("upocr_inference", '{"input_size": 8192}', "input_size 8192 is too large"),
+    ("upocr_config", '{"encoder_depths": "x"}', ""),
+])
+def test_broken_onnx_metadata_is_one_line_naming_the_file(exported, tmp_path, capsys, key, value, reason):
+    """N15: "upocr: Expecting value: line 1 column 4 (char 3)", without the file's name."""
+
+    def set_entry(proto) -> None:
+        entry = next(prop for prop in proto.metadata_props if prop.key == key)
+        entry.value = value
+
+    bad = _rewritten(exported[0], tmp_path / "meta.onnx", set_entry)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bad))}: invalid {key} metadata \(.*{re.escape(reason)}"):
+        OnnxRunner(bad)
+    assert _segment_text_exit_status(bad, tmp_path) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith(f"upocr: {bad}: invalid {key} metadata")
+
+
+def test_a_fifo_as_onnx_weights_is_refused_without_opening_it(tmp_path):
+    """N17: special files as --weights; a FIFO would block ONNX Runtime's read (a .onnx one said "no such ONNX file")."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.onnx")
+    with pytest.raises(ValueError, match=r"pipe\.onnx: not a regular file \(a FIFO\)$"):
+        Predictor(weights=tmp_path / "pipe.onnx", backend="onnxruntime")

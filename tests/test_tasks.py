@@ -210,7 +210,7 @@ def test_every_layer_table_covers_every_task():
     """What a fourth task needs besides its spec (docs/architecture.md): each table names the place."""
     from upocr.data import datasets, layouts, transforms
     from upocr.data.synth import generate
-    from upocr.evaluate import report, runner
+    from upocr.evaluate import baselines, report, runner
     from upocr.train import losses
 
     tables = {
@@ -223,9 +223,19 @@ def test_every_layer_table_covers_every_task():
         "data/transforms.py NEW_PIXEL_FILL": transforms.NEW_PIXEL_FILL,
         "train/losses.py TASK_LOSSES": losses.TASK_LOSSES,
         "evaluate/runner.py _SCORERS": runner._SCORERS,
+        "evaluate/runner.py _GROUND_TRUTH_PICTURES": runner._GROUND_TRUTH_PICTURES,
+        "evaluate/runner.py _PREDICTION_PICTURES": runner._PREDICTION_PICTURES,
+        "evaluate/runner.py _PER_IMAGE_SCORES": runner._PER_IMAGE_SCORES,
+        "evaluate/baselines.py GROUND_TRUTH_FIELDS": baselines.GROUND_TRUTH_FIELDS,
         "evaluate/report.py _COLUMNS": report._COLUMNS,
     }
     missing = [f"{place}: {task.short}" for place, table in tables.items() for task in Task if task not in table]
     assert not missing, missing
     assert all(datasets.DATASETS[task].task is task for task in Task)
     assert all(task.short in losses.LOSS_TERMS for task in Task)  # each task's total is logged
+    assert all(callable(baseline.predict) for baseline in baselines.BASELINES)
+    # a task outside the tables is refused, not treated as the last one in an if chain (tampering)
+    with pytest.raises(KeyError):
+        runner.per_image_score(len(Task), Path("p.png"), Path("g.png"))
+    with pytest.raises(KeyError):
+        baselines.ground_truth_path(object(), len(Task))

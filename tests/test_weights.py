@@ -79,15 +79,53 @@ def test_an_old_training_checkpoint_resumes_with_its_defaults(tiny):
     assert model_from_checkpoint(state).inference == InferenceDefaults(64, 0.35)
 
 
-def test_bad_inference_defaults_name_the_file(tiny, tmp_path):
+@pytest.mark.parametrize("stored, legacy, problem", [
+    ('{"input_size": 100}', {"segmentation_threshold": 1.5}, "input_size must be a positive multiple of 32, got 100"),
+    # N6: --size refused 8192, but a weights file saying so made a 160x128 image take 4.9 GB before failing
+    ('{"input_size": 8192}', {"input_size": 8192}, "input_size 8192 is too large (at most 4096)"),
+])
+def test_bad_inference_defaults_name_the_file(tiny, tmp_path, stored, legacy, problem):
+    """In upocr_inference, and (older files) among the config's fields."""
     path = tmp_path / "bad.safetensors"
-    save_file(dict(tiny.state_dict()), str(path), metadata={"upocr_config": tiny.config.to_json(), "upocr_inference": '{"input_size": 100}'})
+    save_file(dict(tiny.state_dict()), str(path), metadata={"upocr_config": tiny.config.to_json(), "upocr_inference": stored})
     with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: invalid inference defaults in the safetensors metadata "
-                                              r"\(upocr_inference\) \(input_size must be a positive multiple of 32, got 100\)$"):  # fmt: skip
+                                              rf"\(upocr_inference\) \({re.escape(problem)}\)$"):  # fmt: skip
         upocr.load_model(path)
-    old = save_old_style(tiny, tmp_path / "old.safetensors", segmentation_threshold=1.5)
-    with pytest.raises(CheckpointError, match=r"old\.safetensors: invalid inference defaults in the model config \(segmentation_threshold"):
+    old = save_old_style(tiny, tmp_path / "old.safetensors", **legacy)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(old))}: invalid inference defaults in the model config \("):
         upocr.load_model(old)
+    assert InferenceDefaults(input_size=4096).input_size == InferenceDefaults.MAX_INPUT_SIZE == 4096
+
+
+@pytest.mark.parametrize("name", ["fifo.pth", "fifo.safetensors", "folder/model.safetensors"])
+def test_special_files_as_weights_are_refused_without_opening_them(tmp_path, name):
+    """N17: a FIFO as --weights blocked forever (load_file opens it and waits for a writer); /dev/zero
+    said "file is empty"."""
+    import os
+    import threading
+
+    fifo = tmp_path / name
+    fifo.parent.mkdir(exist_ok=True)
+    os.mkfifo(fifo)
+    weights = fifo if fifo.parent == tmp_path else fifo.parent
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_weights(weights)
+        except BaseException as error:  # noqa: BLE001 - the test looks at it
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the reader so the test run can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail(f"reading {name} blocked")
+    assert isinstance(outcome[0], CheckpointError) and str(outcome[0]) == f"{fifo}: not a regular file (a FIFO)"
+    with pytest.raises(CheckpointError, match=r"^/dev/zero: not a regular file \(a device\)$"):
+        read_weights("/dev/zero")
 
 
 def test_files_are_read_without_building_a_network(tiny, tmp_path, monkeypatch):
@@ -126,3 +164,44 @@ def test_other_files_have_no_training_record_and_are_never_read_whole(tmp_path):
         with pytest.raises(ValueError, match="not a safetensors file"):
             safetensors_metadata(path)
         assert describe_weights(path) == f"{path} - no training record"
+
+
+def test_only_upocr_weights_reads_weight_files():
+    """One safe reader: the FID Inception, the VGG16 of the perceptual loss and training checkpoints read
+    through `upocr.weights` (read_weights / torch_load_safely), not with torch.load or safetensors of their own."""
+    import ast
+    from pathlib import Path
+
+    package = Path(upocr.__file__).resolve().parent
+    readers = []
+    for path in sorted(package.rglob("*.py")):
+        if path.parent.name == "weights" and path.parent.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            called = node.func if isinstance(node, ast.Call) else None
+            if isinstance(called, ast.Attribute) and called.attr == "load" and ast.unparse(called.value) == "torch":
+                readers.append(f"{path.relative_to(package)}:{node.lineno} torch.load")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
+                readers.append(f"{path.relative_to(package)}:{node.lineno} from {node.module} import ...")
+    assert readers == []
+
+
+def test_vgg_and_fid_weights_go_through_read_weights(tmp_path, monkeypatch):
+    from upocr.evaluate import inception
+    from upocr.train import vgg
+
+    calls = []
+    real_read_weights = vgg.read_weights
+
+    def spy(path):
+        calls.append(path)
+        return real_read_weights(path)
+
+    monkeypatch.setattr(vgg, "read_weights", spy)
+    monkeypatch.setattr(inception, "read_weights", spy)
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="partial.pth: no VGG16 weights"):
+        vgg.load_vgg16(tmp_path / "partial.pth")
+    with pytest.raises(inception.FIDWeightsError, match="partial.pth: not pytorch-fid's"):
+        inception.load_fid_inception(tmp_path / "partial.pth")
+    assert calls == [tmp_path / "partial.pth"] * 2

@@ -39,6 +39,7 @@ UNCLIP_RATIO = 1.6  # DB: regions grow by area x ratio / perimeter (they were tr
 MAX_REGIONS = 1000  # DB max_candidates
 MIN_REGION_SIDE = 5  # px at the detector's scale: thinner unclipped regions are dropped (DB: min_size + 2)
 POLYGON_EPSILON = 0.002  # approxPolyDP tolerance, a share of the contour's perimeter
+OUTLINE_EPSILON = 1.0  # px at the detector's scale: the unclipped outline's tolerance (no visible change)
 
 Shape = Literal["polygon", "box"]
 
@@ -174,7 +175,8 @@ def unclip(points: np.ndarray, ratio: float = UNCLIP_RATIO) -> np.ndarray | None
     contours, _ = cv2.findContours(canvas, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return None
-    outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
+    outline = max(contours, key=cv2.contourArea)
+    outline = cv2.approxPolyDP(outline, OUTLINE_EPSILON, True).reshape(-1, 2)  # pixel stairs -> straight edges
     return (outline + origin).astype(np.float32)
 
 

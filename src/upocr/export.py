@@ -30,13 +30,15 @@ from torch import nn
 from upocr.model.config import UPOCRConfig
 from upocr.weights import InferenceDefaults
 from upocr.model.upocr import SIZE_MULTIPLE, UPOCR, check_input_size
-from upocr.tasks import Task, task_indices
-from upocr.utils import atomic_output
+from upocr.tasks import Task, task_indices, task_order
+from upocr.utils import atomic_output, special_file_kind
 
 INPUT_NAMES = ("images", "tasks")
 OUTPUT_NAMES = ("quarter", "half", "full")
 CONFIG_METADATA_KEY = "upocr_config"
 INFERENCE_METADATA_KEY = "upocr_inference"
+# The `tasks` input's meaning: the task names in index order (0 removal, 1 tampering, 2 segmentation).
+TASKS_METADATA_KEY = "upocr_tasks"
 # The exported model must agree with PyTorch to this (max abs difference of the raw outputs).
 EXPORT_TOLERANCE = 1e-4
 OPSET = 17
@@ -105,7 +107,8 @@ def onnx_bytes(model: UPOCR, *, size: int | None = None) -> bytes:
         raise ExportError(f"ONNX export failed: {first_line}") from error
     proto = onnx.load_from_string(buffer.getvalue())
     inference = dataclasses.replace(model.inference, input_size=size)  # the size the file accepts
-    onnx.helper.set_model_props(proto, {CONFIG_METADATA_KEY: model.config.to_json(), INFERENCE_METADATA_KEY: inference.to_json()})
+    onnx.helper.set_model_props(proto, {CONFIG_METADATA_KEY: model.config.to_json(), INFERENCE_METADATA_KEY: inference.to_json(),
+                                        TASKS_METADATA_KEY: json.dumps(task_order())})
     return proto.SerializeToString()
 
 
@@ -172,10 +175,38 @@ class OnnxRunner:
             raise ValueError(f"{self.name}: not a UPOCR export (inputs {names[0]}, outputs {names[1]}); "
                              "make one with `upocr export-onnx`")
         metadata = self.session.get_modelmeta().custom_metadata_map
-        self.config = UPOCRConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY])) if CONFIG_METADATA_KEY in metadata else None
         size = self.session.get_inputs()[0].shape[2]
-        self.inference = (InferenceDefaults.from_dict(json.loads(metadata[INFERENCE_METADATA_KEY]))
-                          if INFERENCE_METADATA_KEY in metadata else InferenceDefaults(input_size=int(size)))
+        self.config = self._metadata(metadata, CONFIG_METADATA_KEY, UPOCRConfig.from_dict, None)
+        self.inference = self._metadata(metadata, INFERENCE_METADATA_KEY, InferenceDefaults.from_dict,
+                                        InferenceDefaults(input_size=size) if isinstance(size, int) else InferenceDefaults())
+        self._check_finite(source)
+
+    def _metadata(self, metadata: dict[str, str], key: str, parse: Any, default: Any) -> Any:
+        """`parse(json object)` of one metadata entry, `default` without it; ValueError naming the file."""
+        if key not in metadata:
+            return default
+        try:
+            data = json.loads(metadata[key])
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+            return parse(data)
+        except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"{self.name}: invalid {key} metadata ({reason})") from None
+
+    def _check_finite(self, source: str | os.PathLike | bytes) -> None:
+        """Refuse weights with NaN or Inf values: they give blank results without any error (the torch
+        path refuses them on loading). External-data tensors are not read."""
+        onnx = require("onnx")
+        from onnx import numpy_helper
+
+        proto = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(os.fspath(source), load_external_data=False)
+        for initializer in proto.graph.initializer:
+            if initializer.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            values = numpy_helper.to_array(initializer)
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                raise ValueError(f"{self.name}: {initializer.name} has NaN/Inf values")
 
     def __call__(self, images: torch.Tensor, tasks: Sequence[Task | str | int] | Task | str | int | torch.Tensor) -> list[torch.Tensor]:
         fixed = tuple(self.session.get_inputs()[0].shape[2:])
@@ -199,8 +230,11 @@ def onnx_runner(
     if isinstance(model, OnnxRunner):
         return model
     if model is None and weights is not None and Path(weights).suffix.lower() == ".onnx":
-        if not Path(weights).is_file():
+        if not Path(weights).exists():
             raise FileNotFoundError(f"{weights}: no such ONNX file")
+        kind = special_file_kind(Path(weights).stat().st_mode)
+        if kind is not None or Path(weights).is_dir():  # ONNX Runtime would block on a FIFO
+            raise ValueError(f"{weights}: not a regular file ({kind or 'a folder'})")
         runner = OnnxRunner(weights, device=device)
         fixed = runner.session.get_inputs()[0].shape[-1]
         if isinstance(fixed, int) and size is not None and size != fixed:  # exported before sizes were dynamic

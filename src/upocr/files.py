@@ -20,8 +20,10 @@ detect-tampering` run, for any caller that wants the same rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +38,7 @@ from tqdm import tqdm
 from upocr.io import IMAGE_SUFFIXES, ImageError, expand_inputs, read_image, write_image, write_text
 from upocr.predict import Prediction, Predictor
 from upocr.tasks import OutputFile, Task
-from upocr.utils import printable, remove_stale_temporaries
+from upocr.utils import OutputExistsError, printable, remove_stale_temporaries
 
 # Errors that concern one input (or its outputs) only: report the file and go on with the others.
 # Out of memory also arrives as a RuntimeError from torch's CPU allocator: see `is_out_of_memory`.
@@ -62,6 +64,7 @@ class FilesReport:
     written: list[Path] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     existing: int = 0  # images refused because an output already existed (overwrite=False)
+    notes: list[str] = field(default_factory=list)  # not errors (e.g. the output folder was not searched)
 
 
 class FilesInterrupted(KeyboardInterrupt):
@@ -80,6 +83,7 @@ def predict_files(
     *,
     overwrite: bool = False,
     on_error: ErrorHandler | None = None,
+    on_note: ErrorHandler | None = None,
     progress: bool = False,
     masks: str | os.PathLike | None = None,
     regions: bool = False,
@@ -89,8 +93,10 @@ def predict_files(
     `masks`: where the text is, for removal: one mask image for every input, or a folder of masks named
     like the outputs (`mask_for`). `regions`: also write the word detector's polygons as JSON.
 
-    `on_error(line)` is called with each error line as it happens (they are also in the report);
-    `progress` shows a progress bar on stderr when it is a terminal and there are several images.
+    `on_error(line)` is called with each error line as it happens (they are also in the report), and
+    `on_note(line)` with each note (not an error: e.g. the output folder inside an input folder is not
+    read as input); `progress` shows a progress bar on stderr when it is a terminal and there are
+    several images.
     """
     started = time.time()
     task = Task.parse(task)
@@ -108,8 +114,17 @@ def predict_files(
         if on_error is not None:
             on_error(line)
 
-    items = find_images(inputs, fail)
+    def note(line: str) -> None:
+        report.notes.append(line)
+        if on_note is not None:
+            on_note(line)
+
+    items = find_images(inputs, fail, skip=out_dir, note=note)
     report.total = len(items)
+    problem = output_folder_problem(out_dir)
+    if problem is not None and items:  # one line, not one per input
+        fail(f"{printable(out_dir)}: {problem}")
+        return report
     names = output_names(items)
     planned = [task_outputs(task, out_dir, name, regions=regions) for name in names]
     check_unique([path for outputs in planned for path, _ in outputs])
@@ -144,15 +159,16 @@ def predict_files(
                 report.written.extend(files)
                 report.done += 1
             except Exception as error:  # noqa: BLE001 - as for prediction errors below
-                _fail_input(error, done.path, predictor, fail)
+                failed(done.path, error)  # counts it on the bar
+                continue
             bar.update()
 
     def failed(path: Path, error: Exception) -> None:
-        if isinstance(error, _Refused):
+        if isinstance(error, OutputRefused):
             report.existing += error.exists
             fail(f"{printable(path)}: {error}")
         else:  # sorted by `_per_input_problem`, re-raised if not per input
-            _fail_input(error, path, predictor, fail)
+            fail_input(error, path, predictor, fail)
         bar.update()
 
     try:
@@ -165,10 +181,10 @@ def predict_files(
                 pixels = reading.pop(index)
                 index += 1
                 try:
-                    _check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
+                    check_may_write(outputs, inputs_resolved, written, overwrite)  # before any work
                     image = pixels.result()
                     outputs = task_outputs(task, out_dir, name, image.shape[:2], regions=regions)  # overlay: maybe PNG
-                    _check_may_write(outputs, inputs_resolved, written, overwrite)
+                    check_may_write(outputs, inputs_resolved, written, overwrite)
                     mask = mask_for(masks, name, image.shape[:2]) if masks is not None else None
                 except Exception as error:  # noqa: BLE001 - see `failed`
                     failed(path, error)
@@ -188,14 +204,15 @@ def predict_files(
             finish_writing()  # the previous group's files, before this one's are written
             for one, (prediction,) in zip(group, predictions):
                 try:
-                    _check_may_write(one.outputs, inputs_resolved, written, overwrite)  # the model may have run for minutes
-                except _Refused as refused:
+                    check_may_write(one.outputs, inputs_resolved, written, overwrite)  # the model may have run for minutes
+                except OutputRefused as refused:
                     failed(one.path, refused)
                     continue
                 for folder in {out.parent for out, _ in one.outputs} - cleaned:
                     remove_stale_temporaries(folder, older_than=started)
                     cleaned.add(folder)
-                writing.append(_Writing(one.path, writer.submit(render_and_write, one.outputs, one.image, prediction)))
+                writing.append(_Writing(one.path, writer.submit(render_and_write, one.outputs, one.image, prediction,
+                                                                 replace=overwrite)))
         finish_writing()
     except KeyboardInterrupt:
         # let the files being written finish (atomic anyway), and count them
@@ -227,22 +244,28 @@ class _Writing:
     future: Future[list[Path]]
 
 
-def _fail_input(error: Exception, path: Path, predictor: Predictor, fail: ErrorHandler) -> None:
-    """Report an error that concerns one input; re-raise any other (a bug)."""
+def fail_input(error: Exception, path: Path | str, predictor: Predictor, fail: ErrorHandler) -> None:
+    """Report an error that concerns one input (a file, or a URL: `upocr.batch`); re-raise any other (a bug)."""
     problem = _per_input_problem(error, predictor)
     if problem is None:
         raise error
     fail(problem if isinstance(error, ImageError) else f"{printable(path)}: {problem}")
 
 
-def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, prediction: Prediction) -> list[Path]:
+def render_and_write(outputs: list[tuple[Path, Renderer]], image: np.ndarray, prediction: Prediction, *,
+                     replace: bool = True) -> list[Path]:
     """Draw one input's files from its prediction and write them all, or none (`write_all`). Each file is
-    drawn just before it is written, so only one full-size picture exists at a time."""
-    write_all((out, render(image, prediction)) for out, render in outputs)
+    drawn just before it is written, so only one full-size picture exists at a time. With
+    `replace=False` a file that appeared meanwhile (another process writing the same name) is kept and
+    the input refused: `OutputRefused`."""
+    try:
+        write_all(((out, render(image, prediction)) for out, render in outputs), replace=replace)
+    except OutputExistsError as error:
+        raise OutputRefused(f"output {printable(error.path)} exists (use --overwrite)", exists=True) from None
     return [out for out, _ in outputs]
 
 
-class _Refused(Exception):
+class OutputRefused(Exception):
     """An output of this input may not be written: it is an input, or it exists (`exists`)."""
 
     def __init__(self, message: str, *, exists: bool) -> None:
@@ -250,15 +273,19 @@ class _Refused(Exception):
         self.exists = exists
 
 
-def _check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:
-    """Raise _Refused unless every output may be written. An input is never replaced; any other
+def check_may_write(outputs: list[tuple[Path, Renderer]], inputs: set[Path], written: set[Path], overwrite: bool) -> None:
+    """Raise OutputRefused unless every output may be written. An input is never replaced; any other
     existing file only with `overwrite`, or when this run wrote it."""
     for out, _ in outputs:
-        if out.resolve() in inputs:
-            raise _Refused(f"output {printable(out)} would overwrite an input; choose another output folder (-o)", exists=False)
+        try:
+            resolved = out.resolve()
+        except (OSError, RuntimeError):  # RuntimeError on Python < 3.13: "Symlink loop from ..."
+            raise OutputRefused(f"output {printable(out)}: symlink loop", exists=False) from None
+        if resolved in inputs:
+            raise OutputRefused(f"output {printable(out)} would overwrite an input; choose another output folder (-o)", exists=False)
     for out, _ in outputs:
         if not overwrite and os.path.lexists(out) and out not in written:
-            raise _Refused(f"output {printable(out)} exists (use --overwrite)", exists=True)
+            raise OutputRefused(f"output {printable(out)} exists (use --overwrite)", exists=True)
 
 
 def _per_input_problem(error: Exception, predictor: Predictor) -> str | None:
@@ -293,10 +320,30 @@ def _cv2_error() -> tuple[type[BaseException], ...]:
     return (cv2.error,) if cv2 is not None else ()
 
 
-def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list[tuple[Path, Path | None]]:
+def output_folder_problem(out_dir: Path) -> str | None:
+    """Why nothing can be written below `out_dir` (a symlink loop, a broken symlink, a file), or None: a
+    folder, or a name that writing will create (other problems are reported by the writes)."""
+    try:
+        info = os.stat(out_dir)
+    except FileNotFoundError:
+        return "the output folder is a broken symlink" if os.path.islink(out_dir) else None
+    except OSError as error:
+        return "symlink loop" if error.errno == errno.ELOOP else None
+    return None if stat.S_ISDIR(info.st_mode) else "exists and is not a folder; choose another output folder (-o)"
+
+
+def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler, *, skip: Path | None = None,
+                note: ErrorHandler | None = None) -> list[tuple[Path, Path | None]]:
     """`expand_inputs`, with a line to `fail` for each folder that cannot be listed (permission denied)
-    and for each folder argument with no images in it."""
+    and for each folder argument with no images in it. The folder `skip` (the output folder) is not
+    searched; `note` says so when it lies inside a folder argument (else a second run would read the
+    first one's results as inputs)."""
     inputs = [Path(item) for item in inputs]
+    if skip is not None and note is not None and skip.is_dir():
+        inside = [folder for folder in dict.fromkeys(inputs) if os.path.isdir(folder) and _strictly_below(skip, folder)]
+        if inside:
+            note(f"{printable(skip)}: the output folder is inside the input folder {printable(inside[0])}; "
+                 "its files are not read as inputs")
     unreadable: set[Path] = set()
 
     def cannot_list(folder: Path, error: OSError) -> None:
@@ -304,12 +351,19 @@ def find_images(inputs: Iterable[str | os.PathLike], fail: ErrorHandler) -> list
         problem = "permission denied" if isinstance(error, PermissionError) else (error.strerror or str(error))
         fail(f"{printable(folder)}: {problem}")
 
-    items = expand_inputs(inputs, on_error=cannot_list)
+    items = expand_inputs(inputs, on_error=cannot_list, skip=skip)
     for folder in dict.fromkeys(item for item in inputs if os.path.isdir(item)):
         hidden_by_error = any(bad == folder or folder in bad.parents for bad in unreadable)
         if not hidden_by_error and not any(root == folder for _, root in items):
             fail(f"{printable(folder)}: no images found in this folder")
     return items
+
+
+def _strictly_below(path: Path, folder: Path) -> bool:
+    try:
+        return folder.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):
+        return False
 
 
 def task_outputs(task: Task, out_dir: Path, name: Path, shape: tuple[int, int] | None = None,
@@ -354,12 +408,15 @@ def _renderer(output: OutputFile) -> Renderer:
     return lambda image, prediction: output.draw(image, prediction.result)
 
 
-def write_all(files: Iterable[tuple[Path, np.ndarray]]) -> None:
+def write_all(files: Iterable[tuple[Path, np.ndarray]], *, replace: bool = True) -> None:
     """Write every file of one input, or none: on a failure the ones already written are removed."""
     written: list[Path] = []
     try:
         for path, content in files:
-            write_text(path, content) if isinstance(content, str) else write_image(path, content)
+            if isinstance(content, str):
+                write_text(path, content, replace=replace)
+            else:
+                write_image(path, content, replace=replace)
             written.append(path)
     except BaseException:
         for path in written:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from upocr.utils import atomic_output, printable
+from upocr.utils import atomic_output, printable, special_file_kind
 
 # Refuse images above this many pixels before decoding them (decompression bombs: a few KB of PNG
 # can claim 100k x 100k pixels). 100 MP is a 10000 x 10000 photo; raise it with `max_pixels=`.
@@ -106,13 +106,8 @@ def _check_regular_file(path: Path) -> None:
         raise ImageError(path, error.strerror or str(error)) from None
     if stat.S_ISDIR(info.st_mode):
         raise ImageError(path, "is a folder, not an image file")
-    if not stat.S_ISREG(info.st_mode):
-        if stat.S_ISFIFO(info.st_mode):
-            kind = "a FIFO"
-        elif stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
-            kind = "a device"
-        else:
-            kind = "a socket"
+    kind = special_file_kind(info.st_mode)
+    if kind is not None:
         raise ImageError(path, f"not a regular file ({kind})")
     if info.st_size == 0:
         raise ImageError(path, "empty file")
@@ -157,10 +152,13 @@ def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = _LOSSY_QUALITY) -> Path:
+def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = _LOSSY_QUALITY,
+                replace: bool = True) -> Path:
     """Write an (H, W, 3) RGB or (H, W) grey uint8 array (bool -> 0/255); format from the suffix; atomic.
 
-    JPEG/WebP are written at `quality` (default 95). The file appears complete or not at all.
+    JPEG/WebP are written at `quality` (default 95). The file appears complete or not at all. With
+    `replace=False` an existing file (even one created by another process meanwhile) raises
+    `OutputExistsError`.
     """
     path = Path(path)
     array = np.asarray(array)
@@ -178,15 +176,16 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, quality: int = _L
     if image_format == "JPEG" and max(array.shape[:2]) > JPEG_MAX_SIDE:
         raise ValueError(f"{path}: JPEG cannot store a side over {JPEG_MAX_SIDE} px (image {array.shape[1]}x{array.shape[0]}); use .png")
     options = {"quality": int(quality)} if image_format in ("JPEG", "WEBP") else {}
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replace=replace) as tmp:
         Image.fromarray(np.ascontiguousarray(array)).save(tmp, format=image_format, **options)
     return path
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a UTF-8 text file atomically (`upocr.utils.atomic_output`): never half-written."""
+def write_text(path: str | os.PathLike, text: str, *, replace: bool = True) -> Path:
+    """Write a UTF-8 text file atomically (`upocr.utils.atomic_output`): never half-written; with
+    `replace=False` an existing file raises `OutputExistsError`, as `write_image`."""
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_output(path, replace=replace) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
 
@@ -202,19 +201,22 @@ def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def expand_inputs(
-    inputs: Iterable[str | os.PathLike], *, on_error: Callable[[Path, OSError], None] | None = None
+    inputs: Iterable[str | os.PathLike], *, on_error: Callable[[Path, OSError], None] | None = None,
+    skip: str | os.PathLike | None = None,
 ) -> list[tuple[Path, Path | None]]:
     """Like `list_images`, but each path comes with the folder argument it was found in (None for a
     path given directly), so that outputs can mirror the input folder structure.
 
     A folder that cannot be listed (e.g. permission denied) is passed to `on_error(folder, error)`
-    and skipped; without `on_error` it is skipped silently.
+    and skipped; without `on_error` it is skipped silently. The folder `skip` (e.g. the output folder,
+    when it lies inside an input folder) is not searched.
     """
+    skipped = _resolved(Path(skip)) if skip is not None else None
     found: list[tuple[Path, Path | None]] = []
     for item in inputs:
         item = Path(item)
         if _is_folder(item):
-            found.extend((path, item) for path in _images_below(item, on_error))
+            found.extend((path, item) for path in _images_below(item, on_error, skipped))
         else:
             found.append((item, None))
     unique: dict[Path, tuple[Path, Path | None]] = {}
@@ -230,17 +232,29 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def _images_below(folder: Path, on_error: Callable[[Path, OSError], None] | None) -> list[Path]:
-    """Image files below `folder`, sorted; hidden files and folders skipped; symlinked folders not
-    followed (no cycles). os.walk, unlike Path.rglob, reports the folders it cannot list."""
+def _resolved(path: Path) -> Path | None:
+    """`path.resolve()`, or None where it cannot be (a symlink loop: RuntimeError or OSError by version)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
+def _images_below(folder: Path, on_error: Callable[[Path, OSError], None] | None, skip: Path | None = None) -> list[Path]:
+    """Image files below `folder`, sorted; hidden files and folders skipped, and the folder `skip` (resolved);
+    symlinked folders not followed (no cycles). os.walk, unlike Path.rglob, reports the folders it cannot list."""
 
     def failed(error: OSError) -> None:
         if on_error is not None:
             on_error(Path(error.filename) if error.filename else folder, error)
 
+    def searched(parent: str, name: str) -> bool:
+        # a real folder resolves to its own name (symlinked ones are not entered anyway): resolve only those
+        return not name.startswith(".") and (skip is None or name != skip.name or _resolved(Path(parent, name)) != skip)
+
     images: list[Path] = []
     for parent, folders, files in os.walk(folder, onerror=failed):
-        folders[:] = [name for name in folders if not name.startswith(".")]
+        folders[:] = [name for name in folders if searched(parent, name)]
         for name in files:
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue

@@ -22,11 +22,11 @@ from typing import Any, Callable, Literal, get_args
 
 from upocr.io import DEFAULT_MAX_PIXELS
 from upocr.removal import DEFAULT_GROW, REMOVAL_PIPELINES
-from upocr.weights.defaults import SIZE_MULTIPLE
+from upocr.weights.defaults import SIZE_MULTIPLE, InferenceDefaults
 
-# A larger working size is refused: the model's memory grows with size^2, and large images are better
-# served by tiles at their native resolution.
-MAX_SIZE = 4096
+# A larger working size is refused (from options or from a weights file): the model's memory grows with
+# size^2, and large images are better served by tiles at their native resolution.
+MAX_SIZE = InferenceDefaults.MAX_INPUT_SIZE
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)

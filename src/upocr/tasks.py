@@ -137,6 +137,12 @@ def decode_tampering(output: torch.Tensor) -> torch.Tensor:
     return output.clamp(0, 1).argmax(dim=-3).to(torch.uint8)
 
 
+def task_order() -> list[str]:
+    """Each task's short name at its index (the original's prompt order, what an ONNX export's `tasks`
+    input means): removal, tampering, segmentation."""
+    return [task.short for task in sorted(Task)]
+
+
 def task_indices(tasks: Sequence["Task | str | int"] | "Task | str | int", batch: int) -> torch.Tensor:
     """One task (broadcast) or one per image -> LongTensor of prompt indices of length `batch`."""
     if isinstance(tasks, (Task, str, int)):

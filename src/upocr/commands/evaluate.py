@@ -140,12 +140,12 @@ def _finish_folder(args: argparse.Namespace, evaluation) -> int:
 
 
 def _guard(run):
-    """Turn a missing folder or bad layout into one line on stderr and exit code 2."""
+    """Turn a missing folder, a bad layout or a missing optional package into one line on stderr and exit code 2."""
 
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (FileNotFoundError, ValueError) as error:
+        except (FileNotFoundError, ValueError, ImportError) as error:  # ImportError: a missing extra, said in one line
             print(f"error: {error}", file=sys.stderr)
             return 2
 
@@ -240,7 +240,7 @@ def _run_real(args: argparse.Namespace) -> int:
     from upocr.io import write_image
     from upocr.visualize import image_grid
 
-    samples = real.read_real_samples(args.data, limit=args.limit)
+    samples = real.read_real_samples(args.data, limit=args.limit, on_note=lambda line: print(f"note: {line}", file=sys.stderr))
     detector = real.rapidocr_detector() if args.detector == "rapidocr" else real.stroke_detector
     model = upocr.load_model(args.weights, device=args.device)
     removal, segmentation, tampering = {}, {}, {}

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 from upocr.commands import positive
+from upocr.tasks import task_order
 from upocr.utils import printable
+
+# "0 removal, 1 tampering, 2 segmentation": what the exported `tasks` input's values mean.
+TASK_INDICES = ", ".join(f"{index} {name}" for index, name in enumerate(task_order()))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export-onnx",
         help="export the model to ONNX",
         description="Writes the model as an ONNX file: inputs `images` (B, 3, H, W) float32 in [0, 1] and "
-        "`tasks` (B,) int64 (0 removal, 1 segmentation, 2 tampering; tasks may differ within a batch), outputs "
+        f"`tasks` (B,) int64 ({TASK_INDICES}; tasks may differ within a batch), outputs "
         "`quarter`, `half`, `full`; batch, height and width are dynamic (H and W multiples of 32). The file is "
         "checked against PyTorch on random inputs, at --size and at another, non-square size, before it is "
         "written (max abs difference printed; more than 1e-4 fails). Run it with `--backend onnxruntime --weights FILE.onnx`. Needs pip install 'upocr[onnx]'.",

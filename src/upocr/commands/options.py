@@ -41,16 +41,18 @@ TASK_SCOPES: dict[Task, tuple[str, ...]] = {
 }
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--weights and --device: which model runs where (every command that runs one)."""
+def add_model_arguments(parser: argparse.ArgumentParser, devices: tuple[str, ...] = ("cpu", "cuda")) -> None:
+    """--weights and --device: which model runs where (every command that runs one). `devices`: the --device
+    choices, the first the default (`upocr batch`: auto, cuda when the Ray cluster has GPUs)."""
     group = parser.add_argument_group("model")
     group.add_argument("--weights", type=Path, help="checkpoint file or folder (default: the bundled weights)")
-    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default: cpu")
+    group.add_argument("--device", choices=devices, default=devices[0], help=f"default: {devices[0]}")
 
 
-def add_predictor_options(parser: argparse.ArgumentParser, scopes: Iterable[str] = ALL_SCOPES) -> None:
+def add_predictor_options(parser: argparse.ArgumentParser, scopes: Iterable[str] = ALL_SCOPES,
+                          devices: tuple[str, ...] = ("cpu", "cuda")) -> None:
     """--weights, --device and the `PredictorOptions` fields of `scopes` (declared once, in upocr.options)."""
-    add_model_arguments(parser)
+    add_model_arguments(parser, devices)
     add_options(parser, PredictorOptions, scopes=scopes, title="how the model runs")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,17 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = subparsers.add_parser(
             spec.verb,
             help=spec.help,
-            description=f"{_writes(spec)} Inputs may be files or folders (searched recursively); outputs "
+            description=f"{writes_help(spec)} Inputs may be files or folders (searched recursively); outputs "
             "keep the folder structure under OUT, at the inputs' resolution. Existing files are not replaced "
             "(see --overwrite). A failed input is reported on one line; the others are still processed and "
             "the exit status is 1.",
         )
-        parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-        parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
-        parser.add_argument("--overwrite", action="store_true",
-                            help="replace output files that already exist (e.g. from an earlier run); "
-                            "inputs are never replaced")
-        add_predictor_options(parser, TASK_SCOPES[spec.task])
+        add_task_arguments(parser, spec)
         TASK_FILE_OPTIONS.get(spec.task, _no_file_options)(parser)
         parser.set_defaults(func=run_task, task=spec.task)
 
@@ -54,6 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="output folder (default: ./upocr-demo)")
     add_predictor_options(demo)
     demo.set_defaults(func=run_demo)
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, spec: TaskSpec, *, inputs_help: str = "image files or folders",
+                       overwrite_help: str = "replace output files that already exist (e.g. from an earlier run); "
+                       "inputs are never replaced", devices: tuple[str, ...] = ("cpu", "cuda")) -> None:
+    """A task command's INPUT..., -o, --overwrite and model options; `upocr batch` adds the same ones to its
+    task commands, with its own words for inputs and --overwrite and its --device choices."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help=inputs_help)
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    add_predictor_options(parser, TASK_SCOPES[spec.task], devices=devices)
 
 
 def _removal_file_options(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +85,7 @@ TASK_FILE_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
 }
 
 
-def _writes(spec: TaskSpec) -> str:
+def writes_help(spec: TaskSpec) -> str:
     """'Writes OUT/<name><suffix> (<label>) and ...': the files of the task's spec, for --help."""
     return "Writes " + " and ".join(f"OUT/<name>{output.suffix} ({output.label})" for output in spec.outputs) + "."
 
@@ -91,7 +96,8 @@ def build_predictor(args: argparse.Namespace, **overrides: object) -> Predictor:
     return Predictor(options=options, weights=args.weights, device=args.device)
 
 
-def _fail(message: object) -> None:
+def print_error(message: object) -> None:
+    """One line `upocr: <message>` on stderr (above a progress bar)."""
     tqdm.write(f"upocr: {printable(message)}", file=sys.stderr)
 
 
@@ -105,28 +111,32 @@ def run_task(args: argparse.Namespace) -> int:
     try:
         predictor = build_predictor(args)
     except Exception as error:  # noqa: BLE001 - model/option problems: one clear line, no traceback
-        _fail(error)
+        print_error(error)
         return 1
     try:
         report = predict_files(predictor, args.inputs, args.output, args.task,
-                               overwrite=args.overwrite, on_error=_fail, progress=True,
+                               overwrite=args.overwrite, on_error=print_error, on_note=print_error, progress=True,
                                masks=getattr(args, "mask", None), regions=getattr(args, "regions", False))
+    except (ValueError, OSError) as error:  # options that fit no input (e.g. --regions without the detector)
+        print_error(error)
+        return 1
     except FilesInterrupted as stop:
-        _fail(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
-              "outputs written so far are complete")
+        print_error(f"interrupted after {stop.report.done} of {stop.report.total} image(s); "
+                    "outputs written so far are complete")
         return EXIT_INTERRUPTED
-    return _summarize(report)
+    return summarize(report)
 
 
-def _summarize(report: FilesReport) -> int:
-    """Print the summary line (and a hint when outputs existed); the exit status."""
+def summarize(report: FilesReport, finished: int = 0) -> int:
+    """Print the summary line (and a hint when outputs existed); the exit status. `finished`: images
+    skipped because their outputs were all there (`upocr batch` resuming)."""
     if report.total == 0:
         return 1
     failed = len(report.errors)
     print(f"{report.task.title}: {report.done} of {report.total} image(s) written to {printable(report.out_dir)}"
-          + (f"; {failed} failed" if failed else ""))
+          + (f"; {finished} already done" if finished else "") + (f"; {failed} failed" if failed else ""))
     if report.existing > 1:
-        _fail(f"{report.existing} image(s) skipped because their outputs exist (an earlier run?); "
+        print_error(f"{report.existing} image(s) skipped because their outputs exist (an earlier run?); "
               "add --overwrite to replace them, or choose another output folder (-o)")
     return 1 if failed else 0
 
@@ -139,12 +149,12 @@ def _summarize(report: FilesReport) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     samples = [path for path, _ in expand_inputs([SAMPLES_DIR])]
     if not samples:
-        _fail(f"{SAMPLES_DIR}: no sample images bundled (reinstall upocr)")
+        print_error(f"{SAMPLES_DIR}: no sample images bundled (reinstall upocr)")
         return 1
     try:
         predictor = build_predictor(args)
     except Exception as error:  # noqa: BLE001 - e.g. missing default weights: one clear line
-        _fail(error)
+        print_error(error)
         return 1
     rows = []
     for path in tqdm(samples, desc="demo", unit="image", file=sys.stderr):

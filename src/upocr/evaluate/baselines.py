@@ -29,7 +29,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -123,20 +123,67 @@ def all_real_classes(gt_classes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def _resized_512(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
+
+
+def telea_oracle_mask_removal(sample, size: int = REMOVAL_SIZE) -> np.ndarray:
+    """Telea inside the ground-truth text mask (grown), at size x size (what the model's evaluation writes)."""
+    from upocr.data.layouts import read_removal_mask
+
+    image = _resized_512(read_rgb_as_original(sample.image), size)
+    non_text = read_removal_mask(sample.mask)  # 1 non-text, 0 text
+    text = np.asarray(Image.fromarray((non_text == 0).astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 0
+    return telea_inpaint(image, dilate(text, ORACLE_DILATION))
+
+
+def telea_detector_mask_removal(sample, size: int = REMOVAL_SIZE) -> np.ndarray:
+    """Telea inside the stroke detector's mask, at size x size."""
+    image = _resized_512(read_rgb_as_original(sample.image), size)
+    return telea_inpaint(image, detect_text_strokes(image))
+
+
+def otsu_segmentation(sample) -> np.ndarray:
+    return otsu_text_mask(np.asarray(read_rgb_as_original(sample.image)))
+
+
+def sauvola_segmentation(sample) -> np.ndarray:
+    return sauvola_text_mask(np.asarray(read_rgb_as_original(sample.image)))
+
+
+def all_real_tampering(sample) -> np.ndarray:
+    """The ground truth's text, every pixel of it labelled real, at the image's size."""
+    from upocr.data.layouts import read_tampering_label
+
+    return all_real_classes(read_tampering_label(sample.gt, size=image_size(sample.image)))
+
+
+def detector_boxes_real_tampering(sample) -> np.ndarray:
+    return detected_word_boxes(np.asarray(read_rgb_as_original(sample.image))).astype(np.uint8)
+
+
 @dataclass(frozen=True)
 class Baseline:
+    """A classical method for one task. `predict(sample)` gives what the model's evaluation writes for the
+    sample: a text-free image at REMOVAL_SIZE, a bool text mask or a {0,1,2} class map at the image's size."""
+
     task: Task
     name: str
     description: str
+    predict: Callable[[Any], np.ndarray]
 
 
 BASELINES: tuple[Baseline, ...] = (
-    Baseline(Task.TEXT_REMOVAL, "telea-oracle-mask", f"Telea inpainting in the ground-truth text mask (+{ORACLE_DILATION} px)"),
-    Baseline(Task.TEXT_REMOVAL, "telea-detector-mask", "Telea inpainting in a black/top-hat + Otsu stroke mask"),
-    Baseline(Task.TEXT_SEGMENTATION, "otsu", "global Otsu threshold, minority side = text"),
-    Baseline(Task.TEXT_SEGMENTATION, "sauvola", f"Sauvola threshold (window {SAUVOLA_WINDOW}, k {SAUVOLA_K}), polarity from Otsu's minority side"),
-    Baseline(Task.TAMPERED_TEXT_DETECTION, "all-real", "all ground-truth text labelled real"),
-    Baseline(Task.TAMPERED_TEXT_DETECTION, "detector-boxes-real", "stroke detector closed into word boxes, all labelled real"),
+    Baseline(Task.TEXT_REMOVAL, "telea-oracle-mask", f"Telea inpainting in the ground-truth text mask (+{ORACLE_DILATION} px)",
+             telea_oracle_mask_removal),
+    Baseline(Task.TEXT_REMOVAL, "telea-detector-mask", "Telea inpainting in a black/top-hat + Otsu stroke mask",
+             telea_detector_mask_removal),
+    Baseline(Task.TEXT_SEGMENTATION, "otsu", "global Otsu threshold, minority side = text", otsu_segmentation),
+    Baseline(Task.TEXT_SEGMENTATION, "sauvola", f"Sauvola threshold (window {SAUVOLA_WINDOW}, k {SAUVOLA_K}), polarity from Otsu's minority side",
+             sauvola_segmentation),
+    Baseline(Task.TAMPERED_TEXT_DETECTION, "all-real", "all ground-truth text labelled real", all_real_tampering),
+    Baseline(Task.TAMPERED_TEXT_DETECTION, "detector-boxes-real", "stroke detector closed into word boxes, all labelled real",
+             detector_boxes_real_tampering),
 )
 # Baselines that read the ground truth: upper references for a classical pipeline, not methods.
 ORACLE_BASELINES = frozenset({"telea-oracle-mask", "all-real"})
@@ -144,45 +191,6 @@ ORACLE_BASELINES = frozenset({"telea-oracle-mask", "all-real"})
 
 def baselines_for(task: Task) -> list[Baseline]:
     return [b for b in BASELINES if b.task == task]
-
-
-def _resized_512(image: Image.Image, size: int) -> np.ndarray:
-    return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
-
-
-def removal_baseline_prediction(sample, name: str, size: int = REMOVAL_SIZE) -> np.ndarray:
-    """The baseline's text-free image at size x size (what the model's evaluation writes)."""
-    from upocr.data.layouts import read_removal_mask
-
-    image = _resized_512(read_rgb_as_original(sample.image), size)
-    if name == "telea-oracle-mask":
-        non_text = read_removal_mask(sample.mask)  # 1 non-text, 0 text
-        text = np.asarray(Image.fromarray((non_text == 0).astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 0
-        return telea_inpaint(image, dilate(text, ORACLE_DILATION))
-    if name == "telea-detector-mask":
-        return telea_inpaint(image, detect_text_strokes(image))
-    raise ValueError(f"unknown removal baseline {name!r}")
-
-
-def segmentation_baseline_prediction(sample, name: str) -> np.ndarray:
-    """The baseline's bool text mask at the image's own size."""
-    image = np.asarray(read_rgb_as_original(sample.image))
-    if name == "otsu":
-        return otsu_text_mask(image)
-    if name == "sauvola":
-        return sauvola_text_mask(image)
-    raise ValueError(f"unknown segmentation baseline {name!r}")
-
-
-def tampering_baseline_prediction(sample, name: str) -> np.ndarray:
-    """The baseline's class map at the image's size."""
-    from upocr.data.layouts import read_tampering_label
-
-    if name == "all-real":
-        return all_real_classes(read_tampering_label(sample.gt, size=image_size(sample.image)))
-    if name == "detector-boxes-real":
-        return detected_word_boxes(np.asarray(read_rgb_as_original(sample.image))).astype(np.uint8)
-    raise ValueError(f"unknown tampering baseline {name!r}")
 
 
 def prediction_path(out_dir: Path, task: Task, name: str) -> Path:
@@ -197,16 +205,11 @@ def run_baseline(baseline: Baseline, samples: list, out_dir: str | os.PathLike, 
     skipped, the others are still written.
     """
     out_dir = Path(out_dir)
-    make: Callable = {
-        Task.TEXT_REMOVAL: removal_baseline_prediction,
-        Task.TEXT_SEGMENTATION: segmentation_baseline_prediction,
-        Task.TAMPERED_TEXT_DETECTION: tampering_baseline_prediction,
-    }[baseline.task]
     pairs: list[tuple[Path, Path]] = []
     errors: list[str] = []
     for sample in tqdm(samples, desc=f"{baseline.task.short}: {baseline.name}", unit="img", disable=not progress, file=sys.stderr):
         try:
-            prediction = make(sample, baseline.name)
+            prediction = baseline.predict(sample)
         except (ImageError, ValueError, OSError) as error:
             errors.append(str(error))
             continue
@@ -216,6 +219,14 @@ def run_baseline(baseline: Baseline, samples: list, out_dir: str | os.PathLike, 
     return pairs, errors
 
 
+# The field of each task's layout sample (`upocr.data.layouts`) that holds the file the metrics read.
+GROUND_TRUTH_FIELDS: dict[Task, str] = {
+    Task.TEXT_REMOVAL: "label",
+    Task.TEXT_SEGMENTATION: "label",
+    Task.TAMPERED_TEXT_DETECTION: "gt",
+}
+
+
 def ground_truth_path(sample, task: Task) -> Path:
     """The ground-truth file the metrics read for a sample (removal/segmentation `label`, tampering `gt`)."""
-    return Path(sample.gt if task == Task.TAMPERED_TEXT_DETECTION else sample.label)
+    return Path(getattr(sample, GROUND_TRUTH_FIELDS[task]))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from upocr.weights import CheckpointError, read_weights
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FID_IMAGE_SIZE = 299  # pytorch-fid resizes every batch to 299 x 299 inside the network
@@ -212,31 +213,13 @@ def expected_state_keys(*, with_batch_counters: bool = False) -> dict[str, tuple
     }
 
 
-def _load_error_summary(error: BaseException) -> str:
-    """torch.load's long multi-line messages cut to the part that names the problem."""
-    message = str(error)
-    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
-    if detail:
-        return detail.group(1).strip()
-    lines = message.strip().splitlines()
-    return lines[0].split(". ")[0][:160] if lines else type(error).__name__
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors through the package's one safe reader (`upocr.weights.read_weights`: never
+    unpickles code; a `{"state_dict": ...}` wrapper is unpacked); FIDWeightsError naming the file."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
-    except Exception as error:  # truncated zip, foreign pickle, refused globals: many types
-        refused = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(error))
-        if refused:
-            raise FIDWeightsError(f"{path}: refused to unpickle {refused.group(1)} (only tensors are loaded)") from None
-        raise FIDWeightsError(
-            f"{path}: not a readable PyTorch weights file (truncated or another format: {_load_error_summary(error)})"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FIDWeightsError(f"{path}: not a state dict of tensors (found {type(state).__name__})")
-    return state
+        return dict(read_weights(path).state)
+    except CheckpointError as error:
+        raise FIDWeightsError(str(error)) from None
 
 
 def load_fid_inception(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> FIDInceptionV3:

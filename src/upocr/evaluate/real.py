@@ -91,8 +91,15 @@ class RealSample:
         return self.name.split("_", 1)[0]
 
 
-def read_real_samples(root: str | os.PathLike, *, limit: int | None = None) -> list[RealSample]:
-    """Every `NAME.json` + image pair under `root` (sorted), in the real-dev layout."""
+def read_real_samples(root: str | os.PathLike, *, limit: int | None = None,
+                      on_note: Callable[[str], None] | None = None) -> list[RealSample]:
+    """Every `NAME.json` + image pair under `root` (sorted), in the real-dev layout.
+
+    A malformed sidecar raises ValueError "<sidecar>: <problem>" (the schema is checked: `polygons` a list of
+    objects whose `points` are at least 3 finite [x, y] pairs; `image`, `label`, `mask`, `mask_type`
+    strings; `complete`, `ignore`, `tampered` true/false). Files a sidecar names must lie inside `root`
+    (a downloaded dataset must not make the benchmark read elsewhere). `on_note(line)` hears of each image
+    that no sidecar annotates (skipped)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
@@ -104,39 +111,103 @@ def read_real_samples(root: str | os.PathLike, *, limit: int | None = None) -> l
             raise ValueError(f"{sidecar}: not a readable annotation file ({error})") from None
         if not isinstance(meta, dict) or "polygons" not in meta:
             continue  # another JSON file (e.g. a results file), not a sidecar
-        image = sidecar.parent / meta.get("image", "")
-        if not meta.get("image") or not image.is_file():
-            candidates = [p for p in sidecar.parent.glob(sidecar.stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES]
-            if not candidates:
-                raise ValueError(f"{sidecar}: its image is missing")
-            image = candidates[0]
-        words, ignored, tampered = [], [], []
-        for polygon in meta["polygons"]:
-            points = np.asarray(polygon["points"], np.float32).reshape(-1, 2)
-            if len(points) < 3:
-                continue
-            if polygon.get("ignore"):
-                ignored.append(points)
-            else:
-                words.append(points)
-                tampered.append(bool(polygon.get("tampered", False)))
-        optional = {key: sidecar.parent / meta[key] for key in ("label", "mask") if meta.get(key)}
-        samples.append(
-            RealSample(
-                image=image,
-                kind=sidecar.parent.name,
-                words=tuple(words),
-                ignored=tuple(ignored),
-                complete=bool(meta.get("complete", False)),
-                label=optional.get("label"),
-                mask=optional.get("mask"),
-                mask_type=meta.get("mask_type"),
-                tampered=tuple(tampered),
-            )
-        )
+        samples.append(_read_sidecar(sidecar, meta, root))
     if not samples:
         raise ValueError(f"{root}: no annotated images (NAME.json sidecars with 'polygons') found")
+    if on_note is not None:
+        for image in _images_without_sidecar(root, samples):
+            on_note(f"{image}: no {image.stem}.json sidecar beside it; skipped")
     return samples[:limit] if limit else samples
+
+
+# Coordinates beyond this (pixels) are a broken file, not a photo (1e12 made a mask "too big" to allocate).
+_MAX_COORDINATE = 1_000_000
+
+
+def _read_sidecar(sidecar: Path, meta: dict[str, Any], root: Path) -> RealSample:
+    """One sidecar's sample; ValueError "<sidecar>: <problem>" for anything off the schema."""
+
+    def problem(text: str) -> ValueError:
+        return ValueError(f"{sidecar}: {text}")
+
+    for key in ("image", "label", "mask", "mask_type"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise problem(f'"{key}" must be a file name (a string), got {json.dumps(meta[key])}')
+    if not isinstance(meta.get("complete", False), bool):
+        raise problem(f'"complete" must be true or false, got {json.dumps(meta["complete"])}')
+    image = _named_file(sidecar, meta["image"], root, "image", problem) if meta.get("image") else None
+    if image is None or not image.is_file():
+        candidates = [p for p in sidecar.parent.glob(sidecar.stem + ".*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not candidates:
+            raise problem("its image is missing")
+        image = candidates[0]
+    words, ignored, tampered = [], [], []
+    for polygon in _polygons(meta["polygons"], problem):
+        points = polygon["points"]
+        if polygon.get("ignore"):
+            ignored.append(points)
+        else:
+            words.append(points)
+            tampered.append(polygon.get("tampered", False))
+    optional = {key: _named_file(sidecar, meta[key], root, key, problem) for key in ("label", "mask") if meta.get(key)}
+    return RealSample(
+        image=image,
+        kind=sidecar.parent.name,
+        words=tuple(words),
+        ignored=tuple(ignored),
+        complete=meta.get("complete", False),
+        label=optional.get("label"),
+        mask=optional.get("mask"),
+        mask_type=meta.get("mask_type"),
+        tampered=tuple(tampered),
+    )
+
+
+def _polygons(polygons: Any, problem: Callable[[str], ValueError]) -> list[dict[str, Any]]:
+    """The sidecar's `polygons`, each with its `points` as float32 (N, 2); ValueError for a malformed one."""
+    if not isinstance(polygons, list):
+        raise problem(f'"polygons" must be a list of polygons, got {json.dumps(polygons)[:40]}')
+    checked = []
+    for index, polygon in enumerate(polygons):
+        where = f"polygon {index + 1}"
+        if not isinstance(polygon, dict) or "points" not in polygon:
+            raise problem(f'{where} must be an object with "points", got {json.dumps(polygon)[:40]}')
+        for flag in ("ignore", "tampered"):
+            if not isinstance(polygon.get(flag, False), bool):
+                raise problem(f'{where}: "{flag}" must be true or false, got {json.dumps(polygon[flag])}')
+        points = polygon["points"]
+        pairs = isinstance(points, list) and all(
+            isinstance(point, list) and len(point) == 2
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in point)
+            for point in points
+        )
+        if not pairs or len(points) < 3:
+            raise problem(f"{where}: points must be at least 3 [x, y] number pairs, got {json.dumps(points)[:40]}")
+        array = np.asarray(points, np.float64)
+        if not np.isfinite(array).all() or np.abs(array).max() > _MAX_COORDINATE:
+            raise problem(f"{where}: coordinates must be finite numbers within +-{_MAX_COORDINATE:,} pixels")
+        checked.append({**polygon, "points": array.astype(np.float32)})
+    return checked
+
+
+def _named_file(sidecar: Path, name: str, root: Path, key: str, problem: Callable[[str], ValueError]) -> Path:
+    """`name` relative to the sidecar's folder; refused when it leads outside `root`."""
+    path = sidecar.parent / name
+    try:
+        inside = root.resolve() in path.resolve().parents
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise problem(f'"{key}" {json.dumps(name)} leads outside {root}')
+    return path
+
+
+def _images_without_sidecar(root: Path, samples: Sequence[RealSample]) -> list[Path]:
+    """Image files under `root` that no sample uses as its image, label or mask."""
+    used = {path.resolve() for sample in samples for path in (sample.image, sample.label, sample.mask) if path is not None}
+    return [path for path in sorted(root.rglob("*"))
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+            and path.resolve() not in used]
 
 
 def polygon_mask(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:

@@ -212,23 +212,47 @@ def evaluate_on_benchmarks(
 # --------------------------------------------------------------------------------------------
 
 
-def _ground_truth_picture(task: Task, sample, image: np.ndarray) -> np.ndarray:
-    from upocr.data.layouts import read_segmentation_label, read_tampering_label
-
-    if task == Task.TEXT_REMOVAL:
-        return np.asarray(read_rgb_as_original(sample.label))
-    if task == Task.TEXT_SEGMENTATION:
-        # White text on black, ignored pixels grey: the image the model is trained to output.
-        target = encode_segmentation_target(read_segmentation_label(sample.label))
-        return (target.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    return _overlay(task, image, read_tampering_label(sample.gt, size=image.shape[:2]))
+def _removal_ground_truth_picture(sample, image: np.ndarray) -> np.ndarray:
+    return np.asarray(read_rgb_as_original(sample.label))
 
 
-def _prediction_picture(task: Task, path: Path, image: np.ndarray) -> np.ndarray:
-    values = read_plain(path)
-    if task == Task.TAMPERED_TEXT_DETECTION:  # class values 0, 1, 2 are invisible as a picture
-        return _overlay(task, image, values)
-    return values
+def _segmentation_ground_truth_picture(sample, image: np.ndarray) -> np.ndarray:
+    """White text on black, ignored pixels grey: the image the model is trained to output."""
+    from upocr.data.layouts import read_segmentation_label
+
+    target = encode_segmentation_target(read_segmentation_label(sample.label))
+    return (target.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _tampering_ground_truth_picture(sample, image: np.ndarray) -> np.ndarray:
+    from upocr.data.layouts import read_tampering_label
+
+    return _overlay(Task.TAMPERED_TEXT_DETECTION, image, read_tampering_label(sample.gt, size=image.shape[:2]))
+
+
+# Each task's ground truth as a picture for the samples picture: (sample, its image) -> RGB.
+_GROUND_TRUTH_PICTURES: dict[Task, Callable[[Any, np.ndarray], np.ndarray]] = {
+    Task.TEXT_REMOVAL: _removal_ground_truth_picture,
+    Task.TEXT_SEGMENTATION: _segmentation_ground_truth_picture,
+    Task.TAMPERED_TEXT_DETECTION: _tampering_ground_truth_picture,
+}
+
+
+def _prediction_as_it_is(path: Path, image: np.ndarray) -> np.ndarray:
+    return read_plain(path)
+
+
+def _tampering_prediction_picture(path: Path, image: np.ndarray) -> np.ndarray:
+    """Class values 0, 1, 2 are invisible as a picture: drawn over the image."""
+    return _overlay(Task.TAMPERED_TEXT_DETECTION, image, read_plain(path))
+
+
+# Each task's prediction file as a picture: (file, the input image) -> RGB or grey.
+_PREDICTION_PICTURES: dict[Task, Callable[[Path, np.ndarray], np.ndarray]] = {
+    Task.TEXT_REMOVAL: _prediction_as_it_is,
+    Task.TEXT_SEGMENTATION: _prediction_as_it_is,
+    Task.TAMPERED_TEXT_DETECTION: _tampering_prediction_picture,
+}
 
 
 def _overlay(task: Task, image: np.ndarray, result: np.ndarray) -> np.ndarray:
@@ -237,22 +261,44 @@ def _overlay(task: Task, image: np.ndarray, result: np.ndarray) -> np.ndarray:
     return overlay.draw(image, result)
 
 
+def _removal_psnr(pred_path: Path, gt_path: Path) -> float:
+    """PSNR (dB) at the metric's 512x512; inf for identical images."""
+    pred, gt = prepare_removal_pair(read_rgb_as_original(pred_path), read_rgb_as_original(gt_path))
+    mse = float(np.mean((pred.astype(np.float64) / 255 - gt.astype(np.float64) / 255) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
+
+
+def _mean_text_iou(matrix: ConfusionMatrix, classes: tuple[int, ...]) -> float:
+    """Mean IoU over the text classes in the ground truth or the prediction; 1 with neither."""
+    ious = matrix.iou()[list(classes)]  # NaN: a class neither in the ground truth nor predicted
+    return float(np.nanmean(ious)) if not np.isnan(ious).all() else 1.0
+
+
+def _segmentation_iou(pred_path: Path, gt_path: Path) -> float:
+    matrix = ConfusionMatrix(2)
+    matrix.update(*segmentation_pair_reader()(gt_path, pred_path))
+    return _mean_text_iou(matrix, (1,))
+
+
+def _tampering_iou(pred_path: Path, gt_path: Path) -> float:
+    matrix = ConfusionMatrix(3)
+    matrix.update(*tampering_pair_reader(pred_format="classes")(gt_path, pred_path))
+    return _mean_text_iou(matrix, (1, 2))
+
+
+# Each task's score of one (prediction, ground truth) file pair, higher is better.
+_PER_IMAGE_SCORES: dict[Task, Callable[[Path, Path], float]] = {
+    Task.TEXT_REMOVAL: _removal_psnr,
+    Task.TEXT_SEGMENTATION: _segmentation_iou,
+    Task.TAMPERED_TEXT_DETECTION: _tampering_iou,
+}
+
+
 def per_image_score(task: Task, pred_path: Path, gt_path: Path) -> float:
     """One image's score, higher is better (to rank the picture's rows): removal PSNR (dB, at the metric's
     512x512), segmentation text IoU, tampering mean IoU over the text classes in the ground truth or the
     prediction. An image with nothing to find and nothing found scores 1 (IoU) / inf (PSNR)."""
-    if task == Task.TEXT_REMOVAL:
-        pred, gt = prepare_removal_pair(read_rgb_as_original(pred_path), read_rgb_as_original(gt_path))
-        mse = float(np.mean((pred.astype(np.float64) / 255 - gt.astype(np.float64) / 255) ** 2))
-        return float("inf") if mse == 0 else 10 * np.log10(1 / mse)
-    if task == Task.TEXT_SEGMENTATION:
-        matrix, classes = ConfusionMatrix(2), (1,)
-        matrix.update(*segmentation_pair_reader()(gt_path, pred_path))
-    else:
-        matrix, classes = ConfusionMatrix(3), (1, 2)
-        matrix.update(*tampering_pair_reader(pred_format="classes")(gt_path, pred_path))
-    ious = matrix.iou()[list(classes)]  # NaN: a class neither in the ground truth nor predicted
-    return float(np.nanmean(ious)) if not np.isnan(ious).all() else 1.0
+    return _PER_IMAGE_SCORES[task](pred_path, gt_path)
 
 
 def successes_and_failures(task: Task, report: EvaluationReport, samples: Sequence, count: int) -> list:
@@ -292,8 +338,8 @@ def write_samples_picture(path: str | os.PathLike, report: EvaluationReport, sam
                 for result in methods:
                     by_gt = {gt: pred for pred, gt in result.pairs}
                     pred = by_gt.get(baseline_methods.ground_truth_path(sample, task))
-                    row.append(_prediction_picture(task, pred, image) if pred is not None else np.full((8, 8, 3), 255, np.uint8))
-                row.append(_ground_truth_picture(task, sample, image))
+                    row.append(_PREDICTION_PICTURES[task](pred, image) if pred is not None else np.full((8, 8, 3), 255, np.uint8))
+                row.append(_GROUND_TRUTH_PICTURES[task](sample, image))
             except (ImageError, ValueError, OSError):
                 continue
             rows.append(row)

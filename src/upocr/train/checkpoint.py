@@ -29,7 +29,7 @@ import torch
 
 from upocr.model import UPOCR, UPOCRConfig, build_model
 from upocr.utils import atomic_output
-from upocr.weights import InferenceDefaults, split_legacy_fields
+from upocr.weights import CheckpointError, InferenceDefaults, split_legacy_fields, torch_load_safely
 
 if TYPE_CHECKING:
     from upocr.train.config import TrainConfig
@@ -152,9 +152,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path}: unreadable training checkpoint ({type(error).__name__}: {error})") from error
+        state = torch_load_safely(path)  # the package's one safe torch.load (weights_only, allow-list)
+    except CheckpointError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        raise ValueError(f"{path}: unreadable training checkpoint ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not an upocr training checkpoint (use --init for model weights)")
     if state.get("version") != VERSION:

@@ -10,12 +10,13 @@ ImageNet weights cannot be downloaded here: they come from a file (:func:`load_v
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
+
+from upocr.weights import read_weights
 
 # torchvision `features` index -> our (stage, index-in-stage) name.
 TORCHVISION_TO_STAGE = {
@@ -77,18 +78,9 @@ def vgg16_state_dict(source: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def _read_tensors(path: Path) -> Mapping[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    # Original checkpoints pickle an argparse.Namespace (`args`); allow exactly that, nothing else.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
-        data = data["model"]  # original checkpoint {'model': state_dict, 'optimizer', ...}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: not a state dict (found {type(data).__name__})")
-    return data
+    """The file's tensors through the package's one safe reader (`upocr.weights.read_weights`: safetensors,
+    or torch files without unpickling code; an original checkpoint's `model` entry unpacked)."""
+    return read_weights(path).state
 
 
 def load_vgg16(path: str | Path, device: str | torch.device = "cpu") -> VGG16Features:

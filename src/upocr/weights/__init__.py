@@ -17,11 +17,12 @@ from upocr.weights.formats import (
     safetensors_metadata,
     save_weights,
     short_reason,
+    torch_load_safely,
 )
 from upocr.weights.record import TrainingRecord, describe_weights, training_record
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "CheckpointError", "InferenceDefaults", "StoredConfig",
     "StoredWeights", "TrainingRecord", "check_finite", "check_state_fits", "describe_weights", "read_weights",
-    "safetensors_metadata", "save_weights", "short_reason", "split_legacy_fields", "training_record",
+    "safetensors_metadata", "save_weights", "short_reason", "split_legacy_fields", "torch_load_safely", "training_record",
 ]  # fmt: skip

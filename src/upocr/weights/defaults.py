@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from upocr.tasks import SEGMENTATION_THRESHOLD
 
@@ -38,9 +38,15 @@ class InferenceDefaults:
     segmentation_threshold: float = SEGMENTATION_THRESHOLD
     removal: str = DEFAULT_REMOVAL
 
+    # The largest working resolution (also `--size`'s limit): the model's memory grows with size^2, so a
+    # weights file claiming 8192 made a 160x128 image take 4.9 GB; large images are better run on tiles.
+    MAX_INPUT_SIZE: ClassVar[int] = 4096
+
     def __post_init__(self) -> None:
         if not isinstance(self.input_size, int) or self.input_size <= 0 or self.input_size % SIZE_MULTIPLE:
             raise ValueError(f"input_size must be a positive multiple of {SIZE_MULTIPLE}, got {self.input_size!r}")
+        if self.input_size > self.MAX_INPUT_SIZE:
+            raise ValueError(f"input_size {self.input_size} is too large (at most {self.MAX_INPUT_SIZE})")
         if not 0.0 < float(self.segmentation_threshold) < 1.0:
             raise ValueError(f"segmentation_threshold must be in (0, 1), got {self.segmentation_threshold}")
         if not isinstance(self.removal, str) or not self.removal:

@@ -28,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from upocr.utils import atomic_output
+from upocr.utils import atomic_output, special_file_kind
 from upocr.weights.defaults import InferenceDefaults, split_legacy_fields
 
 WEIGHTS_FILE = "model.safetensors"
@@ -90,6 +90,9 @@ def read_weights(path: str | Path) -> StoredWeights:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    kind = special_file_kind(path.stat().st_mode)
+    if kind is not None:  # a FIFO would block the reader forever, /dev/zero never end
+        raise CheckpointError(f"{path}: not a regular file ({kind})")
     if path.is_dir():
         stored = _read_folder(path)
     elif path.suffix == ".safetensors":
@@ -119,6 +122,9 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def _read_folder(path: Path) -> StoredWeights:
     weights = path / WEIGHTS_FILE
+    kind = special_file_kind(weights.stat().st_mode) if weights.exists() else None
+    if kind is not None:
+        raise CheckpointError(f"{weights}: not a regular file ({kind})")
     if not weights.is_file():
         raise CheckpointError(f"{path}: directory has no {WEIGHTS_FILE} (write one with model.save_pretrained)")
     stored = _read_safetensors(weights)
