@@ -2,7 +2,7 @@
 to each field's annotation.
 
 A dataclass of options (`upocr.train.config.TrainConfig`, the predictor's options) declares each field
-with :func:`option`; `upocr.commands.options.add_dataclass_options` turns those fields into argparse
+with :func:`option`; `upocr.commands.options.add_options` turns those fields into argparse
 options, and :func:`coerce_fields` (called from `__post_init__`) turns what a YAML file, a web form or
 a Python caller gave into the annotated types, or raises one ValueError naming the field.
 """
@@ -14,10 +14,11 @@ import math
 import os
 import types
 import typing
+from collections import abc
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-# Metadata keys of `option` fields (read by upocr.commands.options.add_dataclass_options):
+# Metadata keys of `option` fields (read by upocr.commands.options.add_options):
 #   help      the option's help text (a field without it is no command-line option)
 #   flags     its flags, e.g. ("--output",); default "--" + the field name with "-" for "_"
 #   type      an argparse type (text -> value); default: coercion to the field's annotation
@@ -94,7 +95,7 @@ def _coerce(value: Any, annotation: Any) -> Any:
         item_type = args[0] if args else Any
         coerced = [_coerce(item, item_type) for item in items]
         return coerced if (origin or annotation) is list else tuple(coerced)
-    if origin in (dict, Mapping) or annotation in (dict, Mapping) or origin is typing.Mapping:
+    if origin in (dict, abc.Mapping) or annotation in (dict, abc.Mapping, Mapping):
         if isinstance(value, Mapping):
             return value if isinstance(value, dict) else dict(value)
         raise _Mismatch
@@ -162,7 +163,7 @@ def describe_type(annotation: Any) -> str:
         return "one of " + ", ".join(str(choice) for choice in args)
     if origin in (list, tuple) or annotation in (list, tuple):
         return f"a list of {_PLURALS.get(args[0], 'values') if args else 'values'}"
-    if origin in (dict, Mapping, typing.Mapping) or annotation in (dict, Mapping):
+    if origin in (dict, abc.Mapping) or annotation in (dict, abc.Mapping, Mapping):
         return "a mapping"
     return _NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
