@@ -190,7 +190,7 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "upocr.cli", "evaluate", "real", "--data", str(real_dir), "--weights", str(tiny_weights),
-        "--detector", "strokes", "--variants", "resize", "tiles", "--quiet",
+        "--detector", "strokes", "--variants", "resize", "tiles", "--pipelines", "words-telea", "raw", "telea-fill", "--quiet",
         "--json", str(out / "real.json"), "--markdown", str(out / "real.md"), "--picture", str(out / "real.png"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -199,7 +199,9 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     data = json.loads((out / "real.json").read_text())
     oracles = {f"upocr ({v}), inside the words{real.ORACLE_TAG}" for v in ("resize", "tiles")}
     oracles.add(f"annotated words + Telea{real.ORACLE_TAG}")
-    assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)", "strokes detector + Telea", *oracles}
+    pipelines = {"upocr --removal words-telea", "upocr --removal raw"}  # telea-fill is the tiny weights' default row
+    assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)",
+                                    "strokes detector rectangles + Telea", *pipelines, *oracles}
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu"}
     assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)"}
     assert Image.open(out / "real.png").size[0] > 500
@@ -250,11 +252,12 @@ def test_an_image_without_a_sidecar_is_a_note(real_dir: Path) -> None:
     assert notes == [f"{real_dir / 'scene-boxes' / 'lonely.png'}: no lonely.json sidecar beside it; skipped"]
 
 
-def test_cli_without_the_real_extra_is_one_line(real_dir: Path, tiny_weights: Path, monkeypatch, capsys) -> None:
+def test_cli_without_rapidocr_is_one_line(real_dir: Path, tiny_weights: Path, monkeypatch, capsys) -> None:
     """N17: a 16-line ImportError traceback."""
     from upocr.cli import main
 
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # makes the import fail
-    assert main(["evaluate", "real", "--data", str(real_dir), "--weights", str(tiny_weights), "--quiet"]) == 2
+    argv = ["evaluate", "real", "--data", str(real_dir), "--weights", str(tiny_weights), "--quiet", "--detector", "rapidocr"]
+    assert main(argv) == 2
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and error.endswith("pip install 'upocr[real]'")
+    assert len(error.splitlines()) == 1 and error.endswith("(or use the default --detector ppocr)")

@@ -22,8 +22,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("upocr.utils", "upocr.tasks", "upocr.io", "upocr.inpaint", "upocr.visualize", "upocr.weights",
                      "upocr.samples", "upocr.tiling", "upocr.removal", "upocr.detector", "upocr.options",
                      "upocr.fields")),  # fmt: skip
-    ("network and data", ("upocr.model", "upocr.data", "upocr.export")),  # export: the network as ONNX
-    ("inference", ("upocr.predict",)),
+    ("network and data", ("upocr.model", "upocr.data", "upocr.export", "upocr.forensics")),  # export: the network as ONNX
+    ("inference", ("upocr.decoding", "upocr.predict")),
     ("file pipeline", ("upocr.files",)),
     ("applications", ("upocr.evaluate", "upocr.train", "upocr.serve", "upocr.batch")),  # batch: the file pipeline on Ray
     ("front", ("upocr.commands", "upocr.cli", "upocr")),  # `upocr` itself: the package's API (__init__)

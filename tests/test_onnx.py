@@ -141,15 +141,14 @@ def test_cli_predict_with_backend_onnxruntime(exported, weights, tmp_path):
 
 def test_serve_backend_onnxruntime_reaches_the_page(exported, monkeypatch):
     from upocr.commands import serve as serve_command
-    from upocr.serve import DemoApp
+    from upocr.serve import ServeState
 
     started = {}
-    monkeypatch.setattr(serve_command, "serve", lambda predictor, *args, **options: started.update(predictor=predictor))
+    monkeypatch.setattr(serve_command, "serve", lambda settings, port, **options: started.update(options))
     assert main(["serve", "--weights", str(exported[0]), "--port", "0", "--backend", "onnxruntime"]) == 0
     predictor = started["predictor"]
     assert isinstance(predictor.model, OnnxRunner) and predictor.size == SIZE  # the size stored in the file
-    app = DemoApp(predictor=predictor, model_label="m")
-    assert app.health()["backend"] == "onnxruntime"
+    assert ServeState(predictor=predictor, model_label="m").health()["backend"] == "onnxruntime"
     image = np.random.default_rng(3).integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
     assert predictor.predict(image, "segmentation").mask.shape == (40, 50)
 

@@ -173,3 +173,29 @@ def test_a_missing_detector_model_is_one_line(tmp_path, photos, tiny_weights, ca
     assert code == 1
     err = capsys.readouterr().err
     assert "gone.onnx: detector model not found" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- segmentation finders
+
+
+class InkEverywhere(RecordingModel):
+    """A model whose segmentation output calls every pixel text."""
+
+    def __call__(self, images: torch.Tensor, tasks) -> torch.Tensor:
+        super().__call__(images, tasks)
+        return torch.zeros_like(images) + 0.9
+
+
+def test_model_in_words_keeps_the_model_ink_inside_the_words_only():
+    image, boxes = text_image()
+    predictor = Predictor(InkEverywhere(), tile=None, size=64, keep_output=False)
+    everything = predictor.predict(image, "segmentation")
+    assert everything.mask.all() and everything.regions is None
+    inside = predictor.with_options(segmentation="model-in-words").predict(image, "segmentation")
+    np.testing.assert_array_equal(inside.mask, inside.regions.mask(grow=3))  # ink everywhere, kept in the words
+    for left, top, right, bottom in boxes:
+        assert inside.mask[top:bottom, left:right].mean() > 0.8
+    assert inside.mask.mean() < 0.3
+    assert predictor.with_options(segmentation="model-in-words").finds_words("segmentation")
+    with pytest.raises(ValueError, match="segmentation must be one of model, model-in-words"):
+        predictor.with_options(segmentation="ink")

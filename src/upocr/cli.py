@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Each module adds its sub-commands; order is the order shown in --help.
-COMMAND_MODULES = ("predict", "batch", "synth", "train", "evaluate", "serve", "export")
+COMMAND_MODULES = ("predict", "batch", "synth", "train", "forensics", "evaluate", "serve", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -383,7 +383,10 @@ def regions_json(image: np.ndarray, prediction: Prediction) -> str:
     if prediction.regions is None:
         raise RuntimeError("the prediction carries no word regions")  # a bug: predict_files checked the settings
     height, width = image.shape[:2]
-    return json.dumps({"width": width, "height": height, "regions": prediction.regions.to_json()}) + "\n"
+    content = {"width": width, "height": height, "regions": prediction.regions.to_json()}
+    if prediction.words is not None:  # detect-tampering --tampering words: each word's box, probability, flag
+        content["words"] = prediction.words
+    return json.dumps(content) + "\n"
 
 
 def mask_for(masks: Path, name: Path, shape: tuple[int, int]) -> np.ndarray:

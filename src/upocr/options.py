@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
 from upocr.io import DEFAULT_MAX_PIXELS
-from upocr.removal import DEFAULT_GROW, REMOVAL_PIPELINES
+from upocr.removal import DEFAULT_GROW, REMOVAL_PIPELINES, SEGMENTATION_FINDERS
 from upocr.weights.defaults import SIZE_MULTIPLE, InferenceDefaults
 
 # A larger working size is refused (from options or from a weights file): the model's memory grows with
@@ -33,6 +33,8 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 Backend = Literal["pytorch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 Tile = int | Literal["auto"] | None
+# How detect-tampering decides which text is tampered (`PredictorOptions.tampering`).
+TAMPERING_DECISIONS = ("model", "words")
 
 
 # ---------------------------------------------------------------- argparse types (one-line errors)
@@ -128,6 +130,10 @@ class PredictorOptions:
         None, flags=("--threshold",), type=parse_threshold, scope="segmentation",
         help="text score threshold (default: the one calibrated for the weights; 0.4, the original's, for "
         "weights without one)")
+    segmentation: str | None = option(
+        None, flags=("--segmentation",), choices=tuple(SEGMENTATION_FINDERS), scope="segmentation",
+        help="which part finds the text mask: " + "; ".join(f"{k}: {v}" for k, v in SEGMENTATION_FINDERS.items())
+        + " (default: the finder stored with the weights)")
     removal: str | None = option(
         None, flags=("--removal", "--mode"), choices=tuple(REMOVAL_PIPELINES), scope="removal",
         help="how text is removed: which part finds the text and which fills it (default: the pipeline stored "
@@ -139,6 +145,16 @@ class PredictorOptions:
     detector_model: Path | None = option(
         None, flags=("--detector-model",), type=Path, metavar="ONNX", scope="removal",
         help="a PP-OCR DB text detector .onnx for the word finder (default: the bundled PP-OCRv4 mobile detector)")
+    tampering: str = option(
+        "model", flags=("--tampering",), choices=TAMPERING_DECISIONS, scope="tampering",
+        help="how tampered words are told apart: model (default): the model's own 0/1/2 output (on synthetic "
+        "held-out forgeries it flags none); words: the word detector finds the words, split at wide gaps, and the "
+        "per-word forensic classifier (upocr.forensics, docs/tampering.md) flags those whose traces differ from "
+        "the other words of the image")
+    tampering_threshold: float | None = option(
+        None, flags=("--tampering-threshold",), type=parse_threshold, scope="tampering",
+        help="with --tampering words: a word is tampered when its probability exceeds this (default: the "
+        "classifier's, chosen to flag 0.5 %% of genuine synthetic validation words)")
     max_pixels: int = option(
         DEFAULT_MAX_PIXELS, flags=("--max-pixels",), type=positive_number(int),
         help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
@@ -161,10 +177,17 @@ class PredictorOptions:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and 0 < self.threshold < 1):
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {self.threshold!r}")
+        if self.segmentation is not None and self.segmentation not in SEGMENTATION_FINDERS:
+            raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATION_FINDERS)}, got {self.segmentation!r}")
         if self.removal is not None and self.removal not in REMOVAL_PIPELINES:
             raise ValueError(f"removal must be one of {', '.join(REMOVAL_PIPELINES)}, got {self.removal!r}")
         if _not_whole(self.grow) or self.grow < 0:
             raise ValueError(f"grow must be a whole number of pixels, 0 or more, got {self.grow!r}")
+        if self.tampering not in TAMPERING_DECISIONS:
+            raise ValueError(f"tampering must be one of {', '.join(TAMPERING_DECISIONS)}, got {self.tampering!r}")
+        if self.tampering_threshold is not None and not (
+                isinstance(self.tampering_threshold, (int, float)) and 0 <= self.tampering_threshold < 1):
+            raise ValueError(f"tampering_threshold must be in [0, 1), got {self.tampering_threshold!r}")
         if _not_whole(self.max_pixels) or self.max_pixels < 1:
             raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels!r}")
 

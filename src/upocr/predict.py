@@ -22,46 +22,25 @@ Predictor runs the prompts a pipeline needs and composes its result band by band
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from upocr.inpaint import dilate, telea_inpaint
+from upocr.decoding import BandDecoder, Prediction
 from upocr.io import read_image
 from upocr.model.checkpoint import load_model, resolve_device
 from upocr.options import PredictorOptions, check_multiple
-from upocr.removal import (
-    CHANGE_BLUR_SIGMA,
-    change_difference,
-    change_radius,
-    changed_pixels,
-    composite,
-    feather_text,
-    removal_change_mask,
-    removal_pipeline,
-    spread_change,
-)
+from upocr.removal import SEGMENTATION_FINDERS, removal_pipeline
 from upocr.tasks import Task
-from upocr.tiling import (
-    AUTO_TILE_AREA_FACTOR,
-    BAND_ROWS,
-    Band,
-    RowFilterStream,
-    filter_rows,
-    gaussian_reach,
-    resize_rows,
-    resized_bands,
-    tiled_bands,
-)
+from upocr.tiling import AUTO_TILE_AREA_FACTOR, BAND_ROWS, Band, resized_bands, tiled_bands
 from upocr.weights import InferenceDefaults
+
+__all__ = ["Prediction", "Predictor", "inference_defaults"]
 
 ModelFn = Callable[[torch.Tensor, Any], Any]
 
@@ -71,32 +50,6 @@ def inference_defaults(model: Any) -> InferenceDefaults:
     0.4) for callables that carry none."""
     stored = getattr(model, "inference", None)
     return stored if isinstance(stored, InferenceDefaults) else InferenceDefaults()
-
-
-@dataclass
-class Prediction:
-    """One task's result for one image, at the image's original resolution.
-
-    `output` is the model's output image (clamped to [0, 1]) resized/blended back to (3, H, W) (kept with
-    Predictor(keep_output=True), the default; 12 bytes a pixel, so the CLI and server drop it); the decoded
-    result is in the field for the task: `image` (removal), `mask` (segmentation), `classes` (tampering).
-    `regions`: the word detector's polygons where a pipeline used it (`upocr.detector.WordRegions`).
-    """
-
-    task: Task
-    output: np.ndarray | None  # float32 (3, H, W) in [0, 1]; None unless the Predictor keeps outputs
-    image: np.ndarray | None = None  # uint8 (H, W, 3): text removed
-    mask: np.ndarray | None = None  # bool (H, W): text pixels
-    classes: np.ndarray | None = None  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
-    change_mask: np.ndarray | None = field(default=None, repr=False)  # float32 (H, W): removal blend weight
-    regions: Any = field(default=None, repr=False)  # WordRegions | None
-
-    @property
-    def result(self) -> np.ndarray:
-        """The decoded result for this task (image, mask or classes)."""
-        value = getattr(self, self.task.spec.result_field)
-        assert value is not None
-        return value
 
 
 class Predictor:
@@ -166,8 +119,12 @@ class Predictor:
         self.threshold = float(options.threshold if options.threshold is not None else stored.segmentation_threshold)
         self.pipeline = removal_pipeline(options.removal if options.removal is not None else stored.removal)
         self.removal = self.pipeline.name
+        self.segmentation = options.segmentation if options.segmentation is not None else stored.segmentation
+        if self.segmentation not in SEGMENTATION_FINDERS:
+            raise ValueError(f"segmentation must be one of {', '.join(SEGMENTATION_FINDERS)}, got {self.segmentation!r}")
         self.grow, self.max_pixels, self.keep_output = options.grow, options.max_pixels, options.keep_output
         self.detector_model = options.detector_model
+        self.tampering, self.tampering_threshold = options.tampering, options.tampering_threshold
         self._word_detector: Any = None  # upocr.detector.WordDetector, opened when a pipeline first needs it
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()
@@ -194,7 +151,10 @@ class Predictor:
 
     def finds_words(self, task: Task | str) -> bool:
         """Whether this predictor runs the word detector for `task` (and so gives `Prediction.regions`)."""
-        return Task.parse(task) == Task.TEXT_REMOVAL and self.pipeline.finder == "words"
+        task = Task.parse(task)
+        return (task == Task.TEXT_REMOVAL and self.pipeline.finder == "words"
+                or task == Task.TEXT_SEGMENTATION and self.segmentation == "model-in-words"
+                or task == Task.TAMPERED_TEXT_DETECTION and self.tampering == "words")
 
     @property
     def word_detector(self) -> Any:
@@ -276,8 +236,10 @@ class Predictor:
             # characters larger than a tile (posters), of which tiles find only the edges. On real photos
             # (`upocr evaluate real`) the union erased more words than either scale alone.
             whole_text = self._run_resized([pixels], [Task.TEXT_SEGMENTATION])[0][0][1]
-        regions = self.word_detector.detect(pixels) if finder == "words" else None
-        decoder = _BandDecoder(self, pixels, task_list, run_list, tile, whole_text, finder)
+        words_mask_text = Task.TEXT_SEGMENTATION in task_list and self.segmentation == "model-in-words"
+        tampering_words = Task.TAMPERED_TEXT_DETECTION in task_list and self.tampering == "words"
+        regions = self.word_detector.detect(pixels) if finder == "words" or words_mask_text or tampering_words else None
+        decoder = BandDecoder(self, pixels, task_list, run_list, tile, whole_text, finder)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)
         pairs = dict(zip(run_list, model_pairs)) if model_pairs is not None else {}  # per task the model ran
@@ -360,117 +322,3 @@ class Predictor:
         """Tiled mode (`upocr.tiling.tiled_bands`): tiles `batch_size` (tile, task) pairs per forward pass."""
         return tiled_bands(pixels, tile, self.overlap, len(tasks), self.batch_size,
                            lambda batch, indices: self._forward(batch, [tasks[t] for t in indices]))
-
-
-class _BandDecoder:
-    """Decodes one image's model outputs, arriving in row bands, into the tasks' results at full size.
-
-    Full-size arrays are the results themselves (uint8 image, bool mask, uint8 classes), the model-text
-    finder's bool text mask and the tiled blend's uint8 change map; float maps exist per band only, unless
-    the predictor keeps the float outputs (`keep_output`). `finder`: the removal pipeline's finder for
-    this image (None when there is no removal, or a given mask replaces it)."""
-
-    def __init__(
-        self,
-        predictor: Predictor,
-        pixels: np.ndarray,
-        tasks: list[Task],
-        run_list: list[Task],
-        tile: int | None,
-        whole_text: np.ndarray | None,
-        finder: str | None,
-    ) -> None:
-        self.predictor = predictor
-        self.pixels = pixels
-        self.run_list = run_list
-        self.tile = tile
-        self.whole_text = whole_text  # (3, size, size) segmentation output of the whole image resized, or None
-        height, width = pixels.shape[:2]
-        keep = predictor.keep_output
-        self.outputs = {task: np.empty((3, height, width), np.float32) for task in tasks} if keep else {}
-        self.results = {task: task.spec.empty_result(height, width) for task in tasks}
-        self.text = np.empty((height, width), bool) if finder == "model-text" else None
-        self.changes: RowFilterStream | None = None
-        if finder == "model-change" and tile is not None:  # tiled: the change at full size
-            self.changed = np.empty((height, width), np.uint8)
-            self.changes = RowFilterStream(height, gaussian_reach(CHANGE_BLUR_SIGMA), changed_pixels)
-
-    def add(self, top: int, bottom: int, outputs: list[np.ndarray]) -> None:
-        """Decode rows [top, bottom) of every task's float output (3, rows, W)."""
-        for task, output in zip(self.run_list, outputs):
-            if task in self.outputs:
-                self.outputs[task][:, top:bottom] = output
-            if task in self.results:
-                self.results[task][top:bottom] = task.spec.decode_array(output, self.predictor.threshold)
-            if task == Task.TEXT_SEGMENTATION and self.text is not None:
-                if self.whole_text is None and task in self.results:  # the mask just decoded is the text
-                    self.text[top:bottom] = self.results[task][top:bottom]
-                    continue
-                if self.whole_text is not None:
-                    height, width = self.pixels.shape[:2]
-                    output = np.maximum(output, resize_rows(self.whole_text, height, width, top, bottom))
-                self.text[top:bottom] = task.spec.decode_array(output, self.predictor.threshold)
-            if task == Task.TEXT_REMOVAL and self.changes is not None:
-                difference = change_difference(self.pixels[top:bottom], output)
-                for first, last, rows in self.changes.push(top, bottom, difference):
-                    self.changed[first:last] = rows
-
-    def finish(self, task: Task, model_pair: tuple[np.ndarray, np.ndarray] | None,
-               mask: np.ndarray | None, regions: Any) -> Prediction:
-        """The Prediction of `task` once every band was added (removal: its pipeline's composition)."""
-        output = self.outputs.get(task)
-        result = self.results[task]
-        pipeline = self.predictor.pipeline
-        if task != Task.TEXT_REMOVAL or (pipeline.finder is None and mask is None):
-            return Prediction(task, output, **{task.spec.result_field: result})
-        predictor, pixels = self.predictor, self.pixels
-        height, width = pixels.shape[:2]
-        region, scale = self._region(mask, regions)
-        if region is not None and pipeline.filler == "telea":
-            change = region.astype(np.float32) if predictor.keep_output else None
-            return Prediction(task, output, image=telea_inpaint(pixels, region), change_mask=change, regions=regions)
-        if region is not None:  # the model's output, feathered outside the region
-            feather = max(1.0, predictor.grow * scale)
-
-            def weight_rows(top: int, bottom: int) -> np.ndarray:
-                return filter_rows(region, top, bottom, gaussian_reach(feather / 2), lambda rows: feather_text(rows, feather))
-
-        elif model_pair is None:  # tiled: model input and output are already at the original resolution
-            radius = change_radius((height, width))
-
-            def weight_rows(top: int, bottom: int) -> np.ndarray:
-                reach = radius + gaussian_reach(radius / 2)
-                return filter_rows(self.changed, top, bottom, reach, lambda rows: spread_change(rows, radius))
-
-        else:  # resized: find the change at the working size, then upsample the (smooth) mask
-            weight = removal_change_mask(*model_pair)
-            if weight.shape != (height, width):
-                weight = cv2.resize(weight, (width, height), interpolation=cv2.INTER_LINEAR)
-            weight = np.clip(weight, 0, 1)
-
-            def weight_rows(top: int, bottom: int) -> np.ndarray:
-                return weight[top:bottom]
-
-        change_mask = np.empty((height, width), np.float32) if predictor.keep_output else None
-        for top in range(0, height, BAND_ROWS):  # composite in bands: its float temporaries stay small
-            bottom = min(height, top + BAND_ROWS)
-            band_weight = weight_rows(top, bottom)
-            result[top:bottom] = composite(result[top:bottom], pixels[top:bottom], band_weight)
-            if change_mask is not None:
-                change_mask[top:bottom] = band_weight
-        return Prediction(task, output, image=result, change_mask=change_mask, regions=regions)
-
-    def _region(self, mask: np.ndarray | None, regions: Any) -> tuple[np.ndarray | None, float]:
-        """The region to fill, grown (None: the model-change finder), and the growth's pixel scale: a
-        given mask and the word polygons grow in image pixels, the model's text mask in working-resolution
-        pixels (converted to original-resolution pixels)."""
-        grow = self.predictor.grow
-        if mask is not None:
-            return dilate(mask, grow), 1.0
-        if regions is not None:
-            return regions.mask(grow), 1.0
-        if self.text is None:
-            return None, 1.0
-        height, width = self.pixels.shape[:2]
-        scale = 1.0 if self.tile is not None else math.sqrt(height * width) / self.predictor.size
-        return dilate(self.text, max(1, round(grow * scale)) if grow else 0), scale

@@ -91,6 +91,17 @@ REMOVAL_PIPELINES: dict[str, RemovalPipeline] = {
 }
 
 
+# Text segmentation reuses the finders: which part decides the text mask (`--segmentation`, `segmentation=`).
+# "model-in-words" keeps the model's ink only inside the word detector's regions grown by
+# WORDS_SEGMENTATION_MARGIN image pixels: the detector drops the model's false positives (icons, textures),
+# the model draws the strokes the detector's polygons only enclose.
+SEGMENTATION_FINDERS: dict[str, str] = {
+    "model": "the model's text mask (segmentation prompt)",
+    "model-in-words": "the model's text mask, only inside the word detector's regions",
+}
+WORDS_SEGMENTATION_MARGIN = 3
+
+
 def removal_pipeline(name: str) -> RemovalPipeline:
     """The pipeline called `name`, or a ValueError listing the names."""
     try:

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 from upocr.commands.options import add_model_arguments, add_options, add_predictor_options, options_from_args
+from upocr.evaluate.real import REAL_DETECTORS
 from upocr.options import PredictorOptions
+from upocr.removal import REMOVAL_PIPELINES
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 
 
@@ -75,9 +77,14 @@ def register(subparsers) -> None:
     add_predictor_options(real)  # as the task commands; each --variants entry then sets its own tiling
     real.add_argument("--variants", nargs="+", default=["default"], choices=sorted(REAL_VARIANTS),
                       help="how the model meets an image: " + "; ".join(f"{k}: {v[1]}" for k, v in REAL_VARIANTS.items()))
-    real.add_argument("--detector", choices=("rapidocr", "strokes"), default="rapidocr",
-                      help="the OCR detector of the erasure metric and the detector + Telea baseline: rapidocr "
-                      "(RapidOCR's DBNet; pip install 'upocr[real]') or strokes (the classical stroke detector, no extra)")
+    real.add_argument("--detector", choices=tuple(REAL_DETECTORS), default="ppocr",
+                      help="the OCR detector of the erasure metric and of the detector rectangles + Telea baseline: "
+                      "ppocr (default: the bundled PP-OCRv4 DB detector in box mode, the network RapidOCR ships), "
+                      "rapidocr (RapidOCR itself, if installed: pip install --no-deps rapidocr_onnxruntime pyclipper "
+                      "shapely six, so that it does not bring the GUI opencv-python) or strokes (the classical stroke detector)")
+    real.add_argument("--pipelines", nargs="*", default=None, choices=sorted(REMOVAL_PIPELINES), metavar="NAME",
+                      help="removal rows besides the weights' default, with the first variant's options (default: "
+                      "every pipeline, " + ", ".join(REMOVAL_PIPELINES) + "; --pipelines alone: none)")
     real.add_argument("--limit", type=int, default=None, help="only the first N annotated images")
     real.add_argument("--markdown", type=Path, help="write the tables as markdown")
     real.add_argument("--json", type=Path, help="write all scores (per image too) as JSON")
@@ -241,9 +248,10 @@ def _run_real(args: argparse.Namespace) -> int:
     from upocr.visualize import image_grid
 
     samples = real.read_real_samples(args.data, limit=args.limit, on_note=lambda line: print(f"note: {line}", file=sys.stderr))
-    detector = real.rapidocr_detector() if args.detector == "rapidocr" else real.stroke_detector
+    detector = REAL_DETECTORS[args.detector]()
     model = upocr.load_model(args.weights, device=args.device)
     removal, segmentation, tampering = {}, {}, {}
+    predictors = []
     for variant in args.variants:
         options = dict(REAL_VARIANTS[variant][0])
         if options.get("tile") == "native":
@@ -254,12 +262,16 @@ def _run_real(args: argparse.Namespace) -> int:
         removal[f"upocr ({variant})"] = real.predictor_removal(predictor)
         segmentation[f"upocr ({variant})"] = real.predictor_segmentation(predictor)
         tampering[f"upocr ({variant})"] = real.predictor_tampering(predictor)
-    removal[f"{args.detector} detector + Telea"] = real.detector_telea(detector)
+        predictors.append(predictor)
+    pipelines = args.pipelines if args.pipelines is not None else list(REMOVAL_PIPELINES)
+    removal.update(real.pipeline_methods(predictors[0], [name for name in pipelines if name != predictors[0].removal]))
+    removal[f"{args.detector} detector rectangles + Telea"] = real.detector_telea(detector)
     segmentation["Sauvola"] = sauvola_text_mask
     segmentation["Otsu"] = otsu_text_mask
     result = real.run_real_benchmark(samples, removal, segmentation, detector, tampering_methods=tampering,
                                      oracles=[f"upocr ({variant})" for variant in args.variants], progress=not args.quiet)
-    text, data = real.real_report(result, title=f"Real-image benchmark: {len(samples)} images in {args.data.name}")
+    title = f"Real-image benchmark: {len(samples)} images in {args.data.name}; upocr's default removal: {predictors[0].removal}"
+    text, data = real.real_report(result, title=title)
     print(text)
     if args.markdown:
         write_text(args.markdown, text)

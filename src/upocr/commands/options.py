@@ -33,11 +33,11 @@ T = TypeVar("T")
 
 # Which `PredictorOptions` each command shows (`upocr.options.option`'s scope): a task's command shows the
 # options that change its result.
-ALL_SCOPES = ("model", "removal", "segmentation")
+ALL_SCOPES = ("model", "removal", "segmentation", "tampering")
 TASK_SCOPES: dict[Task, tuple[str, ...]] = {
     Task.TEXT_REMOVAL: ("model", "removal", "segmentation"),  # the threshold decides the model-text finder
     Task.TEXT_SEGMENTATION: ("model", "segmentation"),
-    Task.TAMPERED_TEXT_DETECTION: ("model",),
+    Task.TAMPERED_TEXT_DETECTION: ("model", "tampering"),
 }
 
 

@@ -9,20 +9,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from upocr import describe_weights
+from upocr import bundled_inference_defaults, describe_weights
 from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands.options import TASK_SCOPES, add_predictor_options, options_from_args
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import expand_inputs, read_image, write_image
 from upocr.options import PredictorOptions
 from upocr.predict import Predictor
-from upocr.removal import REMOVAL_PIPELINES
+from upocr.removal import pipelines_help, removal_pipeline
 from upocr.tasks import TASK_SPECS, Task, TaskSpec
 from upocr.utils import printable
 from upocr.visualize import image_grid
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEMO_TASKS = tuple(TASK_SPECS)  # one column each, in the specs' order
+
+def removal_epilog() -> str:
+    """remove-text --help: the pipelines, and the one the bundled weights choose."""
+    return (f"Removal pipelines (--removal): {pipelines_help()}. Default: the pipeline stored with the weights; "
+            f"the bundled weights store {bundled_inference_defaults().removal} (chosen on real photos, docs/results.md), "
+            "weights without one telea-fill.")
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     for spec in TASK_SPECS.values():  # remove-text, segment-text, detect-tampering
@@ -33,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "keep the folder structure under OUT, at the inputs' resolution. Existing files are not replaced "
             "(see --overwrite). A failed input is reported on one line; the others are still processed and "
             "the exit status is 1.",
+            epilog=removal_epilog() if spec.task == Task.TEXT_REMOVAL else None,
         )
         add_task_arguments(parser, spec)
         TASK_FILE_OPTIONS.get(spec.task, _no_file_options)(parser)
@@ -82,6 +90,7 @@ def _no_file_options(parser: argparse.ArgumentParser) -> None:
 TASK_FILE_OPTIONS: dict[Task, Callable[[argparse.ArgumentParser], None]] = {
     Task.TEXT_REMOVAL: _removal_file_options,
     Task.TEXT_SEGMENTATION: _regions_option,
+    Task.TAMPERED_TEXT_DETECTION: _regions_option,
 }
 
 
@@ -161,9 +170,11 @@ def run_demo(args: argparse.Namespace) -> int:
         image = read_image(path)
         predictions = predictor.predict_tasks(image, DEMO_TASKS)
         rows.append([image, *(p.task.spec.picture.draw(image, p.result) for p in predictions)])
-    titles = ["input", *(task.spec.picture.label for task in DEMO_TASKS)]
+    titles = ["input", *(f"{task.spec.picture.label} ({predictor.removal})" if task == Task.TEXT_REMOVAL
+                         else task.spec.picture.label for task in DEMO_TASKS)]
     out = write_image(args.output / "demo.png", image_grid(rows, titles, height=240))
     columns = " | ".join(["input", *(task.short for task in DEMO_TASKS)])
     print(f"wrote {out} ({len(samples)} samples: {columns})")
     print(f"weights: {describe_weights(args.weights)}")
+    print(f"text removal: {removal_pipeline(predictor.removal).describe()}")
     return 0

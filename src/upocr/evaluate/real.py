@@ -25,10 +25,12 @@ detector); "METHOD, inside the words" keeps a method's result inside the grown p
 outside, i.e. the method without its false positives. On real-dev the two split the model's removal gap
 into false positives and mask shape (docs/results.md).
 
-Competitors: doing nothing; an OCR detector's boxes filled by OpenCV Telea (RapidOCR's detector, the
-optional extra `pip install 'upocr[real]'`; its wheel ships the ONNX weights); Otsu and Sauvola masks.
-The detector is also the erasure judge, so "detector + Telea" is measured by the detector it was built
-from: an optimistic number for it, stated in the report.
+Competitors: doing nothing; an OCR detector's rectangles filled by OpenCV Telea (by default PP-OCRv4's
+DB detector in box mode, the network RapidOCR ships, run by `upocr.detector`; RapidOCR itself with
+`--detector rapidocr` where it is installed); every removal pipeline of `upocr.removal` (the word
+detector's polygons + Telea among them); Otsu and Sauvola masks. The detector is also the erasure judge,
+so "detector + Telea" is measured by the detector it was built from: an optimistic number for it, stated
+in the report (the polygon pipelines share its network too).
 """
 
 from __future__ import annotations
@@ -233,13 +235,23 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def ppocr_detector(path: str | os.PathLike | None = None) -> Detector:
+    """The bundled PP-OCRv4 DB detector (`upocr.detector`, the network RapidOCR ships) in box mode: word
+    and line quads, as an OCR pipeline crops them. No extra package (and no GUI OpenCV) needed."""
+    from upocr.detector import WordDetector
+
+    detector = WordDetector(path, shape="box")
+    return lambda image: detector.detect(image).polygons
+
+
 def rapidocr_detector() -> Detector:
     """RapidOCR's text detector (DBNet, ONNX weights shipped in its wheel): RGB -> word/line quads."""
     try:
         from rapidocr_onnxruntime import RapidOCR
     except ImportError:
         raise ImportError(
-            "the real-image benchmark's OCR detector needs rapidocr_onnxruntime: pip install 'upocr[real]'"
+            "--detector rapidocr needs rapidocr_onnxruntime: pip install --no-deps rapidocr_onnxruntime pyclipper "
+            "shapely six (or use the default --detector ppocr)"
         ) from None
     engine = RapidOCR()
 
@@ -258,6 +270,14 @@ def stroke_detector(image: np.ndarray) -> list[np.ndarray]:
     return [
         np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32) for x, y, w, h, _ in stats[1:count]
     ]
+
+
+# `upocr evaluate real --detector`: the erasure judge and the rectangles competitor, made on demand.
+REAL_DETECTORS: dict[str, Callable[[], Detector]] = {
+    "ppocr": lambda: ppocr_detector(),
+    "rapidocr": lambda: rapidocr_detector(),
+    "strokes": lambda: stroke_detector,
+}
 
 
 def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -312,6 +332,12 @@ def inside_words(removed: np.ndarray, image: np.ndarray, sample: RealSample) -> 
 
 def predictor_removal(predictor) -> RemovalMethod:
     return lambda image: predictor.predict(image, "removal").image
+
+
+def pipeline_methods(predictor, names: Sequence[str]) -> dict[str, RemovalMethod]:
+    """One removal row per pipeline name (`upocr.removal.REMOVAL_PIPELINES`): the predictor with
+    `removal=NAME`, labelled as the command line that runs it."""
+    return {f"upocr --removal {name}": predictor_removal(predictor.with_options(removal=name)) for name in names}
 
 
 def predictor_segmentation(predictor) -> SegmentationMethod:

@@ -13,6 +13,7 @@ from upocr.weights.formats import (
     CheckpointError,
     StoredConfig,
     StoredWeights,
+    bundled_inference_defaults,
     read_weights,
     safetensors_metadata,
     save_weights,
@@ -23,6 +24,7 @@ from upocr.weights.record import TrainingRecord, describe_weights, training_reco
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "CheckpointError", "InferenceDefaults", "StoredConfig",
-    "StoredWeights", "TrainingRecord", "check_finite", "check_state_fits", "describe_weights", "read_weights",
-    "safetensors_metadata", "save_weights", "short_reason", "split_legacy_fields", "torch_load_safely", "training_record",
+    "StoredWeights", "TrainingRecord", "bundled_inference_defaults", "check_finite", "check_state_fits", "describe_weights",
+    "read_weights", "safetensors_metadata", "save_weights", "short_reason", "split_legacy_fields", "torch_load_safely",
+    "training_record",
 ]  # fmt: skip

@@ -23,6 +23,7 @@ SIZE_MULTIPLE = 32
 # Weights that store no removal pipeline: the model's own text mask, filled by Telea (what every file
 # got before pipelines were stored).
 DEFAULT_REMOVAL = "telea-fill"
+DEFAULT_SEGMENTATION = "model"  # the model's own text mask
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,14 @@ class InferenceDefaults:
     these weights (`scripts/calibrate_threshold.py` sets it from a validation split).
     removal: the text-removal pipeline that suits them (`upocr.removal.REMOVAL_PIPELINES`, checked when a
     Predictor uses it): the bundled synthetic-trained weights store the one that scored best on real
-    photos; weights without the key get "telea-fill" (the model's text mask, filled by Telea)."""
+    photos; weights without the key get "telea-fill" (the model's text mask, filled by Telea).
+    segmentation: which finder decides the text mask (`upocr.removal.SEGMENTATION_FINDERS`; "model" for
+    weights without the key)."""
 
     input_size: int = ORIGINAL_INPUT_SIZE
     segmentation_threshold: float = SEGMENTATION_THRESHOLD
     removal: str = DEFAULT_REMOVAL
+    segmentation: str = DEFAULT_SEGMENTATION
 
     # The largest working resolution (also `--size`'s limit): the model's memory grows with size^2, so a
     # weights file claiming 8192 made a 160x128 image take 4.9 GB; large images are better run on tiles.
@@ -49,8 +53,9 @@ class InferenceDefaults:
             raise ValueError(f"input_size {self.input_size} is too large (at most {self.MAX_INPUT_SIZE})")
         if not 0.0 < float(self.segmentation_threshold) < 1.0:
             raise ValueError(f"segmentation_threshold must be in (0, 1), got {self.segmentation_threshold}")
-        if not isinstance(self.removal, str) or not self.removal:
-            raise ValueError(f"removal must be a pipeline name, got {self.removal!r}")
+        for key in ("removal", "segmentation"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"{key} must be a name, got {getattr(self, key)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -120,6 +120,15 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
     return header.get("__metadata__") or {}
 
 
+def bundled_inference_defaults() -> InferenceDefaults:
+    """The bundled weights' inference defaults, from the file's header alone (no tensors are read): for
+    --help texts and pages that name the default pipeline before any model is loaded."""
+    path = DEFAULT_WEIGHTS / WEIGHTS_FILE
+    metadata = safetensors_metadata(path)
+    legacy = _stored_config(metadata[CONFIG_KEY], path, CONFIG_KEY)[1] if CONFIG_KEY in metadata else {}
+    return _inference(metadata.get(INFERENCE_KEY), legacy, path, INFERENCE_KEY)
+
+
 def _read_folder(path: Path) -> StoredWeights:
     weights = path / WEIGHTS_FILE
     kind = special_file_kind(weights.stat().st_mode) if weights.exists() else None

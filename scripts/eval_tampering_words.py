@@ -1,0 +1,121 @@
+"""Score the per-word tampering classifier: held-out synthetic forgeries, real-dev genuine text, and
+copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a markdown table.
+
+    python scripts/eval_tampering_words.py --synthetic /tmp/t/test-v1:test /tmp/t/test-v2:test \
+        --real ../shared/real-dev [--classifier FILE] [--finders gt mask] [--threshold T] [--json FILE]
+
+Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
+bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
+(classes 1 and 2) of the model's own tampering output, its blobs split into words (what `detect-tampering`
+has without a word detector); `detector` = RapidOCR's PP-OCR DB
+detector quads (the optional rapidocr_onnxruntime), what a word-detector finder gives (often whole lines);
+`detector-words` = those quads split into words at blank column runs (`split_into_words`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classifier", default=None, help="classifier npz (default: the bundled one)")
+    parser.add_argument("--synthetic", nargs="*", default=[], metavar="ROOT:SPLIT")
+    parser.add_argument("--real", default=None, metavar="DIR", help="real-dev folder")
+    parser.add_argument("--finders", nargs="+", default=["gt"], choices=["gt", "mask", "model-words", "detector", "detector-words"])
+    parser.add_argument("--threshold", type=float, default=None)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--copy-move-trials", type=int, default=5)
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also score the whole detect-tampering path: Predictor(tampering='words') with the "
+                             "bundled weights and word detector")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    from upocr.evaluate.forensic import (copy_move_scores, model_text_words, pipeline_false_alarms, pipeline_scores,
+                                         real_false_alarms, synthetic_scores, text_mask_finder)
+    from upocr.evaluate.real import read_real_samples
+    from upocr.forensics.model import load_classifier
+
+    classifier = load_classifier(args.classifier)
+    threshold = classifier.threshold_probability if args.threshold is None else args.threshold
+    finders = {"gt": None}
+    if "mask" in args.finders:
+        from upocr.predict import Predictor
+
+        finders["mask"] = text_mask_finder(Predictor())
+    if "model-words" in args.finders:
+        from upocr.predict import Predictor
+
+        model = Predictor()
+        finders["model-words"] = lambda image: model_text_words(model, image)
+    if "detector" in args.finders:
+        from upocr.evaluate.real import rapidocr_detector
+
+        finders["detector"] = rapidocr_detector()
+    if "detector-words" in args.finders:
+        from upocr.evaluate.real import rapidocr_detector
+        from upocr.forensics.detect import split_into_words
+
+        lines_of = rapidocr_detector()
+        finders["detector-words"] = lambda image: split_into_words(image, lines_of(image))
+    finders = {name: finders[name] for name in args.finders}
+    results: dict = {"threshold": threshold, "synthetic": {}, "real": {}}
+    lines = [f"threshold {threshold:.4f}", "",
+             "| data | finder | images | tampered IoU | real IoU | mIoU | tampered P / R | word AUC | s/image |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for spec in args.synthetic:
+        root, _, split = spec.rpartition(":")
+        for name, finder in finders.items():
+            s = synthetic_scores(root, split, classifier, threshold=threshold, finder=finder, limit=args.limit).summary()
+            results["synthetic"][f"{root}:{split}:{name}"] = s
+            lines.append(f"| {root} ({split}) | {name} | {s['images']} | {s['tampered_iou']:.3f} | {s['real_iou']:.3f} | "
+                         f"{s['miou']:.3f} | {s['tampered_precision']:.3f} / {s['tampered_recall']:.3f} | "
+                         f"{s['word_auc']:.3f} | {s['seconds_per_image']:.3f} |")
+    pipeline = None
+    if args.pipeline:
+        from upocr.predict import Predictor
+
+        pipeline = Predictor(tampering="words", tampering_threshold=threshold, keep_output=False)
+        for spec in args.synthetic:
+            root, _, split = spec.rpartition(":")
+            s = pipeline_scores(root, split, pipeline, limit=args.limit).summary()
+            results["synthetic"][f"{root}:{split}:pipeline"] = s
+            lines.append(f"| {root} ({split}) | detect-tampering --tampering words | {s['images']} | {s['tampered_iou']:.3f} | "
+                         f"{s['real_iou']:.3f} | {s['miou']:.3f} | {s['tampered_precision']:.3f} / {s['tampered_recall']:.3f} | "
+                         f"– | {s['seconds_per_image']:.3f} |")
+    if args.real:
+        samples = read_real_samples(args.real)
+        lines += ["", "| real images | finder | false alarms (genuine text pixels flagged) | genuine words flagged | image share flagged | s/image |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, finder in finders.items():
+            scores, flagged, words = real_false_alarms(samples, classifier, threshold=threshold, finder=finder)
+            s = scores.summary()
+            results["real"][name] = {**{k: v for k, v in s.items() if k in ("false_alarms", "flagged_share", "seconds_per_image", "per_image")},
+                                     "words_flagged": flagged, "words": words}
+            word_column = f"{flagged} / {words}" if words else "–"
+            lines.append(f"| {args.real} | {name} | {s['false_alarms']:.4f} | {word_column} | {s['flagged_share']:.4f} | {s['seconds_per_image']:.3f} |")
+        if pipeline is not None:
+            s = pipeline_false_alarms(samples, pipeline).summary()
+            results["real"]["pipeline"] = {k: s[k] for k in ("false_alarms", "flagged_share", "seconds_per_image")}
+            lines.append(f"| {args.real} | detect-tampering --tampering words | {s['false_alarms']:.4f} | – | "
+                         f"{s['flagged_share']:.4f} | {s['seconds_per_image']:.3f} |")
+        lines += ["", "| constructed copy-move | forgeries | tampered IoU | mIoU | pasted fields flagged | genuine fields flagged | word AUC |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        receipts = [s for s in samples if s.kind == "docs-boxes"]
+        for label, chosen in (("receipts (docs-boxes)", receipts), ("all real-dev", samples)):
+            s = copy_move_scores(chosen, classifier, threshold=threshold, trials=args.copy_move_trials).summary()
+            results["real"][f"copy-move {label}"] = s
+            lines.append(f"| {label} | {s['forgeries']} | {s['tampered_iou']:.3f} | {s['miou']:.3f} | "
+                         f"{s['pasted_fields_flagged']:.3f} | {s['genuine_fields_flagged']:.3f} | {s['word_auc']:.3f} |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=float) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`upocr train-tampering`: train the per-word tampering classifier from synthetic forgeries."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from upocr.commands import positive
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-tampering",
+        help="train the per-word tampered-text classifier (gradient-boosted trees on forensic features)",
+        description="Measure forensic features of every ground-truth word of Tampered-IC13-layout data (e.g. "
+                    "`upocr synth --tasks tampering`, v1 and v2), train gradient-boosted trees, choose the "
+                    "threshold on held-back images for a false-alarm rate, and write the classifier (npz, no "
+                    "pickle) with its training record. See docs/tampering.md.",
+    )
+    parser.add_argument("--data", nargs="+", required=True, metavar="DATA_ROOT", help="data roots (synth output)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="classifier file to write (.npz)")
+    parser.add_argument("--split", default="train", choices=["train", "test"], help="split to train on (default train)")
+    parser.add_argument("--false-alarm-rate", type=positive(float), default=0.01, metavar="R",
+                        help="share of genuine validation words the threshold may flag (default 0.01)")
+    parser.add_argument("--validation-share", type=positive(float), default=0.2, metavar="S",
+                        help="share of images held back to choose the threshold (default 0.2)")
+    parser.add_argument("--max-iter", type=positive(int), default=300, help="boosting iterations at most (default 300)")
+    parser.add_argument("--limit", type=positive(int), default=None, help="use only the first N images")
+    parser.add_argument("--features", default=None, metavar="FILE",
+                        help="feature cache (npz): read from it when it exists, else measure and write it")
+    parser.add_argument("--detector-every", type=int, default=0, metavar="K",
+                        help="every K-th image also adds the regions RapidOCR's PP-OCR detector finds there, split "
+                             "into words and labelled by their overlap with tampered boxes (needs the optional rapidocr_onnxruntime), "
+                             "so the trees also learn a finder's regions; 0 = off (default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from upocr.data.layouts import LayoutError
+    from upocr.forensics.train import train_classifier
+
+    if not 0 < args.false_alarm_rate < 1 or not 0 < args.validation_share < 1:
+        print("upocr train-tampering: error: --false-alarm-rate and --validation-share must be between 0 and 1",
+              file=sys.stderr)
+        return 2
+    finder = None
+    try:
+        if args.detector_every > 0:
+            from upocr.evaluate.real import rapidocr_detector
+            from upocr.forensics.detect import split_into_words
+
+            detect_lines = rapidocr_detector()
+
+            def finder(image):
+                return split_into_words(image, detect_lines(image))
+
+        ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
+                                    false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
+                                    max_iter=args.max_iter, seed=args.seed,
+                                    features_file=args.features, finder=finder, finder_every=args.detector_every)
+    except (LayoutError, ValueError, OSError, ImportError) as error:
+        print(f"upocr train-tampering: error: {error}", file=sys.stderr)
+        return 2
+    record = ensemble.record
+    print(json.dumps({key: record[key] for key in ("images", "words", "tampered_words", "iterations", "threshold",
+                                                     "validation", "total_seconds")}, indent=1))
+    print(f"wrote {args.out}")
+    return 0

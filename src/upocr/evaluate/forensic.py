@@ -1,0 +1,217 @@
+"""Scores of the per-word tampering classifier (`upocr.forensics`): held-out synthetic forgeries, real
+photos' genuine text, and copy-moved fields constructed from real photos.
+
+* Synthetic (Tampered-IC13 layout): the original's pixel confusion matrix (`ConfusionMatrix(3)`, ground
+  truth = the boxes drawn by `read_tampering_label`), tampered IoU and mIoU, plus word-level AUC.
+  Word regions come from a finder: `gt` (the ground-truth boxes: the classifier alone) or `mask` (the
+  model's text mask grouped into words: the whole pipeline).
+* Real (real-dev layout): false alarms = share of genuine word-polygon pixels classified tampered
+  (as `upocr.evaluate.real.score_tampering` counts them).
+* Constructed copy-move (`copy_move_forgery`): one annotated field of a real photo copied over another
+  field of about its height (the target first erased with Telea, as a clone tool would), saved again as
+  JPEG; tampered IoU over the annotated polygons (genuine 1, the pasted field 2).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from upocr.data.layouts import read_tampering_boxes, read_tampering_label, tampering_samples
+from upocr.data.synth.tampering import jpeg_roundtrip
+from upocr.evaluate.confusion import ConfusionMatrix
+from upocr.evaluate.real import MethodScores, RealSample, polygon_mask, score_tampering
+from upocr.forensics.detect import classify_regions, regions_from_text_mask, split_into_words
+from upocr.forensics.model import TreeEnsemble
+from upocr.forensics.train import roc_auc
+from upocr.io import read_image
+
+Finder = Callable[[np.ndarray], list]  # RGB image -> word regions
+
+
+def text_mask_finder(predictor) -> Finder:
+    """Regions from the model's text segmentation, grouped into words."""
+    return lambda image: regions_from_text_mask(predictor.predict(image, "segmentation").mask)
+
+
+def model_text_words(predictor, image: np.ndarray) -> list[np.ndarray]:
+    """Regions from the model's tampering output: its text (real or tampered) blobs, split into words."""
+    classes = predictor.predict(image, "tampering").classes
+    count, _, stats, _ = cv2.connectedComponentsWithStats((classes > 0).astype(np.uint8), connectivity=8)
+    blobs = [np.array([x, y, x + w - 1, y + h - 1], np.float32) for x, y, w, h, _ in stats[1:count]]
+    return split_into_words(image, blobs)
+
+
+@dataclass
+class ForensicScores:
+    matrix: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(3))
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    images: int = 0
+
+    def summary(self) -> dict:
+        scores = self.matrix.compute()
+        probabilities = np.concatenate(self.probabilities) if self.probabilities else np.zeros(0)
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0)
+        return {
+            "images": self.images, "tampered_iou": scores["tampered"]["iou"], "real_iou": scores["real"]["iou"],
+            "miou": scores["miou"], "tampered_precision": scores["tampered"]["precision"],
+            "tampered_recall": scores["tampered"]["recall"],
+            "word_auc": roc_auc(probabilities, labels) if labels.size else float("nan"),
+            "seconds_per_image": float(np.mean(self.seconds)) if self.seconds else float("nan"),
+        }
+
+
+def synthetic_scores(root: str | Path, split: str, classifier: TreeEnsemble, *, threshold: float | None = None,
+                     finder: Finder | None = None, limit: int | None = None, progress: bool = True) -> ForensicScores:
+    """Score `split` of a Tampered-IC13-layout root; `finder` None = the ground-truth boxes."""
+    scores = ForensicScores()
+    samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
+    for sample in tqdm(samples, desc=f"tampering {Path(root).name}", unit="image", disable=not progress):
+        image = read_image(sample.image)
+        gt = read_tampering_label(sample.gt, image.shape[:2])
+        boxes = read_tampering_boxes(sample.gt)
+        started = time.perf_counter()
+        regions = [box[:4] for box in boxes] if finder is None else finder(image)
+        result = classify_regions(image, regions, threshold=threshold, classifier=classifier)
+        scores.seconds.append(time.perf_counter() - started)
+        scores.matrix.update(gt, result.classes)
+        scores.images += 1
+        if finder is None:
+            scores.probabilities.append(result.probabilities)
+            scores.labels.append(np.array([box[4] == 2 for box in boxes], np.int8))
+    return scores
+
+
+def real_false_alarms(samples: Sequence[RealSample], classifier: TreeEnsemble, *, threshold: float | None = None,
+                      finder: Finder | None = None, progress: bool = True) -> tuple[MethodScores, int, int]:
+    """Genuine-text false alarms on real photos; `finder` None = the annotated polygons. Returns the
+    pixel scores and, with the annotated polygons, (genuine words flagged, genuine words)."""
+    scores = MethodScores()
+    words_flagged = words = 0
+    for sample in tqdm(samples, desc="real images", unit="image", disable=not progress):
+        if not sample.words:
+            continue
+        image = read_image(sample.image)
+        started = time.perf_counter()
+        regions = list(sample.words) if finder is None else finder(image)
+        result = classify_regions(image, regions, threshold=threshold, classifier=classifier)
+        scores.seconds.append(time.perf_counter() - started)
+        score_tampering(scores, sample, result.classes)
+        if finder is None:
+            genuine = ~np.array(sample.tampered, bool)
+            words += int(genuine.sum())
+            words_flagged += int((result.probabilities[genuine] > result.threshold).sum())
+    return scores, words_flagged, words
+
+
+def copy_move_forgery(image: np.ndarray, words: Sequence[np.ndarray], rng: np.random.Generator,
+                      ) -> tuple[np.ndarray, list[np.ndarray], list[bool]] | None:
+    """Copy one field over another of about its height; (forged image, polygons, tampered flags) or None
+    when no pair of fields fits. The covered field leaves the annotation; the pasted one is tampered."""
+    height, width = image.shape[:2]
+    boxes = [(*np.floor(w.min(0)).astype(int), *np.ceil(w.max(0)).astype(int)) for w in words]
+    heights = np.array([b[3] - b[1] + 1 for b in boxes])
+    pairs = [(a, b) for a in range(len(words)) for b in range(len(words))
+             if a != b and heights[a] >= 6 and abs(heights[a] - heights[b]) <= 0.25 * heights[b]]
+    if not pairs:
+        return None
+    source, target = pairs[int(rng.integers(len(pairs)))]
+    sx1, sy1, sx2, sy2 = boxes[source]
+    tx1, ty1, tx2, ty2 = boxes[target]
+    patch = image[max(sy1, 0):sy2 + 1, max(sx1, 0):sx2 + 1]
+    ph, pw = patch.shape[:2]
+    top = int(np.clip(round((ty1 + ty2) / 2 - ph / 2), 0, height - ph))
+    left = int(np.clip(tx1, 0, width - pw))
+    erase = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(erase, [np.round(words[target]).astype(np.int32)], 255)
+    erase = cv2.dilate(erase, np.ones((5, 5), np.uint8))
+    forged = cv2.inpaint(np.ascontiguousarray(image), erase, 3, cv2.INPAINT_TELEA)
+    forged[top:top + ph, left:left + pw] = patch
+    pasted = np.array([[left, top], [left + pw - 1, top], [left + pw - 1, top + ph - 1], [left, top + ph - 1]], np.float32)
+    forged = jpeg_roundtrip(forged, int(rng.integers(75, 96)))
+    # The annotation after the edit: the covered field is gone; fields the patch overlaps lose those pixels.
+    kept = [w for i, w in enumerate(words) if i != target]
+    return forged, [*kept, pasted], [False] * len(kept) + [True]
+
+
+@dataclass
+class CopyMoveScores:
+    matrix: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(3))
+    forgeries: int = 0
+    pasted_probabilities: list[float] = field(default_factory=list)
+    genuine_probabilities: list[float] = field(default_factory=list)
+    threshold: float = float("nan")
+
+    def summary(self) -> dict:
+        scores = self.matrix.compute()
+        pasted = np.array(self.pasted_probabilities)
+        genuine = np.array(self.genuine_probabilities)
+        return {
+            "forgeries": self.forgeries, "tampered_iou": scores["tampered"]["iou"], "miou": scores["miou"],
+            "pasted_fields_flagged": float((pasted > self.threshold).mean()) if pasted.size else float("nan"),
+            "genuine_fields_flagged": float((genuine > self.threshold).mean()) if genuine.size else float("nan"),
+            "word_auc": roc_auc(np.concatenate([pasted, genuine]),
+                                np.concatenate([np.ones(pasted.size), np.zeros(genuine.size)])),
+        }
+
+
+def copy_move_scores(samples: Sequence[RealSample], classifier: TreeEnsemble, *, threshold: float | None = None,
+                     trials: int = 5, seed: int = 0, progress: bool = True) -> CopyMoveScores:
+    """`trials` constructed copy-moves per real image, scored over the annotated polygons (oracle finder)."""
+    scores = CopyMoveScores(threshold=classifier.threshold_probability if threshold is None else float(threshold))
+    for index, sample in enumerate(tqdm(samples, desc="copy-move", unit="image", disable=not progress)):
+        if len(sample.words) < 2:
+            continue
+        image = read_image(sample.image)
+        for trial in range(trials):
+            rng = np.random.default_rng([seed, index, trial])
+            made = copy_move_forgery(image, sample.words, rng)
+            if made is None:
+                break
+            forged, polygons, tampered = made
+            gt = np.zeros(forged.shape[:2], np.uint8)
+            gt[polygon_mask([p for p, t in zip(polygons, tampered) if not t], gt.shape)] = 1
+            gt[polygon_mask([p for p, t in zip(polygons, tampered) if t], gt.shape)] = 2
+            result = classify_regions(forged, polygons, threshold=scores.threshold, classifier=classifier)
+            scores.matrix.update(gt, result.classes)
+            scores.forgeries += 1
+            for probability, flag in zip(result.probabilities, tampered):
+                (scores.pasted_probabilities if flag else scores.genuine_probabilities).append(float(probability))
+    return scores
+
+
+def pipeline_scores(root: str | Path, split: str, predictor, *, limit: int | None = None,
+                    progress: bool = True) -> ForensicScores:
+    """The whole `detect-tampering` path (`predictor.predict(image, "tampering").classes`) on a
+    Tampered-IC13-layout split, e.g. with `Predictor(tampering="words")`."""
+    scores = ForensicScores()
+    samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
+    for sample in tqdm(samples, desc=f"pipeline {Path(root).name}", unit="image", disable=not progress):
+        image = read_image(sample.image)
+        started = time.perf_counter()
+        classes = predictor.predict(image, "tampering").classes
+        scores.seconds.append(time.perf_counter() - started)
+        scores.matrix.update(read_tampering_label(sample.gt, image.shape[:2]), classes)
+        scores.images += 1
+    return scores
+
+
+def pipeline_false_alarms(samples: Sequence[RealSample], predictor, *, progress: bool = True) -> MethodScores:
+    """Genuine-text false alarms of the whole `detect-tampering` path on real photos."""
+    scores = MethodScores()
+    for sample in tqdm(samples, desc="pipeline real", unit="image", disable=not progress):
+        if sample.words:
+            image = read_image(sample.image)
+            started = time.perf_counter()
+            classes = predictor.predict(image, "tampering").classes
+            scores.seconds.append(time.perf_counter() - started)
+            score_tampering(scores, sample, classes)
+    return scores

@@ -1,0 +1,150 @@
+"""The word classifier: a gradient-boosted tree ensemble stored as plain arrays (npz) and evaluated in numpy.
+
+No pickle: the file holds the flattened trees (one row per node: feature, threshold, where missing
+values go, children, leaf value), the feature names the trees were trained on, the decision threshold
+and the training record (JSON text). `np.load(..., allow_pickle=False)` reads it.
+
+Probability = sigmoid(baseline + sum of the leaf values reached), as scikit-learn's
+HistGradientBoostingClassifier computes it for two classes (tested to agree with it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from upocr.utils import atomic_output
+
+FORMAT = "upocr-tampering-trees-1"
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "tampering-words.npz"
+
+
+class ClassifierError(ValueError):
+    """A classifier file that cannot be used (one line naming the file)."""
+
+
+@dataclass
+class TreeEnsemble:
+    """Flattened binary trees. Node arrays are parallel; `left`/`right` index into them (absolute)."""
+
+    feature: np.ndarray  # int32 per node (-1 at leaves)
+    threshold: np.ndarray  # float64: go left when x <= threshold
+    missing_left: np.ndarray  # bool: where NaN goes
+    left: np.ndarray  # int32
+    right: np.ndarray  # int32
+    leaf: np.ndarray  # bool
+    value: np.ndarray  # float64 leaf values (raw score units)
+    roots: np.ndarray  # int32 root node of each tree
+    baseline: float
+    feature_names: tuple[str, ...]
+    threshold_probability: float = 0.5  # the decision threshold chosen on validation data
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return int(self.record.get("max_depth_reached", 0)) or 64
+
+    def raw_score(self, features: np.ndarray) -> np.ndarray:
+        """(N, F) features -> (N,) log-odds."""
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected (N, {len(self.feature_names)}) features, got {features.shape}")
+        count = features.shape[0]
+        if count == 0 or len(self.roots) == 0:
+            return np.full(count, self.baseline)
+        node = np.broadcast_to(self.roots, (count, len(self.roots))).copy()
+        rows = np.arange(count)[:, None]
+        for _ in range(self.depth + 1):
+            at_leaf = self.leaf[node]
+            if at_leaf.all():
+                break
+            x = features[rows, np.maximum(self.feature[node], 0)]
+            go_left = np.where(np.isnan(x), self.missing_left[node], x <= self.threshold[node])
+            node = np.where(at_leaf, node, np.where(go_left, self.left[node], self.right[node]))
+        return self.baseline + self.value[node].sum(axis=1)
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """(N, F) features -> (N,) probability that each word is tampered."""
+        return 1.0 / (1.0 + np.exp(-self.raw_score(features)))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        arrays = {
+            "format": np.array(FORMAT), "feature": self.feature, "threshold": self.threshold,
+            "missing_left": self.missing_left, "left": self.left, "right": self.right, "leaf": self.leaf,
+            "value": self.value, "roots": self.roots, "baseline": np.array(self.baseline),
+            "feature_names": np.array(self.feature_names), "threshold_probability": np.array(self.threshold_probability),
+            "record": np.array(json.dumps(self.record, sort_keys=True)),
+        }
+        with atomic_output(path) as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+        return path
+
+
+def load_classifier(path: str | Path | None = None) -> TreeEnsemble:
+    """Read a classifier file (default: the bundled one). ClassifierError when unusable."""
+    path = Path(path) if path is not None else DEFAULT_CLASSIFIER
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["format"]) != FORMAT:
+                raise ClassifierError(f"{path}: not a {FORMAT} file (format {str(data['format'])!r})")
+            ensemble = TreeEnsemble(
+                feature=data["feature"].astype(np.int32), threshold=data["threshold"].astype(np.float64),
+                missing_left=data["missing_left"].astype(bool), left=data["left"].astype(np.int32),
+                right=data["right"].astype(np.int32), leaf=data["leaf"].astype(bool),
+                value=data["value"].astype(np.float64), roots=data["roots"].astype(np.int32),
+                baseline=float(data["baseline"]), feature_names=tuple(str(n) for n in data["feature_names"]),
+                threshold_probability=float(data["threshold_probability"]), record=json.loads(str(data["record"])),
+            )
+    except FileNotFoundError:
+        raise ClassifierError(f"{path}: no such file") from None
+    except ClassifierError:
+        raise
+    except (OSError, ValueError, KeyError) as error:
+        raise ClassifierError(f"{path}: not a readable tampering classifier ({error})") from None
+    nodes = len(ensemble.feature)
+    if not all(len(a) == nodes for a in (ensemble.threshold, ensemble.missing_left, ensemble.left, ensemble.right,
+                                          ensemble.leaf, ensemble.value)):
+        raise ClassifierError(f"{path}: node arrays differ in length")
+    inner = ~ensemble.leaf
+    if nodes and (ensemble.roots.max(initial=0) >= nodes or (inner.any() and (
+            ensemble.left[inner].max() >= nodes or ensemble.right[inner].max() >= nodes
+            or ensemble.feature[inner].max() >= len(ensemble.feature_names)))):
+        raise ClassifierError(f"{path}: tree indices out of range")
+    return ensemble
+
+
+def from_sklearn(model, feature_names: tuple[str, ...], threshold_probability: float, record: dict[str, Any]) -> TreeEnsemble:
+    """Flatten a fitted binary HistGradientBoostingClassifier (numeric features only)."""
+    if getattr(model, "n_trees_per_iteration_", 1) != 1:
+        raise ValueError("only two-class models can be exported")
+    feature, threshold, missing_left, left, right, leaf, value, roots = ([] for _ in range(8))
+    offset = 0
+    depth = 0
+    for (predictor,) in model._predictors:
+        nodes = predictor.nodes
+        if np.any(nodes["is_categorical"]):
+            raise ValueError("categorical splits are not supported by the exported format")
+        roots.append(offset)
+        is_leaf = nodes["is_leaf"].astype(bool)
+        feature.append(np.where(is_leaf, -1, nodes["feature_idx"]).astype(np.int32))
+        threshold.append(nodes["num_threshold"].astype(np.float64))
+        missing_left.append(nodes["missing_go_to_left"].astype(bool))
+        left.append(np.where(is_leaf, 0, nodes["left"] + offset).astype(np.int32))
+        right.append(np.where(is_leaf, 0, nodes["right"] + offset).astype(np.int32))
+        leaf.append(is_leaf)
+        value.append(np.where(is_leaf, nodes["value"], 0.0).astype(np.float64))
+        depth = max(depth, int(nodes["depth"].max()))
+        offset += len(nodes)
+    record = {**record, "max_depth_reached": depth}
+    return TreeEnsemble(
+        feature=np.concatenate(feature), threshold=np.concatenate(threshold), missing_left=np.concatenate(missing_left),
+        left=np.concatenate(left), right=np.concatenate(right), leaf=np.concatenate(leaf), value=np.concatenate(value),
+        roots=np.asarray(roots, np.int32), baseline=float(np.ravel(model._baseline_prediction)[0]),
+        feature_names=tuple(feature_names), threshold_probability=float(threshold_probability), record=record,
+    )

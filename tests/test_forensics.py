@@ -1,0 +1,230 @@
+"""upocr.forensics: per-word tampering features, the npz tree classifier and the class map."""
+
+from __future__ import annotations
+
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from upocr.forensics.detect import classify_regions, regions_from_text_mask, score_words
+from upocr.forensics.features import FEATURE_NAMES, word_features
+from upocr.forensics.model import ClassifierError, TreeEnsemble, from_sklearn, load_classifier
+
+sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
+
+
+def page(rng: np.random.Generator, words: int = 6) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A noisy grey page with `words` black words in two lines, saved once as JPEG (quality 80)."""
+    image = np.clip(rng.normal(200, 4, (120, 360, 3)), 0, 255).astype(np.uint8)
+    boxes = []
+    for i in range(words):
+        x, y = 10 + (i % 3) * 115, 45 + (i // 3) * 50
+        cv2.putText(image, "word%d" % i, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (20, 20, 20), 2, cv2.LINE_AA)
+        boxes.append((x - 2, y - 24, x + 100, y + 6))
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return cv2.imdecode(data, cv2.IMREAD_COLOR), boxes
+
+
+def test_exported_trees_predict_what_sklearn_predicts(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(600, len(FEATURE_NAMES)))
+    features[rng.random(features.shape) < 0.1] = np.nan  # missing values take the learned side
+    labels = ((np.nan_to_num(features[:, 0]) + 0.5 * np.nan_to_num(features[:, 3]) > 0.3)).astype(int)
+    model = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=25, random_state=0).fit(features, labels)
+    ensemble = from_sklearn(model, FEATURE_NAMES, 0.7, {"note": "test"})
+    expected = model.predict_proba(features)[:, 1]
+    np.testing.assert_allclose(ensemble.probability(features), expected, rtol=0, atol=1e-9)
+    path = ensemble.save(tmp_path / "c.npz")
+    loaded = load_classifier(path)
+    np.testing.assert_allclose(loaded.probability(features), expected, rtol=0, atol=1e-9)
+    assert loaded.threshold_probability == 0.7 and loaded.record["note"] == "test"
+    with zipfile.ZipFile(path) as archive:  # plain arrays only: readable without pickle
+        for name in archive.namelist():
+            np.load(archive.open(name), allow_pickle=False)
+
+
+def test_unusable_classifier_files_are_refused_in_one_line(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ClassifierError, match="junk.npz: not a readable tampering classifier"):
+        load_classifier(tmp_path / "junk.npz")
+    with pytest.raises(ClassifierError, match="no such file"):
+        load_classifier(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", format=np.array("something else"))
+    with pytest.raises(ClassifierError, match="not a upocr-tampering-trees-1 file"):
+        load_classifier(tmp_path / "other.npz")
+
+
+def test_features_single_out_the_word_with_another_history():
+    rng = np.random.default_rng(1)
+    image, boxes = page(rng)
+    # Forge word 4: smooth its region (a blurred, noise-free retype) as an editor would leave it.
+    x1, y1, x2, y2 = boxes[4]
+    forged = image.copy()
+    forged[y1:y2 + 1, x1:x2 + 1] = cv2.GaussianBlur(image[y1:y2 + 1, x1:x2 + 1], (0, 0), 1.2)
+    features = word_features(forged[..., ::-1].copy(), boxes)
+    assert features.shape == (len(boxes), len(FEATURE_NAMES))
+    noise_z = features[:, FEATURE_NAMES.index("noise_bg_z")]
+    sharp_dev = features[:, FEATURE_NAMES.index("sharpness_dev")]
+    assert np.argmin(noise_z) == 4 and noise_z[4] < -2  # smoother background than every other word
+    assert np.argmin(sharp_dev) == 4
+    twin = features[:, FEATURE_NAMES.index("twin")]
+    assert np.all(twin < 0.99)  # no copy-move here
+
+
+def test_a_copied_word_has_a_twin_and_tiny_regions_are_missing_not_errors():
+    rng = np.random.default_rng(2)
+    image, boxes = page(rng)
+    x1, y1, x2, y2 = boxes[0]
+    image[y1:y2 + 1, x1 + 230:x2 + 231] = image[y1:y2 + 1, x1:x2 + 1]  # copy word 0 over word 2
+    boxes[2] = (x1 + 230, y1, x2 + 230, y2)
+    features = word_features(image[..., ::-1].copy(), [*boxes, (5, 5, 6, 6)])
+    twin = features[:, FEATURE_NAMES.index("twin")]
+    assert twin[0] > 0.99 and twin[2] > 0.99 and twin[1] < 0.99
+    assert np.isnan(features[-1, FEATURE_NAMES.index("noise_bg")])
+
+
+def stump(feature: str, split: float) -> TreeEnsemble:
+    """One tree: log-odds -2 when feature <= split, +2 above (and for missing values: -2)."""
+    return TreeEnsemble(
+        feature=np.array([FEATURE_NAMES.index(feature), -1, -1], np.int32), threshold=np.array([split, 0, 0], float),
+        missing_left=np.array([True, False, False]), left=np.array([1, 0, 0], np.int32),
+        right=np.array([2, 0, 0], np.int32), leaf=np.array([False, True, True]), value=np.array([0, -2.0, 2.0]),
+        roots=np.array([0], np.int32), baseline=0.0, feature_names=FEATURE_NAMES, threshold_probability=0.5,
+        record={"max_depth_reached": 1})
+
+
+def test_class_map_paints_each_region_by_its_probability():
+    rng = np.random.default_rng(3)
+    image, boxes = page(rng)
+    classifier = stump("log_height", np.log(29.5))  # boxes are 31 px high: one taller region is "tampered"
+    boxes[5] = (boxes[5][0], boxes[5][1] - 4, boxes[5][2], boxes[5][3])
+    result = classify_regions(image[..., ::-1].copy(), boxes, classifier=classifier)
+    np.testing.assert_allclose(result.probabilities, 1 / (1 + np.exp(-2)))
+    assert set(np.unique(result.classes)) == {0, 2}
+    stricter = classify_regions(image[..., ::-1].copy(), boxes, classifier=stump("log_height", 3.45))
+    x1, y1, x2, y2 = boxes[5]
+    assert stricter.classes[y1 + 2, x1 + 2] == 2 and stricter.classes[boxes[0][1] + 2, boxes[0][0] + 2] == 1
+    assert stricter.classes[0, 0] == 0
+    words = stricter.words()
+    assert [w["tampered"] for w in words] == [False] * 5 + [True] and words[5]["box"] == list(boxes[5])
+    assert len(score_words(image, [], classifier)) == 0
+
+
+def test_text_mask_components_are_grouped_into_words():
+    mask = np.zeros((60, 200), np.uint8)
+    for x in (10, 22, 34):  # three letters, 4 px apart: one word
+        mask[20:36, x:x + 8] = 1
+    for x in (120, 132):  # a second word, far to the right
+        mask[20:36, x:x + 8] = 1
+    mask[50, 5] = 1  # a speck
+    boxes = regions_from_text_mask(mask)
+    assert [list(b) for b in boxes] == [[10, 20, 41, 35], [120, 20, 139, 35]]
+    assert regions_from_text_mask(np.zeros((10, 10), bool)) == []
+
+
+def test_median_of_the_other_words_matches_the_direct_computation():
+    from upocr.forensics.features import _median_of_others
+
+    rng = np.random.default_rng(4)
+    for count in (1, 2, 3, 4, 7, 20):
+        values = rng.normal(size=(count, 5)).astype(np.float32)
+        values[rng.random(values.shape) < 0.3] = np.nan
+        expected = np.full(values.shape, np.nan, np.float32)
+        for i in range(count):
+            others = np.delete(values, i, axis=0)
+            for j in range(5):
+                column = others[:, j][~np.isnan(others[:, j])]
+                if column.size:
+                    expected[i, j] = np.median(column)
+        np.testing.assert_allclose(_median_of_others(values), expected, rtol=1e-6, equal_nan=True)
+
+
+def test_threshold_keeps_the_false_alarm_rate_and_auc_counts_ties_half():
+    from upocr.forensics.train import roc_auc, threshold_for_false_alarms
+
+    probabilities = np.linspace(0, 1, 201)
+    labels = np.zeros(201, int)
+    threshold = threshold_for_false_alarms(probabilities, labels, 0.05)
+    assert (probabilities > threshold).mean() <= 0.05 and (probabilities >= threshold).mean() > 0.05
+    assert roc_auc(np.array([0.1, 0.9, 0.5, 0.5]), np.array([0, 1, 0, 1])) == pytest.approx(0.875)
+
+
+def test_constructed_copy_move_pastes_one_field_over_another():
+    from upocr.evaluate.forensic import copy_move_forgery
+
+    image, boxes = page(np.random.default_rng(5))
+    image = image[..., ::-1].copy()
+    words = [np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32) for x1, y1, x2, y2 in boxes]
+    forged, polygons, tampered = copy_move_forgery(image, words, np.random.default_rng(0))
+    assert tampered.count(True) == 1 and tampered[-1] and len(polygons) == len(words)
+    x1, y1 = polygons[-1].min(0).astype(int)
+    x2, y2 = polygons[-1].max(0).astype(int)
+    pasted = forged[y1:y2 + 1, x1:x2 + 1].astype(int)
+    sources = [image[b[1]:b[3] + 1, b[0]:b[2] + 1].astype(int) for b in boxes]
+    # The pasted patch is one of the other fields (up to the JPEG re-save).
+    assert min(np.abs(pasted - s).mean() for s in sources if s.shape == pasted.shape) < 4
+
+
+def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, capsys):
+    from upocr.cli import main
+    from upocr.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "data", count=12, seed=3, size=128, tasks=["tampering"], workers=1, progress=False)
+    out = tmp_path / "words.npz"
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--max-iter", "5",
+                 "--validation-share", "0.5", "--features", str(tmp_path / "features.npz")]) == 0
+    classifier = load_classifier(out)
+    record = classifier.record
+    assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
+    assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
+    assert (tmp_path / "features.npz").is_file()
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
+    assert "must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_found_regions_are_labelled_by_their_share_in_tampered_boxes():
+    from upocr.forensics.train import found_region_labels
+
+    boxes = [(10, 10, 49, 29, 2), (60, 10, 99, 29, 1)]
+    regions = [np.array([12, 10, 47, 29]), np.array([60, 10, 99, 29]), np.array([30, 10, 89, 29]),
+               np.array([150, 50, 170, 60])]
+    assert found_region_labels(regions, boxes, (100, 200)).tolist() == [1, 0, -1, 0]
+
+
+def test_line_regions_are_split_into_words_at_wide_gaps():
+    from upocr.forensics.detect import split_into_words
+
+    image = np.full((40, 200, 3), 230, np.uint8)
+    for x in (10, 18, 26):  # word 1: letters 3 px apart
+        image[10:30, x:x + 5] = 20
+    for x in (70, 78):  # word 2, 39 px further
+        image[10:30, x:x + 5] = 20
+    words = split_into_words(image, [np.array([5, 8, 90, 31])])
+    assert [w.astype(int).tolist() for w in words] == [[5, 8, 30, 31], [70, 8, 90, 31]]
+
+
+def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, tmp_path):
+    import json
+
+    from upocr.cli import main
+    from upocr.predict import Predictor
+
+    image, _ = page(np.random.default_rng(6))
+    image = image[..., ::-1].copy()
+    predictor = Predictor(weights=tiny_weights, size=64, tile=None, tampering="words")
+    found = predictor.predict(image, "tampering")
+    assert found.words and set(found.words[0]) == {"box", "polygon", "probability", "tampered"}
+    x1, y1, x2, y2 = found.words[0]["box"]
+    assert found.classes[(y1 + y2) // 2, (x1 + x2) // 2] in (1, 2) and found.classes[0, 0] == 0
+    everything = predictor.with_options(tampering_threshold=0.0).predict(image, "tampering")
+    assert all(word["tampered"] for word in everything.words) and set(np.unique(everything.classes)) == {0, 2}
+    assert predictor.with_options(tampering="model").predict(image, "tampering").words is None
+    cv2.imwrite(str(tmp_path / "page.png"), image[..., ::-1])
+    assert main(["detect-tampering", str(tmp_path / "page.png"), "-o", str(tmp_path / "out"), "--weights",
+                 str(tiny_weights), "--size", "64", "--tampering", "words", "--tampering-threshold", "0.5",
+                 "--regions"]) == 0
+    written = json.loads((tmp_path / "out" / "page_regions.json").read_text())
+    assert len(written["words"]) == len(found.words)
+    assert [w["tampered"] for w in written["words"]] == [w["probability"] > 0.5 for w in written["words"]]
