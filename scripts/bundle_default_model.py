@@ -15,19 +15,19 @@ from pathlib import Path
 import torch
 
 from upocr.model.checkpoint import load_model, save_pretrained
-from upocr.weights import DEFAULT_WEIGHTS, CheckpointError, training_record, training_stages
+from upocr.weights import DEFAULT_WEIGHTS, CheckpointError, TrainingRecord, training_record
 
 
-def complete_init_records(record: dict) -> None:
+def complete_init_records(record: TrainingRecord) -> None:
     """A run that started from other weights (`init`) keeps their record as `init_record`, and so on down
     the chain of stages: the bundle travels without the earlier weights. Links already filled (say, by a
     bundle made on another machine) stay; a missing one is read from the `init` path where it exists."""
     for _ in range(64):  # a chain of stages; never follow a cycle of init paths for ever
-        last = training_stages(record)[-1]
-        earlier = training_record(last["init"]) if last.get("init") else None
-        if not earlier:
+        last = record.stages()[-1]
+        earlier = training_record(last.init) if last.init else None
+        if earlier is None:
             return
-        last["init_record"] = earlier
+        last.init_record = earlier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    record = training_record(args.weights) or {"trained": False, "note": "no training record"}
+    record = training_record(args.weights) or TrainingRecord(trained=False, note="no training record")
     complete_init_records(record)
-    save_pretrained(model, args.out, dtype=torch.float16, training=record)
+    save_pretrained(model, args.out, dtype=torch.float16, training=record.to_dict())
     size = (args.out / "model.safetensors").stat().st_size
-    print(f"bundled {args.weights} -> {args.out} ({size / 1e6:.1f} MB, fp16); record: {record}")
+    print(f"bundled {args.weights} -> {args.out} ({size / 1e6:.1f} MB, fp16); record: {record.describe()}")
     return 0
 
 

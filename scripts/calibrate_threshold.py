@@ -23,7 +23,7 @@ from upocr.evaluate.confusion import ConfusionMatrix, segmentation_scores
 from upocr.io import read_image
 from upocr.model.checkpoint import load_model, save_pretrained
 from upocr.predict import Predictor
-from upocr.weights import training_record
+from upocr.weights import TrainingRecord, training_record
 
 CANDIDATES = np.round(np.arange(0.05, 0.501, 0.025), 3)
 
@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         import dataclasses
 
         model.inference = dataclasses.replace(model.inference, segmentation_threshold=best)
-        record = training_record(args.weights) or {}
-        record["segmentation_threshold_from"] = f"{args.split} split, {len(samples)} images, fgIoU {ious[best]:.4f}"
-        save_pretrained(model, args.weights, training=record)
+        record = training_record(args.weights) or TrainingRecord()
+        record.segmentation_threshold_from = f"{args.split} split, {len(samples)} images, fgIoU {ious[best]:.4f}"
+        save_pretrained(model, args.weights, training=record.to_dict())
         print(f"stored segmentation_threshold={best} in {args.weights}")
     return 0
 

@@ -41,8 +41,8 @@ def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypa
     assert json.loads((first / "summary.json").read_text())["step"] == 2
     assert cli_main(["train", "--config", str(RECIPE_STAGE2), *short, "--output", str(second), "--init", str(first / "model")]) == 0
     record = training_record(second / "model")
-    assert record["trained"] and record["steps"] == 2 and record["input_size"] == 64 and record["init"] == str(first / "model")
-    assert record["config"] == "small + image_skip=True, removal_residual=True"
+    assert record.trained and record.steps == 2 and record.input_size == 64 and record.init == str(first / "model")
+    assert record.config == "small + image_skip=True, removal_residual=True"
     continued = upocr.load_model(second / "model")
     assert continued.config.image_skip and continued.config.removal_residual
     # Stages 3 and 4 continue the previous stage's weights with the same architecture.
@@ -53,7 +53,7 @@ def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypa
         out_dir = tmp_path / f"stage{number}"
         assert cli_main(["train", "--config", str(path), *short, "--batch-per-task", "1", "--output", str(out_dir),
                          "--init", str(previous / "model")]) == 0  # fmt: skip
-        assert training_record(out_dir / "model")["init"] == str(previous / "model")
+        assert training_record(out_dir / "model").init == str(previous / "model")
         previous, previous_config = out_dir, stage
     # The bundling step of the recipe: an fp16 copy that loads back as the same architecture and carries
     # every stage's record, down to stage 1.
@@ -61,10 +61,8 @@ def test_recorded_recipe_retrains_and_bundles(tmp_path, tiny_data_root, monkeypa
     _run_script(monkeypatch, "bundle_default_model.py", str(previous / "model"), "--out", str(out))
     bundled = upocr.load_model(out)
     assert bundled.inference.input_size == 64 and bundled.config == continued.config
-    record, depth = training_record(out), 1
-    while record.get("init_record"):
-        record, depth = record["init_record"], depth + 1
-    assert depth == 4 and record["init"] is None and record["config"] == "small"
+    stages = training_record(out).stages()
+    assert len(stages) == 4 and stages[-1].init is None and stages[-1].config == "small"
 
 
 def test_time_boxed_training_measures_steps_per_second_after_start_up(tmp_path):
@@ -79,9 +77,9 @@ def test_bundled_weights_load_and_say_how_they_were_trained():
     model = upocr.load_model()
     assert model.inference.input_size % 32 == 0
     record = training_record(DEFAULT_WEIGHTS)
-    assert record is not None and record.get("trained") is True, record
-    if record.get("init_record"):  # a multi-stage model says so, with every stage's images counted
-        from upocr.commands.predict import describe_weights
+    assert record is not None and record.trained is True, record
+    if record.init_record:  # a multi-stage model says so, with every stage's images counted
+        from upocr import describe_weights
 
         assert "training images in all" in describe_weights(None)
     with torch.no_grad():

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 import pytest
 
 from upocr.tasks import IGNORE_VALUE, Task, encode_segmentation_target
+from upocr.train.config import TrainConfig
 from upocr.train.losses import (
+    build_task_losses,
     gram_matrix,
     ignore_masked_regression_loss,
     msr_loss,
@@ -187,7 +189,7 @@ def test_tampering_text_weight_adds_to_the_tampering_term_only():
     batch = _batch(tasks)
     outputs = _outputs(len(tasks), 32, seed=2)
     plain = task_loss(outputs, batch)
-    weighted = task_loss(outputs, batch, tampering_text_weight=0.5)
+    weighted = task_loss(outputs, batch, losses=build_task_losses(TrainConfig(tampering_text_weight=0.5)))
     extra = 0.5 * real_vs_tampered_loss([o[:1] for o in outputs], batch["target"][:1])
     assert extra.item() > 0
     assert weighted["tampering"].item() == pytest.approx(plain["tampering"].item() + extra.item(), rel=1e-6)

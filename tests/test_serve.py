@@ -715,7 +715,7 @@ def test_graceful_shutdown_finishes_accepted_work():
 
 
 def test_health_has_no_absolute_paths(tiny_weights):
-    from upocr.commands.predict import describe_weights
+    from upocr import describe_weights
     from upocr.weights import DEFAULT_WEIGHTS
 
     label = describe_weights(None) + f" and {tiny_weights}"  # what `upocr serve` passes, plus a user path

@@ -309,15 +309,17 @@ def test_resume_removes_temp_files_of_a_killed_write(tmp_path, synthetic_dataset
     config = _config(tmp_path, iterations=2, checkpoint_every=1)
     train(config, datasets=synthetic_datasets(), progress=False)
     run = tmp_path / "run"
-    stale = [run / "checkpoints" / ".step-00000003.wvif39jh.tmp.pt", run / "model" / ".model.qpc5wsdo.tmp.safetensors",
-             run / ".train.abcd1234.tmp.csv"]  # fmt: skip
+    stale = [run / "checkpoints" / ".step-00000003.wvif39jh.tmp.pt", run / "model" / ".model.qpc5wsdo.tmp.safetensors"]
     for path in stale:
         path.write_bytes(b"half a file")
-    kept = run / "checkpoints" / "notes.txt"
-    kept.write_text("mine")
+    # Only the atomic-write names in checkpoints/ and model/ go (N3): nothing else, nowhere else.
+    kept = [run / "checkpoints" / "notes.txt", run / "checkpoints" / ".notes.tmp", run / "model" / ".draft.tmp.md",
+            run / ".train.abcd1234.tmp.csv"]  # fmt: skip
+    for path in kept:
+        path.write_text("mine")
     train(dataclasses.replace(config, iterations=3, resume="auto"), datasets=synthetic_datasets(), progress=False)
     assert not any(path.exists() for path in stale)
-    assert kept.read_text() == "mine"
+    assert all(path.read_text() == "mine" for path in kept)
 
 
 def _bad_copy(tiny_data_root, tmp_path, keep_bytes) -> tuple[object, object]:
@@ -463,9 +465,11 @@ def test_train_csv_after_a_resume_matches_the_uninterrupted_run(tmp_path, synthe
 @pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_precision_is_bf16_only_on_cpus_that_have_it(monkeypatch, native, expected):
     """auto used to mean bf16 on every CPU; on AVX2-only CPUs torch emulates it, ~10x slower than fp32."""
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
-    assert trainer_module.resolve_precision("auto", torch.device("cpu")) == expected
-    assert trainer_module.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
+    from upocr.train import distributed
+
+    monkeypatch.setattr(distributed, "cpu_has_native_bf16", lambda: native)
+    assert distributed.resolve_precision("auto", torch.device("cpu")) == expected
+    assert distributed.resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # asked for: kept
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
@@ -496,3 +500,133 @@ def test_tampering_options_reach_the_datasets_and_the_logged_loss(tmp_path, tiny
         with open(out / "train.csv") as handle:
             logged.append(float(next(csv.DictReader(handle))["tampering"]))
     assert logged[1] > logged[0]  # same seed, same first batch: the added term is in the logged loss
+
+
+# --------------------------------------------------------------------------------------------
+# A user's folder as --output, two trainers at once, option types (reliability findings N3, N5, N8)
+# --------------------------------------------------------------------------------------------
+
+
+def _user_folder(tmp_path, data_root):
+    """The reproduction of N3: a project folder with the user's config (comments and all) and own files."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "config.yaml").write_text(f"# my notes\nmodel: tiny\nimage_size: 64\nbatch_per_task: 2\nprecision: fp32\n"
+                                         f"num_workers: 0\ndata_root: {data_root}\niterations: 2\n")  # fmt: skip
+    (project / "train.csv").write_text("mine\n")
+    (project / ".notes.tmp").write_text("secret\n")
+    (project / ".draft.tmp.md").write_text("draft\n")
+    return project
+
+
+def _snapshot(folder) -> dict:
+    return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def test_output_over_a_users_folder_is_refused_and_never_loses_their_files(tmp_path, tiny_data_root, capsys):
+    project = _user_folder(tmp_path, tiny_data_root)
+    before = _snapshot(project)
+    args = ["train", "--config", str(project / "config.yaml"), "--output", str(project), "--no-progress"]
+    assert cli_main(args) == 2
+    assert _error_lines(capsys) == [
+        f"upocr train: error: {project} is not empty and is not a run folder (it holds .draft.tmp.md, .notes.tmp, "
+        "train.csv); choose a new or empty --output, or --overwrite to write the run's files into it"
+    ]
+    assert _snapshot(project) == before and sorted(p.name for p in project.iterdir()) == sorted(before)
+    # --overwrite writes the run there, but never over the --config file and never deletes the user's files.
+    assert cli_main(args + ["--overwrite"]) == 0
+    after = _snapshot(project)
+    assert after["config.yaml"] == before["config.yaml"]  # comments and layout kept
+    assert after[".notes.tmp"] == before[".notes.tmp"] and after[".draft.tmp.md"] == before[".draft.tmp.md"]
+    assert yaml.safe_load(after["config.resolved.yaml"])["iterations"] == 2  # the resolved options, beside it
+    assert ckpt.latest_checkpoint(project).name == "step-00000002.pt"
+
+
+def test_a_folder_holding_only_the_config_file_is_a_fine_output_and_keeps_it(tmp_path, tiny_data_root):
+    project = _user_folder(tmp_path, tiny_data_root)
+    for name in ("train.csv", ".notes.tmp", ".draft.tmp.md"):
+        (project / name).unlink()
+    mine = (project / "config.yaml").read_bytes()
+    args = ["train", "--config", str(project / "config.yaml"), "--output", str(project), "--no-progress"]
+    assert cli_main(args) == 0
+    assert (project / "config.yaml").read_bytes() == mine
+    # What the run wrote is its own: continuing it, or a new run after a failed start, is not refused.
+    (project / "checkpoints" / "step-00000002.pt").unlink()
+    (project / "model" / "model.safetensors").unlink()
+    assert cli_main(args) == 0 and (project / "config.yaml").read_bytes() == mine
+
+
+def test_a_second_trainer_on_a_run_folder_is_refused_while_the_first_runs(tmp_path, tiny_data_root, synthetic_datasets, capsys):
+    """N5: both used to 'finish'; pruning deleted the other's checkpoints and the model was the other run's."""
+    out = tmp_path / "race"
+    second: dict = {}
+
+    def start_a_second_trainer(reads: int) -> None:
+        if reads == 1 and not second:  # while the first run loads its first batch: no checkpoint yet
+            second["code"] = cli_main(_cli_args(tiny_data_root, "--iterations", "8", "--seed", "2", "--output", str(out),
+                                                "--checkpoint-every", "1", "--keep-checkpoints", "3"))  # fmt: skip
+            second["err"] = _error_lines(capsys)
+
+    datasets = synthetic_datasets(count=8)
+    datasets[Task.TEXT_SEGMENTATION] = _HookedDataset(datasets[Task.TEXT_SEGMENTATION], start_a_second_trainer)
+    config = _config(tmp_path, iterations=6, checkpoint_every=1, keep_checkpoints=3, output_dir=str(out), seed=1)
+    first = train(config, datasets=datasets, progress=False)
+    assert second["code"] == 2
+    assert len(second["err"]) == 1 and second["err"][0].startswith(
+        f"upocr train: error: {out} is in use by another training run (process {__import__('os').getpid()}, run.lock)"
+    ), second["err"]
+    assert first.step == 6 and [p.name for p in ckpt.list_checkpoints(out)] == [f"step-0000000{n}.pt" for n in (4, 5, 6)]
+    assert weights_sha256(load_model(out / "model")) == first.weights_sha256
+    assert not (out / "run.lock").exists()  # released: the folder is free again
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "7", "--output", str(out), "--resume")) == 0
+
+
+def test_run_lock_is_exclusive_and_released(tmp_path):
+    from upocr.train.run_dir import RunLock
+
+    folder = tmp_path / "new" / "run"
+    held = RunLock(folder).acquire()
+    with pytest.raises(ValueError, match=r"is in use by another training run \(process \d+, run\.lock\)"):
+        RunLock(folder).acquire()
+    held.release()
+    assert not folder.exists()  # made for a run that wrote nothing: gone again
+    RunLock(folder).acquire().release()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr", "fast", "lr must be a number, got 'fast'"),
+    ("lr", 0, "lr must be > 0, got 0"),
+    ("lr", -1e-3, "lr must be > 0, got -0.001"),
+    ("image_size", "64x", "image_size must be a whole number, got '64x'"),
+    ("batch_per_task", 2.5, "batch_per_task must be a whole number, got 2.5"),
+    ("tasks", 5, "tasks must be a list of texts or null, got 5"),
+    ("tasks", ["nope"], "tasks: unknown task 'nope'"),
+    ("model", 5, "model must be text or a mapping or null, got 5"),
+    ("weight_decay", "none", "weight_decay must be a number, got 'none'"),
+    ("max_steps", -5, "max_steps must be >= 1, got -5"),
+    ("max_minutes", -1, "max_minutes must be >= 0, got -1.0"),
+    ("keep_checkpoints", -1, "keep_checkpoints must be >= 0, got -1"),
+    ("grad_clip", -1, "grad_clip must be >= 0, got -1.0"),
+    ("augment", "maybe", "augment must be true or false, got 'maybe'"),
+    ("precision", "fp8", "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+])  # fmt: skip
+def test_training_options_are_checked_by_type_and_range_naming_the_field(field, value, message):
+    """N8: YAML 1.1 reads `lr: 1e-4` as text; such values used to fail deep inside training with a traceback."""
+    with pytest.raises(ValueError) as error:
+        TrainConfig.from_dict({field: value}, source="c.yaml")
+    assert str(error.value).startswith(f"c.yaml: {message}"), str(error.value)
+
+
+def test_numeric_text_becomes_a_number(tmp_path, tiny_data_root, capsys):
+    config = TrainConfig.from_dict({"lr": "1e-4", "iterations": "1e3", "image_size": "64", "max_minutes": "2.5"})
+    assert (config.lr, config.iterations, config.image_size, config.max_minutes) == (0.0001, 1000, 64, 2.5)
+    assert type(config.iterations) is int and type(config.lr) is float
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1e-4\nlr_epoch_steps: 1e3\n")  # both text to PyYAML
+    assert resolve_config(path).lr == 0.0001 and resolve_config(path).lr_epoch_steps == 1000
+    # A bad value in the file names the file; a bad flag names the option.
+    path.write_text("lr: fast\n")
+    assert cli_main(["train", "--config", str(path), "--data-root", str(tiny_data_root)]) == 2
+    assert _error_lines(capsys) == [f"upocr train: error: {path}: lr must be a number, got 'fast'"]
+    assert cli_main(_cli_args(tiny_data_root, "--iterations", "2", "--lr", "0")) == 2
+    assert _error_lines(capsys) == ["upocr train: error: lr must be > 0, got 0.0"]

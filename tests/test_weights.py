@@ -71,13 +71,13 @@ def test_old_files_keep_the_defaults_they_stored_in_their_config(tiny, tmp_path)
 
 
 def test_an_old_training_checkpoint_resumes_with_its_defaults(tiny):
-    from upocr.train.trainer import _model_from_checkpoint
+    from upocr.train.checkpoint import model_from_checkpoint
 
     state = {"model": dict(tiny.state_dict()), "model_config": {**tiny.config.to_dict(), "segmentation_threshold": 0.2}}
-    model = _model_from_checkpoint(state)
+    model = model_from_checkpoint(state)
     assert model.config == tiny.config and model.inference.segmentation_threshold == 0.2
     state["inference"] = {"input_size": 64, "segmentation_threshold": 0.35}  # what the trainer writes now
-    assert _model_from_checkpoint(state).inference == InferenceDefaults(64, 0.35)
+    assert model_from_checkpoint(state).inference == InferenceDefaults(64, 0.35)
 
 
 @pytest.mark.parametrize("stored, legacy, problem", [
@@ -146,14 +146,14 @@ def test_the_bundled_weights_run_at_the_size_they_were_trained_at():
     """The bundle predates stored inference defaults: its config's input_size is read, and agrees with the
     size its last training stage records."""
     model = upocr.load_model()
-    assert model.inference.input_size == training_record(DEFAULT_WEIGHTS)["input_size"]
+    assert model.inference.input_size == training_record(DEFAULT_WEIGHTS).input_size
     assert Predictor(model).size == model.inference.input_size
 
 
 def test_other_files_have_no_training_record_and_are_never_read_whole(tmp_path):
     """describe_weights reads the record of any --weights: a .pth zip or an .onnx file gave a nonsense header
     length and a MemoryError (seen with `serve --weights model.onnx`)."""
-    from upocr.commands.predict import describe_weights
+    from upocr import describe_weights
     from upocr.weights import training_record
 
     pth = tmp_path / "upocr.pth"

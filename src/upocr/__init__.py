@@ -10,9 +10,10 @@ from upocr.model import UPOCR, UPOCRConfig, build_model
 from upocr.model.checkpoint import load_model, save_pretrained
 from upocr.options import PredictorOptions
 from upocr.tasks import Task
-from upocr.weights import CheckpointError, InferenceDefaults, bundled_inference_defaults
+from upocr.weights import CheckpointError, InferenceDefaults, bundled_inference_defaults, describe_weights
 
-__all__ = ["CheckpointError", "InferenceDefaults", "bundled_inference_defaults", "Predictor", "PredictorOptions", "Prediction", "Task", "UPOCR", "UPOCRConfig", "build_model", "load_model", "save_pretrained"]
+__all__ = ["CheckpointError", "InferenceDefaults", "bundled_inference_defaults", "Predictor", "PredictorOptions", "Prediction", "Task",
+           "UPOCR", "UPOCRConfig", "build_model", "describe_weights", "load_model", "save_pretrained"]
 __version__ = "0.1.0"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from upocr import bundled_inference_defaults
+from upocr import bundled_inference_defaults, describe_weights
 from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands.options import TASK_SCOPES, add_predictor_options, options_from_args
 from upocr.files import FilesInterrupted, FilesReport, predict_files
@@ -178,21 +178,3 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"weights: {describe_weights(args.weights)}")
     print(f"text removal: {removal_pipeline(predictor.removal).describe()}")
     return 0
-
-
-def describe_weights(weights: Path | None) -> str:
-    """Which weights ran, and whether they were trained (the `upocr_training` record saved with them)."""
-    from upocr.weights import DEFAULT_WEIGHTS, training_record, training_stages
-
-    name = str(weights) if weights is not None else f"bundled default {DEFAULT_WEIGHTS}"
-    record = training_record(weights if weights is not None else None)
-    if not record:
-        return f"{name} - no training record" + ("" if weights is not None else ": UNTRAINED, results are not meaningful")
-    if record.get("trained") is False:
-        return f"{name} - UNTRAINED ({record.get('note', 'random initialisation')})"
-    summary = ", ".join(f"{k}={v}" for k, v in record.items() if k in ("steps", "images", "data", "config", "input_size"))
-    stages = training_stages(record)  # weights continued from others: count every stage
-    if len(stages) > 1:
-        images = sum(stage.get("images") or 0 for stage in stages)
-        summary += f"; last of {len(stages)} stages, {images:,} training images in all"
-    return f"{name} - trained ({summary})"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from upocr import describe_weights
 from upocr.commands import positive
 from upocr.commands.options import add_predictor_options, options_from_args
-from upocr.commands.predict import describe_weights
 from upocr.serve import (
     DEFAULT_MAX_CONCURRENT,
     DEFAULT_MAX_PIXELS,

@@ -64,6 +64,9 @@ def load_into_extended_model(model: UPOCR, path: str | Path) -> list[str]:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from its name; "auto" is CUDA where available, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available here; use --device cpu")

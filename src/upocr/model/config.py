@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,27 @@ class UPOCRConfig:
             return PRESETS[name]
         except KeyError:
             raise ValueError(f"unknown model config {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+    # ---- specs: a preset name, or a preset with some fields changed ------------------------
+
+    @classmethod
+    def from_spec(cls, spec: "str | Mapping[str, Any]") -> "UPOCRConfig":
+        """A preset name, or a mapping {"preset": name (default "small"), <field>: value, ...} (training
+        configs write the architecture this way: `model: {preset: small, image_skip: true}`)."""
+        if isinstance(spec, str):
+            return cls.preset(spec)
+        fields = dict(spec)
+        base = cls.preset(str(fields.pop("preset", "small")))
+        return cls.from_dict({**base.to_dict(), **fields})
+
+    @staticmethod
+    def describe_spec(spec: "str | Mapping[str, Any]") -> str:
+        """A spec in one line, as training records show it: 'small', 'small + image_skip=True, ...'."""
+        if isinstance(spec, str):
+            return spec
+        fields = dict(spec)
+        base = str(fields.pop("preset", "small"))
+        return " + ".join([base, ", ".join(f"{k}={v}" for k, v in fields.items())]) if fields else base
 
     # ---- serialisation -------------------------------------------------------------------
 

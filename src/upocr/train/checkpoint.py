@@ -10,30 +10,33 @@ A checkpoint is a plain dict of tensors, dicts, lists, strings, numbers and None
 Files are ``<run>/checkpoints/step-<step>.pt`` written through :func:`upocr.utils.atomic_output`
 (temp file, fsync, rename), so killing a run at any moment leaves every ``step-*.pt`` complete; the
 hidden temp file a kill leaves behind is removed when the run starts or resumes
-(:func:`remove_stale_temp_files`). A failed write (disk full) raises :class:`CheckpointWriteError`
+(:func:`upocr.train.run_dir.prepare_run_dir`). A failed write (disk full) raises :class:`CheckpointWriteError`
 with one line naming the file, the reason and the free space.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
 
+from upocr.model import UPOCR, UPOCRConfig, build_model
 from upocr.utils import atomic_output
-from upocr.weights import CONFIG_FILE, WEIGHTS_FILE, CheckpointError, torch_load_safely
+from upocr.weights import CheckpointError, InferenceDefaults, split_legacy_fields, torch_load_safely
+
+if TYPE_CHECKING:
+    from upocr.train.config import TrainConfig
 
 FORMAT = "upocr-train"
 VERSION = 1
 _NAME = re.compile(r"^step-(\d+)\.pt$")
-# The temp files of upocr.utils.atomic_output: ".<stem>.<random>.tmp<suffix>" (hidden, beside the target).
-_TEMP_NAME = re.compile(r"^\..+\.tmp(\.[^.]+)?$")
 MODEL_DIR = "model"
 
 
@@ -119,41 +122,6 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def remove_stale_temp_files(run_dir: str | Path) -> list[Path]:
-    """Delete the hidden temp files an interrupted atomic write (kill -9) left in the run directory,
-    its checkpoints/ and model/; each is as large as a checkpoint and nothing else removes them."""
-    removed = []
-    for folder in (Path(run_dir), checkpoint_dir(run_dir), Path(run_dir) / MODEL_DIR):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if _TEMP_NAME.match(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
-
-
-def existing_run(run_dir: str | Path) -> str | None:
-    """What shows that `run_dir` already holds a training run ('checkpoints/step-00000030.pt',
-    'model/model.safetensors'), relative to it; None for a new or empty folder."""
-    newest = latest_checkpoint(run_dir)
-    if newest is not None:
-        return f"{checkpoint_dir(run_dir).name}/{newest.name}"
-    if (Path(run_dir) / MODEL_DIR / WEIGHTS_FILE).is_file():
-        return f"{MODEL_DIR}/{WEIGHTS_FILE}"
-    return None
-
-
-def clear_run(run_dir: str | Path) -> None:
-    """Remove an old run's checkpoints and exported model (for --overwrite); logs are rewritten anyway."""
-    for path in list_checkpoints(run_dir):
-        path.unlink()
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        (Path(run_dir) / MODEL_DIR / name).unlink(missing_ok=True)
-    for name in ("summary.json", "samples.png"):
-        (Path(run_dir) / name).unlink(missing_ok=True)
-
-
 def load_newest_intact(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[str]] | None:
     """The newest checkpoint of `run_dir` that loads, its state, and a warning per newer unreadable one
     (each renamed to '<name>.unreadable' so that the resumed run's listing and pruning skip it).
@@ -193,6 +161,33 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if state.get("version") != VERSION:
         raise ValueError(f"{path}: training checkpoint version {state.get('version')} is not supported (expected {VERSION})")
     return state
+
+
+def model_from_checkpoint(state: Mapping[str, Any]) -> UPOCR:
+    """The model of a training checkpoint, with its inference defaults (checkpoints written before
+    those had their own entry keep them among the model config's fields)."""
+    model = build_model(checkpoint_model_config(state))
+    model.load_state_dict(state["model"])
+    model.inference = InferenceDefaults.from_dict(state.get("inference") or split_legacy_fields(state["model_config"])[1])
+    return model
+
+
+def checkpoint_model_config(state: Mapping[str, Any]) -> UPOCRConfig:
+    """The architecture of a training checkpoint."""
+    return UPOCRConfig.from_dict(split_legacy_fields(state["model_config"])[0])
+
+
+def adopt_checkpoint_model(config: "TrainConfig", state: Mapping[str, Any], path: Path) -> "TrainConfig":
+    """`config` for continuing checkpoint `path`: a resumed run trains the checkpoint's model, so a different
+    model option is refused, and the run's config records the checkpoint's model and init."""
+    saved = state.get("config") or {}
+    saved_spec = saved.get("model")
+    if config.model is not None and UPOCRConfig.from_spec(config.model) != checkpoint_model_config(state):
+        theirs = UPOCRConfig.describe_spec(saved_spec) if saved_spec is not None else "another architecture"
+        raise ValueError(f"model {UPOCRConfig.describe_spec(config.model)} (from --model or --config) differs from {path}, "
+                         f"which holds model {theirs}; leave --model out to continue it, or start a new run with "
+                         "another --output")  # fmt: skip
+    return dataclasses.replace(config, model=saved_spec, init=saved.get("init"))
 
 
 # --------------------------------------------------------------------------------------------

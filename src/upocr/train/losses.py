@@ -5,7 +5,8 @@
   on its composite with the input.
 * Text segmentation and tampered text detection: a multi-scale smooth-L1 (beta 1) averaged over the
   target elements that are not the ignore grey, scales weighted ``[5, 6, 10]``.
-* Optional (not the original's; ``tampering_text_weight`` > 0): for tampering, a class-balanced
+* Optional (not the original's; the training option ``tampering_text_weight`` > 0, see
+  :func:`build_task_losses`): for tampering, a class-balanced
   real-vs-tampered term on the text pixels alone (:func:`real_vs_tampered_loss`). Under the smooth-L1
   alone the few, subtle tampered pixels barely move the loss, and a small model settles on calling all
   text "real" with the blue channel at the tampered share.
@@ -17,12 +18,16 @@ computed every task's loss on its own sub-batch) and sums the tasks.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import contextlib
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from upocr.tasks import IGNORE_VALUE, Task
+
+if TYPE_CHECKING:
+    from upocr.train.config import TrainConfig
 
 # (weight on text pixels, weight on non-text pixels) for the [1/4, 1/2, full] outputs (engine/train.py).
 MSR_WEIGHTS: tuple[tuple[float, float], ...] = ((5.0, 0.8), (6.0, 1.0), (10.0, 2.0))
@@ -165,15 +170,17 @@ def removal_loss(
 
 def task_loss(
     outputs: Sequence[torch.Tensor], batch: Mapping[str, object], *, vgg: torch.nn.Module | None = None,
-    tampering_text_weight: float = 0.0,
+    losses: Mapping[Task, TaskLoss] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Apply each image's task loss to a (possibly mixed) batch and sum the tasks.
 
     outputs: the model's [1/4, 1/2, full] outputs for `batch`; batch: dict with `image` (B,3,H,W),
-    `target` (B,3,H,W), `mask` (B,1,H,W) and `task` (B,) prompt indices. Returns a dict of scalar
-    tensors: "loss" (the total to back-propagate) and every term of LOSS_TERMS (0 for absent tasks).
-    `tampering_text_weight` > 0 adds that times `real_vs_tampered_loss` to the tampering term.
+    `target` (B,3,H,W), `mask` (B,1,H,W) and `task` (B,) prompt indices; losses: the table of each task's
+    loss (default TASK_LOSSES, the original's; a training run's comes from :func:`build_task_losses`).
+    Returns a dict of scalar tensors: "loss" (the total to back-propagate) and every term of LOSS_TERMS
+    (0 for absent tasks).
     """
+    table = TASK_LOSSES if losses is None else losses
     tasks = torch.as_tensor(batch["task"]).long().flatten().to(outputs[0].device)
     image, target, mask = batch["image"], batch["target"], batch["mask"]
     zero = outputs[0].new_zeros((), dtype=torch.float32)
@@ -189,14 +196,30 @@ def task_loss(
             index = selected.nonzero().flatten()
             sub_outputs = [o.index_select(0, index) for o in outputs]
             sub_image, sub_target, sub_mask = (t.index_select(0, index.to(t.device)) for t in (image, target, mask))
-        task_terms = TASK_LOSSES[task](sub_outputs, sub_image, sub_target, sub_mask, vgg)
-        if task == Task.TAMPERED_TEXT_DETECTION and tampering_text_weight > 0:
-            extra = tampering_text_weight * real_vs_tampered_loss(sub_outputs, sub_target)
-            task_terms = {task.short: task_terms[task.short] + extra}
+        task_terms = table[task](sub_outputs, sub_image, sub_target, sub_mask, vgg)
         terms.update(task_terms)
         total = total + task_terms[task.short]
     terms["loss"] = total
     return terms
+
+
+@torch.no_grad()
+def mean_losses(model: torch.nn.Module, batches: Iterable[Mapping[str, object]], *, vgg: torch.nn.Module | None = None,
+                losses: Mapping[Task, TaskLoss] | None = None,
+                autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, float]:  # fmt: skip
+    """Mean of every term of LOSS_TERMS over `batches` (on the model's device), in eval mode (evaluation)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {name: 0.0 for name in LOSS_TERMS}
+    count = 0
+    for batch in batches:
+        with autocast():
+            terms = task_loss(model(batch["image"], batch["task"]), batch, vgg=vgg, losses=losses)
+        for name in LOSS_TERMS:
+            sums[name] += float(terms[name])
+        count += 1
+    model.train(was_training)
+    return {name: value / count for name, value in sums.items()}
 
 
 def _map_loss(task: Task) -> TaskLoss:
@@ -215,3 +238,25 @@ TASK_LOSSES: dict[Task, TaskLoss] = {
     Task.TEXT_SEGMENTATION: _map_loss(Task.TEXT_SEGMENTATION),
     Task.TAMPERED_TEXT_DETECTION: _map_loss(Task.TAMPERED_TEXT_DETECTION),
 }
+
+
+def _with_real_vs_tampered(base: TaskLoss, weight: float) -> TaskLoss:
+    """`base` (the tampering loss) plus `weight` x :func:`real_vs_tampered_loss` on the same images."""
+    short = Task.TAMPERED_TEXT_DETECTION.short
+
+    def loss(outputs: Sequence[torch.Tensor], image: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+             vgg: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+        terms = base(outputs, image, target, mask, vgg)
+        return {short: terms[short] + weight * real_vs_tampered_loss(outputs, target)}
+
+    return loss
+
+
+def build_task_losses(config: "TrainConfig") -> dict[Task, TaskLoss]:
+    """The loss table of a training run: TASK_LOSSES with the options of `config` applied
+    (`tampering_text_weight` > 0 adds the real-vs-tampered term to the tampering loss)."""
+    table = dict(TASK_LOSSES)
+    if config.tampering_text_weight > 0:
+        table[Task.TAMPERED_TEXT_DETECTION] = _with_real_vs_tampered(table[Task.TAMPERED_TEXT_DETECTION],
+                                                                     config.tampering_text_weight)  # fmt: skip
+    return table

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from upocr.data.layouts import LayoutError
 from upocr.tasks import Task
+
+if TYPE_CHECKING:
+    from upocr.train.config import TrainConfig
 
 
 def item_seed(seed: int, task: Task, epoch: int, index: int) -> int:
@@ -223,3 +228,63 @@ class MultiTaskLoader:
                 entry = state[task.short]
                 sampler.position = TaskPosition(epoch=int(entry["epoch"]), batch=int(entry["batch"]))
         self._iterators.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# The datasets of a training run
+# --------------------------------------------------------------------------------------------
+
+
+def build_datasets(config: "TrainConfig", split: str = "train", *, augment: bool | None = None) -> dict[Task, Dataset]:
+    """{task: dataset} from config.data_root in the original layouts (all available tasks by default)."""
+    from upocr.data.datasets import build_dataset
+    from upocr.data.layouts import available_tasks
+
+    if config.data_root is None:
+        raise ValueError("no data root: pass --data-root (or data_root in the config)")
+    root = Path(config.data_root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: data root not found")
+    tasks = [Task.parse(t) for t in config.tasks] if config.tasks else available_tasks(root)
+    if not tasks:
+        raise ValueError(f"{root}: no task layout found (expected TextRemoval/, TextSegmentation/ or TamperedTextDetection/)")
+    use_augment = config.augment if augment is None else augment
+    return {t: build_dataset(t, root, split, size=config.image_size, augment=use_augment,
+                             native=t == Task.TAMPERED_TEXT_DETECTION and config.tampering_scale == "native")
+            for t in tasks}
+
+
+def check_datasets(datasets: Mapping[Task, Dataset], *, full: bool, progress: bool) -> tuple[list[str], int]:
+    """(one line per unusable sample, samples checked) over the datasets that can check their samples
+    (the layout datasets of upocr.data.datasets; in-memory datasets are skipped)."""
+    from tqdm import tqdm
+
+    checkable = [dataset for dataset in datasets.values() if hasattr(dataset, "check_sample")]
+    total = sum(len(dataset) for dataset in checkable)  # type: ignore[arg-type]
+    problems: list[str] = []
+    with tqdm(total=total, desc="checking data", unit="sample", disable=not progress or not total,
+              dynamic_ncols=True, file=sys.stderr) as bar:  # fmt: skip
+        for dataset in checkable:
+            for index in range(len(dataset)):  # type: ignore[arg-type]
+                try:
+                    dataset.check_sample(index, full=full)  # type: ignore[attr-defined]
+                except DATA_ERRORS as error:
+                    problems.append(describe_data_error(dataset, index, error))
+                bar.update(1)
+    return problems, total
+
+
+class DataCheckError(ValueError):
+    """The check before training found unreadable or inconsistent samples (each listed on its own line)."""
+
+
+def check_training_data(datasets: Mapping[Task, Dataset], mode: str, *, progress: bool, say: Callable[[str], None]) -> None:
+    """The check before training (`mode` "headers" or "full"): each unusable sample on its own line
+    through `say`, then DataCheckError with the count; nothing when every sample is usable."""
+    problems, total = check_datasets(datasets, full=mode == "full", progress=progress)
+    for problem in problems:
+        say(f"bad sample: {problem}")
+    if problems:
+        which = f": {problems[0]}" if len(problems) == 1 else f" (listed above; first: {problems[0]})"
+        raise DataCheckError(f"{len(problems)} of {total} training samples unusable{which}; "
+                             "fix or remove them, or use --check-data off")  # fmt: skip

@@ -1,4 +1,5 @@
-"""Learning-rate schedule: the original's warm-up then linear decay, generalised to iterations.
+"""Optimizer and learning-rate schedule: AdamW with the encoder at a lower lr; the original's warm-up then
+linear decay, generalised to iterations.
 
 The original sets the lr once per "epoch" of 200 iterations, for 400 epochs (reference section 4):
 warm-up epochs e < 10: ``1e-4 + (5e-4 - 1e-4) * e / 10``; later epochs ``max(5e-4 * (399 - e) / 400, 1e-5)``.
@@ -17,8 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from upocr.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -65,3 +70,30 @@ class LRSchedule:
 
     def state_dict(self) -> dict:
         return asdict(self)
+
+
+def build_optimizer(model: torch.nn.Module, config: "TrainConfig") -> torch.optim.AdamW:
+    """AdamW over all parameters (weight decay on all, as the original); encoder at lr x encoder_lr_ratio."""
+    encoder, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (encoder if name.startswith("encoder.") else rest).append(parameter)
+    groups = [
+        {"params": rest, "lr": config.lr, "name": "model"},
+        {"params": encoder, "lr": config.lr * config.encoder_lr_ratio, "name": "encoder"},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, weight_decay=config.weight_decay)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+def build_schedule(config: "TrainConfig") -> LRSchedule:
+    return LRSchedule(
+        total_steps=config.iterations,
+        warmup_fraction=config.warmup_fraction,
+        warmup_start_factor=config.warmup_start_factor,
+        min_factor=config.min_lr_factor,
+        epoch_steps=config.lr_epoch_steps,
+        decay=config.lr_decay,
+    )

@@ -20,10 +20,11 @@ from upocr.weights.formats import (
     short_reason,
     torch_load_safely,
 )
-from upocr.weights.record import training_record, training_stages
+from upocr.weights.record import TrainingRecord, describe_weights, training_record
 
 __all__ = [
     "CONFIG_FILE", "DEFAULT_WEIGHTS", "WEIGHTS_FILE", "CheckpointError", "InferenceDefaults", "StoredConfig",
-    "StoredWeights", "bundled_inference_defaults", "check_finite", "check_state_fits", "read_weights", "safetensors_metadata", "save_weights",
-    "short_reason", "split_legacy_fields", "torch_load_safely", "training_record", "training_stages",
+    "StoredWeights", "TrainingRecord", "bundled_inference_defaults", "check_finite", "check_state_fits", "describe_weights",
+    "read_weights", "safetensors_metadata", "save_weights", "short_reason", "split_legacy_fields", "torch_load_safely",
+    "training_record",
 ]  # fmt: skip
