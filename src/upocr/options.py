@@ -16,10 +16,11 @@ import argparse
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
 
+from upocr import fields
 from upocr.io import DEFAULT_MAX_PIXELS
 from upocr.removal import DEFAULT_GROW, REMOVAL_PIPELINES, SEGMENTATION_FINDERS
 from upocr.weights.defaults import SIZE_MULTIPLE, InferenceDefaults
@@ -92,8 +93,7 @@ def option(default: Any, *, flags: tuple[str, ...], help: str, type: Callable[[s
 
     scope: which commands show it: "model" (every command that runs the model), "removal" (commands that
     remove text), "segmentation" (those that decode a text mask), "cli" (the file commands only)."""
-    metadata = {"flags": flags, "help": help, "type": type, "choices": choices, "metavar": metavar, "scope": scope}
-    return field(default=default, metadata=metadata)
+    return fields.option(default, flags=flags, help=help, type=type, choices=choices, metavar=metavar, scope=scope)
 
 
 # ---------------------------------------------------------------- the options
