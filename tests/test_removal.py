@@ -199,3 +199,15 @@ def test_model_in_words_keeps_the_model_ink_inside_the_words_only():
     assert predictor.with_options(segmentation="model-in-words").finds_words("segmentation")
     with pytest.raises(ValueError, match="segmentation must be one of model, model-in-words"):
         predictor.with_options(segmentation="ink")
+
+
+def test_the_model_text_finder_fills_the_model_mask_even_when_tampering_ran_the_detector():
+    """Regression: with --tampering words the detector's regions exist for the image; telea-fill must still
+    fill the model's own text mask (they were filled instead)."""
+    image, _ = text_image()
+    predictor = Predictor(InkEverywhere(), removal="telea-fill", tile=None, size=64, grow=0, keep_output=True)
+    alone = predictor.predict(image, "removal")
+    with_words = predictor.with_options(tampering="words").predict_tasks(image, ["removal", "tampering"])[0]
+    assert alone.change_mask.all()  # the model calls everything text
+    np.testing.assert_array_equal(with_words.image, alone.image)
+    np.testing.assert_array_equal(with_words.change_mask, alone.change_mask)

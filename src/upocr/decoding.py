@@ -89,6 +89,7 @@ class BandDecoder:
         keep = predictor.keep_output
         self.outputs = {task: np.empty((3, height, width), np.float32) for task in tasks} if keep else {}
         self.results = {task: task.spec.empty_result(height, width) for task in tasks}
+        self.finder = finder
         self.text = np.empty((height, width), bool) if finder == "model-text" else None
         self.changes: RowFilterStream | None = None
         if finder == "model-change" and tile is not None:  # tiled: the change at full size
@@ -182,7 +183,7 @@ class BandDecoder:
         grow = self.predictor.grow
         if mask is not None:
             return dilate(mask, grow), 1.0
-        if regions is not None:
+        if self.finder == "words":  # (other tasks may have run the detector too: only this finder fills its regions)
             return regions.mask(grow), 1.0
         if self.text is None:
             return None, 1.0
