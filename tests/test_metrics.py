@@ -265,7 +265,7 @@ def test_fid_is_reported_missing_with_the_reason(tmp_path):
     assert missing["fid"] is None and "--fid-weights" in missing["fid_missing"]
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"x")
-    with pytest.raises(FIDWeightsError, match="not a readable PyTorch weights file"):
+    with pytest.raises(FIDWeightsError, match="pt_inception.pth: not a PyTorch checkpoint"):
         fid_for_folders(tmp_path, tmp_path, weights=weights)
     with pytest.raises(FileNotFoundError):
         fid_for_folders(tmp_path, tmp_path, weights=tmp_path / "absent.pth")
