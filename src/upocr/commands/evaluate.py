@@ -226,8 +226,9 @@ def _run_benchmarks(args: argparse.Namespace, predictor) -> int:
 def _run_model(args: argparse.Namespace) -> int:
     from upocr.predict import Predictor
 
-    # Resize mode at --size, raw decoding: the original's evaluation path (see upocr.evaluate.runner).
-    options = options_from_args(args, PredictorOptions, tile=None)
+    # Resize mode at --size, the model's own decoding: the original's evaluation path (upocr.evaluate.runner);
+    # the pipelines and the forensic tampering decision get rows of their own.
+    options = options_from_args(args, PredictorOptions, tile=None, segmentation="model", tampering="model")
     predictor = Predictor(options=options, weights=args.weights, device=args.device)
     return _run_benchmarks(args, predictor)
 

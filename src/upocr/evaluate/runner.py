@@ -50,6 +50,8 @@ MODEL_METHOD = "model"
 # Text removal only: one more row per removal pipeline of the Predictor (upocr.removal: "words-telea",
 # "telea-fill", ...), each what `upocr remove-text --removal NAME` writes; none uses ground truth.
 MODEL_REMOVAL_METHODS = {name: f"model+{name}" for name in REMOVAL_PIPELINES if name != "raw"}
+# Tampering only: one more row, `detect-tampering --tampering words` (upocr.forensics), beside the model's own.
+TAMPERING_WORDS_METHOD = "words+forensics"
 RANKING_PIPELINE = "telea-fill"  # the sample pictures rank images by the model's own mask, Telea-filled
 SPLIT = "test"
 
@@ -194,6 +196,12 @@ def evaluate_on_benchmarks(
                         pairs, errors = write_model_predictions(predictor.with_options(removal=mode), task, samples, pred_dir,
                                                                 full_resolution=True, progress=progress)
                         report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
+                if task == Task.TAMPERED_TEXT_DETECTION and getattr(predictor, "tampering", None) is not None:
+                    pred_dir = root / task.short / TAMPERING_WORDS_METHOD  # the per-word forensic classifier
+                    pairs, errors = write_model_predictions(predictor.with_options(tampering="words"), task, samples,
+                                                            pred_dir, progress=progress)
+                    report.results.append(_run_method(task, TAMPERING_WORDS_METHOD, pairs, errors, pred_dir,
+                                                      fid_weights=fid_weights, progress=progress))
             if baselines:
                 for baseline in baseline_methods.baselines_for(task):
                     pred_dir = root / task.short / baseline.name
