@@ -7,7 +7,7 @@
                        [--markdown FILE] [--json FILE] [--picture FILE]
   upocr evaluate baselines --data-root ROOT [--tasks ...] [--out DIR] [--markdown FILE] [--json FILE]
   upocr evaluate real --data DIR [--weights W] [--variants default resize ...] [--markdown FILE] [--json FILE]
-                      [--picture FILE]   (real photos in the real-dev layout; needs `pip install 'upocr[real]'`)
+                      [--picture FILE]   (real photos in the real-dev layout; every removal pipeline is a row)
 
 Tables go to stdout; warnings and per-file errors to stderr. Exit code 1 when any file could not be
 evaluated (the rest still is), 2 when nothing could be evaluated.
