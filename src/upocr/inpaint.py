@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
@@ -29,11 +32,26 @@ def telea_inpaint(image: np.ndarray, text: np.ndarray, *, radius: int = TELEA_RA
     if text_rows.size == 0:
         return filled
     breaks = np.flatnonzero(np.diff(text_rows) > 2 * margin)
+    crops = []
     for first, last in zip(np.r_[text_rows[0], text_rows[breaks + 1]], np.r_[text_rows[breaks], text_rows[-1]]):
         top, bottom = max(0, first - margin), min(len(mask), last + 1 + margin)
         text_cols = np.flatnonzero(mask[top:bottom].any(axis=0))
         left, right = max(0, text_cols[0] - margin), min(mask.shape[1], text_cols[-1] + 1 + margin)
-        crop = np.ascontiguousarray(image[top:bottom, left:right])
+        crops.append((top, bottom, left, right))
+
+    def fill(crop: tuple[int, int, int, int]) -> None:
+        top, bottom, left, right = crop
         crop_mask = mask[top:bottom, left:right].astype(np.uint8) * 255
-        filled[top:bottom, left:right] = cv2.inpaint(crop, crop_mask, radius, cv2.INPAINT_TELEA)
+        filled[top:bottom, left:right] = cv2.inpaint(np.ascontiguousarray(image[top:bottom, left:right]), crop_mask,
+                                                     radius, cv2.INPAINT_TELEA)
+
+    # Row groups never share rows (they are further apart than two margins) and read only `image`: they run
+    # on threads (OpenCV releases the GIL), one per core, with the same result as one after another.
+    workers = min(len(crops), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="upocr-telea") as pool:
+            list(pool.map(fill, crops))
+    else:
+        for crop in crops:
+            fill(crop)
     return filled
