@@ -241,9 +241,9 @@ class Predictor:
             # characters larger than a tile (posters), of which tiles find only the edges. On real photos
             # (`upocr evaluate real`) the union erased more words than either scale alone.
             whole_text = self._run_resized([pixels], [Task.TEXT_SEGMENTATION])[0][0][1]
-        words_mask_text = Task.TEXT_SEGMENTATION in task_list and self.segmentation == "model-in-words"
-        tampering_words = Task.TAMPERED_TEXT_DETECTION in task_list and self.tampering == "words"
-        regions = self.word_detector.detect(pixels) if finder == "words" or words_mask_text or tampering_words else None
+        # One detector pass serves every task that finds words (removal's only when no mask replaces it).
+        finds_words = finder == "words" or any(self.finds_words(t) for t in task_list if t != Task.TEXT_REMOVAL)
+        regions = self.word_detector.detect(pixels) if finds_words else None
         decoder = BandDecoder(self, pixels, task_list, run_list, tile, whole_text, finder)
         for top, bottom, outputs in bands:
             decoder.add(top, bottom, outputs)

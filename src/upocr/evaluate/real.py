@@ -274,9 +274,9 @@ def stroke_detector(image: np.ndarray) -> list[np.ndarray]:
 
 # `upocr evaluate real --detector`: the erasure judge and the rectangles competitor, made on demand.
 REAL_DETECTORS: dict[str, Callable[[], Detector]] = {
-    "ppocr": lambda: ppocr_detector(),
-    "rapidocr": lambda: rapidocr_detector(),
-    "strokes": lambda: stroke_detector,
+    "ppocr": ppocr_detector,
+    "rapidocr": rapidocr_detector,
+    "strokes": lambda: stroke_detector,  # a plain function: nothing to open
 }
 
 
