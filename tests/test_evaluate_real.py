@@ -202,7 +202,8 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     pipelines = {"upocr --removal words-telea", "upocr --removal raw"}  # telea-fill is the tiny weights' default row
     assert set(data["removal"]) == {"input (no change)", "upocr (resize)", "upocr (tiles)",
                                     "strokes detector rectangles + Telea", *pipelines, *oracles}
-    assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu"}
+    assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu",
+                                         "upocr --segmentation model-ink", "upocr --segmentation model-in-words"}
     assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)"}
     assert Image.open(out / "real.png").size[0] > 500
 

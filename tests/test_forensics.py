@@ -202,7 +202,26 @@ def test_line_regions_are_split_into_words_at_wide_gaps():
     for x in (70, 78):  # word 2, 39 px further
         image[10:30, x:x + 5] = 20
     words = split_into_words(image, [np.array([5, 8, 90, 31])])
-    assert [w.astype(int).tolist() for w in words] == [[5, 8, 30, 31], [70, 8, 90, 31]]
+    assert [np.round(w).astype(int).tolist() for w in words] == [[5, 8, 30, 31], [70, 8, 90, 31]]
+
+
+def test_a_tilted_line_is_split_along_its_own_direction():
+    from upocr.forensics.detect import split_into_words
+
+    canvas = np.full((200, 200), 230, np.uint8)
+    for x in (40, 48, 56, 110, 118, 126, 134):  # two words on one line, 49 px apart
+        canvas[90:110, x:x + 5] = 20
+    tilted = cv2.warpAffine(canvas, cv2.getRotationMatrix2D((100, 100), 30, 1), (200, 200), borderValue=230)
+    ys, xs = np.nonzero(tilted < 128)
+    line = cv2.boxPoints(cv2.minAreaRect(np.stack([xs, ys], 1).astype(np.float32)))
+    first, second = split_into_words(np.stack([tilted] * 3, -1), [line])  # in the axis-aligned box: one word
+    assert first[0] < second[0] and first[3] > second[3]  # reading order, and the line rises to the right
+    for word, letters in ((first, (40, 61)), (second, (110, 139))):
+        inside = np.zeros_like(canvas, bool)
+        inside[90:110, letters[0]:letters[1]] = True
+        ink = cv2.warpAffine(inside.astype(np.uint8), cv2.getRotationMatrix2D((100, 100), 30, 1), (200, 200)) > 0
+        x1, y1, x2, y2 = np.round(word).astype(int)
+        assert ink[y1:y2 + 1, x1:x2 + 1].sum() > 0.95 * ink.sum()  # each word's box holds that word's ink
 
 
 def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, tmp_path):

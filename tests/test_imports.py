@@ -20,7 +20,7 @@ PACKAGE = "upocr"
 # the network; the network loads and saves through it, so it sits below `upocr.model`.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundations", ("upocr.utils", "upocr.tasks", "upocr.io", "upocr.inpaint", "upocr.visualize", "upocr.weights",
-                     "upocr.samples", "upocr.tiling", "upocr.removal", "upocr.detector", "upocr.options",
+                     "upocr.samples", "upocr.tiling", "upocr.removal", "upocr.strokes", "upocr.detector", "upocr.options",
                      "upocr.fields")),  # fmt: skip
     ("network and data", ("upocr.model", "upocr.data", "upocr.export", "upocr.forensics")),  # export: the network as ONNX
     ("inference", ("upocr.decoding", "upocr.predict")),

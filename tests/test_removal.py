@@ -186,21 +186,6 @@ class InkEverywhere(RecordingModel):
         return torch.zeros_like(images) + 0.9
 
 
-def test_model_in_words_keeps_the_model_ink_inside_the_words_only():
-    image, boxes = text_image()
-    predictor = Predictor(InkEverywhere(), tile=None, size=64, keep_output=False)
-    everything = predictor.predict(image, "segmentation")
-    assert everything.mask.all() and everything.regions is None
-    inside = predictor.with_options(segmentation="model-in-words").predict(image, "segmentation")
-    np.testing.assert_array_equal(inside.mask, inside.regions.mask(grow=3))  # ink everywhere, kept in the words
-    for left, top, right, bottom in boxes:
-        assert inside.mask[top:bottom, left:right].mean() > 0.8
-    assert inside.mask.mean() < 0.3
-    assert predictor.with_options(segmentation="model-in-words").finds_words("segmentation")
-    with pytest.raises(ValueError, match="segmentation must be one of model, model-in-words"):
-        predictor.with_options(segmentation="ink")
-
-
 def test_the_model_text_finder_fills_the_model_mask_even_when_tampering_ran_the_detector():
     """Regression: with --tampering words the detector's regions exist for the image; telea-fill must still
     fill the model's own text mask (they were filled instead)."""

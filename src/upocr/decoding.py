@@ -19,6 +19,7 @@ import numpy as np
 from upocr.inpaint import dilate, telea_inpaint
 from upocr.removal import (
     CHANGE_BLUR_SIGMA,
+    SEGMENTATION_FINDERS,
     WORDS_SEGMENTATION_MARGIN,
     change_difference,
     change_radius,
@@ -28,6 +29,7 @@ from upocr.removal import (
     removal_change_mask,
     spread_change,
 )
+from upocr.strokes import components_touching, snap_to_ink
 from upocr.tasks import Task
 from upocr.tiling import BAND_ROWS, RowFilterStream, filter_rows, gaussian_reach, resize_rows
 
@@ -124,9 +126,8 @@ class BandDecoder:
         pipeline = self.predictor.pipeline
         if task == Task.TAMPERED_TEXT_DETECTION and self.predictor.tampering == "words":
             return self._tampered_words(output, regions)
-        if task == Task.TEXT_SEGMENTATION and self.predictor.segmentation == "model-in-words":
-            result &= regions.mask(WORDS_SEGMENTATION_MARGIN)  # the model's ink, inside the words only
-            return Prediction(task, output, mask=result, regions=regions)
+        if task == Task.TEXT_SEGMENTATION:
+            return self._segmentation(output, result, regions)
         if task != Task.TEXT_REMOVAL or (pipeline.finder is None and mask is None):
             return Prediction(task, output, **{task.spec.result_field: result})
         predictor, pixels = self.predictor, self.pixels
@@ -165,6 +166,16 @@ class BandDecoder:
             if change_mask is not None:
                 change_mask[top:bottom] = band_weight
         return Prediction(task, output, image=result, change_mask=change_mask, regions=regions)
+
+    def _segmentation(self, output: np.ndarray | None, mask: np.ndarray, regions: Any) -> Prediction:
+        """The text mask as the predictor's segmentation finder decides (`upocr.removal.SEGMENTATION_FINDERS`):
+        snapped to the ink first (it may join a stroke's pieces), then only the strokes touching the words."""
+        finder = SEGMENTATION_FINDERS[self.predictor.segmentation]
+        if finder.snaps_to_ink:
+            mask = snap_to_ink(self.pixels, mask)
+        if finder.in_words:
+            mask = components_touching(mask, regions.mask(WORDS_SEGMENTATION_MARGIN))
+        return Prediction(Task.TEXT_SEGMENTATION, output, mask=mask, regions=regions if finder.in_words else None)
 
     def _tampered_words(self, output: np.ndarray | None, regions: Any) -> Prediction:
         """Tampering by words: the detector's regions split into words, each judged by the forensic

@@ -132,7 +132,7 @@ class PredictorOptions:
         "weights without one)")
     segmentation: str | None = option(
         None, flags=("--segmentation",), choices=tuple(SEGMENTATION_FINDERS), scope="segmentation",
-        help="which part finds the text mask: " + "; ".join(f"{k}: {v}" for k, v in SEGMENTATION_FINDERS.items())
+        help="which parts find the text mask: " + "; ".join(finder.describe() for finder in SEGMENTATION_FINDERS.values())
         + " (default: the finder stored with the weights)")
     removal: str | None = option(
         None, flags=("--removal", "--mode"), choices=tuple(REMOVAL_PIPELINES), scope="removal",

@@ -156,7 +156,7 @@ class Predictor:
         """Whether this predictor runs the word detector for `task` (and so gives `Prediction.regions`)."""
         task = Task.parse(task)
         return (task == Task.TEXT_REMOVAL and self.pipeline.finder == "words"
-                or task == Task.TEXT_SEGMENTATION and self.segmentation == "model-in-words"
+                or task == Task.TEXT_SEGMENTATION and SEGMENTATION_FINDERS[self.segmentation].in_words
                 or task == Task.TAMPERED_TEXT_DETECTION and self.tampering == "words")
 
     @property

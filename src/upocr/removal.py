@@ -91,13 +91,32 @@ REMOVAL_PIPELINES: dict[str, RemovalPipeline] = {
 }
 
 
-# Text segmentation reuses the finders: which part decides the text mask (`--segmentation`, `segmentation=`).
-# "model-in-words" keeps the model's ink only inside the word detector's regions grown by
-# WORDS_SEGMENTATION_MARGIN image pixels: the detector drops the model's false positives (icons, textures),
-# the model draws the strokes the detector's polygons only enclose.
-SEGMENTATION_FINDERS: dict[str, str] = {
-    "model": "the model's text mask (segmentation prompt)",
-    "model-in-words": "the model's text mask, only inside the word detector's regions",
+# Text segmentation reuses the finders: which parts decide the text mask (`--segmentation`, `segmentation=`).
+@dataclass(frozen=True)
+class SegmentationFinder:
+    """One way to decide the text mask: the model's mask, optionally snapped to the ink of the image
+    (`upocr.strokes.snap_to_ink`) and optionally kept only where its strokes touch the word detector's
+    regions grown by WORDS_SEGMENTATION_MARGIN px (`upocr.strokes.components_touching`): the detector drops
+    the model's false positives (barcodes, textures), whole strokes keep the ascenders its polygons cut."""
+
+    name: str
+    snaps_to_ink: bool
+    in_words: bool
+    summary: str  # one line for --help
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.summary}"
+
+
+SEGMENTATION_FINDERS: dict[str, SegmentationFinder] = {
+    finder.name: finder
+    for finder in (
+        SegmentationFinder("model", False, False, "the model's text mask as it is (the original's result)"),
+        SegmentationFinder("model-ink", True, False, "the model's text mask, its edges snapped to the image's ink"),
+        SegmentationFinder("model-in-words", True, True,
+                           "the model's strokes that touch the word detector's regions, snapped to the ink "
+                           "(best on real images)"),
+    )
 }
 WORDS_SEGMENTATION_MARGIN = 3
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from upocr.commands.options import add_model_arguments, add_options, add_predictor_options, options_from_args
 from upocr.evaluate.real import REAL_DETECTORS
 from upocr.options import PredictorOptions
-from upocr.removal import REMOVAL_PIPELINES
+from upocr.removal import REMOVAL_PIPELINES, SEGMENTATION_FINDERS
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 
 
@@ -266,6 +266,7 @@ def _run_real(args: argparse.Namespace) -> int:
         predictors.append(predictor)
     pipelines = args.pipelines if args.pipelines is not None else list(REMOVAL_PIPELINES)
     removal.update(real.pipeline_methods(predictors[0], [name for name in pipelines if name != predictors[0].removal]))
+    segmentation.update(real.finder_methods(predictors[0], [name for name in SEGMENTATION_FINDERS if name != predictors[0].segmentation]))
     removal[f"{args.detector} detector rectangles + Telea"] = real.detector_telea(detector)
     segmentation["Sauvola"] = sauvola_text_mask
     segmentation["Otsu"] = otsu_text_mask

@@ -344,6 +344,11 @@ def predictor_segmentation(predictor) -> SegmentationMethod:
     return lambda image: predictor.predict(image, "segmentation").mask
 
 
+def finder_methods(predictor, names: Sequence[str]) -> dict[str, SegmentationMethod]:
+    """One segmentation row per finder name (`upocr.removal.SEGMENTATION_FINDERS`), as `pipeline_methods`."""
+    return {f"upocr --segmentation {name}": predictor_segmentation(predictor.with_options(segmentation=name)) for name in names}
+
+
 def predictor_tampering(predictor) -> TamperingMethod:
     return lambda image: predictor.predict(image, "tampering").classes
 
