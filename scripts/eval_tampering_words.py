@@ -7,9 +7,9 @@ copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a ma
 Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
 bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
 (classes 1 and 2) of the model's own tampering output, its blobs split into words (what `detect-tampering`
-has without a word detector); `detector` = RapidOCR's PP-OCR DB
-detector quads (the optional rapidocr_onnxruntime), what a word-detector finder gives (often whole lines);
-`detector-words` = those quads split into words at blank column runs (`split_into_words`).
+has without a word detector); `detector` = the bundled PP-OCR DB detector's boxes (`upocr.detector`, box
+mode: often whole lines); `detector-words` = its polygons cut into words (`split_into_words`), the finder of
+`detect-tampering --tampering words`.
 """
 
 from __future__ import annotations
@@ -52,16 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
         model = Predictor()
         finders["model-words"] = lambda image: model_text_words(model, image)
-    if "detector" in args.finders:
-        from upocr.evaluate.real import rapidocr_detector
-
-        finders["detector"] = rapidocr_detector()
-    if "detector-words" in args.finders:
-        from upocr.evaluate.real import rapidocr_detector
+    if "detector" in args.finders or "detector-words" in args.finders:
+        from upocr.detector import WordDetector
         from upocr.forensics.detect import split_into_words
 
-        lines_of = rapidocr_detector()
-        finders["detector-words"] = lambda image: split_into_words(image, lines_of(image))
+        box_detector, line_detector = WordDetector(shape="box"), WordDetector()
+        finders["detector"] = lambda image: box_detector.detect(image).polygons
+        finders["detector-words"] = lambda image: split_into_words(image, line_detector.detect(image).polygons)
     finders = {name: finders[name] for name in args.finders}
     results: dict = {"threshold": threshold, "synthetic": {}, "real": {}}
     lines = [f"threshold {threshold:.4f}", "",

@@ -29,7 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", type=Path, help="a save_pretrained folder (holds model.safetensors)")
     parser.add_argument("--removal", choices=tuple(REMOVAL_PIPELINES), help="the default removal pipeline")
-    parser.add_argument("--tampering", choices=TAMPERING_DECISIONS, help="how detect-tampering decides")
+    parser.add_argument("--tampering", choices=tuple(TAMPERING_DECISIONS), help="how detect-tampering decides")
     parser.add_argument("--segmentation", choices=tuple(SEGMENTATION_FINDERS), help="the segmentation finder")
     parser.add_argument("--threshold", type=float, help="the segmentation threshold")
     parser.add_argument("--size", type=int, help="the working resolution")

@@ -177,7 +177,7 @@ def test_model_command_scores_a_tiny_model_beside_the_baselines(test_split_root,
     assert code == 0
     tasks = json.loads((tmp_path / "m.json").read_text())["tasks"]
     assert tasks["removal"]["model"]["count"] == 2
-    assert set(tasks["segmentation"]) == {"model", "otsu", "sauvola"}
+    assert set(tasks["segmentation"]) == {"model", "model+model-ink", "model+model-in-words", "otsu", "sauvola"}
     assert set(tasks["tampering"]["model"]) >= {"real", "tampered", "miou", "mf", "count"}
     removal_output = Image.open(next((tmp_path / "out" / "removal" / "model").glob("*.png")))
     assert removal_output.size == (64, 64)  # kept at the model size, as the original saves it

@@ -175,8 +175,29 @@ def test_tampering_false_alarms_and_recall(real_dir: Path) -> None:
     assert right["false_alarms"] == pytest.approx(2 * second / (3 * first + 2 * second))
     assert right["tampered_recall"] == 1.0
     assert all_real["false_alarms"] == 0.0 and all_real["tampered_recall"] == 0.0
+    # The original's pixel IoU of the tampered class, over the image with the forgery: its word / the right half.
+    assert right["tampered_iou"] == pytest.approx(second / (96 * (128 - 50)))
+    assert all_real["tampered_iou"] == 0.0
     text, data = real.real_report(result)
     assert "Tampered text detection" in text and data["tampering"]["right half"]["tampered_recall"] == 1.0
+
+
+def test_copy_moves_constructed_from_the_real_images_are_scored_as_annotated_forgeries(real_dir: Path) -> None:
+    from upocr.evaluate.forensic import constructed_copy_moves, constructed_forgeries
+
+    samples = real.read_real_samples(real_dir)
+    made = list(constructed_forgeries(samples, trials=2, progress=False))
+    assert len(made) == 3 * 2  # every image has two words of about the same height
+    for sample, forged in made:
+        assert sample.tampered.count(True) == 1 and len(sample.words) == 2 and forged.shape == (96, 128, 3)
+    again = list(constructed_forgeries(samples, trials=2, progress=False))
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(made, again))  # reproducible
+    scores = constructed_copy_moves(samples, {"all tampered": lambda im: np.full(im.shape[:2], 2, np.uint8),
+                                              "all real": lambda im: np.ones(im.shape[:2], np.uint8)},
+                                    trials=2, progress=False)
+    flagged, genuine = scores["all tampered"].summary(), scores["all real"].summary()
+    assert flagged["tampered_recall"] == 1.0 and flagged["false_alarms"] == 1.0 and 0 < flagged["tampered_iou"] < 1
+    assert genuine["tampered_recall"] == 0.0 and genuine["false_alarms"] == 0.0 and genuine["tampered_iou"] == 0.0
 
 
 def test_unreadable_image_is_reported_and_skipped(real_dir: Path) -> None:
@@ -204,7 +225,9 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
                                     "strokes detector rectangles + Telea", *pipelines, *oracles}
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu",
                                          "upocr --segmentation model-ink", "upocr --segmentation model-in-words"}
-    assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)"}
+    assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)", "upocr --tampering words"}
+    assert set(data["constructed_forgeries"]) == set(data["tampering"])  # --copy-moves 2 by default
+    assert all(row["tampered_recall"] is not None for row in data["constructed_forgeries"].values())
     assert Image.open(out / "real.png").size[0] > 500
 
 

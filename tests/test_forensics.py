@@ -180,6 +180,11 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
     assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
     assert (tmp_path / "features.npz").is_file()
+    # --detector-every: the words detect-tampering finds (bundled detector, lines split) join the examples.
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "found.npz"), "--max-iter", "5",
+                 "--validation-share", "0.5", "--detector-every", "2"]) == 0
+    found = load_classifier(tmp_path / "found.npz").record
+    assert found["found_regions_every"] == 2 and found["words"] > record["words"]
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
 
@@ -247,3 +252,24 @@ def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, 
     written = json.loads((tmp_path / "out" / "page_regions.json").read_text())
     assert len(written["words"]) == len(found.words)
     assert [w["tampered"] for w in written["words"]] == [w["probability"] > 0.5 for w in written["words"]]
+
+
+def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_path, capsys):
+    """scripts/eval_tampering_words.py (docs/tampering.md's tables), on a tiny synthetic set: every finder row."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from upocr.data.synth import generate_dataset
+
+    generate_dataset(tmp_path / "data", count=3, seed=5, size=128, tasks=["tampering"], workers=1, progress=False)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_tampering_words.py"
+    spec = importlib.util.spec_from_file_location("eval_tampering_words", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--finders", "gt", "detector", "detector-words",
+                        "--json", str(tmp_path / "scores.json")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(train) |") == 3  # one row per finder
+    scores = json.loads((tmp_path / "scores.json").read_text())["synthetic"]
+    assert len(scores) == 3 and all(row["images"] == 3 and 0 <= row["miou"] <= 1 for row in scores.values())

@@ -182,7 +182,7 @@ class BandDecoder:
         classifier against the image's other words (`upocr.forensics`); the model's output is kept as is."""
         from upocr.forensics.detect import detect_tampered_words, split_into_words
 
-        words = split_into_words(self.pixels, regions.polygons) if regions.polygons else []
+        words = split_into_words(self.pixels, regions.polygons)
         found = detect_tampered_words(self.pixels, regions=words, threshold=self.predictor.tampering_threshold)
         return Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=found.classes, regions=regions,
                           words=found.words())

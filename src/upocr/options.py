@@ -35,7 +35,12 @@ Backend = Literal["pytorch", "onnxruntime"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 Tile = int | Literal["auto"] | None
 # How detect-tampering decides which text is tampered (`PredictorOptions.tampering`).
-TAMPERING_DECISIONS = ("model", "words")
+# How `detect-tampering` tells tampered words apart (`--tampering`): name -> one line for --help and the demo.
+TAMPERING_DECISIONS: dict[str, str] = {
+    "model": "the model's own 0/1/2 output (on synthetic held-out forgeries it flags none)",
+    "words": "the word detector's lines cut into words, each judged by the per-word forensic classifier "
+             "(upocr.forensics, docs/tampering.md) against the other words of the image",
+}
 
 
 # ---------------------------------------------------------------- argparse types (one-line errors)
@@ -146,12 +151,9 @@ class PredictorOptions:
         None, flags=("--detector-model",), type=Path, metavar="ONNX", scope="removal",
         help="a PP-OCR DB text detector .onnx for the word finder (default: the bundled PP-OCRv4 mobile detector)")
     tampering: str | None = option(
-        None, flags=("--tampering",), choices=TAMPERING_DECISIONS, scope="tampering",
+        None, flags=("--tampering",), choices=tuple(TAMPERING_DECISIONS), scope="tampering",
         help="how tampered words are told apart (default: the decision stored with the weights; the bundled "
-        "weights store words, others model): model: the model's own 0/1/2 output (on synthetic "
-        "held-out forgeries it flags none); words: the word detector finds the words, split at wide gaps, and the "
-        "per-word forensic classifier (upocr.forensics, docs/tampering.md) flags those whose traces differ from "
-        "the other words of the image")
+        "weights store words, others model): " + "; ".join(f"{k}: {v}" for k, v in TAMPERING_DECISIONS.items()))
     tampering_threshold: float | None = option(
         None, flags=("--tampering-threshold",), type=parse_threshold, scope="tampering",
         help="with --tampering words: a word is tampered when its probability exceeds this (default: the "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from upocr.commands.options import add_model_arguments, add_options, add_predictor_options, options_from_args
 from upocr.evaluate.real import REAL_DETECTORS
-from upocr.options import PredictorOptions
+from upocr.options import TAMPERING_DECISIONS, PredictorOptions
 from upocr.removal import REMOVAL_PIPELINES, SEGMENTATION_FINDERS
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task
 
@@ -86,6 +86,9 @@ def register(subparsers) -> None:
                       help="removal rows besides the weights' default, with the first variant's options (default: "
                       "every pipeline, " + ", ".join(REMOVAL_PIPELINES) + "; --pipelines alone: none)")
     real.add_argument("--limit", type=int, default=None, help="only the first N annotated images")
+    real.add_argument("--copy-moves", type=int, default=2, metavar="N",
+                      help="tampering is also scored on N copy-moves constructed per image with 2+ annotated words "
+                           "(one field pasted over another of its height, re-saved as JPEG; default 2, 0 = none)")
     real.add_argument("--markdown", type=Path, help="write the tables as markdown")
     real.add_argument("--json", type=Path, help="write all scores (per image too) as JSON")
     real.add_argument("--picture", type=Path, help="a grid of inputs and every method's results")
@@ -266,12 +269,18 @@ def _run_real(args: argparse.Namespace) -> int:
         predictors.append(predictor)
     pipelines = args.pipelines if args.pipelines is not None else list(REMOVAL_PIPELINES)
     removal.update(real.pipeline_methods(predictors[0], [name for name in pipelines if name != predictors[0].removal]))
+    tampering.update({f"upocr --tampering {name}": real.predictor_tampering(predictors[0].with_options(tampering=name))
+                      for name in TAMPERING_DECISIONS if name != predictors[0].tampering})
     segmentation.update(real.finder_methods(predictors[0], [name for name in SEGMENTATION_FINDERS if name != predictors[0].segmentation]))
     removal[f"{args.detector} detector rectangles + Telea"] = real.detector_telea(detector)
     segmentation["Sauvola"] = sauvola_text_mask
     segmentation["Otsu"] = otsu_text_mask
     result = real.run_real_benchmark(samples, removal, segmentation, detector, tampering_methods=tampering,
                                      oracles=[f"upocr ({variant})" for variant in args.variants], progress=not args.quiet)
+    if args.copy_moves > 0:
+        from upocr.evaluate.forensic import constructed_copy_moves
+
+        result.constructed = constructed_copy_moves(samples, tampering, trials=args.copy_moves, progress=not args.quiet)
     title = f"Real-image benchmark: {len(samples)} images in {args.data.name}; upocr's default removal: {predictors[0].removal}"
     text, data = real.real_report(result, title=title)
     print(text)

@@ -30,9 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--features", default=None, metavar="FILE",
                         help="feature cache (npz): read from it when it exists, else measure and write it")
     parser.add_argument("--detector-every", type=int, default=0, metavar="K",
-                        help="every K-th image also adds the regions RapidOCR's PP-OCR detector finds there, split "
-                             "into words and labelled by their overlap with tampered boxes (needs the optional rapidocr_onnxruntime), "
-                             "so the trees also learn a finder's regions; 0 = off (default)")
+                        help="every K-th image also adds the words `detect-tampering --tampering words` finds there (the "
+                             "bundled word detector's lines split into words), labelled by their overlap with tampered "
+                             "boxes, so the trees also learn the regions they are given at inference; 0 = off (default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -48,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     finder = None
     try:
         if args.detector_every > 0:
-            from upocr.evaluate.real import rapidocr_detector
+            from upocr.detector import WordDetector
             from upocr.forensics.detect import split_into_words
 
-            detect_lines = rapidocr_detector()
+            detector = WordDetector()
 
             def finder(image):
-                return split_into_words(image, detect_lines(image))
+                return split_into_words(image, detector.detect(image).polygons)
 
         ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,

@@ -14,9 +14,9 @@ from upocr.cli import EXIT_INTERRUPTED
 from upocr.commands.options import TASK_SCOPES, add_predictor_options, options_from_args
 from upocr.files import FilesInterrupted, FilesReport, predict_files
 from upocr.io import expand_inputs, read_image, write_image
-from upocr.options import PredictorOptions
+from upocr.options import TAMPERING_DECISIONS, PredictorOptions
 from upocr.predict import Predictor
-from upocr.removal import pipelines_help, removal_pipeline
+from upocr.removal import SEGMENTATION_FINDERS, pipelines_help, removal_pipeline
 from upocr.tasks import TASK_SPECS, Task, TaskSpec
 from upocr.utils import printable
 from upocr.visualize import image_grid
@@ -170,11 +170,15 @@ def run_demo(args: argparse.Namespace) -> int:
         image = read_image(path)
         predictions = predictor.predict_tasks(image, DEMO_TASKS)
         rows.append([image, *(p.task.spec.picture.draw(image, p.result) for p in predictions)])
-    titles = ["input", *(f"{task.spec.picture.label} ({predictor.removal})" if task == Task.TEXT_REMOVAL
-                         else task.spec.picture.label for task in DEMO_TASKS)]
+    # Each column names the part that decided it (the weights' stored defaults): removal pipeline, finder, decision.
+    decided_by = {Task.TEXT_REMOVAL: predictor.removal, Task.TEXT_SEGMENTATION: predictor.segmentation,
+                  Task.TAMPERED_TEXT_DETECTION: predictor.tampering}
+    titles = ["input", *(f"{task.spec.picture.label} ({decided_by[task]})" for task in DEMO_TASKS)]
     out = write_image(args.output / "demo.png", image_grid(rows, titles, height=240))
     columns = " | ".join(["input", *(task.short for task in DEMO_TASKS)])
     print(f"wrote {out} ({len(samples)} samples: {columns})")
     print(f"weights: {describe_weights(args.weights)}")
     print(f"text removal: {removal_pipeline(predictor.removal).describe()}")
+    print(f"text segmentation: {SEGMENTATION_FINDERS[predictor.segmentation].describe()}")
+    print(f"tampered text detection: {predictor.tampering}: {TAMPERING_DECISIONS[predictor.tampering]}")
     return 0

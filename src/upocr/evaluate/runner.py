@@ -42,7 +42,7 @@ from upocr.evaluate.removal import (
 from upocr.evaluate.readers import read_plain, read_rgb_as_original
 from upocr.evaluate.report import markdown_report
 from upocr.io import ImageError, write_image
-from upocr.removal import REMOVAL_PIPELINES
+from upocr.removal import REMOVAL_PIPELINES, SEGMENTATION_FINDERS
 from upocr.tasks import SEGMENTATION_THRESHOLD, Task, decode_removal, encode_segmentation_target
 from upocr.visualize import image_grid
 
@@ -51,6 +51,8 @@ MODEL_METHOD = "model"
 # "telea-fill", ...), each what `upocr remove-text --removal NAME` writes; none uses ground truth.
 MODEL_REMOVAL_METHODS = {name: f"model+{name}" for name in REMOVAL_PIPELINES if name != "raw"}
 # Tampering only: one more row, `detect-tampering --tampering words` (upocr.forensics), beside the model's own.
+# Text segmentation likewise: one row per segmentation finder but the model's own mask (`--segmentation NAME`).
+MODEL_SEGMENTATION_METHODS = {name: f"model+{name}" for name in SEGMENTATION_FINDERS if name != "model"}
 TAMPERING_WORDS_METHOD = "words+forensics"
 RANKING_PIPELINE = "telea-fill"  # the sample pictures rank images by the model's own mask, Telea-filled
 SPLIT = "test"
@@ -195,6 +197,12 @@ def evaluate_on_benchmarks(
                         pred_dir = root / task.short / method
                         pairs, errors = write_model_predictions(predictor.with_options(removal=mode), task, samples, pred_dir,
                                                                 full_resolution=True, progress=progress)
+                        report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
+                if task == Task.TEXT_SEGMENTATION and getattr(predictor, "segmentation", None) is not None:
+                    for finder, method in MODEL_SEGMENTATION_METHODS.items():
+                        pred_dir = root / task.short / method
+                        pairs, errors = write_model_predictions(predictor.with_options(segmentation=finder), task, samples,
+                                                                pred_dir, progress=progress)
                         report.results.append(_run_method(task, method, pairs, errors, pred_dir, fid_weights=fid_weights, progress=progress))
                 if task == Task.TAMPERED_TEXT_DETECTION and getattr(predictor, "tampering", None) is not None:
                     pred_dir = root / task.short / TAMPERING_WORDS_METHOD  # the per-word forensic classifier
