@@ -9,7 +9,7 @@ import torch
 
 from upocr.predict import Predictor
 from upocr.removal import SEGMENTATION_FINDERS
-from upocr.strokes import components_touching, snap_to_ink
+from upocr.strokes import components_touching, confirmed_strokes, snap_to_ink
 from test_detector import text_image
 
 
@@ -60,6 +60,19 @@ def test_components_touching_keeps_whole_components_and_drops_the_others():
     kept = components_touching(mask, region)
     assert kept[5:25, 5:8].all() and not kept[:, 30:].any()
     assert not components_touching(mask, np.zeros_like(mask)).any()
+
+
+def test_confirmed_strokes_keeps_everything_only_where_the_words_confirm_nearly_all_of_it():
+    mask = np.zeros((40, 100), bool)
+    mask[5:35, 5:45] = True  # 1200 px: a word's strokes, in the region
+    mask[10:14, 60:70] = True  # 40 px elsewhere (3 % of the mask): a handwritten mark the detector missed
+    region = np.zeros_like(mask)
+    region[15:25, 0:50] = True
+    np.testing.assert_array_equal(confirmed_strokes(mask, region), mask)  # 97 % confirmed: a page it reads
+    mask[10:30, 60:100] = True  # now 800 px elsewhere (40 %): clutter on a photo
+    kept = confirmed_strokes(mask, region)
+    assert kept[5:35, 5:45].all() and not kept[:, 60:].any()
+    assert not confirmed_strokes(np.zeros_like(mask), region).any()
 
 
 class InkEverywhere:

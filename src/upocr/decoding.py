@@ -29,7 +29,7 @@ from upocr.removal import (
     removal_change_mask,
     spread_change,
 )
-from upocr.strokes import components_touching, snap_to_ink
+from upocr.strokes import confirmed_strokes, snap_to_ink
 from upocr.tasks import Task
 from upocr.tiling import BAND_ROWS, RowFilterStream, filter_rows, gaussian_reach, resize_rows
 
@@ -169,12 +169,13 @@ class BandDecoder:
 
     def _segmentation(self, output: np.ndarray | None, mask: np.ndarray, regions: Any) -> Prediction:
         """The text mask as the predictor's segmentation finder decides (`upocr.removal.SEGMENTATION_FINDERS`):
-        snapped to the ink first (it may join a stroke's pieces), then only the strokes touching the words."""
+        snapped to the ink first (it may join a stroke's pieces), then the strokes the words confirm
+        (`upocr.strokes.confirmed_strokes`: all of them on a page where the words confirm nearly all)."""
         finder = SEGMENTATION_FINDERS[self.predictor.segmentation]
         if finder.snaps_to_ink:
             mask = snap_to_ink(self.pixels, mask)
         if finder.in_words:
-            mask = components_touching(mask, regions.mask(WORDS_SEGMENTATION_MARGIN))
+            mask = confirmed_strokes(mask, regions.mask(WORDS_SEGMENTATION_MARGIN))
         return Prediction(Task.TEXT_SEGMENTATION, output, mask=mask, regions=regions if finder.in_words else None)
 
     def _tampered_words(self, output: np.ndarray | None, regions: Any) -> Prediction:

@@ -96,8 +96,9 @@ REMOVAL_PIPELINES: dict[str, RemovalPipeline] = {
 class SegmentationFinder:
     """One way to decide the text mask: the model's mask, optionally snapped to the ink of the image
     (`upocr.strokes.snap_to_ink`) and optionally kept only where its strokes touch the word detector's
-    regions grown by WORDS_SEGMENTATION_MARGIN px (`upocr.strokes.components_touching`): the detector drops
-    the model's false positives (barcodes, textures), whole strokes keep the ascenders its polygons cut."""
+    regions grown by WORDS_SEGMENTATION_MARGIN px (`upocr.strokes.confirmed_strokes`): the detector drops
+    the model's false positives (barcodes, textures), whole strokes keep the ascenders its polygons cut, and
+    on a page where the words confirm nearly all strokes the rest are kept too (handwriting it misses)."""
 
     name: str
     snaps_to_ink: bool
