@@ -312,3 +312,15 @@ def test_pickle_protocol_the_safe_loader_cannot_read(tiny, tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(CheckpointError, match=r"p4\.pth: pickled with an instruction the safe loader cannot read"):
             upocr.load_model(path)
+
+
+def test_loading_weights_does_not_import_the_compiler():
+    """Building the shape-only network skips in-place initialisation of meta tensors; run, it went through a
+    Python meta kernel whose first call imports torch._dynamo (1.5 s of every command's start-up)."""
+    import subprocess
+    import sys
+
+    code = "import sys, upocr; upocr.load_model(); print('torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "False"

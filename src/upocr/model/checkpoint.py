@@ -108,6 +108,13 @@ class _ParametersOnMeta(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func in self.FACTORIES and kwargs.get("device") is None:
             kwargs["device"] = "meta"
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes its tensor by keyword
+        if name.endswith("_") and not name.startswith("_") and isinstance(target, torch.Tensor) and target.is_meta:
+            # In-place initialisation (normal_, zero_, ...) of a shape-only tensor: nothing to do, the file's
+            # values replace it. Running it would route through a Python meta kernel whose first call imports
+            # torch._dynamo: 1.5 s of every command's start-up.
+            return target
         return func(*args, **kwargs)
 
 
