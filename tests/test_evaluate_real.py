@@ -183,7 +183,7 @@ def test_tampering_false_alarms_and_recall(real_dir: Path) -> None:
 
 
 def test_copy_moves_constructed_from_the_real_images_are_scored_as_annotated_forgeries(real_dir: Path) -> None:
-    from upocr.evaluate.forensic import constructed_copy_moves, constructed_forgeries
+    from upocr.evaluate.forensic import constructed_forgeries, constructed_forgery_scores
 
     samples = real.read_real_samples(real_dir)
     made = list(constructed_forgeries(samples, trials=2, progress=False))
@@ -192,7 +192,7 @@ def test_copy_moves_constructed_from_the_real_images_are_scored_as_annotated_for
         assert sample.tampered.count(True) == 1 and len(sample.words) == 2 and forged.shape == (96, 128, 3)
     again = list(constructed_forgeries(samples, trials=2, progress=False))
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(made, again))  # reproducible
-    scores = constructed_copy_moves(samples, {"all tampered": lambda im: np.full(im.shape[:2], 2, np.uint8),
+    scores = constructed_forgery_scores(samples, {"all tampered": lambda im: np.full(im.shape[:2], 2, np.uint8),
                                               "all real": lambda im: np.ones(im.shape[:2], np.uint8)},
                                     trials=2, progress=False)
     flagged, genuine = scores["all tampered"].summary(), scores["all real"].summary()
@@ -226,8 +226,9 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu",
                                          "upocr --segmentation model-ink", "upocr --segmentation model-in-words"}
     assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)", "upocr --tampering words"}
-    assert set(data["constructed_forgeries"]) == set(data["tampering"])  # --copy-moves 2 by default
-    assert all(row["tampered_recall"] is not None for row in data["constructed_forgeries"].values())
+    copy_moves = data["constructed_forgeries"]["copy-move"]  # --forgeries 2 by default
+    assert set(copy_moves) == set(data["tampering"]) and all(row["tampered_recall"] is not None for row in copy_moves.values())
+    assert set(data["constructed_forgeries"]) == {"copy-move", "retyped digits"}
     assert Image.open(out / "real.png").size[0] > 500
 
 
@@ -285,3 +286,24 @@ def test_cli_without_rapidocr_is_one_line(real_dir: Path, tiny_weights: Path, mo
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.endswith("(or use the default --detector ppocr)")
+
+
+def test_retyped_digits_change_the_digits_of_a_numeric_field_only(real_dir: Path) -> None:
+    from upocr.evaluate.forensic import FORGERIES, constructed_forgeries, retyped_digits_forgery
+
+    samples = real.read_real_samples(real_dir)
+    image = np.asarray(Image.open(samples[0].image).convert("RGB"))
+    rng = np.random.default_rng(0)
+    assert retyped_digits_forgery(image, samples[0].words, ("w", "w"), rng) is None  # no digits: nothing to re-type
+    image = np.full((60, 200, 3), 235, np.uint8)
+    cv2.putText(image, "TOTAL", (5, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (20, 20, 20), 2)
+    cv2.putText(image, "12.50", (110, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (20, 20, 20), 2)
+    words = [np.array([[3, 20], [95, 20], [95, 46], [3, 46]], np.float32), np.array([[107, 20], [190, 20], [190, 46], [107, 46]], np.float32)]
+    forged, polygons, tampered = retyped_digits_forgery(image, words, ("TOTAL", "12.50"), rng)
+    assert tampered == [False, True] and len(polygons) == 2
+    change = np.abs(forged.astype(int) - image.astype(int)).max(axis=2) > 60
+    assert change[20:47, 107:191].mean() > 0.05  # the amount was drawn again, other digits
+    assert change[:, :100].mean() < 0.01  # "TOTAL" untouched (up to the JPEG re-save)
+    assert set(FORGERIES) == {"copy-move", "retyped digits"}
+    assert samples[0].texts == ("w", "w")
+    assert list(constructed_forgeries(samples, trials=1, kind="retyped digits", progress=False)) == []

@@ -86,9 +86,10 @@ def register(subparsers) -> None:
                       help="removal rows besides the weights' default, with the first variant's options (default: "
                       "every pipeline, " + ", ".join(REMOVAL_PIPELINES) + "; --pipelines alone: none)")
     real.add_argument("--limit", type=int, default=None, help="only the first N annotated images")
-    real.add_argument("--copy-moves", type=int, default=2, metavar="N",
-                      help="tampering is also scored on N copy-moves constructed per image with 2+ annotated words "
-                           "(one field pasted over another of its height, re-saved as JPEG; default 2, 0 = none)")
+    real.add_argument("--forgeries", type=int, default=2, metavar="N",
+                      help="tampering is also scored on N forgeries of each kind constructed per image with 2+ annotated "
+                           "words: copy-moves (one field pasted over another of its height) and re-typed digits (a field "
+                           "with digits drawn again with other digits); each re-saved as JPEG (default 2, 0 = none)")
     real.add_argument("--markdown", type=Path, help="write the tables as markdown")
     real.add_argument("--json", type=Path, help="write all scores (per image too) as JSON")
     real.add_argument("--picture", type=Path, help="a grid of inputs and every method's results")
@@ -277,10 +278,11 @@ def _run_real(args: argparse.Namespace) -> int:
     segmentation["Otsu"] = otsu_text_mask
     result = real.run_real_benchmark(samples, removal, segmentation, detector, tampering_methods=tampering,
                                      oracles=[f"upocr ({variant})" for variant in args.variants], progress=not args.quiet)
-    if args.copy_moves > 0:
-        from upocr.evaluate.forensic import constructed_copy_moves
+    if args.forgeries > 0:
+        from upocr.evaluate.forensic import FORGERIES, constructed_forgery_scores
 
-        result.constructed = constructed_copy_moves(samples, tampering, trials=args.copy_moves, progress=not args.quiet)
+        result.constructed = {kind: constructed_forgery_scores(samples, tampering, kind=kind, trials=args.forgeries,
+                                                               progress=not args.quiet) for kind in FORGERIES}
     title = f"Real-image benchmark: {len(samples)} images in {args.data.name}; upocr's default removal: {predictors[0].removal}"
     text, data = real.real_report(result, title=title)
     print(text)

@@ -163,11 +163,72 @@ class CopyMoveScores:
         }
 
 
+def retyped_digits_forgery(image: np.ndarray, words: Sequence[np.ndarray], texts: Sequence[str], rng: np.random.Generator,
+                           ) -> tuple[np.ndarray, list[np.ndarray], list[bool]] | None:
+    """Re-type the digits of one annotated field (an amount, a date): the field erased with Telea, its text
+    drawn again with every digit changed, in one of the synthetic test split's fonts, in the field's ink colour
+    and at its ink's height, then the file re-saved as JPEG. (forged image, polygons, tampered flags) or None
+    when no field holds digits."""
+    from PIL import Image, ImageDraw
+
+    from upocr.data.synth.fonts import fonts_for_split, load_font
+
+    height, width = image.shape[:2]
+    boxes = [(*np.floor(w.min(0)).astype(int), *np.ceil(w.max(0)).astype(int)) for w in words]
+    numeric = [i for i, (text, (x1, y1, x2, y2)) in enumerate(zip(texts, boxes))
+               if any(ch.isdigit() for ch in text) and y2 - y1 >= 8 and x2 - x1 > y2 - y1]
+    if not numeric:
+        return None
+    target = numeric[int(rng.integers(len(numeric)))]
+    x1, y1, x2, y2 = np.clip(boxes[target], 0, [width - 1, height - 1, width - 1, height - 1])
+    crop = image[y1:y2 + 1, x1:x2 + 1]
+    _, dark = cv2.threshold(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    ink = dark.astype(bool) if dark.sum() <= dark.size / 2 else ~dark.astype(bool)
+    rows, columns = np.nonzero(ink)
+    if rows.size == 0:
+        return None
+    pixels = crop[ink].astype(np.float32)
+    strength = np.abs(pixels.mean(axis=1) - crop[~ink].astype(np.float32).mean()) if (~ink).any() else pixels.mean(axis=1)
+    colour = tuple(int(c) for c in pixels[strength >= np.median(strength)].mean(axis=0))  # the strokes' cores, not their rims
+    text = "".join(str((int(ch) + int(rng.integers(1, 10))) % 10) if ch.isdigit() else ch for ch in texts[target])
+    font_path = fonts_for_split("test")[int(rng.integers(len(fonts_for_split("test"))))].path
+    ink_height = int(rows.max() - rows.min() + 1)
+    size = max(6, ink_height)
+    for _ in range(3):  # fit the drawn text's ink height to the field's
+        left, top, right, bottom = load_font(font_path, size).getbbox(text)
+        size = max(6, int(round(size * ink_height / max(1, bottom - top))))
+    font = load_font(font_path, size)
+    left, top, right, bottom = font.getbbox(text)
+    erase = np.zeros((height, width), np.uint8)
+    cv2.fillPoly(erase, [np.round(words[target]).astype(np.int32)], 255)
+    forged = cv2.inpaint(np.ascontiguousarray(image), cv2.dilate(erase, np.ones((5, 5), np.uint8)), 3, cv2.INPAINT_TELEA)
+    origin = (int(x1 + columns.min() - left), int(y1 + rows.min() - top))
+    canvas = Image.fromarray(forged)
+    ImageDraw.Draw(canvas).text(origin, text, font=font, fill=colour)
+    forged = jpeg_roundtrip(np.asarray(canvas), int(rng.integers(75, 96)))
+    dx1, dy1 = origin[0] + left, origin[1] + top
+    dx2, dy2 = origin[0] + right, origin[1] + bottom
+    bx1, by1 = max(0, min(x1, dx1)), max(0, min(y1, dy1))
+    bx2, by2 = min(width - 1, max(x2, dx2)), min(height - 1, max(y2, dy2))
+    retyped = np.array([[bx1, by1], [bx2, by1], [bx2, by2], [bx1, by2]], np.float32)
+    kept = [w for i, w in enumerate(words) if i != target]
+    return forged, [*kept, retyped], [False] * len(kept) + [True]
+
+
+Forgery = Callable[[np.ndarray, RealSample, np.random.Generator], "tuple[np.ndarray, list[np.ndarray], list[bool]] | None"]
+# The forgeries `upocr evaluate real` constructs from real images: name -> how.
+FORGERIES: dict[str, Forgery] = {
+    "copy-move": lambda image, sample, rng: copy_move_forgery(image, sample.words, rng),
+    "retyped digits": lambda image, sample, rng: retyped_digits_forgery(image, sample.words, sample.texts, rng),
+}
+
+
 def constructed_forgeries(samples: Sequence[RealSample], *, trials: int, seed: int = 0, progress: bool = True,
-                          ) -> Iterator[tuple[RealSample, np.ndarray]]:
-    """Up to `trials` copy-moves (`copy_move_forgery`) per real image with 2+ words: (the sample with the edited
-    annotation, pasted field `"tampered"`, and the forged image). Reproducible: each draws from (seed, image, trial)."""
-    for index, sample in enumerate(tqdm(samples, desc="copy-move", unit="image", disable=not progress)):
+                          kind: str = "copy-move") -> Iterator[tuple[RealSample, np.ndarray]]:
+    """Up to `trials` forgeries of `kind` (`FORGERIES`) per real image with 2+ words: (the sample with the edited
+    annotation, the forged word `"tampered"`, and the forged image). Reproducible: each draws from (seed, image, trial)."""
+    forge = FORGERIES[kind]
+    for index, sample in enumerate(tqdm(samples, desc=kind, unit="image", disable=not progress)):
         if len(sample.words) < 2:
             continue
         try:
@@ -175,20 +236,21 @@ def constructed_forgeries(samples: Sequence[RealSample], *, trials: int, seed: i
         except (OSError, ValueError):
             continue  # the benchmark reports unreadable images once, with the other methods
         for trial in range(trials):
-            made = copy_move_forgery(image, sample.words, np.random.default_rng([seed, index, trial]))
+            made = forge(image, sample, np.random.default_rng([seed, index, trial]))
             if made is None:
                 break
             forged, polygons, tampered = made
-            yield replace(sample, words=tuple(polygons), tampered=tuple(tampered), ignored=()), forged
+            yield replace(sample, words=tuple(polygons), tampered=tuple(tampered), ignored=(), texts=()), forged
 
 
-def constructed_copy_moves(samples: Sequence[RealSample], methods: Mapping[str, Callable[[np.ndarray], np.ndarray]], *,
-                           trials: int = 2, seed: int = 0, progress: bool = True) -> dict[str, MethodScores]:
-    """Every tampering method (RGB -> 0 / 1 / 2 classes, e.g. the predictor's) on copy-moves constructed from
-    the real images, scored as `upocr evaluate real` scores annotated forgeries (tampered recall and IoU,
+def constructed_forgery_scores(samples: Sequence[RealSample], methods: Mapping[str, Callable[[np.ndarray], np.ndarray]], *,
+                               kind: str = "copy-move", trials: int = 2, seed: int = 0, progress: bool = True,
+                               ) -> dict[str, MethodScores]:
+    """Every tampering method (RGB -> 0 / 1 / 2 classes, e.g. the predictor's) on forgeries of `kind` constructed
+    from the real images, scored as `upocr evaluate real` scores annotated forgeries (tampered recall and IoU,
     false alarms on the genuine words)."""
     scores = {name: MethodScores() for name in methods}
-    for sample, forged in constructed_forgeries(samples, trials=trials, seed=seed, progress=progress):
+    for sample, forged in constructed_forgeries(samples, trials=trials, seed=seed, progress=progress, kind=kind):
         for name, method in methods.items():
             started = time.perf_counter()
             classes = method(forged)

@@ -57,7 +57,11 @@ BOX_HIT_SHARE = 0.05  # a word counts as segmented when this share of its polygo
 POLYGON_GROWTH = 0.01  # polygons grow by this share of the image diagonal for "outside" (halos, JPEG)
 DETECTOR_FILL_GROWTH = 3  # px: detector boxes grow before Telea fills them (anti-aliased edges)
 ORACLE_TAG = " (oracle: reads the annotations)"
-CONSTRUCTED_TITLE = "copy-moves constructed from the real images: one field pasted over another, re-saved as JPEG"
+CONSTRUCTED_TITLES = {  # per kind of constructed forgery (`upocr.evaluate.forensic.FORGERIES`)
+    "copy-move": "copy-moves constructed from the real images: one field pasted over another, re-saved as JPEG",
+    "retyped digits": "re-typed digits constructed from the real images: a field with digits erased and drawn "
+                      "again with other digits in another font, re-saved as JPEG",
+}
 
 Detector = Callable[[np.ndarray], list[np.ndarray]]  # RGB uint8 (H, W, 3) -> word quads, each (4, 2)
 RemovalMethod = Callable[[np.ndarray], np.ndarray]  # RGB -> RGB without text
@@ -84,6 +88,7 @@ class RealSample:
     mask: Path | None = None
     mask_type: str | None = None
     tampered: tuple[bool, ...] = ()  # per word: marked `"tampered": true` (constructed forgeries)
+    texts: tuple[str, ...] = ()  # per word: its annotated `"text"` ("" when the sidecar gives none)
 
     @property
     def name(self) -> str:
@@ -144,7 +149,7 @@ def _read_sidecar(sidecar: Path, meta: dict[str, Any], root: Path) -> RealSample
         if not candidates:
             raise problem("its image is missing")
         image = candidates[0]
-    words, ignored, tampered = [], [], []
+    words, ignored, tampered, texts = [], [], [], []
     for polygon in _polygons(meta["polygons"], problem):
         points = polygon["points"]
         if polygon.get("ignore"):
@@ -152,6 +157,7 @@ def _read_sidecar(sidecar: Path, meta: dict[str, Any], root: Path) -> RealSample
         else:
             words.append(points)
             tampered.append(polygon.get("tampered", False))
+            texts.append(polygon["text"] if isinstance(polygon.get("text"), str) else "")
     optional = {key: _named_file(sidecar, meta[key], root, key, problem) for key in ("label", "mask") if meta.get(key)}
     return RealSample(
         image=image,
@@ -163,6 +169,7 @@ def _read_sidecar(sidecar: Path, meta: dict[str, Any], root: Path) -> RealSample
         mask=optional.get("mask"),
         mask_type=meta.get("mask_type"),
         tampered=tuple(tampered),
+        texts=tuple(texts),
     )
 
 
@@ -486,8 +493,9 @@ class RealBenchmark:
     pictures: list[list[np.ndarray]]
     picture_titles: list[str]
     errors: list[str]
-    # Tampering methods on forgeries constructed from the samples (`upocr.evaluate.forensic.constructed_copy_moves`).
-    constructed: dict[str, MethodScores] = field(default_factory=dict)
+    # Tampering methods on forgeries constructed from the samples, per kind of forgery
+    # (`upocr.evaluate.forensic.FORGERIES`, `constructed_forgery_scores`).
+    constructed: dict[str, dict[str, MethodScores]] = field(default_factory=dict)
 
 
 def run_real_benchmark(
@@ -600,7 +608,9 @@ def real_report(result: RealBenchmark, *, title: str = "Real-image benchmark") -
             f"| {name} | {_fmt(ink.get('fg_iou'))} | {_fmt(ink.get('precision'))} | {_fmt(ink.get('recall'))} | {_fmt(ink.get('f_score'))} | "
             f"{_fmt(summary['box_precision'])} | {_fmt(summary['box_recall'])} | {_fmt(summary['seconds_per_image'], 2)} |"
         )
-    for title, table in (("real images", result.tampering), (CONSTRUCTED_TITLE, result.constructed)):
+    tables = [("real images", result.tampering),
+              *((CONSTRUCTED_TITLES.get(kind, kind), table) for kind, table in result.constructed.items())]
+    for title, table in tables:
         if table:
             lines += [
                 "",
@@ -625,7 +635,7 @@ def real_report(result: RealBenchmark, *, title: str = "Real-image benchmark") -
         "",
     ]
     tampering = {name: scores.summary() for name, scores in result.tampering.items()}
-    constructed = {name: scores.summary() for name, scores in result.constructed.items()}
+    constructed = {kind: {name: scores.summary() for name, scores in table.items()} for kind, table in result.constructed.items()}
     data = {"removal": removal, "segmentation": segmentation, "tampering": tampering, "constructed_forgeries": constructed,
             "erasure_before": result.before_erasure, "errors": result.errors}
     return "\n".join(lines), data
