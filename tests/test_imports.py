@@ -309,3 +309,16 @@ if __name__ == "__main__":  # redraw docs/architecture.md's picture from LAYERS
     text = ARCHITECTURE_DOC.read_text(encoding="utf-8")
     ARCHITECTURE_DOC.write_text(text.replace(_doc_picture(text), layers_mermaid()), encoding="utf-8")
     print(f"redrew {ARCHITECTURE_DOC}")
+
+
+def test_building_the_command_line_leaves_slow_optional_modules_unimported():
+    """Every command builds the whole parser first: what it imports is start-up time for all of them (scipy.signal
+    was 0.4 s, through the evaluation metrics; the metrics import scipy where they use it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, upocr.cli; upocr.cli.build_parser(); "
+            "print(' '.join(m for m in ('scipy.signal', 'torch._dynamo') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

@@ -23,7 +23,6 @@ from typing import Iterable
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage, signal
 from tqdm import tqdm
 
 from upocr.evaluate.fid import fid_for_folders
@@ -63,6 +62,8 @@ def ssim_maps(img1: np.ndarray, img2: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
     Gaussian window min(height, 11) wide, sigma 1.5, FFT convolution, K1 0.01, K2 0.03, L 255, float64.
     """
+    from scipy import signal  # here, not at the top: scipy.signal is 0.4 s of every command's start-up
+
     img1 = np.asarray(img1, dtype=np.float64)
     img2 = np.asarray(img2, dtype=np.float64)
     window = gaussian_window(min(img1.shape[0], 11), 1.5)
@@ -108,6 +109,8 @@ def msssim_multiscale(gt_luma: np.ndarray, pred_luma: np.ndarray) -> float:
 
     Not used for reported numbers; here to show how far the original's value is from a real MS-SSIM.
     """
+    from scipy import ndimage
+
     box = np.ones((2, 2)) / 4.0
     img1 = np.asarray(gt_luma, dtype=np.float64)
     img2 = np.asarray(pred_luma, dtype=np.float64)
@@ -171,6 +174,8 @@ def removal_image_scores(
     y_gt, y_pred = _luminance_255(gt_t), _luminance_255(pred_t)
     diff = np.abs(y_pred - y_gt).round().astype(np.uint8)
     errors = diff > ERROR_PIXEL_THRESHOLD
+    from scipy import ndimage
+
     clustered = ndimage.binary_erosion(errors, CROSS)  # border_value 0, as scipy's default
     return RemovalImageScores(
         mse=float(mse_t),
