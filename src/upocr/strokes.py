@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from upocr.inpaint import dilate
+from upocr.tiling import BAND_ROWS
 
 INK_WINDOW = 15  # px: the window in which the ink and paper colours are averaged (a few stroke widths)
 INK_REACH = 3  # px: how far outside the model's mask a pixel may join the ink
@@ -32,7 +33,6 @@ PAPER_GAP = 3  # px: the paper colour is read at least this far from the mask (n
 # real-dev the DIBCO pages and two receipts lie at 0.91-0.99, a receipt with a barcode at 0.77 and the scene
 # photos at 0.00-0.82: any value in (0.82, 0.91] gives the same result there (docs/results.md).
 TRUSTED_PAGE_SHARE = 0.85
-BAND_ROWS = 512  # rows per band: ~12 float maps of (512 + context) x W live at once
 
 
 def snap_to_ink(pixels: np.ndarray, mask: np.ndarray, *, window: int = INK_WINDOW, reach: int = INK_REACH,

@@ -28,6 +28,7 @@ from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.real import MethodScores, RealSample, polygon_mask, score_tampering
 from upocr.forensics.detect import classify_regions, regions_from_text_mask, split_into_words
+from upocr.forensics.features import pixel_box
 from upocr.forensics.model import TreeEnsemble
 from upocr.forensics.train import roc_auc
 from upocr.io import read_image
@@ -117,7 +118,7 @@ def copy_move_forgery(image: np.ndarray, words: Sequence[np.ndarray], rng: np.ra
     """Copy one field over another of about its height; (forged image, polygons, tampered flags) or None
     when no pair of fields fits. The covered field leaves the annotation; the pasted one is tampered."""
     height, width = image.shape[:2]
-    boxes = [(*np.floor(w.min(0)).astype(int), *np.ceil(w.max(0)).astype(int)) for w in words]
+    boxes = [pixel_box(w) for w in words]
     heights = np.array([b[3] - b[1] + 1 for b in boxes])
     pairs = [(a, b) for a in range(len(words)) for b in range(len(words))
              if a != b and heights[a] >= 6 and abs(heights[a] - heights[b]) <= 0.25 * heights[b]]
@@ -130,16 +131,26 @@ def copy_move_forgery(image: np.ndarray, words: Sequence[np.ndarray], rng: np.ra
     ph, pw = patch.shape[:2]
     top = int(np.clip(round((ty1 + ty2) / 2 - ph / 2), 0, height - ph))
     left = int(np.clip(tx1, 0, width - pw))
-    erase = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(erase, [np.round(words[target]).astype(np.int32)], 255)
-    erase = cv2.dilate(erase, np.ones((5, 5), np.uint8))
-    forged = cv2.inpaint(np.ascontiguousarray(image), erase, 3, cv2.INPAINT_TELEA)
+    forged = erased_field(image, words[target])
     forged[top:top + ph, left:left + pw] = patch
     pasted = np.array([[left, top], [left + pw - 1, top], [left + pw - 1, top + ph - 1], [left, top + ph - 1]], np.float32)
     forged = jpeg_roundtrip(forged, int(rng.integers(75, 96)))
-    # The annotation after the edit: the covered field is gone; fields the patch overlaps lose those pixels.
+    return (forged, *annotation_after(words, target, pasted))
+
+
+def erased_field(image: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """A copy of `image` with one field erased as a clone tool would: its polygon, grown 2 px, filled by Telea."""
+    erase = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(erase, [np.round(polygon).astype(np.int32)], 255)
+    erase = cv2.dilate(erase, np.ones((5, 5), np.uint8))
+    return cv2.inpaint(np.ascontiguousarray(image), erase, 3, cv2.INPAINT_TELEA)
+
+
+def annotation_after(words: Sequence[np.ndarray], target: int, forged: np.ndarray) -> tuple[list[np.ndarray], list[bool]]:
+    """(polygons, tampered flags) after an edit of field `target`: it leaves the annotation, the `forged`
+    polygon joins it as tampered (fields the forged one overlaps lose those pixels)."""
     kept = [w for i, w in enumerate(words) if i != target]
-    return forged, [*kept, pasted], [False] * len(kept) + [True]
+    return [*kept, forged], [False] * len(kept) + [True]
 
 
 @dataclass
@@ -174,7 +185,7 @@ def retyped_digits_forgery(image: np.ndarray, words: Sequence[np.ndarray], texts
     from upocr.data.synth.fonts import fonts_for_split, load_font
 
     height, width = image.shape[:2]
-    boxes = [(*np.floor(w.min(0)).astype(int), *np.ceil(w.max(0)).astype(int)) for w in words]
+    boxes = [pixel_box(w) for w in words]
     numeric = [i for i, (text, (x1, y1, x2, y2)) in enumerate(zip(texts, boxes))
                if any(ch.isdigit() for ch in text) and y2 - y1 >= 8 and x2 - x1 > y2 - y1]
     if not numeric:
@@ -199,9 +210,7 @@ def retyped_digits_forgery(image: np.ndarray, words: Sequence[np.ndarray], texts
         size = max(6, int(round(size * ink_height / max(1, bottom - top))))
     font = load_font(font_path, size)
     left, top, right, bottom = font.getbbox(text)
-    erase = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(erase, [np.round(words[target]).astype(np.int32)], 255)
-    forged = cv2.inpaint(np.ascontiguousarray(image), cv2.dilate(erase, np.ones((5, 5), np.uint8)), 3, cv2.INPAINT_TELEA)
+    forged = erased_field(image, words[target])
     origin = (int(x1 + columns.min() - left), int(y1 + rows.min() - top))
     canvas = Image.fromarray(forged)
     ImageDraw.Draw(canvas).text(origin, text, font=font, fill=colour)
@@ -211,8 +220,7 @@ def retyped_digits_forgery(image: np.ndarray, words: Sequence[np.ndarray], texts
     bx1, by1 = max(0, min(x1, dx1)), max(0, min(y1, dy1))
     bx2, by2 = min(width - 1, max(x2, dx2)), min(height - 1, max(y2, dy2))
     retyped = np.array([[bx1, by1], [bx2, by1], [bx2, by2], [bx1, by2]], np.float32)
-    kept = [w for i, w in enumerate(words) if i != target]
-    return forged, [*kept, retyped], [False] * len(kept) + [True]
+    return (forged, *annotation_after(words, target, retyped))
 
 
 Forgery = Callable[[np.ndarray, RealSample, np.random.Generator], "tuple[np.ndarray, list[np.ndarray], list[bool]] | None"]

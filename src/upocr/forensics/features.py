@@ -130,7 +130,8 @@ def region_boxes(regions: Sequence[np.ndarray | Sequence[float]], shape: tuple[i
     return polygons
 
 
-def _bbox(polygon: np.ndarray) -> tuple[int, int, int, int]:
+def pixel_box(polygon: np.ndarray) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2): the whole pixels a polygon's points reach (floor of the minimum, ceiling of the maximum)."""
     x1, y1 = np.floor(polygon.min(0)).astype(int)
     x2, y2 = np.ceil(polygon.max(0)).astype(int)
     return int(x1), int(y1), int(x2), int(y2)
@@ -170,7 +171,7 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     rows = np.full((len(polygons), len(BASE_NAMES)), np.nan, np.float32)
     thumbnails: list[np.ndarray | None] = []
     for index, polygon in enumerate(polygons):
-        x1, y1, x2, y2 = _bbox(polygon)
+        x1, y1, x2, y2 = pixel_box(polygon)
         box_h, box_w = y2 - y1 + 1, x2 - x1 + 1
         if min(box_h, box_w) < MIN_SIDE:
             thumbnails.append(None)
