@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from upocr.forensics.detect import classify_regions, regions_from_text_mask, score_words
+from upocr.forensics.detect import (WORD_GROWTH_ACROSS, WORD_GROWTH_ALONG, classify_regions, regions_from_text_mask,
+                                    score_words)
 from upocr.forensics.features import FEATURE_NAMES, word_features
 from upocr.forensics.model import ClassifierError, TreeEnsemble, from_sklearn, load_classifier
 
@@ -110,6 +111,13 @@ def test_class_map_paints_each_region_by_its_probability():
     words = stricter.words()
     assert [w["tampered"] for w in words] == [False] * 5 + [True] and words[5]["box"] == list(boxes[5])
     assert len(score_words(image, [], classifier)) == 0
+    extents = [(x1 - 3, y1 - 2, x2 + 3, y2 + 2) for x1, y1, x2, y2 in boxes]  # painted, not measured
+    grown = classify_regions(image[..., ::-1].copy(), boxes, classifier=stump("log_height", 3.45), extents=extents)
+    np.testing.assert_array_equal(grown.probabilities, stricter.probabilities)
+    assert grown.classes[y1 - 2, x1 - 3] == 2 and stricter.classes[y1 - 2, x1 - 3] == 0
+    assert grown.words()[5]["box"] == list(extents[5])
+    with pytest.raises(ValueError, match="2 extents for 6 regions"):
+        classify_regions(image, boxes, classifier=classifier, extents=extents[:2])
 
 
 def test_text_mask_components_are_grouped_into_words():
@@ -208,6 +216,22 @@ def test_line_regions_are_split_into_words_at_wide_gaps():
         image[10:30, x:x + 5] = 20
     words = split_into_words(image, [np.array([5, 8, 90, 31])])
     assert [np.round(w).astype(int).tolist() for w in words] == [[5, 8, 30, 31], [70, 8, 90, 31]]
+    words = split_into_words(image, [np.array([5, 8, 90, 31])], grow=True)  # the extent a label gives each word
+    along, across = WORD_GROWTH_ALONG * 24, WORD_GROWTH_ACROSS * 24  # the line is 24 px high
+    pieces = [[5, 8, 30, 31], [70, 8, 90, 31]]  # cut at the blank run 31-69, the line's ends kept
+    grown = [[x1 - along, y1 - across, x2 + along, y2 + across] for x1, y1, x2, y2 in pieces]
+    np.testing.assert_allclose(np.array(words), np.array(grown), atol=0.3)  # (the upright warp scales by 85 / 84)
+
+
+def test_split_words_grow_to_the_label_convention_inside_the_image():
+    from upocr.forensics.detect import split_into_words
+
+    image = np.full((30, 60, 3), 230, np.uint8)
+    image[2:28, 1:20] = 20  # one word filling the line's height, at the image's edges
+    (word,) = split_into_words(image, [np.array([0, 0, 40, 29])], grow=True)
+    x1, y1, x2, y2 = word.tolist()
+    assert (x1, y1, y2) == (0, 0, 29)  # grown, then clipped to the image
+    assert 40 + 0.9 * WORD_GROWTH_ALONG * 29 < x2 < 59  # the right end grows where the image goes on
 
 
 def test_a_tilted_line_is_split_along_its_own_direction():

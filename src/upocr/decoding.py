@@ -180,11 +180,14 @@ class BandDecoder:
 
     def _tampered_words(self, output: np.ndarray | None, regions: Any) -> Prediction:
         """Tampering by words: the detector's regions split into words, each judged by the forensic
-        classifier against the image's other words (`upocr.forensics`); the model's output is kept as is."""
+        classifier against the image's other words (`upocr.forensics`) and painted grown to a word's extent
+        as the labels draw it; the model's output is kept as is."""
         from upocr.forensics.detect import detect_tampered_words, split_into_words
 
         words = split_into_words(self.pixels, regions.polygons)
-        found = detect_tampered_words(self.pixels, regions=words, threshold=self.predictor.tampering_threshold)
+        extents = split_into_words(self.pixels, regions.polygons, grow=True)  # painted: the labels' word extent
+        found = detect_tampered_words(self.pixels, regions=words, extents=extents,
+                                      threshold=self.predictor.tampering_threshold)
         return Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=found.classes, regions=regions,
                           words=found.words())
 

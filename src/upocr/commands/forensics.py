@@ -31,8 +31,9 @@ def register(subparsers) -> None:
                         help="feature cache (npz): read from it when it exists, else measure and write it")
     parser.add_argument("--detector-every", type=int, default=0, metavar="K",
                         help="every K-th image also adds the words `detect-tampering --tampering words` finds there (the "
-                             "bundled word detector's lines split into words), labelled by their overlap with tampered "
-                             "boxes, so the trees also learn the regions they are given at inference; 0 = off (default)")
+                             "bundled word detector's lines split into words, grown to a labelled word's extent), labelled "
+                             "by their overlap with tampered boxes, so the trees also learn the regions a finder gives; "
+                             "0 = off (default; the shipped classifier used 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -54,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
             detector = WordDetector()
 
             def finder(image):
-                return split_into_words(image, detector.detect(image).polygons)
+                # Grown to a word's extent as the labels draw it, like the ground-truth boxes the rest of the
+                # examples are: the shipped classifier was trained so (docs/tampering.md).
+                return split_into_words(image, detector.detect(image).polygons, grow=True)
 
         ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
