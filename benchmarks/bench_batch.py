@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_folder import make_folder  # noqa: E402 - the benchmarks' folder of photos
+from machine import describe, load_average  # noqa: E402
 
-from upocr.utils import cpu_has_native_bf16  # noqa: E402
 
 ROW_MARK = "bench_batch row: "  # the child's result line; Ray's own lines (a killed worker) may follow it
 
@@ -62,23 +62,6 @@ def child(args: argparse.Namespace, kind: str, count: int, folder: Path, out: Pa
     return {"setup": ready - start, "run": done - ready, "done": report.done, "errors": len(report.errors)}
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="segmentation", choices=["removal", "segmentation", "tampering"])
@@ -100,8 +83,7 @@ def main() -> None:
     rows += [("kill", max(args.actors))] if args.kill else []
     labels = {"cli": "CLI loop, {} torch thread(s)", "ray": "upocr batch, {} actor(s)", "kill": "upocr batch, {} actors, 1 killed"}
     print(f"{args.images} images (96x128 .. 240x320 JPEG), task {args.task}, weights {args.weights or 'bundled'}; "
-          f"CPU: {cpu_model()}, {os.cpu_count()} cores, native bf16 (AVX512-BF16/AMX): {cpu_has_native_bf16()}; "
-          f"load average before: {load_average()}", flush=True)
+          f"{describe()} (before)", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as temp:
         folder = Path(temp) / "in"

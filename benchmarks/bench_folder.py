@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples"
 
 
@@ -94,6 +96,7 @@ def main() -> None:
             rows.append(row)
             print(f"batch {batch}: {row['seconds']:.1f} s", file=sys.stderr)
 
+    print(describe())
     print(f"\n{args.images} images (300x200 .. 900x700 JPEG), task {args.task}, {args.device}, {args.threads} threads\n")
     print("| --batch-size | s (folder) | images/s | speed-up | peak RSS | files differing from batch 1 |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 from upocr.predict import BACKENDS, DEFAULT_REMOVAL_MODE, PRECISIONS, REMOVAL_MODES
 from upocr.utils import cpu_has_native_bf16
 
@@ -179,6 +181,7 @@ def main() -> None:
     variants = [(p, "pytorch") for p in precisions if "pytorch" in args.backends or p == "fp32"]
     variants += [("fp32", "onnxruntime")] if "onnxruntime" in args.backends else []
 
+    print(describe())
     where = args.device if cuda else f"CPU, {args.threads} threads"
     print(f"UPOCR inference on {where}, tasks: {', '.join(args.tasks)} per image "
           f"(removal: {args.removal}), median of {args.runs} runs after 1 warm-up, fresh process per row; "

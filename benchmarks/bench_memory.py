@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 COMMANDS = ("remove-text", "segment-text", "detect-tampering")
 TASKS = {"remove-text": "removal", "segment-text": "segmentation", "detect-tampering": "tampering"}
 
@@ -113,6 +115,7 @@ def main() -> int:
     size = args.model_size
     args.images.mkdir(parents=True, exist_ok=True)
     model = "stand-in model (5x5 mean)" if args.stand_in else f"weights {args.weights or 'bundled'}"
+    print(describe())
     print(f"{model}, limit {args.limit_kb:,} KB, batch size {args.batch_size}, model input size {size}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     print(f"| command | tile | size | tiles | s/image | peak RSS MB | floor MB (input + output) |")

@@ -39,10 +39,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batch import cpu_model, load_average  # noqa: E402 - the benchmarks' machine description
 from bench_memory import make_image as make_page  # noqa: E402 - the synthetic large page
+from machine import describe, load_average  # noqa: E402
 
-from upocr.utils import cpu_has_native_bf16  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples" / "poster.jpg"
 PHOTO_SIZE = (1600, 1200)
@@ -150,8 +149,7 @@ def main() -> int:
         make_photo(photo)
     if args.large_pipelines and not large.exists():
         make_page(large, *LARGE_SIZE)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, {args.threads} threads, native bf16: {cpu_has_native_bf16()}; "
-          f"load average {load_average()} (start); median of {args.runs} runs after 1 warm-up, fresh process per row; "
+    print(f"{describe()} (start); {args.threads} threads; median of {args.runs} runs after 1 warm-up, fresh process per row; "
           f"bundled weights, keep_output=False")
     print("| row | image | s/image (median) | min s | CPU s/image | load s | peak RSS MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")

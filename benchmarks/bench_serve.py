@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 
 @dataclass
 class Outcome:
@@ -295,6 +297,7 @@ def main() -> int:
             base_rows, base_errors, _, _ = run_load(args, export_source(args.baseline, Path(folder)))
             runs.append((args.baseline, base_rows, base_errors, True))
     height, width = args.small_size
+    print(describe())
     print(f"upocr serve load test: {args.clients} clients x {args.requests} {height}x{width} PNGs (task={args.task})"
           + (f" + one blank {args.huge_side}x{args.huge_side} PNG (task=all)" if args.huge_side else "")
           + f"; server options: {args.serve_args or '(defaults)'}; max_pixels={health['max_pixels']:,}")

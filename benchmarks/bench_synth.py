@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 from upocr.data.synth import generate_dataset
 from upocr.tasks import Task
 
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--scenes", nargs="+", default=["v1", "v2"], choices=["v1", "v2"])
     parser.add_argument("--backgrounds", default=None, help="folder of text-free photos (upocr synth --backgrounds)")
     args = parser.parse_args()
+    print(describe())
     print("| scenes | task | size | workers | samples | seconds | samples/s |")
     print("|---|---|---|---|---|---|---|")
     for scenes in args.scenes:

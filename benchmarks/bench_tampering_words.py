@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "upocr" / "samples"
 
 
@@ -35,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cv2.setNumThreads(args.threads)
     classifier = load_classifier(args.classifier)
+    print(describe())
     print("| photo (resized to 1600x1200) | words | wall s | CPU s |")
     print("|---|---:|---:|---:|")
     totals, cpu_totals = [], []

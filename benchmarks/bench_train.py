@@ -24,6 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from machine import describe  # the CPU and its flags, above every table (benchmarks/machine.py)
+
 from upocr.tasks import Task
 from upocr.train.config import TrainConfig
 from upocr.train.trainer import Trainer, setup_distributed
@@ -115,6 +117,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads shared by the processes")
     args = parser.parse_args()
 
+    print(describe())
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, {os.cpu_count()} CPUs; "
           f"size {args.size}, {args.batch_per_task} image(s) per task per process, median of {args.steps} steps")  # fmt: skip
     header = f"{'config':<7} {'params':>8} {'precision':<9} {'procs':>5} {'images/step':>11} {'s/step':>8} {'images/s':>9}"

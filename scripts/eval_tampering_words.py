@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pipeline:
         from upocr.predict import Predictor
 
-        pipeline = Predictor(tampering="words", tampering_threshold=threshold, keep_output=False)
+        pipeline = Predictor(tampering="words", tampering_threshold=threshold, tampering_classifier=args.classifier,
+                             keep_output=False)
         for spec in args.synthetic:
             root, _, split = spec.rpartition(":")
             s = pipeline_scores(root, split, pipeline, limit=args.limit).summary()

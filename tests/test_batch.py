@@ -15,6 +15,7 @@ from PIL import Image
 
 from upocr.batch import CRASH_ONCE_ENV, plan_actors, run_batch
 from upocr.cli import main
+from upocr.io import read_image
 from upocr.options import PredictorOptions
 
 RNG = np.random.default_rng(7)
@@ -124,8 +125,12 @@ def test_removal_with_batched_forward_passes_matches_the_cli(inputs, tiny_weight
     code, errors, _ = _run("batch", "remove-text", inputs / "a", inputs / "b", f"file://{inputs}/img1.jpg", "-o", tmp_path / "ray",
                            *options, "--actors", "1", capsys=capsys)
     assert (code, errors) == (0, [])
-    assert sorted(_files(tmp_path / "ray")) == ["a/photo.png", "b/photo.png", "img1.png"]  # the CLI's clash names
-    assert _files(tmp_path / "ray") == _files(tmp_path / "cli")
+    assert sorted(_files(tmp_path / "ray")) == sorted(_files(tmp_path / "cli")) == ["a/photo.png", "b/photo.png", "img1.png"]
+    for name in _files(tmp_path / "cli"):  # the CLI's clash names; the same pictures, to a grey level: the actor
+        # runs torch on 1 thread and the CLI on every core, and on some CPUs (AVX-512 / AMX) the kernels then
+        # sum in another order and round a few fills' pixels the other way
+        ours, theirs = read_image(tmp_path / "ray" / name), read_image(tmp_path / "cli" / name)
+        assert ours.shape == theirs.shape and np.abs(ours.astype(int) - theirs).max() <= 1, name
 
 
 def test_an_output_named_like_an_input_is_refused(tmp_path, tiny_weights, capsys):

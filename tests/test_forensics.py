@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from upocr.forensics.context import CONTEXT_NAMES, context_features, line_groups
 from upocr.forensics.detect import (WORD_GROWTH_ACROSS, WORD_GROWTH_ALONG, classify_regions, regions_from_text_mask,
                                     score_words)
 from upocr.forensics.features import FEATURE_NAMES, word_features
@@ -44,6 +45,46 @@ def test_exported_trees_predict_what_sklearn_predicts(tmp_path):
     with zipfile.ZipFile(path) as archive:  # plain arrays only: readable without pickle
         for name in archive.namelist():
             np.load(archive.open(name), allow_pickle=False)
+
+
+def test_the_second_look_reads_the_features_and_their_context_and_survives_saving(tmp_path):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(400, len(FEATURE_NAMES)))
+    labels = (features[:, 0] > 0.5).astype(int)
+    first = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(features, labels)
+    both = np.hstack([features, rng.normal(size=(400, len(CONTEXT_NAMES)))])
+    second = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(both, labels)
+    ensemble = from_sklearn(first, FEATURE_NAMES, 0.6, {"note": "two looks"})
+    ensemble.context = from_sklearn(second, FEATURE_NAMES + CONTEXT_NAMES, 0.6, {})
+    loaded = load_classifier(ensemble.save(tmp_path / "two.npz"))
+    np.testing.assert_allclose(loaded.probability(features), first.predict_proba(features)[:, 1], atol=1e-9)
+    np.testing.assert_allclose(loaded.context.probability(both), second.predict_proba(both)[:, 1], atol=1e-9)
+    assert loaded.context.feature_names == FEATURE_NAMES + CONTEXT_NAMES and loaded.threshold_probability == 0.6
+    assert load_classifier(ensemble.__class__(**{**ensemble.__dict__, "context": None}).save(tmp_path / "one.npz")).context is None
+    # On a page, the word's probability is the second look's, given the first look's context.
+    image, boxes = page(np.random.default_rng(2))
+    words = word_features(image, boxes)
+    context = context_features(loaded.probability(words), np.array(boxes, float))
+    expected = loaded.context.probability(np.hstack([words, context]))
+    np.testing.assert_allclose(score_words(image, boxes, loaded), expected, atol=1e-9)
+
+
+def test_context_compares_each_word_with_the_others_of_its_image_and_line():
+    # two words on one line, a third far to the right on that row, a fourth on the next line
+    boxes = np.array([[10, 10, 50, 30], [60, 12, 100, 31], [400, 10, 440, 30], [10, 60, 50, 80]], float)
+    assert list(line_groups(boxes)) == [0, 0, 1, 2]
+    p = np.array([0.9, 0.2, 0.4, 0.1])
+    context = dict(zip(CONTEXT_NAMES, context_features(p, boxes).T))
+    np.testing.assert_allclose(context["others_max"], [0.4, 0.9, 0.9, 0.9])
+    np.testing.assert_allclose(context["others_mean"], [0.7 / 3, 1.4 / 3, 1.2 / 3, 1.5 / 3], atol=1e-6)
+    np.testing.assert_allclose(context["others_over_half"], [0, 1 / 3, 1 / 3, 1 / 3], atol=1e-6)
+    np.testing.assert_allclose(context["rank"], [1, 1 / 3, 2 / 3, 0], atol=1e-6)
+    np.testing.assert_array_equal(context["line_words"], [2, 2, 1, 1])
+    np.testing.assert_allclose(context["line_others_max"], [0.2, 0.9, np.nan, np.nan])
+    np.testing.assert_allclose(context["beside_max"], [0.2, 0.9, np.nan, np.nan])
+    assert np.all(context["image_words"] == 4) and context_features(np.zeros(0), np.zeros((0, 4))).shape == (0, len(CONTEXT_NAMES))
+    alone = context_features(np.array([0.5]), boxes[:1])
+    assert np.isnan(alone[0, 1]) and alone[0, 4] == 0
 
 
 def test_unusable_classifier_files_are_refused_in_one_line(tmp_path):
@@ -188,6 +229,13 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
     assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
     assert (tmp_path / "features.npz").is_file()
+    assert not record["context"] and classifier.context is None  # the first look alone, by default
+    # --context: the second look too, from the kept features (no measuring again)
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.npz"), "--max-iter",
+                 "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--context"]) == 0
+    two = load_classifier(tmp_path / "two.npz")
+    assert two.context is not None and two.context.feature_names == FEATURE_NAMES + CONTEXT_NAMES
+    assert two.record["words"] == record["words"] and two.record["context_folds"] == 4
     # --detector-every: the words detect-tampering finds (bundled detector, lines split) join the examples.
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "found.npz"), "--max-iter", "5",
                  "--validation-share", "0.5", "--detector-every", "2"]) == 0
@@ -297,3 +345,28 @@ def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_
     assert printed.count("(train) |") == 3  # one row per finder
     scores = json.loads((tmp_path / "scores.json").read_text())["synthetic"]
     assert len(scores) == 3 and all(row["images"] == 3 and 0 <= row["miou"] <= 1 for row in scores.values())
+
+
+def test_a_trained_classifier_file_decides_and_a_bad_one_stops_before_any_image(tiny_weights, tmp_path, capsys):
+    import dataclasses
+
+    from upocr.cli import main
+    from upocr.forensics.detect import bundled_classifier
+    from upocr.predict import Predictor
+
+    image, _ = page(np.random.default_rng(6))
+    eager = dataclasses.replace(bundled_classifier(), threshold_probability=1e-12)  # flags every word
+    eager.save(tmp_path / "eager.npz")
+    predictor = Predictor(weights=tiny_weights, size=64, tile=None, tampering="words",
+                          tampering_classifier=tmp_path / "eager.npz")
+    found = predictor.predict(image[..., ::-1].copy(), "tampering")
+    assert found.words and all(word["tampered"] for word in found.words)
+    stranger = dataclasses.replace(bundled_classifier(), feature_names=tuple(reversed(FEATURE_NAMES)))
+    stranger.save(tmp_path / "stranger.npz")
+    cv2.imwrite(str(tmp_path / "page.png"), image)
+    assert main(["detect-tampering", str(tmp_path / "page.png"), "-o", str(tmp_path / "out"), "--weights",
+                 str(tiny_weights), "--size", "64", "--tampering", "words",
+                 "--tampering-classifier", str(tmp_path / "stranger.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "stranger.npz: trained on other features" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -231,7 +231,10 @@ def test_the_documented_task_order_is_the_exported_one(exported, tiny_model):
     with torch.inference_mode():
         expected = tiny_model(images, [Task.parse(name) for name in doc_order])
     for ours, theirs in zip(runner(images, indices), expected):
-        assert float((ours - theirs).abs().max()) <= EXPORT_TOLERANCE
+        # 10x the export check's tolerance: this checks the routing (another task's output is another
+        # resolution and far off), and one batch of every task sums in another order on some CPUs (1.2e-4 on an
+        # AVX-512 / AMX host)
+        assert float((ours - theirs).abs().max()) <= 10 * EXPORT_TOLERANCE
 
 
 def _rewritten(source: Path, target: Path, change) -> Path:

@@ -187,7 +187,8 @@ class BandDecoder:
         words = split_into_words(self.pixels, regions.polygons)
         extents = split_into_words(self.pixels, regions.polygons, grow=True)  # painted: the labels' word extent
         found = detect_tampered_words(self.pixels, regions=words, extents=extents,
-                                      threshold=self.predictor.tampering_threshold)
+                                      threshold=self.predictor.tampering_threshold,
+                                      classifier=self.predictor.word_classifier)
         return Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=found.classes, regions=regions,
                           words=found.words())
 

@@ -158,6 +158,10 @@ class PredictorOptions:
         None, flags=("--tampering-threshold",), type=parse_threshold, scope="tampering",
         help="with --tampering words: a word is tampered when its probability exceeds this (default: the "
         "classifier's, chosen to flag 0.5 %% of genuine synthetic validation words)")
+    tampering_classifier: Path | None = option(
+        None, flags=("--tampering-classifier",), type=Path, metavar="NPZ", scope="tampering",
+        help="with --tampering words: a per-word classifier file from `upocr train-tampering` (default: the "
+        "bundled one); its own threshold applies unless --tampering-threshold is given")
     max_pixels: int = option(
         DEFAULT_MAX_PIXELS, flags=("--max-pixels",), type=positive_number(int),
         help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")

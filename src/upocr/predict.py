@@ -128,6 +128,12 @@ class Predictor:
         if self.tampering not in TAMPERING_DECISIONS:
             raise ValueError(f"tampering must be one of {', '.join(TAMPERING_DECISIONS)}, got {self.tampering!r}")
         self.tampering_threshold = options.tampering_threshold
+        # A classifier file is read now, so that a bad one stops the run before any image (None: the bundled one).
+        self.word_classifier = None
+        if options.tampering_classifier is not None:
+            from upocr.forensics.detect import load_word_classifier
+
+            self.word_classifier = load_word_classifier(options.tampering_classifier)
         self._word_detector: Any = None  # upocr.detector.WordDetector, opened when a pipeline first needs it
         if isinstance(model, torch.nn.Module):
             model = model.to(self.device).eval()

@@ -30,10 +30,15 @@ def register(subparsers) -> None:
     parser.add_argument("--features", default=None, metavar="FILE",
                         help="feature cache (npz): read from it when it exists, else measure and write it")
     parser.add_argument("--detector-every", type=int, default=0, metavar="K",
-                        help="every K-th image also adds the words `detect-tampering --tampering words` finds there (the "
-                             "bundled word detector's lines split into words, grown to a labelled word's extent), labelled "
+                        help="every K-th image also adds the words `detect-tampering --tampering words` scores there (the "
+                             "bundled word detector's lines split into words), labelled "
                              "by their overlap with tampered boxes, so the trees also learn the regions a finder gives; "
                              "0 = off (default; the shipped classifier used 1)")
+    parser.add_argument("--context", action="store_true",
+                        help="also train a second look: trees that read each word's features plus the first look's "
+                             "verdicts on the other words of its image and line (off by default: it raised recall on "
+                             "synthetic forgeries, which change several words, and lowered it on single real "
+                             "copy-moves; docs/tampering.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
 
@@ -55,13 +60,14 @@ def run(args: argparse.Namespace) -> int:
             detector = WordDetector()
 
             def finder(image):
-                # Grown to a word's extent as the labels draw it, like the ground-truth boxes the rest of the
-                # examples are: the shipped classifier was trained so (docs/tampering.md).
-                return split_into_words(image, detector.detect(image).polygons, grow=True)
+                # The words as `detect-tampering` scores them (as found; it paints them grown): trained on
+                # the grown ones instead, the trees did worse on re-typed digits in real photos, v2 forgeries
+                # and their found-word validation recall (docs/tampering.md).
+                return split_into_words(image, detector.detect(image).polygons)
 
         ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
-                                    max_iter=args.max_iter, seed=args.seed,
+                                    max_iter=args.max_iter, seed=args.seed, context=args.context,
                                     features_file=args.features, finder=finder, finder_every=args.detector_every)
     except (LayoutError, ValueError, OSError, ImportError) as error:
         print(f"upocr train-tampering: error: {error}", file=sys.stderr)

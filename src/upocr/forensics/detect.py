@@ -15,7 +15,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from upocr.forensics.features import FEATURE_NAMES, region_boxes, word_features
+from upocr.forensics.context import CONTEXT_NAMES, context_features
+from upocr.forensics.features import FEATURE_NAMES, pixel_box, region_boxes, word_features
 from upocr.forensics.model import ClassifierError, TreeEnsemble, load_classifier
 
 Region = np.ndarray | Sequence[float]  # a polygon (N, 2) or a box (x1, y1, x2, y2), inclusive pixels
@@ -33,22 +34,43 @@ def bundled_classifier() -> TreeEnsemble:
     return _bundled
 
 
+def load_word_classifier(path: str | Path) -> TreeEnsemble:
+    """A classifier file this version can use: readable, and trained on the features it computes
+    (ClassifierError, one line naming the file, otherwise)."""
+    model = load_classifier(path)
+    if not _computes_its_features(model):
+        raise ClassifierError(f"{path}: trained on other features than this upocr computes; retrain it "
+                              "with `upocr train-tampering`")
+    return model
+
+
 def _classifier(classifier: TreeEnsemble | str | Path | None) -> TreeEnsemble:
     if classifier is None:
         return bundled_classifier()
     if isinstance(classifier, TreeEnsemble):
         return classifier
-    return load_classifier(classifier)
+    return load_word_classifier(classifier)
 
 
 def score_words(image: np.ndarray, regions: Sequence[Region], classifier: TreeEnsemble | str | Path | None = None) -> np.ndarray:
     """(N,) probability that each region of `image` (RGB uint8 (H, W, 3)) holds tampered text."""
     model = _classifier(classifier)
-    if tuple(model.feature_names) != FEATURE_NAMES:
+    if not _computes_its_features(model):
         raise ClassifierError("the classifier was trained on other features than this version computes; retrain it")
     if len(regions) == 0:
         return np.zeros(0, np.float64)
-    return model.probability(word_features(image, regions))
+    features = word_features(image, regions)
+    probabilities = model.probability(features)
+    if model.context is None:
+        return probabilities
+    boxes = np.array([pixel_box(polygon) for polygon in region_boxes(regions, image.shape[:2])], np.float64)
+    return model.context.probability(np.hstack([features, context_features(probabilities, boxes)]))
+
+
+def _computes_its_features(model: TreeEnsemble) -> bool:
+    """Whether this version computes the features `model` (and its second look) was trained on."""
+    return tuple(model.feature_names) == FEATURE_NAMES and (
+        model.context is None or tuple(model.context.feature_names) == FEATURE_NAMES + CONTEXT_NAMES)
 
 
 @dataclass

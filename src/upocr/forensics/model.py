@@ -19,7 +19,9 @@ import numpy as np
 
 from upocr.utils import atomic_output
 
-FORMAT = "upocr-tampering-trees-1"
+FORMAT = "upocr-tampering-trees-1"  # one ensemble
+FORMAT_WITH_CONTEXT = "upocr-tampering-trees-2"  # ... and a second one that also reads the context (`context_` arrays)
+NODE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "leaf", "value", "roots")
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "tampering-words.npz"
 
 
@@ -43,6 +45,9 @@ class TreeEnsemble:
     feature_names: tuple[str, ...]
     threshold_probability: float = 0.5  # the decision threshold chosen on validation data
     record: dict[str, Any] = field(default_factory=dict)
+    # The second look (`upocr.forensics.context`): trees over the features followed by the context of this
+    # ensemble's probabilities; when present, its probability is the word's, and the threshold applies to it.
+    context: TreeEnsemble | None = None
 
     @property
     def depth(self) -> int:
@@ -71,15 +76,20 @@ class TreeEnsemble:
         """(N, F) features -> (N,) probability that each word is tampered."""
         return 1.0 / (1.0 + np.exp(-self.raw_score(features)))
 
+    def _arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        arrays = {name: getattr(self, name) for name in NODE_ARRAYS}
+        arrays.update(baseline=np.array(self.baseline), feature_names=np.array(self.feature_names),
+                      record=np.array(json.dumps(self.record, sort_keys=True)))
+        return {prefix + name: value for name, value in arrays.items()}
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         arrays = {
-            "format": np.array(FORMAT), "feature": self.feature, "threshold": self.threshold,
-            "missing_left": self.missing_left, "left": self.left, "right": self.right, "leaf": self.leaf,
-            "value": self.value, "roots": self.roots, "baseline": np.array(self.baseline),
-            "feature_names": np.array(self.feature_names), "threshold_probability": np.array(self.threshold_probability),
-            "record": np.array(json.dumps(self.record, sort_keys=True)),
+            **self._arrays(), "format": np.array(FORMAT if self.context is None else FORMAT_WITH_CONTEXT),
+            "threshold_probability": np.array(self.threshold_probability),
         }
+        if self.context is not None:
+            arrays.update(self.context._arrays("context_"))
         with atomic_output(path) as temporary:
             with open(temporary, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
@@ -91,22 +101,32 @@ def load_classifier(path: str | Path | None = None) -> TreeEnsemble:
     path = Path(path) if path is not None else DEFAULT_CLASSIFIER
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["format"]) != FORMAT:
-                raise ClassifierError(f"{path}: not a {FORMAT} file (format {str(data['format'])!r})")
-            ensemble = TreeEnsemble(
-                feature=data["feature"].astype(np.int32), threshold=data["threshold"].astype(np.float64),
-                missing_left=data["missing_left"].astype(bool), left=data["left"].astype(np.int32),
-                right=data["right"].astype(np.int32), leaf=data["leaf"].astype(bool),
-                value=data["value"].astype(np.float64), roots=data["roots"].astype(np.int32),
-                baseline=float(data["baseline"]), feature_names=tuple(str(n) for n in data["feature_names"]),
-                threshold_probability=float(data["threshold_probability"]), record=json.loads(str(data["record"])),
-            )
+            kind = str(data["format"])
+            if kind not in (FORMAT, FORMAT_WITH_CONTEXT):
+                raise ClassifierError(f"{path}: not a {FORMAT} file (format {kind!r})")
+            ensemble = _read_ensemble(data, "", path)
+            ensemble.threshold_probability = float(data["threshold_probability"])
+            if kind == FORMAT_WITH_CONTEXT:
+                ensemble.context = _read_ensemble(data, "context_", path)
     except FileNotFoundError:
         raise ClassifierError(f"{path}: no such file") from None
     except ClassifierError:
         raise
     except (OSError, ValueError, KeyError) as error:
         raise ClassifierError(f"{path}: not a readable tampering classifier ({error})") from None
+    return ensemble
+
+
+def _read_ensemble(data: Any, prefix: str, path: Path) -> TreeEnsemble:
+    """One ensemble's arrays (names after `prefix`), checked: every index inside its arrays."""
+    ensemble = TreeEnsemble(
+        feature=data[prefix + "feature"].astype(np.int32), threshold=data[prefix + "threshold"].astype(np.float64),
+        missing_left=data[prefix + "missing_left"].astype(bool), left=data[prefix + "left"].astype(np.int32),
+        right=data[prefix + "right"].astype(np.int32), leaf=data[prefix + "leaf"].astype(bool),
+        value=data[prefix + "value"].astype(np.float64), roots=data[prefix + "roots"].astype(np.int32),
+        baseline=float(data[prefix + "baseline"]), feature_names=tuple(str(n) for n in data[prefix + "feature_names"]),
+        record=json.loads(str(data[prefix + "record"])),
+    )
     nodes = len(ensemble.feature)
     if not all(len(a) == nodes for a in (ensemble.threshold, ensemble.missing_left, ensemble.left, ensemble.right,
                                           ensemble.leaf, ensemble.value)):

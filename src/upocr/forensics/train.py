@@ -20,7 +20,8 @@ import numpy as np
 from tqdm import tqdm
 
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
-from upocr.forensics.features import FEATURE_NAMES, word_features
+from upocr.forensics.context import CONTEXT_NAMES, context_features
+from upocr.forensics.features import FEATURE_NAMES, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, from_sklearn
 from upocr.io import read_image
 from upocr.utils import atomic_output
@@ -28,12 +29,15 @@ from upocr.utils import atomic_output
 
 @dataclass
 class WordTable:
-    """Examples: features (N, F), labels (N,) 1 = tampered, the image index of each word, image names."""
+    """Examples: features (N, F), labels (N,) 1 = tampered, the image index of each word, image names, each
+    word's box (x1, y1, x2, y2) and whether a finder found it (else it is a ground-truth box)."""
 
     features: np.ndarray
     labels: np.ndarray
     image_index: np.ndarray
     names: list[str]
+    boxes: np.ndarray
+    found: np.ndarray
 
 
 FOUND_INSIDE = 0.5  # a found region is tampered when this share of it lies in tampered boxes
@@ -70,7 +74,7 @@ def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, l
         samples = samples[:limit]
     if not samples:
         raise ValueError(f"no {split} tampering images under {', '.join(str(r) for r in roots)}")
-    features, labels, owners, names = [], [], [], []
+    features, labels, owners, names, word_boxes, found_flags = [], [], [], [], [], []
     for index, sample in enumerate(tqdm(samples, desc="word features", unit="image", disable=not progress)):
         boxes = read_tampering_boxes(sample.gt)
         if not boxes:
@@ -79,16 +83,22 @@ def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, l
         features.append(word_features(image, [box[:4] for box in boxes]))
         labels.append(np.array([box[4] == TAMPERED_TEXT for box in boxes], np.int8))
         owners.append(np.full(len(boxes), len(names), np.int32))
+        word_boxes.append(np.array([box[:4] for box in boxes], np.float32))
+        found_flags.append(np.zeros(len(boxes), bool))
         if finder is not None and finder_every and index % finder_every == 0:
             regions = finder(image)
             found = found_region_labels(regions, boxes, image.shape[:2])
             keep = found >= 0
             if keep.any():
-                features.append(word_features(image, [r for r, k in zip(regions, keep) if k]))
+                kept = [r for r, k in zip(regions, keep) if k]
+                features.append(word_features(image, kept))
                 labels.append(found[keep])
                 owners.append(np.full(int(keep.sum()), len(names), np.int32))
+                word_boxes.append(np.array([pixel_box(p) for p in region_boxes(kept, image.shape[:2])], np.float32))
+                found_flags.append(np.ones(int(keep.sum()), bool))
         names.append(sample.name)
-    return WordTable(np.concatenate(features), np.concatenate(labels), np.concatenate(owners), names)
+    return WordTable(np.concatenate(features), np.concatenate(labels), np.concatenate(owners), names,
+                     np.concatenate(word_boxes), np.concatenate(found_flags))
 
 
 def save_table(table: WordTable, path: str | os.PathLike) -> None:
@@ -96,14 +106,16 @@ def save_table(table: WordTable, path: str | os.PathLike) -> None:
     with atomic_output(Path(path)) as temporary:
         with open(temporary, "wb") as handle:
             np.savez_compressed(handle, features=table.features, labels=table.labels, image_index=table.image_index,
-                                names=np.array(table.names), feature_names=np.array(FEATURE_NAMES))
+                                names=np.array(table.names), feature_names=np.array(FEATURE_NAMES),
+                                boxes=table.boxes, found=table.found)
 
 
 def load_table(path: str | os.PathLike) -> WordTable:
     with np.load(path, allow_pickle=False) as data:
-        if tuple(str(n) for n in data["feature_names"]) != FEATURE_NAMES:
+        if tuple(str(n) for n in data["feature_names"]) != FEATURE_NAMES or "boxes" not in data:
             raise ValueError(f"{path}: features of another version; measure again")
-        return WordTable(data["features"], data["labels"], data["image_index"], [str(n) for n in data["names"]])
+        return WordTable(data["features"], data["labels"], data["image_index"], [str(n) for n in data["names"]],
+                         data["boxes"], data["found"])
 
 
 def validation_images(names: Sequence[str], share: float) -> np.ndarray:
@@ -146,9 +158,32 @@ def word_scores(probabilities: np.ndarray, labels: np.ndarray, threshold: float)
     }
 
 
+CONTEXT_FOLDS = 4  # the first look's out-of-fold probabilities for the second look's training words
+
+
+def image_folds(names: Sequence[str], folds: int) -> np.ndarray:
+    """Int per image in 0..folds-1 (a stable hash of the name, independent of `validation_images`)."""
+    return np.array([int(hashlib.sha1((name + "/fold").encode()).hexdigest()[:8], 16) % folds for name in names])
+
+
+def context_table(table: WordTable, probabilities: np.ndarray) -> np.ndarray:
+    """(N, len(CONTEXT_NAMES)) context of every word among the words of its image found the same way
+    (ground-truth boxes and a finder's regions are two tilings of one page: each is its own context)."""
+    out = np.zeros((len(probabilities), len(CONTEXT_NAMES)), np.float32)
+    key = table.image_index.astype(np.int64) * 2 + table.found
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
+    for members in np.split(order, bounds):
+        out[members] = context_features(probabilities[members], table.boxes[members])
+    return out
+
+
 def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: float = 0.01, max_iter: int = 300,
-        learning_rate: float = 0.08, max_leaf_nodes: int = 31, seed: int = 0, record: dict | None = None) -> TreeEnsemble:
-    """Train on the table's training images, choose the threshold on its validation images, export."""
+        learning_rate: float = 0.08, max_leaf_nodes: int = 31, seed: int = 0, context: bool = False,
+        record: dict | None = None, progress: bool = True) -> TreeEnsemble:
+    """Train on the table's training images, choose the threshold on its validation images, export.
+    `context`: also train the second look (`upocr.forensics.context`) on the first look's out-of-fold
+    probabilities; the threshold is then chosen on its probabilities."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
@@ -157,26 +192,57 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
     train = ~validation
     if not table.labels[train].any() or not table.labels[validation].any():
         raise ValueError("training and validation parts both need tampered words; generate more data")
+
+    def trees(features: np.ndarray, labels: np.ndarray):
+        model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
+                                               max_leaf_nodes=max_leaf_nodes, min_samples_leaf=40,
+                                               l2_regularization=1.0, validation_fraction=0.1,
+                                               early_stopping=len(labels) >= 1000,  # tiny sets: no held-back tenth
+                                               n_iter_no_change=30, random_state=seed)
+        return model.fit(features, labels)
+
     started = time.perf_counter()
-    model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
-                                           min_samples_leaf=40, l2_regularization=1.0, early_stopping=True,
-                                           validation_fraction=0.1, n_iter_no_change=30, random_state=seed)
-    model.fit(table.features[train], table.labels[train])
+    first = trees(table.features[train], table.labels[train])
+    probabilities = first.predict_proba(table.features[validation])[:, 1]
+    labels = table.labels[validation]
+    first_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
+    extra: dict = {}
+    second = None
+    if context:
+        first_look = np.zeros(len(table.labels))
+        first_look[validation] = probabilities
+        folds = image_folds(table.names, CONTEXT_FOLDS)[table.image_index]
+        for fold in tqdm(range(CONTEXT_FOLDS), desc="out-of-fold first looks", unit="fold",
+                         disable=not progress):
+            held, rest = train & (folds == fold), train & (folds != fold)
+            # (a fold whose rest has one class only, on tiny data, keeps the first look's own probabilities)
+            model = trees(table.features[rest], table.labels[rest]) if np.unique(table.labels[rest]).size == 2 else first
+            first_look[held] = model.predict_proba(table.features[held])[:, 1] if held.any() else first_look[held]
+        both = np.hstack([table.features, context_table(table, first_look)])
+        second = trees(both[train], table.labels[train])
+        extra = {"first_look": {"iterations": int(first.n_iter_),
+                                "validation": word_scores(probabilities, labels, first_threshold)},
+                 "context_folds": CONTEXT_FOLDS}
+        probabilities = second.predict_proba(both[validation])[:, 1]
     seconds = time.perf_counter() - started
-    probabilities = model.predict_proba(table.features[validation])[:, 1]
-    threshold = threshold_for_false_alarms(probabilities, table.labels[validation], false_alarm_rate)
-    validation_scores = word_scores(probabilities, table.labels[validation], threshold)
+    threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate) if context else first_threshold
+    found = table.found[validation]
     record = {
         **(record or {}),
-        "learner": "sklearn HistGradientBoostingClassifier", "iterations": int(model.n_iter_),
+        "learner": "sklearn HistGradientBoostingClassifier", "iterations": int((second or first).n_iter_),
         "learning_rate": learning_rate, "max_leaf_nodes": max_leaf_nodes, "seed": seed,
         "train_images": int(len(set(table.image_index[train].tolist()))),
         "validation_images": int(len(set(table.image_index[validation].tolist()))),
         "train_words": int(train.sum()), "train_tampered_words": int(table.labels[train].sum()),
-        "target_false_alarm_rate": false_alarm_rate, "threshold": threshold, "validation": validation_scores,
-        "fit_seconds": round(seconds, 1),
+        "target_false_alarm_rate": false_alarm_rate, "threshold": threshold,
+        "validation": word_scores(probabilities, labels, threshold),
+        "validation_found_words": word_scores(probabilities[found], labels[found], threshold) if found.any() else None,
+        "context": context, **extra, "fit_seconds": round(seconds, 1),
     }
-    return from_sklearn(model, FEATURE_NAMES, threshold, record)
+    ensemble = from_sklearn(first, FEATURE_NAMES, threshold, record)
+    if second is not None:
+        ensemble.context = from_sklearn(second, FEATURE_NAMES + CONTEXT_NAMES, threshold, {})
+    return ensemble
 
 
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
@@ -197,7 +263,7 @@ def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike,
               "feature_seconds": round(feature_seconds, 1),
               "found_regions_every": finder_every if finder is not None else 0}
     record.update(_synth_runs(roots))
-    ensemble = fit(table, record=record, **options)
+    ensemble = fit(table, record=record, progress=progress, **options)
     ensemble.record["total_seconds"] = round(time.perf_counter() - started, 1)
     ensemble.save(out)
     return ensemble
