@@ -182,10 +182,9 @@ class BandDecoder:
         """Tampering by words: the detector's regions split into words, each judged by the forensic
         classifier against the image's other words (`upocr.forensics`) and painted grown to a word's extent
         as the labels draw it; the model's output is kept as is."""
-        from upocr.forensics.detect import detect_tampered_words, split_into_words
+        from upocr.forensics.detect import detect_tampered_words, split_into_words_and_extents
 
-        words = split_into_words(self.pixels, regions.polygons)
-        extents = split_into_words(self.pixels, regions.polygons, grow=True)  # painted: the labels' word extent
+        words, extents = split_into_words_and_extents(self.pixels, regions.polygons)  # painted: the labels' extent
         found = detect_tampered_words(self.pixels, regions=words, extents=extents,
                                       threshold=self.predictor.tampering_threshold,
                                       classifier=self.predictor.word_classifier)

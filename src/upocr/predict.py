@@ -128,7 +128,8 @@ class Predictor:
         if self.tampering not in TAMPERING_DECISIONS:
             raise ValueError(f"tampering must be one of {', '.join(TAMPERING_DECISIONS)}, got {self.tampering!r}")
         self.tampering_threshold = options.tampering_threshold
-        # A classifier file is read now, so that a bad one stops the run before any image (None: the bundled one).
+        # A classifier file is read now, so that a bad one stops the run before any image (None: the bundled one;
+        # read once per file: `with_options`, e.g. per server request, finds it loaded).
         self.word_classifier = None
         if options.tampering_classifier is not None:
             from upocr.forensics.detect import load_word_classifier

@@ -34,13 +34,25 @@ def bundled_classifier() -> TreeEnsemble:
     return _bundled
 
 
+_loaded: dict[tuple[str, int, int], TreeEnsemble] = {}  # (resolved path, mtime, size) -> classifier
+
+
 def load_word_classifier(path: str | Path) -> TreeEnsemble:
     """A classifier file this version can use: readable, and trained on the features it computes
-    (ClassifierError, one line naming the file, otherwise)."""
+    (ClassifierError, one line naming the file, otherwise). Read once while the file is unchanged."""
+    try:
+        stat = Path(path).stat()
+        key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        key = None  # load_classifier says what is wrong
+    if key in _loaded:
+        return _loaded[key]
     model = load_classifier(path)
     if not _computes_its_features(model):
         raise ClassifierError(f"{path}: trained on other features than this upocr computes; retrain it "
                               "with `upocr train-tampering`")
+    if key is not None:
+        _loaded[key] = model
     return model
 
 
@@ -159,17 +171,25 @@ WORD_GROWTH_ACROSS = 0.08
 
 
 def split_into_words(image: np.ndarray, regions: Sequence[Region], *, grow: bool = False) -> list[np.ndarray]:
+    """The word boxes of `split_into_words_and_extents`: as found, or grown (`grow`)."""
+    words, extents = split_into_words_and_extents(image, regions)
+    return extents if grow else words
+
+
+def split_into_words_and_extents(image: np.ndarray, regions: Sequence[Region]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Line regions (a detector's quads often hold a whole line) -> word boxes (x1, y1, x2, y2).
 
     Each region's minimum-area rectangle is turned upright (an affine warp, so tilted and vertical lines
     split along their own direction), its ink found by Otsu (the minority side), and cut at blank column
     runs at least WORD_GAP_SHARE of the line's height wide; each piece goes back to the image as the
     axis-aligned box of its rotated rectangle (the convention of the tampering labels). A forged word is
-    judged against its neighbours only when it is a region of its own. `grow`: each piece first grows by
-    WORD_GROWTH_ALONG / WORD_GROWTH_ACROSS of the line's height (the word's extent as the labels draw it)."""
+    judged against its neighbours only when it is a region of its own. Returns (words, extents): each word
+    as found, and grown by WORD_GROWTH_ALONG / WORD_GROWTH_ACROSS of its line's height and clipped to the
+    image (the word's extent as the labels draw it), in one pass over the lines."""
     height, width = image.shape[:2]
     grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
     words: list[np.ndarray] = []
+    extents: list[np.ndarray] = []
     for polygon in region_boxes(regions, (height, width)):
         corners = cv2.boxPoints(cv2.minAreaRect(polygon))
         if np.linalg.norm(corners[1] - corners[0]) < np.linalg.norm(corners[2] - corners[1]):
@@ -180,17 +200,25 @@ def split_into_words(image: np.ndarray, regions: Sequence[Region], *, grow: bool
         line_height = int(round(np.linalg.norm(corners[2] - corners[1])))
         if line_height < MIN_WORD_HEIGHT or length <= line_height:
             words.append(_box_of(polygon))
+            extents.append(words[-1])
             continue
         upright = cv2.getAffineTransform(corners[:3], np.float32([[0, 0], [length - 1, 0], [length - 1, line_height - 1]]))
         crop = cv2.warpAffine(grey, upright, (length, line_height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         back = cv2.invertAffineTransform(upright)
-        along, across = (WORD_GROWTH_ALONG * line_height, WORD_GROWTH_ACROSS * line_height) if grow else (0.0, 0.0)
+        along, across = WORD_GROWTH_ALONG * line_height, WORD_GROWTH_ACROSS * line_height
         for left, right in _word_columns(crop):
-            left, right, top, bottom = left - along, right + along, -across, line_height - 1 + across
-            piece = np.float32([[left, top], [right, top], [right, bottom], [left, bottom]])
-            x1, y1, x2, y2 = _box_of(piece @ back[:, :2].T + back[:, 2])
-            words.append(np.float32([max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1)]))
-    return words
+            words.append(_image_box(back, left, right, 0, line_height - 1, (height, width)))
+            extents.append(_image_box(back, left - along, right + along, -across, line_height - 1 + across, (height, width)))
+    return words, extents
+
+
+def _image_box(back: np.ndarray, left: float, right: float, top: float, bottom: float,
+               shape: tuple[int, int]) -> np.ndarray:
+    """The image-space box (x1, y1, x2, y2, clipped to `shape`) of an upright line crop's rectangle, mapped
+    back by the affine `back`."""
+    piece = np.float32([[left, top], [right, top], [right, bottom], [left, bottom]])
+    x1, y1, x2, y2 = _box_of(piece @ back[:, :2].T + back[:, 2])
+    return np.float32([max(x1, 0), max(y1, 0), min(x2, shape[1] - 1), min(y2, shape[0] - 1)])
 
 
 def _word_columns(crop: np.ndarray) -> list[tuple[int, int]]:

@@ -215,9 +215,11 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         for fold in tqdm(range(CONTEXT_FOLDS), desc="out-of-fold first looks", unit="fold",
                          disable=not progress):
             held, rest = train & (folds == fold), train & (folds != fold)
+            if not held.any():
+                continue
             # (a fold whose rest has one class only, on tiny data, keeps the first look's own probabilities)
             model = trees(table.features[rest], table.labels[rest]) if np.unique(table.labels[rest]).size == 2 else first
-            first_look[held] = model.predict_proba(table.features[held])[:, 1] if held.any() else first_look[held]
+            first_look[held] = model.predict_proba(table.features[held])[:, 1]
         both = np.hstack([table.features, context_table(table, first_look)])
         second = trees(both[train], table.labels[train])
         extra = {"first_look": {"iterations": int(first.n_iter_),
