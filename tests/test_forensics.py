@@ -174,7 +174,7 @@ def test_text_mask_components_are_grouped_into_words():
 
 
 def test_median_of_the_other_words_matches_the_direct_computation():
-    from upocr.forensics.features import _median_of_others
+    from upocr.forensics.features import median_of_others
 
     rng = np.random.default_rng(4)
     for count in (1, 2, 3, 4, 7, 20):
@@ -187,7 +187,7 @@ def test_median_of_the_other_words_matches_the_direct_computation():
                 column = others[:, j][~np.isnan(others[:, j])]
                 if column.size:
                     expected[i, j] = np.median(column)
-        np.testing.assert_allclose(_median_of_others(values), expected, rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(median_of_others(values), expected, rtol=1e-6, equal_nan=True)
 
 
 def test_threshold_keeps_the_false_alarm_rate_and_auc_counts_ties_half():
@@ -223,22 +223,27 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     generate_dataset(tmp_path / "data", count=12, seed=3, size=128, tasks=["tampering"], workers=1, progress=False)
     out = tmp_path / "words.npz"
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--max-iter", "5",
-                 "--validation-share", "0.5", "--features", str(tmp_path / "features.npz")]) == 0
+                 "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--cnn-epochs", "1"]) == 0
     classifier = load_classifier(out)
     record = classifier.record
     assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
     assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
     assert (tmp_path / "features.npz").is_file()
     assert not record["context"] and classifier.context is None  # the first look alone, by default
-    # --context: the second look too, from the kept features (no measuring again)
+    # the crop CNN, blended: the threshold is chosen on the blend, the trees' own validation is kept
+    assert classifier.crop_net is not None and record["crop_net"]["epochs"] == 1
+    assert record["trees_validation"]["words"] == record["validation"]["words"]
+    # --context: the second look too, from the kept features (no measuring again); --cnn-epochs 0: no CNN
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.npz"), "--max-iter",
-                 "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--context"]) == 0
+                 "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--context",
+                 "--cnn-epochs", "0"]) == 0
     two = load_classifier(tmp_path / "two.npz")
+    assert two.crop_net is None and "crop_net" not in two.record
     assert two.context is not None and two.context.feature_names == FEATURE_NAMES + CONTEXT_NAMES
     assert two.record["words"] == record["words"] and two.record["context_folds"] == 4
     # --detector-every: the words detect-tampering finds (bundled detector, lines split) join the examples.
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "found.npz"), "--max-iter", "5",
-                 "--validation-share", "0.5", "--detector-every", "2"]) == 0
+                 "--validation-share", "0.5", "--detector-every", "2", "--cnn-epochs", "0"]) == 0
     found = load_classifier(tmp_path / "found.npz").record
     assert found["found_regions_every"] == 2 and found["words"] > record["words"]
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
@@ -370,3 +375,60 @@ def test_a_trained_classifier_file_decides_and_a_bad_one_stops_before_any_image(
     err = capsys.readouterr().err
     assert "stranger.npz: trained on other features" in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_word_crops_are_compared_with_the_other_words_of_their_image():
+    from upocr.forensics.cnn import CROP_CHANNELS, CROP_SIZE, compare_within_image, word_crops
+    from upocr.forensics.features import image_maps
+
+    image, boxes = page(np.random.default_rng(4))
+    maps = image_maps(image)
+    crops = word_crops(maps, np.array(boxes + [(400, 5, 420, 25)], float))  # the last lies outside: zeros
+    assert crops.shape == (len(boxes) + 1, len(CROP_CHANNELS), *CROP_SIZE) and crops.dtype == np.float16
+    assert not crops[-1].any() and crops[:-1, 1:].mean() > 0  # error levels and residual are positive before
+    assert abs(float(crops[0, 0].astype(np.float32).mean())) < 0.05  # grey: standardised per crop
+    # Each map channel minus its peers' level: the other words of about its height, else all the others.
+    levels = np.array([1.0, 2.0, 4.0, 8.0], np.float32)
+    made = np.zeros((4, len(CROP_CHANNELS), 2, 2), np.float32)
+    made[:, 1:] = levels[:, None, None, None]
+    made[:, 0] = 5.0
+    compared = compare_within_image(made, np.array([20, 21, 19, 40]))
+    np.testing.assert_allclose(compared[:, 1, 0, 0], [1 - 3, 2 - 2.5, 4 - 1.5, 8 - 2])
+    assert np.all(compared[:, 0] == 5.0)  # the grey channel is not compared
+    assert compare_within_image(np.ones((1, 6, 2, 2), np.float32), np.array([10]))[0, 1:].max() == 0  # alone: itself
+
+
+def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
+    from upocr.forensics.cnn import CROP_CHANNELS, CROP_SIZE, train_crop_net
+    from upocr.forensics.train import roc_auc
+
+    rng = np.random.default_rng(5)
+    labels = (rng.random(480) < 0.25).astype(np.int8)
+    crops = rng.normal(0, 1, (480, len(CROP_CHANNELS), *CROP_SIZE)).astype(np.float16)
+    crops[labels == 1, 2, 8:24, 20:70] += 1.5  # tampered words: a higher error level inside the word
+    net = train_crop_net(crops[:400], labels[:400], epochs=3, batch=64, progress=False)
+    assert roc_auc(net.logits(crops[400:]), labels[400:]) > 0.9  # words it never saw
+    features = rng.normal(size=(300, len(FEATURE_NAMES)))
+    trees = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(features, features[:, 0] > 0)
+    ensemble = from_sklearn(trees, FEATURE_NAMES, 0.6, {"note": "blend"})
+    ensemble.crop_net = net
+    loaded = load_classifier(ensemble.save(tmp_path / "blend.npz"))
+    assert loaded.crop_net is not None and loaded.crop_net.blend_weight == net.blend_weight
+    np.testing.assert_allclose(loaded.crop_net.logits(crops[400:]), net.logits(crops[400:]), atol=1e-6)
+    # the blend: sigmoid of the weighted mean of both log-odds
+    p = np.array([0.2, 0.9])
+    logits = np.array([1.0, -2.0])
+    w = net.blend_weight
+    expected = 1 / (1 + np.exp(-((1 - w) * np.log(p / (1 - p)) + w * logits)))
+    np.testing.assert_allclose(net.blend_logits(p, logits), expected)
+    # On a page, the word's probability is the blend of the trees' and the CNN's.
+    image, boxes = page(np.random.default_rng(6))
+    trees_only = score_words(image, boxes, TreeEnsemble(**{**ensemble.__dict__, "crop_net": None}))
+    assert not np.allclose(score_words(image, boxes, loaded), trees_only)
+    # Weights that do not fit the network: one line naming the file.
+    with np.load(tmp_path / "blend.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["crop_net_w_head.weight"] = np.zeros((1, 3), np.float32)
+    np.savez(tmp_path / "broken.npz", **arrays)
+    with pytest.raises(ClassifierError, match="broken.npz: crop CNN weights do not fit the network"):
+        load_classifier(tmp_path / "broken.npz")

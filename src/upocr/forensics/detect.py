@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from upocr.forensics.context import CONTEXT_NAMES, context_features
-from upocr.forensics.features import FEATURE_NAMES, pixel_box, region_boxes, word_features
+from upocr.forensics.cnn import image_crops
+from upocr.forensics.features import FEATURE_NAMES, check_rgb, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import ClassifierError, TreeEnsemble, load_classifier
 
 Region = np.ndarray | Sequence[float]  # a polygon (N, 2) or a box (x1, y1, x2, y2), inclusive pixels
@@ -71,12 +72,16 @@ def score_words(image: np.ndarray, regions: Sequence[Region], classifier: TreeEn
         raise ClassifierError("the classifier was trained on other features than this version computes; retrain it")
     if len(regions) == 0:
         return np.zeros(0, np.float64)
-    features = word_features(image, regions)
+    check_rgb(image)
+    maps = image_maps(image)  # read by the features and the crop CNN
+    features = word_features(image, regions, maps)
     probabilities = model.probability(features)
-    if model.context is None:
-        return probabilities
     boxes = np.array([pixel_box(polygon) for polygon in region_boxes(regions, image.shape[:2])], np.float64)
-    return model.context.probability(np.hstack([features, context_features(probabilities, boxes)]))
+    if model.context is not None:
+        probabilities = model.context.probability(np.hstack([features, context_features(probabilities, boxes)]))
+    if model.crop_net is not None:
+        probabilities = model.crop_net.blend(probabilities, image_crops(maps, boxes))
+    return probabilities
 
 
 def _computes_its_features(model: TreeEnsemble) -> bool:

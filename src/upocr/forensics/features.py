@@ -81,6 +81,12 @@ class ImageMaps:
     step_y: np.ndarray  # float32 (H-1, W)
 
 
+def check_rgb(image: np.ndarray) -> None:
+    """ValueError unless `image` is RGB uint8 (H, W, 3), what the measurements read."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+
+
 def image_maps(image: np.ndarray) -> ImageMaps:
     """The maps of an RGB uint8 (H, W, 3) image. Error levels on the luminance only: JPEG's chroma is
     subsampled and coarsely quantised, and three channels would triple the cost (about 1 s per
@@ -264,7 +270,7 @@ def _same_line(polygons_boxes: np.ndarray) -> np.ndarray:
     return line
 
 
-def _leave_one_out_median(values: np.ndarray, peers: np.ndarray) -> np.ndarray:
+def leave_one_out_median(values: np.ndarray, peers: np.ndarray) -> np.ndarray:
     """values (N, F), peers (N, N) bool -> (N, F) median over each word's peers (NaN without peers)."""
     out = np.full(values.shape, np.nan, np.float32)
     for i in range(values.shape[0]):
@@ -274,7 +280,7 @@ def _leave_one_out_median(values: np.ndarray, peers: np.ndarray) -> np.ndarray:
     return out
 
 
-def _median_of_others(values: np.ndarray) -> np.ndarray:
+def median_of_others(values: np.ndarray) -> np.ndarray:
     """values (N, F) -> (N, F): per column, the median of the other words' values, NaNs left out
     (one sort instead of N medians: the others are the sorted column with the word's own value removed)."""
     count = values.shape[0]
@@ -302,15 +308,16 @@ def _nanmedian(values: np.ndarray) -> np.ndarray:
     return np.where(valid > 0, median, np.nan)
 
 
-def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[float]]) -> np.ndarray:
+def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[float]],
+                  maps: ImageMaps | None = None) -> np.ndarray:
     """(N, len(FEATURE_NAMES)) float32 features of the N regions of `image` (RGB uint8 (H, W, 3));
-    NaN marks what could not be measured (the learner handles missing values)."""
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    NaN marks what could not be measured (the learner handles missing values). `maps`: the image's
+    `image_maps`, when the caller has them already."""
+    check_rgb(image)
     count = len(regions)
     if count == 0:
         return np.zeros((0, len(FEATURE_NAMES)), np.float32)
-    maps = image_maps(image)
+    maps = maps if maps is not None else image_maps(image)
     base = measure_words(image, regions, maps)
     column = {name: base[:, i] for i, name in enumerate(BASE_NAMES)}
     with np.errstate(all="ignore"):
@@ -318,18 +325,18 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         derived += [column[f"ela{q}_bg"] / (column[f"ela{q}_ring"] + 0.1) for q in ELA_QUALITIES]
         derived += [column[f"ela{q}_edge"] / (column[f"ela{q}_bg"] + 0.1) for q in ELA_QUALITIES]
     relative = base[:, [BASE_NAMES.index(n) for n in RELATIVE]]
-    median = _median_of_others(relative)
+    median = median_of_others(relative)
     deviation = relative - median
     spread = _nanmedian(np.abs(relative - _nanmedian(relative))) + 1e-3
     z = deviation / spread
     boxes = np.array([[*p.min(0), *p.max(0)] for p in region_boxes(regions, maps.grey.shape)], np.float32)
     line_columns = base[:, [BASE_NAMES.index(n) for n in LINE_RELATIVE]]
-    line_dev = line_columns - _leave_one_out_median(line_columns, _same_line(boxes))
+    line_dev = line_columns - leave_one_out_median(line_columns, _same_line(boxes))
     log_height = column["log_height"]
     size_peers = np.abs(log_height[:, None] - log_height[None]) < SIZE_PEER_LOG_RATIO
     np.fill_diagonal(size_peers, False)
     size_columns = base[:, [BASE_NAMES.index(n) for n in SIZE_RELATIVE]]
-    size_dev = size_columns - _leave_one_out_median(size_columns, size_peers)
+    size_dev = size_columns - leave_one_out_median(size_columns, size_peers)
     image_level = np.array([
         count,
         float(maps.ela[85].mean()), float(maps.ela[70].mean()), float(maps.residual.mean()),

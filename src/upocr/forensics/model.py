@@ -5,7 +5,9 @@ values go, children, leaf value), the feature names the trees were trained on, t
 and the training record (JSON text). `np.load(..., allow_pickle=False)` reads it.
 
 Probability = sigmoid(baseline + sum of the leaf values reached), as scikit-learn's
-HistGradientBoostingClassifier computes it for two classes (tested to agree with it).
+HistGradientBoostingClassifier computes it for two classes (tested to agree with it). A file may also
+carry a second look (`context_` arrays, `upocr.forensics.context`) and a crop CNN (`crop_net_` arrays,
+`upocr.forensics.cnn`) whose log-odds are averaged with the trees'.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from typing import Any
 
 import numpy as np
 
+from upocr.forensics.cnn import CROP_CHANNELS, CropNet
 from upocr.utils import atomic_output
 
 FORMAT = "upocr-tampering-trees-1"  # one ensemble
 FORMAT_WITH_CONTEXT = "upocr-tampering-trees-2"  # ... and a second one that also reads the context (`context_` arrays)
+FORMAT_WITH_CROP_NET = "upocr-tampering-trees-3"  # ... either, and a crop CNN (`crop_net_` arrays)
+FORMATS = (FORMAT, FORMAT_WITH_CONTEXT, FORMAT_WITH_CROP_NET)
+CROP_NET_PREFIX = "crop_net_"
 NODE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "leaf", "value", "roots")
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "tampering-words.npz"
 
@@ -48,6 +54,9 @@ class TreeEnsemble:
     # The second look (`upocr.forensics.context`): trees over the features followed by the context of this
     # ensemble's probabilities; when present, its probability is the word's, and the threshold applies to it.
     context: TreeEnsemble | None = None
+    # The crop CNN (`upocr.forensics.cnn`): when present, the word's probability blends its log-odds with the
+    # trees' (the threshold applies to the blend).
+    crop_net: CropNet | None = None
 
     @property
     def depth(self) -> int:
@@ -84,12 +93,15 @@ class TreeEnsemble:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        arrays = {
-            **self._arrays(), "format": np.array(FORMAT if self.context is None else FORMAT_WITH_CONTEXT),
-            "threshold_probability": np.array(self.threshold_probability),
-        }
+        kind = FORMAT_WITH_CROP_NET if self.crop_net is not None else FORMAT_WITH_CONTEXT if self.context is not None else FORMAT
+        arrays = {**self._arrays(), "format": np.array(kind), "threshold_probability": np.array(self.threshold_probability)}
         if self.context is not None:
             arrays.update(self.context._arrays("context_"))
+        if self.crop_net is not None:
+            net = self.crop_net
+            arrays.update({f"{CROP_NET_PREFIX}w_{name}": value for name, value in net.weights.items()})
+            arrays.update({f"{CROP_NET_PREFIX}mean": net.mean, f"{CROP_NET_PREFIX}std": net.std,
+                           f"{CROP_NET_PREFIX}blend_weight": np.array(net.blend_weight)})
         with atomic_output(path) as temporary:
             with open(temporary, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
@@ -102,12 +114,14 @@ def load_classifier(path: str | Path | None = None) -> TreeEnsemble:
     try:
         with np.load(path, allow_pickle=False) as data:
             kind = str(data["format"])
-            if kind not in (FORMAT, FORMAT_WITH_CONTEXT):
+            if kind not in FORMATS:
                 raise ClassifierError(f"{path}: not a {FORMAT} file (format {kind!r})")
             ensemble = _read_ensemble(data, "", path)
             ensemble.threshold_probability = float(data["threshold_probability"])
-            if kind == FORMAT_WITH_CONTEXT:
+            if "context_feature" in data.files:
                 ensemble.context = _read_ensemble(data, "context_", path)
+            if kind == FORMAT_WITH_CROP_NET:
+                ensemble.crop_net = _read_crop_net(data, path)
     except FileNotFoundError:
         raise ClassifierError(f"{path}: no such file") from None
     except ClassifierError:
@@ -137,6 +151,21 @@ def _read_ensemble(data: Any, prefix: str, path: Path) -> TreeEnsemble:
             or ensemble.feature[inner].max() >= len(ensemble.feature_names)))):
         raise ClassifierError(f"{path}: tree indices out of range")
     return ensemble
+
+
+def _read_crop_net(data: Any, path: Path) -> CropNet:
+    """The crop CNN's arrays, checked by building the network from them."""
+    start = f"{CROP_NET_PREFIX}w_"
+    weights = {name[len(start):]: data[name] for name in data.files if name.startswith(start)}
+    net = CropNet(weights, data[f"{CROP_NET_PREFIX}mean"].astype(np.float32),
+                  data[f"{CROP_NET_PREFIX}std"].astype(np.float32), float(data[f"{CROP_NET_PREFIX}blend_weight"]))
+    try:
+        net.module()
+    except (RuntimeError, KeyError) as error:
+        raise ClassifierError(f"{path}: crop CNN weights do not fit the network ({str(error).splitlines()[0]})") from None
+    if net.mean.shape != (len(CROP_CHANNELS),) or net.std.shape != (len(CROP_CHANNELS),):
+        raise ClassifierError(f"{path}: crop CNN input scaling has {net.mean.shape} values, not {len(CROP_CHANNELS)}")
+    return net
 
 
 def from_sklearn(model, feature_names: tuple[str, ...], threshold_probability: float, record: dict[str, Any]) -> TreeEnsemble:

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
-from upocr.forensics.features import FEATURE_NAMES, pixel_box, region_boxes, word_features
+from upocr.forensics.cnn import CROP_CHANNELS, CROP_SIZE, image_crops, train_crop_net
+from upocr.forensics.features import FEATURE_NAMES, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, from_sklearn
 from upocr.io import read_image
 from upocr.utils import atomic_output
@@ -166,24 +167,51 @@ def image_folds(names: Sequence[str], folds: int) -> np.ndarray:
     return np.array([int(hashlib.sha1((name + "/fold").encode()).hexdigest()[:8], 16) % folds for name in names])
 
 
-def context_table(table: WordTable, probabilities: np.ndarray) -> np.ndarray:
-    """(N, len(CONTEXT_NAMES)) context of every word among the words of its image found the same way
-    (ground-truth boxes and a finder's regions are two tilings of one page: each is its own context)."""
-    out = np.zeros((len(probabilities), len(CONTEXT_NAMES)), np.float32)
+def word_groups(table: WordTable) -> list[np.ndarray]:
+    """The table's words as inference sees them together: per image, the ground-truth boxes and a finder's
+    regions apart (two tilings of one page, each its own set of words)."""
+    if table.labels.size == 0:
+        return []
     key = table.image_index.astype(np.int64) * 2 + table.found
     order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    for members in np.split(order, bounds):
+    return np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
+
+
+def context_table(table: WordTable, probabilities: np.ndarray) -> np.ndarray:
+    """(N, len(CONTEXT_NAMES)) context of every word among the words of its image found the same way."""
+    out = np.zeros((len(probabilities), len(CONTEXT_NAMES)), np.float32)
+    for members in word_groups(table):
         out[members] = context_features(probabilities[members], table.boxes[members])
     return out
 
 
+def collect_crops(table: WordTable, roots: Sequence[str | os.PathLike], split: str = "train", *,
+                  progress: bool = True) -> np.ndarray:
+    """(N, 6, 32, 96) float16 crops of the table's words for the crop CNN (`upocr.forensics.cnn`), each
+    compared with the words found the same way in its image; the images are read again from `roots`."""
+    paths = {sample.name: sample.image for root in roots for sample in tampering_samples(root, split)}
+    crops = np.zeros((table.labels.size, len(CROP_CHANNELS), *CROP_SIZE), np.float16)
+    groups: dict[int, list[np.ndarray]] = {}
+    for members in word_groups(table):
+        groups.setdefault(int(table.image_index[members[0]]), []).append(members)
+    for image_index, parts in tqdm(groups.items(), desc="word crops", unit="image", disable=not progress):
+        name = table.names[image_index]
+        if name not in paths:
+            raise ValueError(f"{name}: an image of the features file is not under {', '.join(map(str, roots))}")
+        maps = image_maps(read_image(paths[name]))
+        for members in parts:
+            crops[members] = image_crops(maps, table.boxes[members])
+    return crops
+
+
 def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: float = 0.01, max_iter: int = 300,
         learning_rate: float = 0.08, max_leaf_nodes: int = 31, seed: int = 0, context: bool = False,
-        record: dict | None = None, progress: bool = True) -> TreeEnsemble:
+        crops: np.ndarray | None = None, cnn_epochs: int = 6, record: dict | None = None,
+        progress: bool = True) -> TreeEnsemble:
     """Train on the table's training images, choose the threshold on its validation images, export.
     `context`: also train the second look (`upocr.forensics.context`) on the first look's out-of-fold
-    probabilities; the threshold is then chosen on its probabilities."""
+    probabilities; the threshold is then chosen on its probabilities. `crops` (`collect_crops`): also train
+    the crop CNN (`upocr.forensics.cnn`) for `cnn_epochs`; the threshold is then chosen on the blend."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
@@ -226,8 +254,25 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
                                 "validation": word_scores(probabilities, labels, first_threshold)},
                  "context_folds": CONTEXT_FOLDS}
         probabilities = second.predict_proba(both[validation])[:, 1]
+    crop_net = None
+    if crops is not None:
+        if len(crops) != table.labels.size:
+            raise ValueError(f"{len(crops)} crops for {table.labels.size} words")
+        cnn_started = time.perf_counter()
+        trees_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
+        extra["trees_validation"] = word_scores(probabilities, labels, trees_threshold)
+        crop_net = train_crop_net(crops[train], table.labels[train], epochs=cnn_epochs, seed=seed, progress=progress)
+        logits = crop_net.logits(crops[validation])
+        alone = 1 / (1 + np.exp(-logits))
+        extra["crop_net"] = {
+            "epochs": cnn_epochs, "blend_weight": crop_net.blend_weight,
+            "seconds": round(time.perf_counter() - cnn_started, 1),
+            "validation": word_scores(alone, labels, threshold_for_false_alarms(alone, labels, false_alarm_rate)),
+        }
+        probabilities = crop_net.blend_logits(probabilities, logits)
     seconds = time.perf_counter() - started
-    threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate) if context else first_threshold
+    chosen_again = context or crop_net is not None
+    threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate) if chosen_again else first_threshold
     found = table.found[validation]
     record = {
         **(record or {}),
@@ -244,14 +289,17 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
     ensemble = from_sklearn(first, FEATURE_NAMES, threshold, record)
     if second is not None:
         ensemble.context = from_sklearn(second, FEATURE_NAMES + CONTEXT_NAMES, threshold, {})
+    ensemble.crop_net = crop_net
     return ensemble
 
 
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
                      limit: int | None = None, progress: bool = True, features_file: str | os.PathLike | None = None,
-                     finder: Finder | None = None, finder_every: int = 0, **options) -> TreeEnsemble:
+                     finder: Finder | None = None, finder_every: int = 0, cnn_epochs: int = 0,
+                     **options) -> TreeEnsemble:
     """Features from every root, fit, save to `out`; returns the ensemble (its `record` says how).
-    `features_file`: read the features from there when it exists, else measure and write them there."""
+    `features_file`: read the features from there when it exists, else measure and write them there.
+    `cnn_epochs` > 0: also the crop CNN, from crops of the same words (read again from the images)."""
     started = time.perf_counter()
     if features_file is not None and Path(features_file).is_file():
         table = load_table(features_file)
@@ -265,7 +313,8 @@ def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike,
               "feature_seconds": round(feature_seconds, 1),
               "found_regions_every": finder_every if finder is not None else 0}
     record.update(_synth_runs(roots))
-    ensemble = fit(table, record=record, progress=progress, **options)
+    crops = collect_crops(table, roots, split, progress=progress) if cnn_epochs > 0 else None
+    ensemble = fit(table, record=record, progress=progress, crops=crops, cnn_epochs=cnn_epochs, **options)
     ensemble.record["total_seconds"] = round(time.perf_counter() - started, 1)
     ensemble.save(out)
     return ensemble
