@@ -118,22 +118,19 @@ class CropNet:
     _net: WordCropCNN | None = field(default=None, init=False, repr=False, compare=False)  # built on first use
 
     def module(self) -> WordCropCNN:
-        width = int(self.weights["body.0.0.weight"].shape[0])
-        net = WordCropCNN(width=width)
-        net.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in self.weights.items()})
-        return net.eval()
-
-    def _inference_module(self) -> WordCropCNN:
-        # Built once per CropNet; channels-last runs the convolutions about 1.6x faster on CPU (same math).
+        """The network in eval mode, built from the weights once (loading a file builds it: that checks them).
+        Channels-last runs its convolutions about 1.5x faster on CPU (same math)."""
         if self._net is None:
-            self._net = self.module().to(memory_format=torch.channels_last)
+            net = WordCropCNN(width=int(self.weights["body.0.0.weight"].shape[0]))
+            net.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in self.weights.items()})
+            self._net = net.eval().to(memory_format=torch.channels_last)
         return self._net
 
     def logits(self, crops: np.ndarray, *, batch: int = 512) -> np.ndarray:
         """(N, 6, 32, 96) compared crops -> (N,) float64 log-odds."""
         if len(crops) == 0:
             return np.zeros(0, np.float64)
-        net = self._inference_module()
+        net = self.module()
         mean = torch.from_numpy(self.mean.astype(np.float32)).view(1, -1, 1, 1)
         std = torch.from_numpy(self.std.astype(np.float32)).view(1, -1, 1, 1)
         out = []

@@ -76,6 +76,8 @@ def score_words(image: np.ndarray, regions: Sequence[Region], classifier: TreeEn
     maps = image_maps(image)  # read by the features and the crop CNN
     features = word_features(image, regions, maps)
     probabilities = model.probability(features)
+    if model.context is None and model.crop_net is None:
+        return probabilities
     boxes = np.array([pixel_box(polygon) for polygon in region_boxes(regions, image.shape[:2])], np.float64)
     if model.context is not None:
         probabilities = model.context.probability(np.hstack([features, context_features(probabilities, boxes)]))

@@ -233,7 +233,6 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
     first = trees(table.features[train], table.labels[train])
     probabilities = first.predict_proba(table.features[validation])[:, 1]
     labels = table.labels[validation]
-    first_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
     extra: dict = {}
     second = None
     if context:
@@ -250,6 +249,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
             first_look[held] = model.predict_proba(table.features[held])[:, 1]
         both = np.hstack([table.features, context_table(table, first_look)])
         second = trees(both[train], table.labels[train])
+        first_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
         extra = {"first_look": {"iterations": int(first.n_iter_),
                                 "validation": word_scores(probabilities, labels, first_threshold)},
                  "context_folds": CONTEXT_FOLDS}
@@ -271,8 +271,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         }
         probabilities = crop_net.blend_logits(probabilities, logits)
     seconds = time.perf_counter() - started
-    chosen_again = context or crop_net is not None
-    threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate) if chosen_again else first_threshold
+    threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)  # on the final probabilities
     found = table.found[validation]
     record = {
         **(record or {}),
