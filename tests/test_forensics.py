@@ -236,9 +236,12 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     # --context: the second look too, from the kept features (no measuring again); --cnn-epochs 0: no CNN
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.npz"), "--max-iter",
                  "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--context",
-                 "--cnn-epochs", "0"]) == 0
+                 "--cnn-epochs", "0", "--max-leaf-nodes", "4", "--learning-rate", "0.2"]) == 0
     two = load_classifier(tmp_path / "two.npz")
     assert two.crop_net is None and "crop_net" not in two.record
+    # the trees' size options reach the trees: 4 leaves = 7 nodes per tree, 5 rounds
+    assert two.record["max_leaf_nodes"] == 4 and two.record["learning_rate"] == 0.2
+    assert len(two.roots) == 5 and two.leaf.sum() <= 4 * 5 and record["max_leaf_nodes"] == 31
     assert two.context is not None and two.context.feature_names == FEATURE_NAMES + CONTEXT_NAMES
     assert two.record["words"] == record["words"] and two.record["context_folds"] == 4
     # --detector-every: the words detect-tampering finds (bundled detector, lines split) join the examples.

@@ -26,7 +26,12 @@ def register(subparsers) -> None:
                         help="share of genuine validation words the threshold may flag (default 0.01)")
     parser.add_argument("--validation-share", type=positive(float), default=0.2, metavar="S",
                         help="share of images held back to choose the threshold (default 0.2)")
-    parser.add_argument("--max-iter", type=positive(int), default=300, help="boosting iterations at most (default 300)")
+    # The trees' defaults live with the trainer (upocr.forensics.train: MAX_ITER, LEARNING_RATE, MAX_LEAF_NODES),
+    # which imports torch: not loaded to build the command line.
+    parser.add_argument("--max-iter", type=positive(int), default=None,
+                        help="boosting rounds at most (default 300)")
+    parser.add_argument("--learning-rate", type=positive(float), default=None, help="boosting learning rate (default 0.08)")
+    parser.add_argument("--max-leaf-nodes", type=positive(int), default=None, help="leaves per tree (default 31; larger trees: docs/tampering.md)")
     parser.add_argument("--limit", type=positive(int), default=None, help="use only the first N images")
     parser.add_argument("--features", default=None, metavar="FILE",
                         help="feature cache (npz): read from it when it exists, else measure and write it")
@@ -56,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         print("upocr train-tampering: error: --false-alarm-rate and --validation-share must be between 0 and 1",
               file=sys.stderr)
         return 2
+    trees = {name: value for name in ("max_iter", "learning_rate", "max_leaf_nodes")
+             if (value := getattr(args, name)) is not None}
     finder = None
     try:
         if args.detector_every > 0:
@@ -72,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
         ensemble = train_classifier(args.data, args.out, split=args.split, limit=args.limit,
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
-                                    max_iter=args.max_iter, seed=args.seed, context=args.context,
+                                    seed=args.seed, context=args.context,
                                     features_file=args.features, finder=finder, finder_every=args.detector_every,
-                                    cnn_epochs=max(0, args.cnn_epochs))
+                                    cnn_epochs=max(0, args.cnn_epochs), **trees)
     except (LayoutError, ValueError, OSError, ImportError) as error:
         print(f"upocr train-tampering: error: {error}", file=sys.stderr)
         return 2
