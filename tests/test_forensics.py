@@ -435,3 +435,16 @@ def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
     np.savez(tmp_path / "broken.npz", **arrays)
     with pytest.raises(ClassifierError, match="broken.npz: crop CNN weights do not fit the network"):
         load_classifier(tmp_path / "broken.npz")
+
+
+def test_train_tampering_help_states_the_trainers_tree_defaults(capsys):
+    # The command line leaves the defaults to the trainer (it does not import torch to build itself); its help
+    # repeats them, so it must follow when they change.
+    from upocr.cli import main
+    from upocr.forensics.train import LEARNING_RATE, MAX_ITER, MAX_LEAF_NODES
+
+    with pytest.raises(SystemExit):
+        main(["train-tampering", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, value in (("--max-iter", MAX_ITER), ("--learning-rate", LEARNING_RATE), ("--max-leaf-nodes", MAX_LEAF_NODES)):
+        assert f"(default {value}" in text.split(option, 2)[-1].split("--", 1)[0], option
