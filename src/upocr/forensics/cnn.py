@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from upocr.forensics.features import (ELA_QUALITIES, SIZE_PEER_LOG_RATIO, ImageMaps, leave_one_out_median,
-                                     median_of_others)
+from upocr.forensics.features import ELA_QUALITIES, ImageMaps, leave_one_out_median, median_of_others, size_peers
 
 CROP_SIZE = (32, 96)  # (h, w) every word crop is resized to
 CROP_MARGIN = 0.3  # the crop reaches this share of the word's height beyond its box on every side
@@ -98,9 +97,7 @@ def compare_within_image(crops: np.ndarray, heights: np.ndarray) -> np.ndarray:
         return crops
     levels = crops[:, 1:].astype(np.float32).mean(axis=(2, 3))
     log_height = np.log(np.maximum(np.asarray(heights, np.float64), 1))
-    peers = np.abs(log_height[:, None] - log_height[None]) < SIZE_PEER_LOG_RATIO
-    np.fill_diagonal(peers, False)
-    reference = leave_one_out_median(levels, peers)
+    reference = leave_one_out_median(levels, size_peers(log_height))
     others = median_of_others(levels) if len(crops) > 1 else levels
     reference = np.where(np.isnan(reference), others, reference)
     crops[:, 1:] -= reference[:, :, None, None].astype(crops.dtype)

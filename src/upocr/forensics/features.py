@@ -270,6 +270,14 @@ def _same_line(polygons_boxes: np.ndarray) -> np.ndarray:
     return line
 
 
+def size_peers(log_height: np.ndarray) -> np.ndarray:
+    """(N,) log word heights -> (N, N) bool: the other words of about each word's height (SIZE_PEER_LOG_RATIO)."""
+    log_height = np.asarray(log_height)
+    peers = np.abs(log_height[:, None] - log_height[None]) < SIZE_PEER_LOG_RATIO
+    np.fill_diagonal(peers, False)
+    return peers
+
+
 def leave_one_out_median(values: np.ndarray, peers: np.ndarray) -> np.ndarray:
     """values (N, F), peers (N, N) bool -> (N, F) median over each word's peers (NaN without peers)."""
     out = np.full(values.shape, np.nan, np.float32)
@@ -333,17 +341,16 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     line_columns = base[:, [BASE_NAMES.index(n) for n in LINE_RELATIVE]]
     line_dev = line_columns - leave_one_out_median(line_columns, _same_line(boxes))
     log_height = column["log_height"]
-    size_peers = np.abs(log_height[:, None] - log_height[None]) < SIZE_PEER_LOG_RATIO
-    np.fill_diagonal(size_peers, False)
     size_columns = base[:, [BASE_NAMES.index(n) for n in SIZE_RELATIVE]]
-    size_dev = size_columns - leave_one_out_median(size_columns, size_peers)
+    peers = size_peers(log_height)
+    size_dev = size_columns - leave_one_out_median(size_columns, peers)
     image_level = np.array([
         count,
         float(maps.ela[85].mean()), float(maps.ela[70].mean()), float(maps.residual.mean()),
         _grid_strength(maps.step_x, 0, axis=1)[0],
     ], np.float32)
     features = np.concatenate([
-        base, np.stack(derived, axis=1), deviation, z, line_dev, size_dev, size_peers.sum(axis=1, keepdims=True),
+        base, np.stack(derived, axis=1), deviation, z, line_dev, size_dev, peers.sum(axis=1, keepdims=True),
         np.broadcast_to(image_level, (count, len(IMAGE_NAMES))),
     ], axis=1).astype(np.float32)
     assert features.shape[1] == len(FEATURE_NAMES)
