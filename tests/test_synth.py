@@ -552,3 +552,50 @@ def test_a_block_too_big_for_the_image_raises_and_is_retried_smaller():
     # Pages and receipts keep their print size and lose lines instead.
     page = replace(plan, size=10, lines=20)
     assert page.smaller(1.0) == (replace(page, lines=14), 1.0) and plan.smaller(1.0) == (plan, 0.7)
+
+
+def test_a_line_set_apart_is_drawn_labelled_and_retyped_in_its_own_face():
+    """A receipt's heading (larger, bold) and bold total: genuine emphasis, so "bolder or larger than the
+    other words" is not a tampering label by itself."""
+    from upocr.data.synth.blocks import BlockPlan, LineFace, SceneCanvas, place_block
+    from upocr.data.synth.render import Degradation
+    from upocr.data.synth.tampering import _retype
+
+    body = next(f for f in fonts.fonts_for_split("train") if f.family == "DejaVu Sans Mono" and "Bold" not in f.path)
+    bold = fonts.bold_fonts(body)
+    assert [Path(f.path).name for f in bold] == ["DejaVuSansMono-Bold.ttf"]
+    plan = BlockPlan(font=body, script="english", size=12, lines=5, words_per_line=2, max_width=300.0, angle=0.0,
+                     perspective=0.0, line_faces=(LineFace(0, bold[0], 2.0), LineFace(-1, bold[0])))
+    assert plan.line_typefaces(body, 12, 5) == [(bold[0], 24)] + [(body, 12)] * 3 + [(bold[0], 12)]
+    assert plan.smaller(1.0) == (replace(plan, line_faces=()), 1.0)  # too big: the heading goes first
+    canvas = SceneCanvas(np.full((256, 320, 3), 230, np.float32))
+    placed = place_block(np.random.default_rng(3), plan, canvas, "train", blur_reach=0.0)
+    assert placed is not None
+    canvas.draw(placed)
+    lines = sorted({w.origin[1] for w in placed.words})
+    first = [w for w in placed.words if w.origin[1] == lines[0]]
+    middle = [w for w in placed.words if w.origin[1] in lines[1:-1]]
+    last = [w for w in placed.words if w.origin[1] == lines[-1]]
+    assert all(w.typeface == (bold[0], 24) for w in first) and all(w.typeface == (bold[0], 12) for w in last)
+    assert all(w.typeface is None for w in middle)  # the block's own style
+    height = lambda w: w.box[3] - w.box[1]  # noqa: E731
+    assert min(map(height, first)) > 1.5 * np.median([height(w) for w in middle])
+    # The heading's line leaves room for its taller glyphs: its box ends above the next line's.
+    assert max(w.box[3] for w in first) < min(w.box[1] for w in middle)
+    scene = canvas.scene(Degradation(illumination=None, blur_sigma=0.0, motion_kernel=None, noise=None, jpeg_quality=95),
+                         "train")
+    # The heading is drawn at its size: its ink fills most of its (tight) box, not a body-size corner.
+    ink = scene.fill > 0.5
+    for w in first:
+        x1, y1, x2, y2 = w.box
+        assert ink[y1:y2 + 1, x1:x2 + 1].any(axis=1).mean() > 0.5
+    # A forger retyping a heading word imitates the heading's face, not the body's.
+    index = placed.words.index(first[0])
+    boxes = [w.box for w in scene.words]
+    photo = np.clip(scene.image, 0, 255).astype(np.uint8)
+    retyped = _retype(np.random.default_rng(0), scene, photo, {index}, boxes)
+    x1, y1, x2, y2 = boxes[index]
+    span = lambda rows: np.ptp(np.nonzero(rows)[0]) if rows.any() else 0  # noqa: E731
+    old_ink, new_ink = photo.mean(-1) < 150, retyped.mean(-1) < 150  # dark print on light paper
+    old_span = span(old_ink[y1:y2 + 1, x1:x2 + 1].any(1))  # 24 px glyphs; the body's 12 px ones span < 11
+    assert old_span >= 15 and span(new_ink[y1:y2 + 1, x1:x2 + 1].any(1)) > 0.7 * old_span

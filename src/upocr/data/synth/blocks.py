@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
-from PIL import ImageFont
 
 from upocr.data.synth import backgrounds, fonts, text
 from upocr.data.synth.geometry import ArcBend, BlockGeometry, ImageWarp, PageCurl, box_of, fill_polygons, polygon_of
@@ -30,6 +29,7 @@ from upocr.data.synth.render import (Block, Degradation, Scene, TextStyle, Word,
                                      draw_word_layers, luminance, random_style)
 
 MIN_FONT_PX = 8
+Typeface = tuple[fonts.FontSpec, int]  # a font file and its size in pixels
 PLACEMENT_TRIES = 6  # free spots tried for a block before giving up on it
 
 
@@ -59,6 +59,10 @@ class BlockRecipe:
     def line_counts(self, rng: np.random.Generator) -> tuple[int, int]:
         """(lines, most words per line)."""
         raise NotImplementedError
+
+    def line_typefaces(self, font: fonts.FontSpec, size: int, line_count: int) -> list[Typeface]:
+        """(font, size) of each line: the block's own unless a line is set apart (a receipt's heading)."""
+        return [(font, size)] * line_count
 
     @property
     def extra_margin(self) -> int:
@@ -104,6 +108,16 @@ class Plate:
 
 
 @dataclass(frozen=True)
+class LineFace:
+    """One line of a block set in another font and size: a receipt's shop name, a bold total. Genuine
+    text differs in weight and size within a document too, not only where a forger retyped a word."""
+
+    line: int  # the line's index (negative: from the last line)
+    font: fonts.FontSpec
+    scale: float = 1.0  # its size relative to the block's
+
+
+@dataclass(frozen=True)
 class BlockPlan(BlockRecipe):
     """A block whose every choice a planner fixed (the v2 kinds of `world.py`)."""
 
@@ -122,6 +136,7 @@ class BlockPlan(BlockRecipe):
     min_contrast: float = 70.0
     page: PageCurl | None = None
     ink: np.ndarray | None = None
+    line_faces: tuple[LineFace, ...] = ()
 
     def typeface(self, rng: np.random.Generator, split: str, min_side: int,
                  size_scale: float) -> tuple[fonts.FontSpec, str, int]:
@@ -129,6 +144,13 @@ class BlockPlan(BlockRecipe):
 
     def line_counts(self, rng: np.random.Generator) -> tuple[int, int]:
         return self.lines, self.words_per_line
+
+    def line_typefaces(self, font: fonts.FontSpec, size: int, line_count: int) -> list[Typeface]:
+        faces = [(font, size)] * line_count
+        for face in self.line_faces:
+            if -line_count <= face.line < line_count:
+                faces[face.line] = (face.font, max(MIN_FONT_PX, int(round(size * face.scale))))
+        return faces
 
     @property
     def extra_margin(self) -> int:
@@ -159,7 +181,10 @@ class BlockPlan(BlockRecipe):
         return ArcBend(hw, float(centre[0]), float(centre[1]), radius, 1 if self.arc > 0 else -1)
 
     def smaller(self, size_scale: float) -> tuple[BlockRecipe, float]:
-        # Pages and receipts keep their print size and lose lines; other blocks shrink.
+        # A heading larger than the body is what overflows a small image: it goes first. Then pages and
+        # receipts keep their print size and lose lines; other blocks shrink.
+        if self.line_faces:
+            return replace(self, line_faces=()), size_scale
         if self.lines > 3:
             return replace(self, lines=int(self.lines * 0.7)), size_scale
         return self, size_scale * 0.7
@@ -175,7 +200,7 @@ class BlockLayout:
     placed: list[tuple[str, tuple[float, float]]]  # word, left-baseline origin in layer pixels
     layer_hw: tuple[int, int]
     margin: int  # pixels around a glyph box that may differ from the background
-    font: ImageFont.FreeTypeFont
+    typefaces: list[Typeface]  # (font, size) of each placed word
 
 
 @dataclass
@@ -257,22 +282,24 @@ def choose_style(rng: np.random.Generator, recipe: BlockRecipe, split: str, scen
     return style, script
 
 
-def layout_lines(rng: np.random.Generator, script: str, style: TextStyle, line_count: int, words_max: int,
-                 max_width: float) -> list[list[str]]:
-    """Up to `line_count` lines of 1..`words_max` random words the font covers, each within `max_width`."""
-    font = fonts.load_font(style.font.path, style.size)
+def layout_lines(rng: np.random.Generator, script: str, typefaces: list[Typeface], words_max: int,
+                 max_width: float) -> list[tuple[Typeface, list[str]]]:
+    """One line per typeface of 1..`words_max` random words its font covers, within `max_width`; lines
+    left empty are dropped."""
     lines = []
-    for _ in range(line_count):
+    for typeface in typefaces:
+        spec, size = typeface
+        font = fonts.load_font(spec.path, size)
         line: list[str] = []
         for _ in range(int(rng.integers(1, words_max + 1))):
             word = text.random_word(rng, script)
-            if not fonts.covers(style.font, word):
+            if not fonts.covers(spec, word):
                 continue
             if font.getlength(" ".join(line + [word])) > max_width and line:
                 break
             line.append(word)
         if line:
-            lines.append(line)
+            lines.append((typeface, line))
     return lines
 
 
@@ -280,28 +307,39 @@ def lay_out(rng: np.random.Generator, recipe: BlockRecipe, style: TextStyle, scr
             blur_reach: float) -> BlockLayout | None:
     """The block's words in lines, their origins and the layer's size (None: no word fits)."""
     line_count, words_max = recipe.line_counts(rng)
-    lines = layout_lines(rng, script, style, line_count, words_max, recipe.max_width)
+    lines = layout_lines(rng, script, recipe.line_typefaces(style.font, style.size, line_count), words_max,
+                         recipe.max_width)
     if not lines:
         return None
-    font = fonts.load_font(style.font.path, style.size)
+    line_fonts = [fonts.load_font(spec.path, size) for (spec, size), _ in lines]
+    metrics = [font.getmetrics() for font in line_fonts]  # (ascent, descent) per line
     margin = style.margin(blur_reach) + recipe.extra_margin
     pad = margin + 2 + (0 if recipe.plate is None else recipe.plate.padding)
-    ascent, descent = font.getmetrics()
-    line_height = (ascent + descent) * rng.uniform(1.0, 1.35)
-    space = font.getlength(" ") * rng.uniform(1.0, 1.6)
-    widths = [sum(font.getlength(wd) for wd in line) + space * (len(line) - 1) for line in lines]
+    ascent, descent = metrics[0]
+    spacing = rng.uniform(1.0, 1.35)
+    line_height = (ascent + descent) * spacing
+    # Baseline r sits r line heights below the first, plus what taller (or shorter) lines add: exactly
+    # 0.0 in a block of one typeface, so such blocks keep their bytes.
+    offsets = np.cumsum([0.0] + [(metrics[r - 1][1] + metrics[r][0]) * spacing - line_height
+                                 for r in range(1, len(lines))]).tolist()
+    spread = rng.uniform(1.0, 1.6)
+    spaces = [font.getlength(" ") * spread for font in line_fonts]
+    widths = [sum(font.getlength(wd) for wd in line) + space * (len(line) - 1)
+              for font, space, (_, line) in zip(line_fonts, spaces, lines)]
     block_w = max(widths)
     align = recipe.alignment(rng)
     layer_w = int(math.ceil(block_w + 2 * pad + style.stroke_width * 2))
-    layer_h = int(math.ceil(line_height * (len(lines) - 1) + ascent + descent + 2 * pad))
+    layer_h = int(math.ceil(line_height * (len(lines) - 1) + offsets[-1] + ascent + metrics[-1][1] + 2 * pad))
     placed: list[tuple[str, tuple[float, float]]] = []
-    for row, (line, width) in enumerate(zip(lines, widths)):
+    typefaces: list[Typeface] = []
+    for row, ((typeface, line), font, space, width) in enumerate(zip(lines, line_fonts, spaces, widths)):
         x = pad + style.stroke_width + ((block_w - width) / 2 if align == "center" else 0)
-        y = pad + ascent + row * line_height
+        y = pad + ascent + row * line_height + offsets[row]
         for word in line:
             placed.append((word, (float(x), float(y))))
+            typefaces.append(typeface)
             x += font.getlength(word) + space
-    return BlockLayout(style, script, len(lines), placed, (layer_h, layer_w), margin, font)
+    return BlockLayout(style, script, len(lines), placed, (layer_h, layer_w), margin, typefaces)
 
 
 def place(rng: np.random.Generator, recipe: BlockRecipe, layout: BlockLayout,
@@ -350,8 +388,9 @@ def word_polygons(layout: BlockLayout, geometry: BlockGeometry, block_index: int
     """Each word's box in the layer (glyphs, stroke, shadow, blur reach) warped into the image."""
     style, (layer_h, layer_w), margin = layout.style, layout.layer_hw, layout.margin
     words = []
-    for word, origin in layout.placed:
-        left, top, right, bottom = layout.font.getbbox(word, anchor="ls", stroke_width=style.stroke_width)
+    for (word, origin), typeface in zip(layout.placed, layout.typefaces):
+        font = fonts.load_font(typeface[0].path, typeface[1])
+        left, top, right, bottom = font.getbbox(word, anchor="ls", stroke_width=style.stroke_width)
         local = [origin[0] + left - margin, origin[1] + top - margin, origin[0] + right + margin,
                  origin[1] + bottom + margin]
         if style.shadow_offset is not None:
@@ -360,7 +399,8 @@ def word_polygons(layout: BlockLayout, geometry: BlockGeometry, block_index: int
                      max(local[2], local[2] + dx), max(local[3], local[3] + dy)]
         local = (max(local[0], 0.0), max(local[1], 0.0), min(local[2], layer_w), min(local[3], layer_h))
         polygon = polygon_of(geometry, local, points=6 if geometry.page is None else 16)
-        words.append(Word(word, layout.script, block_index, origin, local, polygon, box_of(polygon, hw)))
+        own = None if typeface == (style.font, style.size) else typeface
+        words.append(Word(word, layout.script, block_index, origin, local, polygon, box_of(polygon, hw), own))
     return words
 
 
@@ -398,7 +438,7 @@ def place_block(rng: np.random.Generator, recipe: BlockRecipe, canvas: SceneCanv
     else:
         local_bg = _mean_colour(scene_bg, footprint) if footprint.any() else _mean_colour(scene_bg)
     recolour(rng, recipe, style, local_bg)
-    layers, region = geometry.warp(draw_word_layers(style, layout.placed, layout.layer_hw), hw)
+    layers, region = geometry.warp(draw_word_layers(style, layout.placed, layout.layer_hw, layout.typefaces), hw)
     occupied |= cv2.dilate(footprint, np.ones((3, 3), np.uint8))
     return PlacedBlock(Block(style, geometry), words, layers, region, plate)
 

@@ -60,6 +60,7 @@ class Word:
     local_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in layer coords (incl. effects + margin)
     polygon: np.ndarray  # (N, 2) float image coordinates
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 inclusive, clipped to the image
+    typeface: tuple[fonts.FontSpec, int] | None = None  # (font, size) when its line's differ from the block's style
 
 
 @dataclass
@@ -165,20 +166,23 @@ def random_style(rng: np.random.Generator, font: fonts.FontSpec, size: int, bg_c
 
 
 def draw_word_layers(style: TextStyle, words: list[tuple[str, tuple[float, float]]],
-                     layer_size: tuple[int, int]) -> np.ndarray:
+                     layer_size: tuple[int, int],
+                     typefaces: list[tuple[fonts.FontSpec, int]] | None = None) -> np.ndarray:
     """(h, w, 4) float32 layer stack in [0, 1]: glyph fill, fill+stroke ('body'), shadow coverage, and
-    the layer's vertical position (for gradient fills, so the gradient follows the block's warp)."""
+    the layer's vertical position (for gradient fills, so the gradient follows the block's warp).
+    `typefaces`: (font, size) per word (default: the style's for all)."""
     h, w = layer_size
-    font = fonts.load_font(style.font.path, style.size)
+    faces = typefaces or [(style.font, style.size)] * len(words)
+    word_fonts = [fonts.load_font(spec.path, size) for spec, size in faces]
     fill_img = Image.new("L", (w, h), 0)
     draw = ImageDraw.Draw(fill_img)
-    for word, origin in words:
+    for (word, origin), font in zip(words, word_fonts):
         draw.text(origin, word, font=font, fill=255, anchor="ls")
     fill = np.asarray(fill_img, np.float32) / 255.0
     if style.stroke_width > 0:
         body_img = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(body_img)
-        for word, origin in words:
+        for (word, origin), font in zip(words, word_fonts):
             draw.text(origin, word, font=font, fill=255, anchor="ls", stroke_width=style.stroke_width, stroke_fill=255)
         body = np.maximum(np.asarray(body_img, np.float32) / 255.0, fill)
     else:

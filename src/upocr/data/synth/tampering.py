@@ -131,16 +131,19 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
         word = words[i]
         block = scene.blocks[word.block]
         style = copy.copy(block.style)
+        if word.typeface is not None:  # a heading or bold line: its own font and size
+            style.font, style.size = word.typeface
+        original_font, original_size = style.font, style.size
         if rng.random() < 0.4:
             near = fonts.near_fonts(style.font)
             style.font = near[int(rng.integers(len(near)))]
         new_text = text.similar_word(rng, word.script, word.text)
         if not fonts.covers(style.font, new_text):
-            new_text, style.font = text.similar_word(rng, word.script, word.text), block.style.font
+            new_text, style.font = text.similar_word(rng, word.script, word.text), original_font
             if not fonts.covers(style.font, new_text):
                 new_text = word.text[::-1]  # same glyphs, different word
         # Fit the new word to the old width (a forger matches the box), within +-15 % of the size.
-        old_width = fonts.load_font(block.style.font.path, block.style.size).getlength(word.text)
+        old_width = fonts.load_font(original_font.path, original_size).getlength(word.text)
         new_width = fonts.load_font(style.font.path, style.size).getlength(new_text)
         scale = np.clip(old_width / max(new_width, 1.0), 0.85, 1.15) * rng.uniform(0.97, 1.03)
         style.size = max(6, int(round(style.size * scale)))

@@ -9,7 +9,8 @@ Each scene is one of the kinds in SCENE_KINDS (drawn by their weights):
   ui        a screenshot: flat theme, bars and buttons, crisp 10-18 px text, upright, no camera effects;
   document  a book page (whole image paper, 1-2 columns) or a receipt (paper strip on a surface), both
             at real print sizes: x-height 8-14 px on a 1000 px page (scaled down on smaller images);
-            half of them curled.
+            half of them curled; receipts mostly open with a larger, bold heading and may print a bold
+            total (genuine emphasis: bolder or larger than the body is not a tampering label by itself).
 
 A kind is one `SceneKind` entry: its weight, background, block planner, camera, curl probability and
 sub-kinds. Camera effects (`camera.py`) are applied identically to the composite and to its text-free
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
-from upocr.data.synth.blocks import (MIN_FONT_PX, BlockPlan, BlockRecipe, Plate, SceneCanvas,
+from upocr.data.synth.blocks import (MIN_FONT_PX, BlockPlan, BlockRecipe, LineFace, Plate, SceneCanvas,
                                      place_with_retries)
 from upocr.data.synth.camera import classic_camera, photo_camera, screenshot_camera
 from upocr.data.synth.classic import classic_plans, render_classic_scene
@@ -43,6 +44,11 @@ ARC_DEGREES = (50.0, 220.0)
 # x-height / font size of common fonts (about 0.45-0.55): font px = x-height / this.
 X_HEIGHT_RATIO = 0.5
 CURL_PROBABILITY = 0.5  # books and receipts
+# Genuine emphasis in documents (real receipts print the shop's name large and bold, and the total bold):
+# without it, "bolder or larger than the other words" would only ever mean "retyped" in tampering data.
+RECEIPT_HEADING_PROBABILITY = 0.75  # 1-2 lines at the top, 1.2-2x the body's size
+RECEIPT_BOLD_LINE_PROBABILITY = 0.5  # one line of the lower half in bold (a total)
+BOLD_HEADING_PROBABILITY = 0.5  # book headings in the family's bold
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +97,11 @@ def print_size(rng: np.random.Generator, hw: tuple[int, int]) -> int:
     """Font px for body print: x-height 8-14 px on a 1000 px page, proportionally less below."""
     x_height = rng.uniform(8, 14) * min(1.0, max(hw) / 1000)
     return max(MIN_FONT_PX, int(round(x_height / X_HEIGHT_RATIO)))
+
+
+def _bold_or_same(rng: np.random.Generator, font: fonts.FontSpec) -> fonts.FontSpec:
+    bold = fonts.bold_fonts(font)
+    return bold[int(rng.integers(len(bold)))] if bold else font
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -167,7 +178,8 @@ def page_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> lis
                       words_per_line=16, max_width=w * (0.8 if columns == 1 else 0.4), angle=angle,
                       perspective=perspective, min_contrast=100.0, ink=ink) for _ in range(columns)]
     if rng.random() < 0.4:  # after the body: placed where the body left room
-        body.append(BlockPlan(font=font, script=script, size=int(size * rng.uniform(1.4, 2.5)), lines=1,
+        heading = _bold_or_same(rng, font) if rng.random() < BOLD_HEADING_PROBABILITY else font
+        body.append(BlockPlan(font=heading, script=script, size=int(size * rng.uniform(1.4, 2.5)), lines=1,
                               words_per_line=4, max_width=w * 0.8, angle=angle, perspective=perspective,
                               min_contrast=100.0, ink=ink))
     return body
@@ -178,12 +190,26 @@ def _receipt_plan(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> 
     size = print_size(rng, hw)
     paper = np.clip(rng.uniform(225, 250) + rng.normal(0, 4, 3), 0, 255).astype(np.float32)
     plate = Plate(colour=paper, padding=int(size * rng.uniform(0.8, 2.0)), corner=0, texture_kind=5)
-    return BlockPlan(font=_font(rng, split, script, ("mono",)), script=script, size=size,
-                     lines=max(4, min(40, int(0.7 * hw[0] / (size * 1.3)))), words_per_line=int(rng.integers(2, 6)),
+    font = _font(rng, split, script, ("mono",))
+    lines = max(4, min(40, int(0.7 * hw[0] / (size * 1.3))))
+    return BlockPlan(font=font, script=script, size=size, lines=lines, words_per_line=int(rng.integers(2, 6)),
                      max_width=hw[1] * rng.uniform(0.3, 0.6), angle=float(rng.normal(0, 4)),
                      perspective=float(rng.uniform(0, 0.06)), align=str(rng.choice(["left", "center"])), plate=plate,
-                     min_contrast=100.0, ink=ink_colour(rng))
+                     min_contrast=100.0, ink=ink_colour(rng), line_faces=_receipt_emphasis(rng, split, script, font, lines))
 
+
+def _receipt_emphasis(rng: np.random.Generator, split: str, script: str, font: fonts.FontSpec,
+                      lines: int) -> tuple[LineFace, ...]:
+    """A receipt's lines in another face: the shop's name at the top (larger; bold, or a sans bold), and a
+    bold line in the lower half (the total)."""
+    faces = []
+    if rng.random() < RECEIPT_HEADING_PROBABILITY:
+        heading = _bold_or_same(rng, font if rng.random() < 0.5 else _font(rng, split, script, ("sans",)))
+        scale = float(rng.uniform(1.2, 2.0))
+        faces += [LineFace(line, heading, scale) for line in range(int(rng.choice([1, 1, 2])))]
+    if rng.random() < RECEIPT_BOLD_LINE_PROBABILITY:
+        faces.append(LineFace(-int(rng.integers(1, max(2, lines // 2))), _bold_or_same(rng, font)))
+    return tuple(faces)
 
 
 def sign_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockRecipe]:
