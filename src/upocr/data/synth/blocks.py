@@ -25,11 +25,10 @@ import numpy as np
 
 from upocr.data.synth import backgrounds, fonts, text
 from upocr.data.synth.geometry import ArcBend, BlockGeometry, ImageWarp, PageCurl, box_of, fill_polygons, polygon_of
-from upocr.data.synth.render import (Block, Degradation, Scene, TextStyle, Word, composite, contrasting_colour,
-                                     draw_word_layers, luminance, random_style)
+from upocr.data.synth.render import (Block, Degradation, Scene, TextStyle, Typeface, Word, composite,
+                                     contrasting_colour, draw_word_layers, luminance, random_style)
 
 MIN_FONT_PX = 8
-Typeface = tuple[fonts.FontSpec, int]  # a font file and its size in pixels
 PLACEMENT_TRIES = 6  # free spots tried for a block before giving up on it
 
 

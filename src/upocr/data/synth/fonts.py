@@ -163,14 +163,16 @@ def near_fonts(font: FontSpec) -> list[FontSpec]:
     return same_family or [f for f in pool if f.style == font.style and f.path != font.path] or [font]
 
 
-BOLD_WEIGHTS = ("Bold", "Bol.", "Black", "ExtraBold", "Semibold", "SemiBold")  # in file names
+BOLD_WEIGHTS = ("Bold", "Bol.", "Black", "ExtraBold", "Semibold", "SemiBold")  # in file names ("Bol.": STIX)
+SLANTED = ("Ita", "It.", "Obl")  # italic and oblique file names
 
 
 def bold_fonts(font: FontSpec) -> list[FontSpec]:
     """Upright bold weights of `font`'s family (empty when it has none): headings and totals."""
     pool = fonts_for_split(font.split, True)
-    return [f for f in pool if f.family == font.family and f.path != font.path
-            and any(w in Path(f.path).name for w in BOLD_WEIGHTS) and "Ita" not in f.path and "Obl" not in f.path]
+    names = {f.path: Path(f.path).name for f in pool if f.family == font.family and f.path != font.path}
+    return [f for f in pool if f.path in names and any(w in names[f.path] for w in BOLD_WEIGHTS)
+            and not any(slant in names[f.path] for slant in SLANTED)]
 
 
 def installed_font_names(v2: bool = False) -> dict[str, list[str]]:

@@ -24,6 +24,8 @@ from upocr.data.layouts import TEXTSEG_EFFECT, TEXTSEG_IGNORE, TEXTSEG_TEXT
 from upocr.data.synth import fonts
 from upocr.data.synth.geometry import BlockGeometry, fill_polygons
 
+Typeface = tuple[fonts.FontSpec, int]  # a font file and its size in pixels
+
 
 # --------------------------------------------------------------------------------------------
 # Descriptions of what was drawn
@@ -60,7 +62,7 @@ class Word:
     local_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in layer coords (incl. effects + margin)
     polygon: np.ndarray  # (N, 2) float image coordinates
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 inclusive, clipped to the image
-    typeface: tuple[fonts.FontSpec, int] | None = None  # (font, size) when its line's differ from the block's style
+    typeface: Typeface | None = None  # (font, size) when its line's differ from the block's style
 
 
 @dataclass
@@ -167,7 +169,7 @@ def random_style(rng: np.random.Generator, font: fonts.FontSpec, size: int, bg_c
 
 def draw_word_layers(style: TextStyle, words: list[tuple[str, tuple[float, float]]],
                      layer_size: tuple[int, int],
-                     typefaces: list[tuple[fonts.FontSpec, int]] | None = None) -> np.ndarray:
+                     typefaces: list[Typeface] | None = None) -> np.ndarray:
     """(h, w, 4) float32 layer stack in [0, 1]: glyph fill, fill+stroke ('body'), shadow coverage, and
     the layer's vertical position (for gradient fills, so the gradient follows the block's warp).
     `typefaces`: (font, size) per word (default: the style's for all)."""
