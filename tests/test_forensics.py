@@ -233,6 +233,19 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     # the crop CNN, blended: the threshold is chosen on the blend, the trees' own validation is kept
     assert classifier.crop_net is not None and record["crop_net"]["epochs"] == 1
     assert record["trees_validation"]["words"] == record["validation"]["words"]
+    # --crops-file: the crops memory-mapped from a file instead of memory; the same network, the file removed
+    crops_file = tmp_path / "crops.npy"
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "mapped.npz"), "--max-iter",
+                 "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--cnn-epochs", "1",
+                 "--crops-file", str(crops_file)]) == 0
+    mapped = load_classifier(tmp_path / "mapped.npz")
+    assert not crops_file.exists() and mapped.threshold_probability == classifier.threshold_probability
+    for name, value in classifier.crop_net.weights.items():
+        np.testing.assert_allclose(mapped.crop_net.weights[name], value, atol=1e-6, err_msg=name)
+    crops_file.write_bytes(b"someone's file")  # never overwritten
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "mapped.npz"),
+                 "--features", str(tmp_path / "features.npz"), "--crops-file", str(crops_file)]) == 2
+    assert "crops.npy: exists" in capsys.readouterr().err and crops_file.read_bytes() == b"someone's file"
     # --context: the second look too, from the kept features (no measuring again); --cnn-epochs 0: no CNN
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "two.npz"), "--max-iter",
                  "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"), "--context",
@@ -411,6 +424,14 @@ def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
     crops[labels == 1, 2, 8:24, 20:70] += 1.5  # tampered words: a higher error level inside the word
     net = train_crop_net(crops[:400], labels[:400], epochs=3, batch=64, progress=False)
     assert roc_auc(net.logits(crops[400:]), labels[400:]) > 0.9  # words it never saw
+    # rows of the whole array (read in place, no copy) train the same network as those rows copied out
+    rows = np.flatnonzero(np.arange(480) % 3 != 0)
+    on_rows = train_crop_net(crops, labels, rows=rows, epochs=1, batch=64, progress=False)
+    copied = train_crop_net(crops[rows], labels[rows], epochs=1, batch=64, progress=False)
+    for name, value in copied.weights.items():
+        np.testing.assert_allclose(on_rows.weights[name], value, atol=1e-6, err_msg=name)
+    held = np.flatnonzero(np.arange(480) % 3 == 0)
+    np.testing.assert_allclose(on_rows.logits(crops, rows=held), copied.logits(crops[held]), atol=1e-5)
     features = rng.normal(size=(300, len(FEATURE_NAMES)))
     trees = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(features, features[:, 0] > 0)
     ensemble = from_sklearn(trees, FEATURE_NAMES, 0.6, {"note": "blend"})

@@ -123,17 +123,20 @@ class CropNet:
             self._net = net.eval().to(memory_format=torch.channels_last)
         return self._net
 
-    def logits(self, crops: np.ndarray, *, batch: int = 512) -> np.ndarray:
-        """(N, 6, 32, 96) compared crops -> (N,) float64 log-odds."""
-        if len(crops) == 0:
+    def logits(self, crops: np.ndarray, *, rows: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
+        """(N, 6, 32, 96) compared crops -> (N,) float64 log-odds; `rows`: of these rows only (read a batch
+        at a time, as `train_crop_net` reads them)."""
+        count = len(crops) if rows is None else len(rows)
+        if count == 0:
             return np.zeros(0, np.float64)
         net = self.module()
         mean = torch.from_numpy(self.mean.astype(np.float32)).view(1, -1, 1, 1)
         std = torch.from_numpy(self.std.astype(np.float32)).view(1, -1, 1, 1)
         out = []
         with torch.inference_mode():
-            for start in range(0, len(crops), batch):
-                chunk = torch.from_numpy(np.asarray(crops[start:start + batch], np.float32))
+            for start in range(0, count, batch):
+                part = slice(start, start + batch) if rows is None else np.asarray(rows[start:start + batch])
+                chunk = torch.from_numpy(np.asarray(crops[part], np.float32))
                 out.append(net(((chunk - mean) / std).contiguous(memory_format=torch.channels_last)))
         return torch.cat(out).double().numpy()
 
@@ -148,18 +151,21 @@ class CropNet:
         return 1.0 / (1.0 + np.exp(-((1 - self.blend_weight) * trees + self.blend_weight * np.asarray(logits))))
 
 
-def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, epochs: int = 6, batch: int = 256,
-                   learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> CropNet:
+def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, rows: np.ndarray | None = None, epochs: int = 6,
+                   batch: int = 256, learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> CropNet:
     """Train on (N, 6, 32, 96) compared crops with labels 1 = tampered. Each epoch sees every tampered word
     and NEGATIVES_PER_POSITIVE times as many genuine ones, drawn anew (genuine words are ten times as many),
-    mirrored left-right at random; one-cycle learning rate, AdamW."""
-    labels = np.asarray(labels).astype(np.float32)
+    mirrored left-right at random; one-cycle learning rate, AdamW. `rows` (increasing): train on these rows
+    only. The crops are read batch by batch where they lie, never copied whole, so they may be a memory-mapped
+    file (`upocr.forensics.train.collect_crops`); `crops[rows]` would hold a second copy of most of them."""
+    rows = np.arange(len(crops)) if rows is None else np.asarray(rows)
+    labels = np.asarray(labels)[rows].astype(np.float32)
     positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     if positives.size == 0 or negatives.size == 0:
         raise ValueError("the crop CNN needs tampered and genuine training words")
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    sample = np.asarray(crops[rng.choice(len(crops), min(len(crops), 5000), replace=False)], np.float32)
+    sample = np.asarray(crops[rows[rng.choice(len(rows), min(len(rows), 5000), replace=False)]], np.float32)
     mean, std = sample.mean(axis=(0, 2, 3)), sample.std(axis=(0, 2, 3)) + 1e-3
     scale_mean = torch.from_numpy(mean).view(1, -1, 1, 1)
     scale_std = torch.from_numpy(std).view(1, -1, 1, 1)
@@ -177,7 +183,7 @@ def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, epochs: int = 6, ba
             members = np.sort(order[step * batch:(step + 1) * batch])
             if members.size == 0:
                 continue
-            inputs = (torch.from_numpy(np.asarray(crops[members], np.float32)) - scale_mean) / scale_std
+            inputs = (torch.from_numpy(np.asarray(crops[rows[members]], np.float32)) - scale_mean) / scale_std
             if rng.random() < 0.5:
                 inputs = inputs.flip(3)
             loss = F.binary_cross_entropy_with_logits(net(inputs), torch.from_numpy(labels[members]))

@@ -186,11 +186,15 @@ def context_table(table: WordTable, probabilities: np.ndarray) -> np.ndarray:
 
 
 def collect_crops(table: WordTable, roots: Sequence[str | os.PathLike], split: str = "train", *,
-                  progress: bool = True) -> np.ndarray:
+                  path: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
     """(N, 6, 32, 96) float16 crops of the table's words for the crop CNN (`upocr.forensics.cnn`), each
-    compared with the words found the same way in its image; the images are read again from `roots`."""
+    compared with the words found the same way in its image; the images are read again from `roots`.
+    `path`: write them to this .npy file and return it memory-mapped (37 KB per word on disk instead of in
+    memory: 9.5 GB for 258,666 words, most of training's memory; the CNN reads them a batch at a time)."""
     paths = {sample.name: sample.image for root in roots for sample in tampering_samples(root, split)}
-    crops = np.zeros((table.labels.size, len(CROP_CHANNELS), *CROP_SIZE), np.float16)
+    shape = (table.labels.size, len(CROP_CHANNELS), *CROP_SIZE)
+    crops = (np.zeros(shape, np.float16) if path is None
+             else np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape))
     groups: dict[int, list[np.ndarray]] = {}
     for members in word_groups(table):
         groups.setdefault(int(table.image_index[members[0]]), []).append(members)
@@ -270,8 +274,9 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         cnn_started = time.perf_counter()
         trees_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
         extra["trees_validation"] = word_scores(probabilities, labels, trees_threshold)
-        crop_net = train_crop_net(crops[train], table.labels[train], epochs=cnn_epochs, seed=seed, progress=progress)
-        logits = crop_net.logits(crops[validation])
+        crop_net = train_crop_net(crops, table.labels, rows=np.flatnonzero(train), epochs=cnn_epochs, seed=seed,
+                                  progress=progress)
+        logits = crop_net.logits(crops, rows=np.flatnonzero(validation))
         alone = 1 / (1 + np.exp(-logits))
         extra["crop_net"] = {
             "epochs": cnn_epochs, "blend_weight": crop_net.blend_weight,
@@ -304,10 +309,13 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
                      limit: int | None = None, progress: bool = True, features_file: str | os.PathLike | None = None,
                      finder: Finder | None = None, finder_every: int = 0, cnn_epochs: int = 0,
-                     **options) -> TreeEnsemble:
+                     crops_file: str | os.PathLike | None = None, **options) -> TreeEnsemble:
     """Features from every root, fit, save to `out`; returns the ensemble (its `record` says how).
     `features_file`: read the features from there when it exists, else measure and write them there.
-    `cnn_epochs` > 0: also the crop CNN, from crops of the same words (read again from the images)."""
+    `cnn_epochs` > 0: also the crop CNN, from crops of the same words (read again from the images), held in
+    memory or, with `crops_file`, in that file (memory-mapped; removed at the end, even after an error)."""
+    if crops_file is not None and Path(crops_file).exists():
+        raise ValueError(f"{crops_file}: exists; the crops file is scratch space (removed at the end): name a new one")
     started = time.perf_counter()
     if features_file is not None and Path(features_file).is_file():
         table = load_table(features_file)
@@ -321,8 +329,13 @@ def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike,
               "feature_seconds": round(feature_seconds, 1),
               "found_regions_every": finder_every if finder is not None else 0}
     record.update(_synth_runs(roots))
-    crops = collect_crops(table, roots, split, progress=progress) if cnn_epochs > 0 else None
-    ensemble = fit(table, record=record, progress=progress, crops=crops, cnn_epochs=cnn_epochs, **options)
+    try:
+        crops = collect_crops(table, roots, split, path=crops_file, progress=progress) if cnn_epochs > 0 else None
+        ensemble = fit(table, record=record, progress=progress, crops=crops, cnn_epochs=cnn_epochs, **options)
+    finally:
+        crops = None  # unmapped before the file goes
+        if crops_file is not None and cnn_epochs > 0:
+            Path(crops_file).unlink(missing_ok=True)
     ensemble.record["total_seconds"] = round(time.perf_counter() - started, 1)
     ensemble.save(out)
     return ensemble
