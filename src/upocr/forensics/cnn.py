@@ -126,6 +126,7 @@ class CropNet:
     def logits(self, crops: np.ndarray, *, rows: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
         """(N, 6, 32, 96) compared crops -> (N,) float64 log-odds; `rows`: of these rows only (read a batch
         at a time, as `train_crop_net` reads them)."""
+        rows = None if rows is None else np.asarray(rows)
         count = len(crops) if rows is None else len(rows)
         if count == 0:
             return np.zeros(0, np.float64)
@@ -135,7 +136,7 @@ class CropNet:
         out = []
         with torch.inference_mode():
             for start in range(0, count, batch):
-                part = slice(start, start + batch) if rows is None else np.asarray(rows[start:start + batch])
+                part = slice(start, start + batch) if rows is None else rows[start:start + batch]
                 chunk = torch.from_numpy(np.asarray(crops[part], np.float32))
                 out.append(net(((chunk - mean) / std).contiguous(memory_format=torch.channels_last)))
         return torch.cat(out).double().numpy()

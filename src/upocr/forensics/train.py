@@ -334,7 +334,7 @@ def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike,
         ensemble = fit(table, record=record, progress=progress, crops=crops, cnn_epochs=cnn_epochs, **options)
     finally:
         crops = None  # unmapped before the file goes
-        if crops_file is not None and cnn_epochs > 0:
+        if crops_file is not None:
             Path(crops_file).unlink(missing_ok=True)
     ensemble.record["total_seconds"] = round(time.perf_counter() - started, 1)
     ensemble.save(out)
