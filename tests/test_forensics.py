@@ -262,6 +262,9 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
                  "--validation-share", "0.5", "--detector-every", "2", "--cnn-epochs", "0"]) == 0
     found = load_classifier(tmp_path / "found.npz").record
     assert found["found_regions_every"] == 2 and found["words"] > record["words"]
+    # The threshold is chosen on the words detect-tampering scores: the finder's, when the table has them.
+    assert record["threshold_words"] == "all" and found["threshold_words"] == "found"
+    assert found["validation_found_words"]["false_alarm_rate"] <= 0.01
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
 
@@ -394,40 +397,88 @@ def test_a_trained_classifier_file_decides_and_a_bad_one_stops_before_any_image(
 
 
 def test_word_crops_are_compared_with_the_other_words_of_their_image():
-    from upocr.forensics.cnn import CROP_CHANNELS, CROP_SIZE, compare_within_image, word_crops
+    from upocr.forensics.cnn import CROP_CHANNELS, WORD_CROP, compare_within_image, word_crops
     from upocr.forensics.features import image_maps
 
     image, boxes = page(np.random.default_rng(4))
     maps = image_maps(image)
-    crops = word_crops(maps, np.array(boxes + [(400, 5, 420, 25)], float))  # the last lies outside: zeros
-    assert crops.shape == (len(boxes) + 1, len(CROP_CHANNELS), *CROP_SIZE) and crops.dtype == np.float16
+    crops = word_crops(maps, np.array(boxes + [(400, 5, 420, 25)], float), WORD_CROP)  # the last lies outside: zeros
+    assert crops.shape == (len(boxes) + 1, *WORD_CROP.shape) and crops.dtype == np.float16
     assert not crops[-1].any() and crops[:-1, 1:].mean() > 0  # error levels and residual are positive before
     assert abs(float(crops[0, 0].astype(np.float32).mean())) < 0.05  # grey: standardised per crop
     # Each map channel minus its peers' level: the other words of about its height, else all the others.
     levels = np.array([1.0, 2.0, 4.0, 8.0], np.float32)
-    made = np.zeros((4, len(CROP_CHANNELS), 2, 2), np.float32)
+    made = np.zeros((4, len(CROP_CHANNELS) + 1, 2, 2), np.float32)  # + the line layout's word mask: not compared
     made[:, 1:] = levels[:, None, None, None]
     made[:, 0] = 5.0
     compared = compare_within_image(made, np.array([20, 21, 19, 40]))
     np.testing.assert_allclose(compared[:, 1, 0, 0], [1 - 3, 2 - 2.5, 4 - 1.5, 8 - 2])
     assert np.all(compared[:, 0] == 5.0)  # the grey channel is not compared
+    np.testing.assert_array_equal(compared[:, -1, 0, 0], levels)  # nor the word mask
     assert compare_within_image(np.ones((1, 6, 2, 2), np.float32), np.array([10]))[0, 1:].max() == 0  # alone: itself
 
 
+def test_line_crops_show_the_word_among_its_neighbours_at_one_scale():
+    from upocr.forensics.cnn import LINE_CROP, WORD_CROP, word_crops
+    from upocr.forensics.features import image_maps
+
+    image, boxes = page(np.random.default_rng(4))
+    maps = image_maps(image)
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = boxes[0]
+    word_height = y2 - y1 + 1
+    moved = (0, y1, x2 - x1, y2)  # the same box at the image's left edge
+    crops = word_crops(maps, np.array([boxes[0], moved, (width + 900, 5, width + 920, 25)], float), LINE_CROP)
+    assert crops.shape == (3, 7, 32, 192) and LINE_CROP.channels[-1] == "word"
+    assert not crops[2].any()  # far outside the image: zeros
+    mask = crops[0, -1].astype(bool)
+    columns, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+    # 1.6 x the word's height tall (0.3 above and below), at least 6 x that wide, the word in the middle
+    assert abs(rows[0] - 32 * 0.3 / 1.6) <= 1.5 and abs(rows[-1] + 1 - 32 * 1.3 / 1.6) <= 1.5
+    crop_width = max(x2 - x1 + 1 + 0.6 * word_height, 6 * 1.6 * word_height)
+    assert abs((columns[-1] + 1 - columns[0]) - 192 * (x2 - x1 + 1) / crop_width) <= 2
+    assert abs((columns[0] + columns[-1] + 1) / 2 - 96) <= 1.5
+    # At the edge the window keeps its scale and place (the image is mirrored in): the word's mark is where it
+    # was; word crops are clipped to the image instead, so the same word is stretched differently.
+    np.testing.assert_array_equal(crops[1, -1], crops[0, -1])
+    assert crops[1, 0, :, :80].astype(np.float32).std() > 0.1  # mirrored page, not a blank pad
+    word = word_crops(maps, np.array([boxes[0], moved], float), WORD_CROP)
+    assert not np.allclose(word[0, 0].astype(np.float32), word[1, 0].astype(np.float32), atol=0.5)
+
+
+def test_a_huge_word_at_the_edge_is_shrunk_before_it_is_mirrored(monkeypatch):
+    from upocr.forensics import cnn
+    from upocr.forensics.features import image_maps
+
+    rng = np.random.default_rng(8)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (600, 420, 3), np.uint8), (0, 0), 3)
+    cv2.putText(image, "BIG", (0, 520), cv2.FONT_HERSHEY_SIMPLEX, 14, (20, 20, 20), 40)
+    maps = image_maps(image)
+    huge = np.array([(0, 140, 400, 520)], float)  # 381 px tall: its window (611 x 3,666) leaves the image
+    fast = cnn.word_crops(maps, huge, cnn.LINE_CROP).astype(np.float32)
+    monkeypatch.setattr(cnn, "SHRINK_BEFORE_MIRRORING", 10 ** 6)  # mirror the whole window, then shrink it
+    exact = cnn.word_crops(maps, huge, cnn.LINE_CROP).astype(np.float32)
+    assert fast.shape == exact.shape == (1, 7, 32, 192)
+    np.testing.assert_array_equal(fast[0, -1], exact[0, -1])  # the word's mark is where it was
+    # Not the same pixels (mirrored at another scale), but the same picture: within a fifth of the maps' size
+    difference = np.abs(fast - exact)[0, :6].mean(axis=(1, 2))
+    assert np.all(difference < 0.2 * np.abs(exact)[0, :6].mean(axis=(1, 2))) and difference.max() > 0
+
+
 def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
-    from upocr.forensics.cnn import CROP_CHANNELS, CROP_SIZE, train_crop_net
+    from upocr.forensics.cnn import WORD_CROP, train_crop_net
     from upocr.forensics.train import roc_auc
 
     rng = np.random.default_rng(5)
     labels = (rng.random(480) < 0.25).astype(np.int8)
-    crops = rng.normal(0, 1, (480, len(CROP_CHANNELS), *CROP_SIZE)).astype(np.float16)
+    crops = rng.normal(0, 1, (480, *WORD_CROP.shape)).astype(np.float16)
     crops[labels == 1, 2, 8:24, 20:70] += 1.5  # tampered words: a higher error level inside the word
-    net = train_crop_net(crops[:400], labels[:400], epochs=3, batch=64, progress=False)
+    net = train_crop_net(crops[:400], labels[:400], layout=WORD_CROP, epochs=3, batch=64, progress=False)
     assert roc_auc(net.logits(crops[400:]), labels[400:]) > 0.9  # words it never saw
     # rows of the whole array (read in place, no copy) train the same network as those rows copied out
     rows = np.flatnonzero(np.arange(480) % 3 != 0)
-    on_rows = train_crop_net(crops, labels, rows=rows, epochs=1, batch=64, progress=False)
-    copied = train_crop_net(crops[rows], labels[rows], epochs=1, batch=64, progress=False)
+    on_rows = train_crop_net(crops, labels, layout=WORD_CROP, rows=rows, epochs=1, batch=64, progress=False)
+    copied = train_crop_net(crops[rows], labels[rows], layout=WORD_CROP, epochs=1, batch=64, progress=False)
     for name, value in copied.weights.items():
         np.testing.assert_allclose(on_rows.weights[name], value, atol=1e-6, err_msg=name)
     held = np.flatnonzero(np.arange(480) % 3 == 0)
@@ -445,17 +496,50 @@ def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
     w = net.blend_weight
     expected = 1 / (1 + np.exp(-((1 - w) * np.log(p / (1 - p)) + w * logits)))
     np.testing.assert_allclose(net.blend_logits(p, logits), expected)
+    # Files of format 3 (session 15, no layout named) cut word crops; unknown layouts are refused in one line.
+    with np.load(tmp_path / "blend.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    assert str(arrays["format"]) == "upocr-tampering-trees-4" and str(arrays["crop_net_layout"]) == "word"
+    older = {name: value for name, value in arrays.items() if name != "crop_net_layout"}
+    np.savez(tmp_path / "format3.npz", **{**older, "format": np.array("upocr-tampering-trees-3")})
+    assert load_classifier(tmp_path / "format3.npz").crop_net.layout == WORD_CROP
+    np.savez(tmp_path / "future.npz", **{**arrays, "crop_net_layout": np.array("page")})
+    with pytest.raises(ClassifierError, match="future.npz: unknown crop layout 'page'"):
+        load_classifier(tmp_path / "future.npz")
+    with pytest.raises(ValueError, match="crops of shape"):  # crops cut by another layout
+        net.logits(np.zeros((2, 7, 32, 192), np.float16))
     # On a page, the word's probability is the blend of the trees' and the CNN's.
     image, boxes = page(np.random.default_rng(6))
     trees_only = score_words(image, boxes, TreeEnsemble(**{**ensemble.__dict__, "crop_net": None}))
     assert not np.allclose(score_words(image, boxes, loaded), trees_only)
     # Weights that do not fit the network: one line naming the file.
-    with np.load(tmp_path / "blend.npz", allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
     arrays["crop_net_w_head.weight"] = np.zeros((1, 3), np.float32)
     np.savez(tmp_path / "broken.npz", **arrays)
     with pytest.raises(ClassifierError, match="broken.npz: crop CNN weights do not fit the network"):
         load_classifier(tmp_path / "broken.npz")
+
+
+def test_a_line_crop_cnn_scores_a_page_and_survives_saving(tmp_path):
+    from upocr.forensics.cnn import LINE_CROP, image_crops, train_crop_net
+    from upocr.forensics.features import image_maps
+
+    image, boxes = page(np.random.default_rng(6))
+    crops = image_crops(image_maps(image), boxes, LINE_CROP)
+    labels = np.arange(len(crops)) % 2
+    net = train_crop_net(crops, labels, layout=LINE_CROP, epochs=1, batch=8, progress=False)
+    assert net.layout == LINE_CROP and net.mean.shape == (7,)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, len(FEATURE_NAMES)))
+    trees = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(features, features[:, 0] > 0)
+    ensemble = from_sklearn(trees, FEATURE_NAMES, 0.6, {})
+    ensemble.crop_net = net
+    loaded = load_classifier(ensemble.save(tmp_path / "line.npz"))
+    assert loaded.crop_net.layout == LINE_CROP
+    np.testing.assert_allclose(loaded.crop_net.logits(crops), net.logits(crops), atol=1e-6)
+    # detect-tampering's scoring cuts the crops the file's network was trained on
+    expected = net.blend(TreeEnsemble(**{**ensemble.__dict__, "crop_net": None}).probability(
+        word_features(image, boxes)), crops)
+    np.testing.assert_allclose(score_words(image, boxes, loaded), expected, atol=1e-6)
 
 
 def test_train_tampering_help_states_the_trainers_tree_defaults(capsys):
@@ -469,3 +553,8 @@ def test_train_tampering_help_states_the_trainers_tree_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option, value in (("--max-iter", MAX_ITER), ("--learning-rate", LEARNING_RATE), ("--max-leaf-nodes", MAX_LEAF_NODES)):
         assert f"(default {value}" in text.split(option, 2)[-1].split("--", 1)[0], option
+    # ... and names the crop layouts, the trainer's default first
+    from upocr.commands.forensics import CROP_LAYOUT_NAMES
+    from upocr.forensics.cnn import CROP_LAYOUTS, DEFAULT_CROP_LAYOUT
+
+    assert set(CROP_LAYOUT_NAMES) == set(CROP_LAYOUTS) and CROP_LAYOUT_NAMES[0] == DEFAULT_CROP_LAYOUT.name

@@ -157,7 +157,7 @@ class PredictorOptions:
     tampering_threshold: float | None = option(
         None, flags=("--tampering-threshold",), type=parse_threshold, scope="tampering",
         help="with --tampering words: a word is tampered when its probability exceeds this (default: the "
-        "classifier's, chosen to flag 0.5 %% of genuine synthetic validation words)")
+        "classifier's, chosen to flag 0.5 %% of the genuine synthetic validation words the detector finds)")
     tampering_classifier: Path | None = option(
         None, flags=("--tampering-classifier",), type=Path, metavar="NPZ", scope="tampering",
         help="with --tampering words: a per-word classifier file from `upocr train-tampering` (default: the "

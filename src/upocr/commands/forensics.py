@@ -8,6 +8,9 @@ import sys
 
 from upocr.commands import positive
 
+# `upocr.forensics.cnn.CROP_LAYOUTS`, the default first (named here: that module imports torch; tested to agree)
+CROP_LAYOUT_NAMES = ("line", "word")
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,7 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="classifier file to write (.npz)")
     parser.add_argument("--split", default="train", choices=["train", "test"], help="split to train on (default train)")
     parser.add_argument("--false-alarm-rate", type=positive(float), default=0.01, metavar="R",
-                        help="share of genuine validation words the threshold may flag (default 0.01)")
+                        help="share of genuine validation words the threshold may flag: of the detector's words with "
+                             "--detector-every (the words detect-tampering scores), else of all (default 0.01)")
     parser.add_argument("--validation-share", type=positive(float), default=0.2, metavar="S",
                         help="share of images held back to choose the threshold (default 0.2)")
     # The trees' defaults live with the trainer (upocr.forensics.train: MAX_ITER, LEARNING_RATE, MAX_LEAF_NODES),
@@ -48,10 +52,14 @@ def register(subparsers) -> None:
     parser.add_argument("--cnn-epochs", type=int, default=6, metavar="N",
                         help="also train the crop CNN for N epochs (a small network over each word's error-level "
                              "and noise maps; its log-odds are averaged with the trees'); 0 = trees only "
-                             "(default 6, as shipped: about 9 minutes on 2 cores for 3,000 images)")
+                             "(default 6, as shipped: about 19 minutes on 2 cores for 3,000 images)")
+    parser.add_argument("--crop-layout", choices=CROP_LAYOUT_NAMES, default=CROP_LAYOUT_NAMES[0],
+                        help="what the crop CNN sees of each word: 'line' (default) the word and its line neighbours "
+                             "at one scale, with a channel marking the word; 'word' the word's box alone, stretched "
+                             "(session 15's files)")
     parser.add_argument("--crops-file", default=None, metavar="FILE",
-                        help="hold the crop CNN's word crops in FILE (a memory-mapped .npy, 37 KB per word: 9.5 GB "
-                             "for 4,800 images) instead of in memory, so training on more data fits the machine's "
+                        help="hold the crop CNN's crops in FILE (a memory-mapped .npy, 86 KB per word for line "
+                             "crops: 12 GB for 3,000 images) instead of in memory, so training fits the machine's "
                              "memory; the file is removed at the end")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
@@ -59,6 +67,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from upocr.data.layouts import LayoutError
+    from upocr.forensics.cnn import CROP_LAYOUTS
     from upocr.forensics.train import train_classifier
 
     if not 0 < args.false_alarm_rate < 1 or not 0 < args.validation_share < 1:
@@ -85,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                                     false_alarm_rate=args.false_alarm_rate, validation_share=args.validation_share,
                                     seed=args.seed, context=args.context,
                                     features_file=args.features, finder=finder, finder_every=args.detector_every,
-                                    cnn_epochs=max(0, args.cnn_epochs), crops_file=args.crops_file, **trees)
+                                    cnn_epochs=max(0, args.cnn_epochs), crop_layout=CROP_LAYOUTS[args.crop_layout],
+                                    crops_file=args.crops_file, **trees)
     except (LayoutError, ValueError, OSError, ImportError) as error:
         print(f"upocr train-tampering: error: {error}", file=sys.stderr)
         return 2

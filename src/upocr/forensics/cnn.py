@@ -5,9 +5,14 @@ ring around it); the CNN reads the maps themselves around the word, so it can se
 word and its surroundings the traces lie (a pasted patch's seam, a refilled background under a retyped
 word, glyph edges that save differently from the paper). Its log-odds are averaged with the trees'.
 
-Input per word: its box grown by CROP_MARGIN x its height on every side, resized to CROP_SIZE, six
-channels (CROP_CHANNELS): the grey levels (standardised per crop: the word's shape and contrast) and
-log(1 + map) of the error levels at four JPEG qualities and of the noise residual (`features.image_maps`).
+Input per word: a crop of the maps around it, cut by a `CropLayout`, six channels (CROP_CHANNELS): the grey
+levels (standardised per crop: the word's shape and contrast) and log(1 + map) of the error levels at four
+JPEG qualities and of the noise residual (`features.image_maps`). Two layouts:
+* `WORD_CROP` (session 15, files of format 3): the word's box grown by 0.3 x its height on every side,
+  stretched to 32 x 96;
+* `LINE_CROP` (session 19, the default): the same height, but at least 6 x that wide at one scale (32 x 192),
+  so the crop also shows the word's line neighbours (a retyped word beside the words it was made to match),
+  and a seventh channel marking the word's box in it.
 Like the trees' features, each word is compared with the others of its image: every map channel has
 the level of the word's peers subtracted (`compare_within_image`: the median crop mean of the other words
 of about its height), so a crisp screenshot and a blurred photo start from the same level. (Without this,
@@ -31,9 +36,41 @@ from tqdm import tqdm
 
 from upocr.forensics.features import ELA_QUALITIES, ImageMaps, leave_one_out_median, median_of_others, size_peers
 
-CROP_SIZE = (32, 96)  # (h, w) every word crop is resized to
-CROP_MARGIN = 0.3  # the crop reaches this share of the word's height beyond its box on every side
 CROP_CHANNELS = ("grey", *(f"log_ela{q}" for q in ELA_QUALITIES), "log_residual")
+WORD_MASK_CHANNEL = "word"  # the line layout's seventh channel: 1 inside the word's box
+
+
+@dataclass(frozen=True)
+class CropLayout:
+    """How a word's crop is cut from its image's maps."""
+
+    name: str
+    size: tuple[int, int]  # (h, w) of every crop
+    margin: float = 0.3  # the crop reaches this share of the word's height above and below its box (and beside it)
+    min_aspect: float = 0.0  # ... and is at least this many times its own height wide, centred on the word
+    # True: the window keeps its shape where it leaves the image (the image is mirrored in), so every word is
+    # seen at one scale; False: it is clipped to the image and stretched to `size` (session 15's crops).
+    keep_scale: bool = False
+    word_mask: bool = False  # a last channel marking the word's box inside the crop
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return CROP_CHANNELS + ((WORD_MASK_CHANNEL,) if self.word_mask else ())
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, h, w) of one crop."""
+        return (len(self.channels), *self.size)
+
+
+WORD_CROP = CropLayout("word", (32, 96))
+# 1.6 x the word's height tall, >= 9.6 x it wide: a word and about two neighbours on each side. On the same
+# 75,963 training words (session 18's prototype): CNN alone 46.0 % recall at 0.5 % false alarms vs 41.1 %,
+# blended with the trees 52.9 % vs 49.8 %, at 3x the training time.
+LINE_CROP = CropLayout("line", (32, 192), min_aspect=6.0, keep_scale=True, word_mask=True)
+CROP_LAYOUTS = {layout.name: layout for layout in (WORD_CROP, LINE_CROP)}
+DEFAULT_CROP_LAYOUT = LINE_CROP
+SHRINK_BEFORE_MIRRORING = 16  # windows over this many times the crop's height (words over 320 px) that leave the image: see word_crops
 WIDTH = 16  # channels of the first convolution (then 2x, 4x)
 BLEND_WEIGHT = 0.5  # the CNN's share of the averaged log-odds (0.3 / 0.5 / 0.7: validation recall 0.460 / 0.462 / 0.452)
 NEGATIVES_PER_POSITIVE = 3  # genuine words drawn per tampered word in each epoch
@@ -45,7 +82,8 @@ def _conv(inputs: int, outputs: int) -> nn.Sequential:
 
 
 class WordCropCNN(nn.Module):
-    """(N, 6, 32, 96) crops -> (N,) log-odds that each word is tampered (about 70k weights)."""
+    """(N, channels, h, w) crops -> (N,) log-odds that each word is tampered (about 70k weights; mean and max
+    over the crop, so any crop size)."""
 
     def __init__(self, *, channels: int = len(CROP_CHANNELS), width: int = WIDTH):
         super().__init__()
@@ -63,44 +101,85 @@ class WordCropCNN(nn.Module):
         return self.head(torch.cat([features.mean((2, 3)), features.amax((2, 3))], 1)).squeeze(1)
 
 
-def word_crops(maps: ImageMaps, boxes: np.ndarray) -> np.ndarray:
-    """(N, 6, 32, 96) float16 crops of the N word boxes (x1, y1, x2, y2, inclusive pixels) of one image,
-    not yet compared within the image (`compare_within_image`). A box without area gives zeros."""
+def word_crops(maps: ImageMaps, boxes: np.ndarray, layout: CropLayout = DEFAULT_CROP_LAYOUT) -> np.ndarray:
+    """(N, *layout.shape) float16 crops of the N word boxes (x1, y1, x2, y2, inclusive pixels) of one image,
+    not yet compared within the image (`compare_within_image`). A box without area (or, clipped, outside the
+    image) gives zeros."""
     # Two (H, W, 3) stacks, so each word is two resizes (OpenCV resizes up to 4 channels at once; its log
     # and merge are several times faster than numpy's on a whole photo).
     logs = [cv2.log(plane + 1.0) for plane in (*(maps.ela[q] for q in ELA_QUALITIES), maps.residual)]
     stacks = (cv2.merge([maps.grey, *logs[:2]]), cv2.merge(logs[2:]))
     height, width = maps.grey.shape
-    crops = np.zeros((len(boxes), len(CROP_CHANNELS), *CROP_SIZE), np.float16)
+    crop_height, crop_width = layout.size
+    crops = np.zeros((len(boxes), *layout.shape), np.float16)
     for index, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4)):
-        margin = CROP_MARGIN * (y2 - y1 + 1)
-        left, right = int(max(0, np.floor(x1 - margin))), int(min(width, np.ceil(x2 + margin) + 1))
-        top, bottom = int(max(0, np.floor(y1 - margin))), int(min(height, np.ceil(y2 + margin) + 1))
+        if x2 < x1 or y2 < y1:
+            continue
+        margin = layout.margin * (y2 - y1 + 1)
+        left, right = np.floor(x1 - margin), np.ceil(x2 + margin) + 1
+        top, bottom = np.floor(y1 - margin), np.ceil(y2 + margin) + 1
+        widen = max(0.0, layout.min_aspect * (bottom - top) - (right - left))
+        left, right = int(left - widen // 2), int(right + widen - widen // 2)
+        top, bottom = int(top), int(bottom)
+        if not layout.keep_scale:
+            left, right, top, bottom = max(0, left), min(width, right), max(0, top), min(height, bottom)
         if right - left < 2 or bottom - top < 2:
             continue
         # Averaging when shrinking keeps a map's level (its energy per pixel); small words are enlarged.
-        interpolation = cv2.INTER_AREA if bottom - top > CROP_SIZE[0] else cv2.INTER_LINEAR
-        crop = np.concatenate([cv2.resize(stack[top:bottom, left:right], CROP_SIZE[::-1], interpolation=interpolation)
-                               for stack in stacks], axis=2)
-        grey = crop[..., 0]
-        crop[..., 0] = (grey - grey.mean()) / (grey.std() + 8.0)  # + 8 grey levels: a blank crop stays flat
-        crops[index] = crop.transpose(2, 0, 1)
+        interpolation = cv2.INTER_AREA if bottom - top > crop_height else cv2.INTER_LINEAR
+        inside = (max(0, top), min(height, bottom), max(0, left), min(width, right))
+        if inside[1] <= inside[0] or inside[3] <= inside[2]:
+            continue
+        pads = (inside[0] - top, bottom - inside[1], inside[2] - left, right - inside[3])
+        if any(pads) and bottom - top > SHRINK_BEFORE_MIRRORING * crop_height:
+            # A huge window (a headline at the image's edge) would be mirrored at full size (hundreds of MB for
+            # a 700-pixel word) to be shrunk to 32 x 192: shrink the part inside the image, mirror at crop scale.
+            parts = [_shrunk_then_mirrored(stack[inside[0]:inside[1], inside[2]:inside[3]], pads,
+                                           (bottom - top, right - left), layout.size) for stack in stacks]
+        else:
+            windows = [stack[inside[0]:inside[1], inside[2]:inside[3]] for stack in stacks]
+            if any(pads):
+                windows = [cv2.copyMakeBorder(window, *pads, cv2.BORDER_REFLECT) for window in windows]
+            parts = [cv2.resize(window, (crop_width, crop_height), interpolation=interpolation) for window in windows]
+        crops[index, 0:3] = parts[0].transpose(2, 0, 1)
+        crops[index, 3:6] = parts[1].transpose(2, 0, 1)
+        grey = parts[0][..., 0]
+        crops[index, 0] = (grey - grey.mean()) / (grey.std() + 8.0)  # + 8 grey levels: a blank crop stays flat
+        if layout.word_mask:
+            x_scale, y_scale = crop_width / (right - left), crop_height / (bottom - top)
+            crops[index, -1, max(0, int((y1 - top) * y_scale)):int(np.ceil((y2 + 1 - top) * y_scale)),
+                  max(0, int((x1 - left) * x_scale)):int(np.ceil((x2 + 1 - left) * x_scale))] = 1.0
     return crops
 
 
+def _shrunk_then_mirrored(inside: np.ndarray, pads: tuple[int, int, int, int], window: tuple[int, int],
+                          size: tuple[int, int]) -> np.ndarray:
+    """`inside` (the part of a (h, w) `window` within the image, `pads` = its rows / columns outside: top,
+    bottom, left, right) shrunk to its share of `size` by area, the rest mirrored at that scale."""
+    (height, width), (crop_height, crop_width) = window, size
+    inner_height = min(crop_height, max(1, round(inside.shape[0] * crop_height / height)))
+    inner_width = min(crop_width, max(1, round(inside.shape[1] * crop_width / width)))
+    top = min(crop_height - inner_height, round(pads[0] * crop_height / height))
+    left = min(crop_width - inner_width, round(pads[2] * crop_width / width))
+    small = cv2.resize(inside, (inner_width, inner_height), interpolation=cv2.INTER_AREA)
+    return cv2.copyMakeBorder(small, top, crop_height - inner_height - top, left, crop_width - inner_width - left,
+                              cv2.BORDER_REFLECT)
+
+
 def compare_within_image(crops: np.ndarray, heights: np.ndarray) -> np.ndarray:
-    """Subtract from each map channel (all but grey) of each word's crop the level of its peers, in place;
-    returns `crops`. Peers: the image's other words of about its height (`heights` in pixels, as the trees'
-    size features: a headline saves differently from small print), else all its other words; a word alone
-    is compared with itself. Level: the median of their crop means."""
+    """Subtract from each map channel (all but grey and the word mask) of each word's crop the level of its
+    peers, in place; returns `crops`. Peers: the image's other words of about its height (`heights` in pixels,
+    as the trees' size features: a headline saves differently from small print), else all its other words; a
+    word alone is compared with itself. Level: the median of their crop means."""
     if len(crops) == 0:
         return crops
-    levels = crops[:, 1:].astype(np.float32).mean(axis=(2, 3))
+    maps = slice(1, len(CROP_CHANNELS))
+    levels = crops[:, maps].astype(np.float32).mean(axis=(2, 3))
     log_height = np.log(np.maximum(np.asarray(heights, np.float64), 1))
     reference = leave_one_out_median(levels, size_peers(log_height))
     others = median_of_others(levels) if len(crops) > 1 else levels
     reference = np.where(np.isnan(reference), others, reference)
-    crops[:, 1:] -= reference[:, :, None, None].astype(crops.dtype)
+    crops[:, maps] -= reference[:, :, None, None].astype(crops.dtype)
     return crops
 
 
@@ -109,23 +188,26 @@ class CropNet:
     """A trained WordCropCNN with the input scaling it was trained with, as plain arrays."""
 
     weights: dict[str, np.ndarray]  # the module's state dict
-    mean: np.ndarray  # (6,) per-channel input mean of the training crops
-    std: np.ndarray  # (6,)
+    mean: np.ndarray  # (channels,) per-channel input mean of the training crops
+    std: np.ndarray  # (channels,)
     blend_weight: float = BLEND_WEIGHT
+    layout: CropLayout = DEFAULT_CROP_LAYOUT  # how its crops are cut (`word_crops`)
     _net: WordCropCNN | None = field(default=None, init=False, repr=False, compare=False)  # built on first use
 
     def module(self) -> WordCropCNN:
         """The network in eval mode, built from the weights once (loading a file builds it: that checks them).
         Channels-last runs its convolutions about 1.5x faster on CPU (same math)."""
         if self._net is None:
-            net = WordCropCNN(width=int(self.weights["body.0.0.weight"].shape[0]))
+            net = WordCropCNN(channels=len(self.layout.channels), width=int(self.weights["body.0.0.weight"].shape[0]))
             net.load_state_dict({name: torch.from_numpy(np.array(value)) for name, value in self.weights.items()})
             self._net = net.eval().to(memory_format=torch.channels_last)
         return self._net
 
-    def logits(self, crops: np.ndarray, *, rows: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
-        """(N, 6, 32, 96) compared crops -> (N,) float64 log-odds; `rows`: of these rows only (read a batch
-        at a time, as `train_crop_net` reads them)."""
+    def logits(self, crops: np.ndarray, *, rows: np.ndarray | None = None, batch: int = 128) -> np.ndarray:
+        """(N, *layout.shape) compared crops -> (N,) float64 log-odds; `rows`: of these rows only (read a batch
+        at a time, as `train_crop_net` reads them). Batches of 128 ran 550 line crops in 0.58 s on 2 cores, of
+        512 in 0.71 s."""
+        _check_crops(crops, self.layout)
         rows = None if rows is None else np.asarray(rows)
         count = len(crops) if rows is None else len(rows)
         if count == 0:
@@ -152,13 +234,20 @@ class CropNet:
         return 1.0 / (1.0 + np.exp(-((1 - self.blend_weight) * trees + self.blend_weight * np.asarray(logits))))
 
 
-def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, rows: np.ndarray | None = None, epochs: int = 6,
-                   batch: int = 256, learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> CropNet:
-    """Train on (N, 6, 32, 96) compared crops with labels 1 = tampered. Each epoch sees every tampered word
+def _check_crops(crops: np.ndarray, layout: CropLayout) -> None:
+    if tuple(crops.shape[1:]) != layout.shape:
+        raise ValueError(f"crops of shape {tuple(crops.shape[1:])} for the {layout.name} layout's {layout.shape}")
+
+
+def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, layout: CropLayout = DEFAULT_CROP_LAYOUT,
+                   rows: np.ndarray | None = None, epochs: int = 6, batch: int = 256, learning_rate: float = 3e-3,
+                   seed: int = 0, progress: bool = True) -> CropNet:
+    """Train on (N, *layout.shape) compared crops (cut by `layout`) with labels 1 = tampered. Each epoch sees every tampered word
     and NEGATIVES_PER_POSITIVE times as many genuine ones, drawn anew (genuine words are ten times as many),
     mirrored left-right at random; one-cycle learning rate, AdamW. `rows` (increasing): train on these rows
     only. The crops are read batch by batch where they lie, never copied whole, so they may be a memory-mapped
     file (`upocr.forensics.train.collect_crops`); `crops[rows]` would hold a second copy of most of them."""
+    _check_crops(crops, layout)
     rows = np.arange(len(crops)) if rows is None else np.asarray(rows)
     labels = np.asarray(labels)[rows].astype(np.float32)
     positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
@@ -172,7 +261,7 @@ def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, rows: np.ndarray | 
     scale_std = torch.from_numpy(std).view(1, -1, 1, 1)
     per_epoch = positives.size + min(negatives.size, NEGATIVES_PER_POSITIVE * positives.size)
     steps = max(1, -(-per_epoch // batch))
-    net = WordCropCNN()
+    net = WordCropCNN(channels=len(layout.channels))
     optimizer = torch.optim.AdamW(net.parameters(), learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * steps)
     net.train()
@@ -196,10 +285,11 @@ def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, rows: np.ndarray | 
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     weights = {name: value.detach().numpy().copy() for name, value in net.state_dict().items()}
-    return CropNet(weights, mean.astype(np.float32), std.astype(np.float32))
+    return CropNet(weights, mean.astype(np.float32), std.astype(np.float32), layout=layout)
 
 
-def image_crops(maps: ImageMaps, boxes: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+def image_crops(maps: ImageMaps, boxes: Sequence[np.ndarray] | np.ndarray,
+                layout: CropLayout = DEFAULT_CROP_LAYOUT) -> np.ndarray:
     """One image's words as the CNN reads them: `word_crops` compared within the image."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    return compare_within_image(word_crops(maps, boxes), boxes[:, 3] - boxes[:, 1] + 1)
+    return compare_within_image(word_crops(maps, boxes, layout), boxes[:, 3] - boxes[:, 1] + 1)

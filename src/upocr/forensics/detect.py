@@ -82,7 +82,7 @@ def score_words(image: np.ndarray, regions: Sequence[Region], classifier: TreeEn
     if model.context is not None:
         probabilities = model.context.probability(np.hstack([features, context_features(probabilities, boxes)]))
     if model.crop_net is not None:
-        probabilities = model.crop_net.blend(probabilities, image_crops(maps, boxes))
+        probabilities = model.crop_net.blend(probabilities, image_crops(maps, boxes, model.crop_net.layout))
     return probabilities
 
 

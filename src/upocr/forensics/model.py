@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from upocr.forensics.cnn import CROP_CHANNELS, CropNet
+from upocr.forensics.cnn import CROP_LAYOUTS, WORD_CROP, CropNet
 from upocr.utils import atomic_output
 
 FORMAT = "upocr-tampering-trees-1"  # one ensemble
 FORMAT_WITH_CONTEXT = "upocr-tampering-trees-2"  # ... and a second one that also reads the context (`context_` arrays)
-FORMAT_WITH_CROP_NET = "upocr-tampering-trees-3"  # ... either, and a crop CNN (`crop_net_` arrays)
-FORMATS = (FORMAT, FORMAT_WITH_CONTEXT, FORMAT_WITH_CROP_NET)
+FORMAT_WITH_CROP_NET = "upocr-tampering-trees-3"  # ... either, and a crop CNN (`crop_net_` arrays) of word crops
+FORMAT_WITH_CROP_LAYOUT = "upocr-tampering-trees-4"  # ... the crop CNN's crop layout named (`crop_net_layout`)
+FORMATS = (FORMAT, FORMAT_WITH_CONTEXT, FORMAT_WITH_CROP_NET, FORMAT_WITH_CROP_LAYOUT)
 CROP_NET_PREFIX = "crop_net_"
 NODE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "leaf", "value", "roots")
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "tampering-words.npz"
@@ -93,7 +94,8 @@ class TreeEnsemble:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        kind = FORMAT_WITH_CROP_NET if self.crop_net is not None else FORMAT_WITH_CONTEXT if self.context is not None else FORMAT
+        kind = (FORMAT_WITH_CROP_LAYOUT if self.crop_net is not None else FORMAT_WITH_CONTEXT if self.context is not None
+                else FORMAT)
         arrays = {**self._arrays(), "format": np.array(kind), "threshold_probability": np.array(self.threshold_probability)}
         if self.context is not None:
             arrays.update(self.context._arrays("context_"))
@@ -101,7 +103,8 @@ class TreeEnsemble:
             net = self.crop_net
             arrays.update({f"{CROP_NET_PREFIX}w_{name}": value for name, value in net.weights.items()})
             arrays.update({f"{CROP_NET_PREFIX}mean": net.mean, f"{CROP_NET_PREFIX}std": net.std,
-                           f"{CROP_NET_PREFIX}blend_weight": np.array(net.blend_weight)})
+                           f"{CROP_NET_PREFIX}blend_weight": np.array(net.blend_weight),
+                           f"{CROP_NET_PREFIX}layout": np.array(net.layout.name)})
         with atomic_output(path) as temporary:
             with open(temporary, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
@@ -120,8 +123,8 @@ def load_classifier(path: str | Path | None = None) -> TreeEnsemble:
             ensemble.threshold_probability = float(data["threshold_probability"])
             if "context_feature" in data.files:
                 ensemble.context = _read_ensemble(data, "context_", path)
-            if kind == FORMAT_WITH_CROP_NET:
-                ensemble.crop_net = _read_crop_net(data, path)
+            if kind in (FORMAT_WITH_CROP_NET, FORMAT_WITH_CROP_LAYOUT):
+                ensemble.crop_net = _read_crop_net(data, path, kind)
     except FileNotFoundError:
         raise ClassifierError(f"{path}: no such file") from None
     except ClassifierError:
@@ -153,18 +156,26 @@ def _read_ensemble(data: Any, prefix: str, path: Path) -> TreeEnsemble:
     return ensemble
 
 
-def _read_crop_net(data: Any, path: Path) -> CropNet:
-    """The crop CNN's arrays, checked by building the network from them."""
+def _read_crop_net(data: Any, path: Path, kind: str) -> CropNet:
+    """The crop CNN's arrays, checked by building the network from them. Format 3 files cut word crops."""
+    layout = WORD_CROP
+    if kind == FORMAT_WITH_CROP_LAYOUT:
+        name = str(data[f"{CROP_NET_PREFIX}layout"])
+        if name not in CROP_LAYOUTS:
+            raise ClassifierError(f"{path}: unknown crop layout {name!r} (this upocr knows {', '.join(CROP_LAYOUTS)})")
+        layout = CROP_LAYOUTS[name]
     start = f"{CROP_NET_PREFIX}w_"
     weights = {name[len(start):]: data[name] for name in data.files if name.startswith(start)}
     net = CropNet(weights, data[f"{CROP_NET_PREFIX}mean"].astype(np.float32),
-                  data[f"{CROP_NET_PREFIX}std"].astype(np.float32), float(data[f"{CROP_NET_PREFIX}blend_weight"]))
+                  data[f"{CROP_NET_PREFIX}std"].astype(np.float32), float(data[f"{CROP_NET_PREFIX}blend_weight"]),
+                  layout=layout)
     try:
         net.module()
     except (RuntimeError, KeyError) as error:
         raise ClassifierError(f"{path}: crop CNN weights do not fit the network ({str(error).splitlines()[0]})") from None
-    if net.mean.shape != (len(CROP_CHANNELS),) or net.std.shape != (len(CROP_CHANNELS),):
-        raise ClassifierError(f"{path}: crop CNN input scaling has {net.mean.shape} values, not {len(CROP_CHANNELS)}")
+    channels = len(layout.channels)
+    if net.mean.shape != (channels,) or net.std.shape != (channels,):
+        raise ClassifierError(f"{path}: crop CNN input scaling has {net.mean.shape} values, not {channels}")
     return net
 
 
