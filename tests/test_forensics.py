@@ -530,8 +530,8 @@ def test_a_line_crop_cnn_scores_a_page_and_survives_saving(tmp_path):
     assert net.layout == LINE_CROP and net.mean.shape == (7,)
     rng = np.random.default_rng(0)
     features = rng.normal(size=(300, len(FEATURE_NAMES)))
-    trees = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=5, random_state=0).fit(features, features[:, 0] > 0)
-    ensemble = from_sklearn(trees, FEATURE_NAMES, 0.6, {})
+    trees = sklearn_ensemble.HistGradientBoostingClassifier(max_iter=5, random_state=0)
+    ensemble = from_sklearn(trees.fit(features, features[:, 0] > 0), FEATURE_NAMES, 0.6, {})
     ensemble.crop_net = net
     loaded = load_classifier(ensemble.save(tmp_path / "line.npz"))
     assert loaded.crop_net.layout == LINE_CROP

@@ -70,7 +70,9 @@ WORD_CROP = CropLayout("word", (32, 96))
 LINE_CROP = CropLayout("line", (32, 192), min_aspect=6.0, keep_scale=True, word_mask=True)
 CROP_LAYOUTS = {layout.name: layout for layout in (WORD_CROP, LINE_CROP)}
 DEFAULT_CROP_LAYOUT = LINE_CROP
-SHRINK_BEFORE_MIRRORING = 16  # windows over this many times the crop's height (words over 320 px) that leave the image: see word_crops
+# Windows over this many times the crop's height (words over 320 px) that leave the image are shrunk before they
+# are mirrored (`word_crops`).
+SHRINK_BEFORE_MIRRORING = 16
 WIDTH = 16  # channels of the first convolution (then 2x, 4x)
 BLEND_WEIGHT = 0.5  # the CNN's share of the averaged log-odds (0.3 / 0.5 / 0.7: validation recall 0.460 / 0.462 / 0.452)
 NEGATIVES_PER_POSITIVE = 3  # genuine words drawn per tampered word in each epoch
@@ -125,8 +127,6 @@ def word_crops(maps: ImageMaps, boxes: np.ndarray, layout: CropLayout = DEFAULT_
             left, right, top, bottom = max(0, left), min(width, right), max(0, top), min(height, bottom)
         if right - left < 2 or bottom - top < 2:
             continue
-        # Averaging when shrinking keeps a map's level (its energy per pixel); small words are enlarged.
-        interpolation = cv2.INTER_AREA if bottom - top > crop_height else cv2.INTER_LINEAR
         inside = (max(0, top), min(height, bottom), max(0, left), min(width, right))
         if inside[1] <= inside[0] or inside[3] <= inside[2]:
             continue
@@ -137,6 +137,8 @@ def word_crops(maps: ImageMaps, boxes: np.ndarray, layout: CropLayout = DEFAULT_
             parts = [_shrunk_then_mirrored(stack[inside[0]:inside[1], inside[2]:inside[3]], pads,
                                            (bottom - top, right - left), layout.size) for stack in stacks]
         else:
+            # Averaging when shrinking keeps a map's level (its energy per pixel); small words are enlarged.
+            interpolation = cv2.INTER_AREA if bottom - top > crop_height else cv2.INTER_LINEAR
             windows = [stack[inside[0]:inside[1], inside[2]:inside[3]] for stack in stacks]
             if any(pads):
                 windows = [cv2.copyMakeBorder(window, *pads, cv2.BORDER_REFLECT) for window in windows]
@@ -242,9 +244,9 @@ def _check_crops(crops: np.ndarray, layout: CropLayout) -> None:
 def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, layout: CropLayout = DEFAULT_CROP_LAYOUT,
                    rows: np.ndarray | None = None, epochs: int = 6, batch: int = 256, learning_rate: float = 3e-3,
                    seed: int = 0, progress: bool = True) -> CropNet:
-    """Train on (N, *layout.shape) compared crops (cut by `layout`) with labels 1 = tampered. Each epoch sees every tampered word
-    and NEGATIVES_PER_POSITIVE times as many genuine ones, drawn anew (genuine words are ten times as many),
-    mirrored left-right at random; one-cycle learning rate, AdamW. `rows` (increasing): train on these rows
+    """Train on (N, *layout.shape) compared crops (cut by `layout`) with labels 1 = tampered. Each epoch sees
+    every tampered word and NEGATIVES_PER_POSITIVE times as many genuine ones, drawn anew (genuine words are ten
+    times as many), mirrored left-right at random; one-cycle learning rate, AdamW. `rows` (increasing): train on these rows
     only. The crops are read batch by batch where they lie, never copied whole, so they may be a memory-mapped
     file (`upocr.forensics.train.collect_crops`); `crops[rows]` would hold a second copy of most of them."""
     _check_crops(crops, layout)

@@ -94,8 +94,8 @@ class TreeEnsemble:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        kind = (FORMAT_WITH_CROP_LAYOUT if self.crop_net is not None else FORMAT_WITH_CONTEXT if self.context is not None
-                else FORMAT)
+        kind = (FORMAT_WITH_CROP_LAYOUT if self.crop_net is not None
+                else FORMAT_WITH_CONTEXT if self.context is not None else FORMAT)
         arrays = {**self._arrays(), "format": np.array(kind), "threshold_probability": np.array(self.threshold_probability)}
         if self.context is not None:
             arrays.update(self.context._arrays("context_"))

@@ -291,7 +291,8 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
     # detect-tampering scores, i.e. a finder's words when the table has them (it never sees ground-truth boxes;
     # on the shipped data they were flagged more often at the all-words threshold: 0.65 % instead of 0.5 %).
     found = table.found[validation]
-    scored = found if (found & (labels == 0)).any() else np.ones_like(found)
+    on_found = bool((found & (labels == 0)).any())
+    scored = found if on_found else slice(None)
     threshold = threshold_for_false_alarms(probabilities[scored], labels[scored], false_alarm_rate)
     record = {
         **(record or {}),
@@ -301,7 +302,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         "validation_images": int(len(set(table.image_index[validation].tolist()))),
         "train_words": int(train.sum()), "train_tampered_words": int(table.labels[train].sum()),
         "target_false_alarm_rate": false_alarm_rate, "threshold": threshold,
-        "threshold_words": "found" if scored is found else "all",
+        "threshold_words": "found" if on_found else "all",
         "validation": word_scores(probabilities, labels, threshold),
         "validation_found_words": word_scores(probabilities[found], labels[found], threshold) if found.any() else None,
         "context": context, **extra, "fit_seconds": round(seconds, 1),
