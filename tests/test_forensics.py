@@ -519,6 +519,44 @@ def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
         load_classifier(tmp_path / "broken.npz")
 
 
+def test_the_crop_cnn_runs_with_its_batch_norms_folded_and_the_same_outputs():
+    import torch
+
+    from upocr.forensics.cnn import LINE_CROP, CropNet, WordCropCNN
+
+    torch.manual_seed(0)
+    trained = WordCropCNN(channels=7).train()
+    with torch.no_grad():  # batch norms that moved away from the identity, as training leaves them
+        trained(torch.randn(64, 7, 32, 192) * 3 + 1)
+        for module in trained.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.uniform_(-1.0, 1.0)
+    trained.eval()
+    net = CropNet({name: value.numpy().copy() for name, value in trained.state_dict().items()},
+                  np.zeros(7, np.float32), np.ones(7, np.float32), layout=LINE_CROP)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in net.module().modules())
+    crops = np.random.default_rng(0).normal(size=(70, 7, 32, 192)).astype(np.float16)
+    with torch.inference_mode():
+        expected = trained(torch.from_numpy(crops.astype(np.float32))).double().numpy()
+    np.testing.assert_allclose(net.logits(crops), expected, atol=1e-4)
+    np.testing.assert_allclose(net.logits(crops, batch=7), expected, atol=1e-4)  # batches do not matter
+
+
+def test_image_crops_equal_the_word_crops_compared_within_the_image():
+    from upocr.forensics.cnn import LINE_CROP, compare_within_image, image_crops, word_crops
+    from upocr.forensics.features import image_maps
+
+    image, boxes = page(np.random.default_rng(6))
+    maps = image_maps(image)
+    crops = image_crops(maps, boxes, LINE_CROP)
+    heights = np.array([box[3] - box[1] + 1 for box in boxes])
+    in_float16 = compare_within_image(word_crops(maps, np.array(boxes, float), LINE_CROP), heights)
+    assert crops.dtype == np.float16 and crops.shape == in_float16.shape
+    # Cut and compared in float32, rounded once: within float16's rounding of the float16 path's two steps.
+    np.testing.assert_allclose(crops.astype(np.float32), in_float16.astype(np.float32), atol=4e-3)
+
+
 def test_a_line_crop_cnn_scores_a_page_and_survives_saving(tmp_path):
     from upocr.forensics.cnn import LINE_CROP, image_crops, train_crop_net
     from upocr.forensics.features import image_maps

@@ -143,13 +143,19 @@ def pixel_box(polygon: np.ndarray) -> tuple[int, int, int, int]:
     return int(x1), int(y1), int(x2), int(y2)
 
 
-def _mean(values: np.ndarray, where: np.ndarray) -> float:
-    """Mean of `values` (2-D float32) where `where` (bool) holds; NaN when nowhere. cv2.mean with a
-    mask: several times faster than boolean indexing, and this runs ~10 times per word."""
+def _means(values: np.ndarray, where: np.ndarray) -> tuple[float, float, float, float]:
+    """Per channel (up to 4), the mean of `values` (float32 (h, w) or (h, w, c)) where `where` (bool) holds;
+    NaN when nowhere. cv2.mean with a mask: several times faster than boolean indexing, and a stack of maps
+    is read in one call (the same sums per channel as one call per map)."""
     mask = where.view(np.uint8)
     if not cv2.countNonZero(mask):
-        return float("nan")
-    return float(cv2.mean(values, mask=mask)[0])
+        return (float("nan"),) * 4
+    return cv2.mean(values, mask=mask)
+
+
+def _mean(values: np.ndarray, where: np.ndarray) -> float:
+    """Mean of `values` (2-D float32) where `where` (bool) holds; NaN when nowhere (`_means`)."""
+    return float(_means(values, where)[0])
 
 
 def _grid_strength(steps: np.ndarray, offset: int, axis: int) -> tuple[float, float]:
@@ -175,6 +181,9 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     for polygon in polygons:
         cv2.fillPoly(taken, [np.round(polygon).astype(np.int32)], 1)
     rows = np.full((len(polygons), len(BASE_NAMES)), np.nan, np.float32)
+    # The maps each mask is read from, stacked (<= 4 channels, one cv2.mean per mask): about 2x faster.
+    ela_stack = cv2.merge([maps.ela[quality] for quality in ELA_QUALITIES])
+    grey_stack = cv2.merge([maps.grey, maps.residual, maps.gradient])
     thumbnails: list[np.ndarray | None] = []
     for index, polygon in enumerate(polygons):
         x1, y1, x2, y2 = pixel_box(polygon)
@@ -191,6 +200,7 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         outside_ring = ~inside & (taken[crop] == 0)
         grey = maps.grey[crop]
         gradient = maps.gradient[crop]
+        elas, greys = ela_stack[crop], grey_stack[crop]  # (grey, residual, gradient)
         # Ink vs background inside the word: Otsu on the word's grey levels, ink = the minority side.
         values = grey[inside]
         if values.size < 9:
@@ -207,21 +217,17 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         calm_ring = outside_ring & (gradient < np.percentile(gradient[inside], 50) + 1)
         colours = maps.bgr[crop]
         feature = {}
-        for quality in ELA_QUALITIES:
-            ela = maps.ela[quality][crop]
-            feature[f"ela{quality}_edge"] = _mean(ela, edge)
-            feature[f"ela{quality}_bg"] = _mean(ela, calm_bg)
-            feature[f"ela{quality}_ring"] = _mean(ela, calm_ring)
-        residual = maps.residual[crop]
-        feature["noise_bg"] = _mean(residual, calm_bg)
-        feature["noise_ring"] = _mean(residual, calm_ring)
-        feature["noise_edge"] = _mean(residual, edge)
+        for where, mask in (("edge", edge), ("bg", calm_bg), ("ring", calm_ring)):
+            for quality, level in zip(ELA_QUALITIES, _means(elas, mask)):
+                feature[f"ela{quality}_{where}"] = level
+        _, feature["noise_edge"], edge_gradient, _ = _means(greys, edge)
+        feature["noise_bg"] = _means(greys, calm_bg)[1]
+        feature["noise_ring"] = _means(greys, calm_ring)[1]
         box_x = maps.step_x[y1:y2 + 1, x1:min(x2, width - 2) + 1]
         box_y = maps.step_y[y1:min(y2, height - 2) + 1, x1:x2 + 1]
         feature["grid_x"], feature["grid_x_phase"] = _grid_strength(box_x, x1, axis=1)
         feature["grid_y"], feature["grid_y_phase"] = _grid_strength(box_y.T, y1, axis=1)
         contrast = abs(_mean(grey, ink) - _mean(grey, background)) if background.any() else float("nan")
-        edge_gradient = _mean(gradient, edge)
         feature["contrast"] = contrast
         feature["sharpness"] = edge_gradient / (contrast + 1.0)
         feature["edge_width"] = (contrast + 1.0) / (float(gradient[inside].max()) / 4.0 + 1.0)  # Sobel gain 4
