@@ -219,6 +219,7 @@ def test_constructed_copy_move_pastes_one_field_over_another():
 def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, capsys):
     from upocr.cli import main
     from upocr.data.synth import generate_dataset
+    from upocr.data.synth.generate import GENERATOR_VERSION
 
     generate_dataset(tmp_path / "data", count=12, seed=3, size=128, tasks=["tampering"], workers=1, progress=False)
     out = tmp_path / "words.npz"
@@ -227,6 +228,7 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     classifier = load_classifier(out)
     record = classifier.record
     assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
+    assert record["synth_runs"][0]["generator_version"] == GENERATOR_VERSION
     assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
     assert (tmp_path / "features.npz").is_file()
     assert not record["context"] and classifier.context is None  # the first look alone, by default

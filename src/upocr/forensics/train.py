@@ -354,7 +354,8 @@ def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike,
 
 
 def _synth_runs(roots: Sequence[str | os.PathLike]) -> dict:
-    """The `upocr synth` runs (seed, scenes, count) behind the data, from each root's manifest."""
+    """The `upocr synth` runs (seed, scenes, count, and the generator's version: the same command draws other
+    scenes after a generator change) behind the data, from each root's manifest."""
     from upocr.data.synth.generate import read_manifest
 
     runs = []
@@ -363,6 +364,6 @@ def _synth_runs(roots: Sequence[str | os.PathLike]) -> dict:
             manifest = read_manifest(Path(root))
         except ValueError:
             continue
-        runs += [{key: run.get(key) for key in ("task", "split", "seed", "count", "scenes", "size")}
+        runs += [{key: run.get(key) for key in ("task", "split", "seed", "count", "scenes", "size", "generator_version")}
                  for run in manifest["runs"] if run.get("task") == "tampering"]
     return {"synth_runs": runs} if runs else {}
