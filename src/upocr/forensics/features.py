@@ -146,7 +146,8 @@ def pixel_box(polygon: np.ndarray) -> tuple[int, int, int, int]:
 def _means(values: np.ndarray, where: np.ndarray) -> tuple[float, float, float, float]:
     """Per channel (up to 4), the mean of `values` (float32 (h, w) or (h, w, c)) where `where` (bool) holds;
     NaN when nowhere. cv2.mean with a mask: several times faster than boolean indexing, and a stack of maps
-    is read in one call (the same sums per channel as one call per map)."""
+    is read in one call (per channel the mean of one call per map, to float rounding: its sums run in another
+    order: on the bench's 1,582 words it moved features of 121 words, the most a z-score by 0.006)."""
     mask = where.view(np.uint8)
     if not cv2.countNonZero(mask):
         return (float("nan"),) * 4
@@ -181,7 +182,7 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     for polygon in polygons:
         cv2.fillPoly(taken, [np.round(polygon).astype(np.int32)], 1)
     rows = np.full((len(polygons), len(BASE_NAMES)), np.nan, np.float32)
-    # The maps each mask is read from, stacked (<= 4 channels, one cv2.mean per mask): about 2x faster.
+    # The maps each mask is read from, stacked (<= 4 channels): one cv2.mean per mask, not one per map and mask.
     ela_stack = cv2.merge([maps.ela[quality] for quality in ELA_QUALITIES])
     grey_stack = cv2.merge([maps.grey, maps.residual, maps.gradient])
     thumbnails: list[np.ndarray | None] = []
