@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from upocr.cli import main as cli_main
 from upocr.data import layouts
@@ -170,8 +171,6 @@ def test_parse_size_rejects_bad_sizes(bad):
 
 def _magenta_folder(folder: Path, bad: bool = True) -> Path:
     """Two magenta PNGs (a colour no built-in background has) and, with `bad`, a broken JPEG."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     for i, size in enumerate([(40, 30), (200, 120)]):
         pixels = np.zeros(size[::-1] + (3,), np.uint8)
@@ -397,6 +396,28 @@ def test_v2_histories_vary_so_crisp_single_saved_text_is_not_a_tampering_cue():
     changed = [not np.array_equal(o, image) for o in outputs]
     assert 0 < sum(changed) < 40  # some files are left as they are
     assert len({o.tobytes() for o in outputs}) > 10  # many different histories
+
+
+def test_a_fifth_of_v2_tampering_files_are_lossless_and_read_like_the_rest(tmp_path: Path):
+    """Real forgeries are judged in PNG screenshots and exported posters too, where no JPEG touched any
+    word: some v2 tampering files are written losslessly (PNG, its pixels exactly the sample's), the
+    others and every v1 file as JPEG, and the layout reader pairs each with its boxes."""
+    from upocr.data.synth.generate import sample_maker
+
+    generate_dataset(tmp_path / "v2", count=12, seed=3, split="train", size=64, tasks=("tampering",), scenes="v2",
+                     workers=1, progress=False)
+    generate_dataset(tmp_path / "v1", count=6, seed=3, split="train", size=64, tasks=("tampering",), workers=1,
+                     progress=False)
+    suffixes = {name: [s.image.suffix for s in layouts.tampering_samples(tmp_path / name, "train")]
+                for name in ("v2", "v1")}
+    assert len(suffixes["v2"]) == 12 and 0 < suffixes["v2"].count(".png") < 12
+    assert set(suffixes["v1"]) == {".jpg"}
+    _, write = sample_maker("tampering")
+    sample = layouts.TamperingPixels(np.arange(48 * 3, dtype=np.uint8).reshape(4, 12, 3), None, [(0, 0, 3, 2, 1)])
+    write(tmp_path / "one", "train", "lossless", sample)
+    [read] = layouts.tampering_samples(tmp_path / "one", "train")
+    assert read.image.suffix == ".png" and np.array_equal(np.asarray(Image.open(read.image)), sample.image)
+    assert layouts.read_tampering_boxes(read.gt) == [(0, 0, 3, 2, 1)]
 
 
 def assert_forward_inverts_maps(warp, points: np.ndarray, hw: tuple[int, int]) -> None:

@@ -194,11 +194,11 @@ class SegmentationPixels:
 
 @dataclass(frozen=True)
 class TamperingPixels:
-    """A tampered-text sample to write: (H, W, 3) uint8 image saved at JPEG `quality`, and one
-    (x1, y1, x2, y2, label) box per word (corners inclusive; label REAL_TEXT or TAMPERED_TEXT)."""
+    """A tampered-text sample to write: (H, W, 3) uint8 image saved at JPEG `quality` (None: lossless,
+    PNG), and one (x1, y1, x2, y2, label) box per word (corners inclusive; label REAL_TEXT or TAMPERED_TEXT)."""
 
     image: np.ndarray
-    quality: int
+    quality: int | None
     boxes: list[tuple[int, int, int, int, int]]
 
 
@@ -221,7 +221,10 @@ def write_segmentation_sample(root: str | Path, split: str, name: str, sample: S
 def write_tampering_sample(root: str | Path, split: str, name: str, sample: TamperingPixels) -> None:
     _check_split(split, SPLITS)
     base = Path(root) / TAMPERING_DIR
-    write_image(base / f"{split}_img" / f"{name}.jpg", sample.image, quality=sample.quality)
+    if sample.quality is None:
+        write_image(base / f"{split}_img" / f"{name}.png", sample.image)
+    else:
+        write_image(base / f"{split}_img" / f"{name}.jpg", sample.image, quality=sample.quality)
     with atomic_output(base / f"{split}_gt" / f"{name}.txt") as tmp:
         tmp.write_text("".join(f"{x1},{y1},{x2},{y2},{label}\n" for x1, y1, x2, y2, label in sample.boxes),
                        encoding="utf-8")

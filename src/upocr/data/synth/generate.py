@@ -26,13 +26,15 @@ from tqdm import tqdm
 from upocr.data import layouts
 from upocr.data.synth import backgrounds, fonts
 from upocr.data.synth.render import Scene, removal_mask, textseg_label
-from upocr.data.synth.tampering import reprocess, tamper_scene
+from upocr.data.synth.tampering import LOSSLESS_FILE, reprocess, tamper_scene
 from upocr.data.synth.world import SceneOptions, render_scene
 from upocr.tasks import Task
 
 # 2: v2 receipts and book headings carry genuine emphasis (world.py: a larger, bold heading, a bold total);
 # v1 scenes and the other v2 kinds keep their bytes.
-GENERATOR_VERSION = 2
+# 3: a fifth of the v2 tampering files are saved lossless (PNG; tampering.LOSSLESS_FILE); the others and v1
+# keep their bytes.
+GENERATOR_VERSION = 3
 SCENE_VERSIONS = ("v1", "v2")
 MANIFEST_NAME = "synth-manifest.json"
 SPLIT_IDS = {"train": 0, "test": 1}
@@ -89,7 +91,10 @@ def _tampering_pixels(rng: np.random.Generator, scene: Scene, options: SceneOpti
     tampered = tamper_scene(rng, scene, methods="v2" if v2 else "v1", options=options)
     image = reprocess(rng, tampered.image) if v2 else tampered.image
     # Saved again at a new quality: in v1 real text is always double-compressed, tampered text not.
-    return layouts.TamperingPixels(image, int(rng.integers(70, 96)),
+    quality = int(rng.integers(70, 96))
+    if v2 and rng.random() < LOSSLESS_FILE:  # drawn last, so the other v2 files keep their bytes
+        quality = None
+    return layouts.TamperingPixels(image, quality,
                                    [(*box, label) for box, label in zip(tampered.boxes, tampered.labels)])
 
 

@@ -45,6 +45,10 @@ REAL, TAMPERED = 1, 2
 MAX_EDITS = 5  # v2 edits per image
 TAMPER_PROBABILITY = {"v1": 0.92, "v2": 0.75}  # share of images with at least one edit
 LOSSLESS_ORIGINAL = 0.33  # v2: share of original photos that were never JPEG-compressed
+# v2: share of finished files saved lossless (PNG: a screenshot, an exported poster, a scan), so that error
+# levels that differ between words for their content alone (large crisp display type against small print,
+# in a file no JPEG ever touched) are seen on genuine text too.
+LOSSLESS_FILE = 0.2
 
 
 @dataclass
