@@ -269,6 +269,23 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert found["validation_found_words"]["false_alarm_rate"] <= 0.01
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(out), "--false-alarm-rate", "2"]) == 2
     assert "must be between 0 and 1" in capsys.readouterr().err
+    # --members 2: a committee from seeds 0 and 1 on the same features and crops; its first member is the
+    # single classifier of seed 0 (the same trees and network), the threshold chosen on the committee's verdicts.
+    from upocr.forensics.cnn import CropCommittee
+
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "committee.npz"),
+                 "--max-iter", "5", "--validation-share", "0.5", "--features", str(tmp_path / "features.npz"),
+                 "--cnn-epochs", "1", "--members", "2"]) == 0
+    committee = load_classifier(tmp_path / "committee.npz")
+    assert isinstance(committee.crop_net, CropCommittee) and len(committee.crop_net.nets) == 2
+    assert committee.record["members"] == 2 and [m["seed"] for m in committee.record["committee"]] == [0, 1]
+    assert len(committee.roots) == 2 * len(classifier.roots) and committee.record["iterations"] == len(committee.roots)
+    for name, value in classifier.crop_net.weights.items():
+        np.testing.assert_allclose(committee.crop_net.nets[0].weights[name], value, atol=1e-6, err_msg=name)
+    assert committee.threshold_probability == committee.record["threshold"]
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "no.npz"),
+                 "--features", str(tmp_path / "features.npz"), "--members", "2", "--context"]) == 2
+    assert "a committee (members > 1) has no second look" in capsys.readouterr().err
 
 
 def test_found_regions_are_labelled_by_their_share_in_tampered_boxes():
@@ -580,6 +597,53 @@ def test_a_line_crop_cnn_scores_a_page_and_survives_saving(tmp_path):
     expected = net.blend(TreeEnsemble(**{**ensemble.__dict__, "crop_net": None}).probability(
         word_features(image, boxes)), crops)
     np.testing.assert_allclose(score_words(image, boxes, loaded), expected, atol=1e-6)
+
+
+def test_a_committee_averages_its_members_log_odds_and_survives_saving(tmp_path):
+    from upocr.forensics.cnn import LINE_CROP, CropCommittee, image_crops, train_crop_net
+    from upocr.forensics.features import image_maps
+    from upocr.forensics.model import average_ensembles
+
+    image, boxes = page(np.random.default_rng(6))
+    crops = image_crops(image_maps(image), boxes, LINE_CROP)
+    labels = np.arange(len(crops)) % 2
+    nets = tuple(train_crop_net(crops, labels, layout=LINE_CROP, epochs=1, batch=8, seed=seed, progress=False)
+                 for seed in (0, 1))
+    committee = CropCommittee(nets)
+    assert not np.allclose(nets[0].logits(crops), nets[1].logits(crops))  # two seeds, two networks
+    np.testing.assert_allclose(committee.logits(crops), (nets[0].logits(crops) + nets[1].logits(crops)) / 2)
+    # The trees: side by side, each leaf halved, so the log-odds are the mean of the two ensembles'.
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, len(FEATURE_NAMES)))
+    members = [from_sklearn(sklearn_ensemble.HistGradientBoostingClassifier(max_iter=4 + seed, random_state=seed).fit(
+        features, features[:, seed] > 0), FEATURE_NAMES, 0.5, {}) for seed in (0, 1)]
+    trees = average_ensembles(members, threshold_probability=0.6, record={"note": "committee"})
+    np.testing.assert_allclose(trees.raw_score(features[:20]),
+                               (members[0].raw_score(features[:20]) + members[1].raw_score(features[:20])) / 2)
+    assert len(trees.roots) == 9 and trees.threshold_probability == 0.6
+    trees.crop_net = committee
+    loaded = load_classifier(trees.save(tmp_path / "committee.npz"))
+    assert isinstance(loaded.crop_net, CropCommittee) and len(loaded.crop_net.nets) == 2
+    np.testing.assert_allclose(score_words(image, boxes, loaded), score_words(image, boxes, trees), atol=1e-6)
+    # ... each word: the mean of the two members' blended log-odds (the blend is linear in the log-odds)
+    def log_odds(p):
+        return np.log(p / (1 - p))
+    singles = [score_words(image, boxes, TreeEnsemble(**{**member.__dict__, "crop_net": net}))
+               for member, net in zip(members, nets)]
+    np.testing.assert_allclose(log_odds(score_words(image, boxes, loaded)),
+                               (log_odds(singles[0]) + log_odds(singles[1])) / 2, atol=1e-5)
+    # A committee file names its size; a committee of one, or members of other layouts, are refused.
+    with np.load(tmp_path / "committee.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    assert str(arrays["format"]) == "upocr-tampering-trees-5" and int(arrays["crop_net_members"]) == 2
+    np.savez(tmp_path / "one.npz", **{**arrays, "crop_net_members": np.array(1)})
+    with pytest.raises(ClassifierError, match="one.npz: a committee of 1 crop CNNs"):
+        load_classifier(tmp_path / "one.npz")
+    np.savez(tmp_path / "three.npz", **{**arrays, "crop_net_members": np.array(3)})
+    with pytest.raises(ClassifierError, match="three.npz: not a readable tampering classifier"):
+        load_classifier(tmp_path / "three.npz")  # the third member's arrays are missing
+    with pytest.raises(ValueError, match="two crop CNNs or more"):
+        CropCommittee(nets[:1])
 
 
 def test_train_tampering_help_states_the_trainers_tree_defaults(capsys):

@@ -7,7 +7,8 @@ and the training record (JSON text). `np.load(..., allow_pickle=False)` reads it
 Probability = sigmoid(baseline + sum of the leaf values reached), as scikit-learn's
 HistGradientBoostingClassifier computes it for two classes (tested to agree with it). A file may also
 carry a second look (`context_` arrays, `upocr.forensics.context`) and a crop CNN (`crop_net_` arrays,
-`upocr.forensics.cnn`) whose log-odds are averaged with the trees'.
+`upocr.forensics.cnn`) whose log-odds are averaged with the trees', or a committee of them (`crop_net_`,
+`crop_net1_`, ... arrays; `upocr train-tampering --members`, its trees the members' trees averaged).
 """
 
 from __future__ import annotations
@@ -19,17 +20,24 @@ from typing import Any
 
 import numpy as np
 
-from upocr.forensics.cnn import CROP_LAYOUTS, WORD_CROP, CropNet
+from upocr.forensics.cnn import CROP_LAYOUTS, WORD_CROP, CropCommittee, CropNet
 from upocr.utils import atomic_output
 
 FORMAT = "upocr-tampering-trees-1"  # one ensemble
 FORMAT_WITH_CONTEXT = "upocr-tampering-trees-2"  # ... and a second one that also reads the context (`context_` arrays)
 FORMAT_WITH_CROP_NET = "upocr-tampering-trees-3"  # ... either, and a crop CNN (`crop_net_` arrays) of word crops
 FORMAT_WITH_CROP_LAYOUT = "upocr-tampering-trees-4"  # ... the crop CNN's crop layout named (`crop_net_layout`)
-FORMATS = (FORMAT, FORMAT_WITH_CONTEXT, FORMAT_WITH_CROP_NET, FORMAT_WITH_CROP_LAYOUT)
+FORMAT_WITH_COMMITTEE = "upocr-tampering-trees-5"  # ... several crop CNNs (`crop_net_members`; `crop_net1_`, ...)
+FORMATS = (FORMAT, FORMAT_WITH_CONTEXT, FORMAT_WITH_CROP_NET, FORMAT_WITH_CROP_LAYOUT, FORMAT_WITH_COMMITTEE)
 CROP_NET_PREFIX = "crop_net_"
+COMMITTEE_SIZE = CROP_NET_PREFIX + "members"
 NODE_ARRAYS = ("feature", "threshold", "missing_left", "left", "right", "leaf", "value", "roots")
 DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "tampering-words.npz"
+
+
+def crop_net_prefix(member: int) -> str:
+    """Where a committee's `member`-th crop CNN's arrays are named: the first as a single CNN's (`crop_net_`)."""
+    return CROP_NET_PREFIX if member == 0 else f"crop_net{member}_"
 
 
 class ClassifierError(ValueError):
@@ -57,7 +65,7 @@ class TreeEnsemble:
     context: TreeEnsemble | None = None
     # The crop CNN (`upocr.forensics.cnn`): when present, the word's probability blends its log-odds with the
     # trees' (the threshold applies to the blend).
-    crop_net: CropNet | None = None
+    crop_net: CropNet | CropCommittee | None = None
 
     @property
     def depth(self) -> int:
@@ -94,17 +102,22 @@ class TreeEnsemble:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        kind = (FORMAT_WITH_CROP_LAYOUT if self.crop_net is not None
+        kind = (FORMAT_WITH_COMMITTEE if isinstance(self.crop_net, CropCommittee)
+                else FORMAT_WITH_CROP_LAYOUT if self.crop_net is not None
                 else FORMAT_WITH_CONTEXT if self.context is not None else FORMAT)
         arrays = {**self._arrays(), "format": np.array(kind), "threshold_probability": np.array(self.threshold_probability)}
         if self.context is not None:
             arrays.update(self.context._arrays("context_"))
         if self.crop_net is not None:
-            net = self.crop_net
-            arrays.update({f"{CROP_NET_PREFIX}w_{name}": value for name, value in net.weights.items()})
-            arrays.update({f"{CROP_NET_PREFIX}mean": net.mean, f"{CROP_NET_PREFIX}std": net.std,
-                           f"{CROP_NET_PREFIX}blend_weight": np.array(net.blend_weight),
-                           f"{CROP_NET_PREFIX}layout": np.array(net.layout.name)})
+            nets = self.crop_net.nets if isinstance(self.crop_net, CropCommittee) else (self.crop_net,)
+            for member, net in enumerate(nets):
+                prefix = crop_net_prefix(member)
+                arrays.update({f"{prefix}w_{name}": value for name, value in net.weights.items()})
+                arrays.update({f"{prefix}mean": net.mean, f"{prefix}std": net.std})
+            arrays.update({f"{CROP_NET_PREFIX}blend_weight": np.array(self.crop_net.blend_weight),
+                           f"{CROP_NET_PREFIX}layout": np.array(self.crop_net.layout.name)})
+            if len(nets) > 1:
+                arrays[COMMITTEE_SIZE] = np.array(len(nets))
         with atomic_output(path) as temporary:
             with open(temporary, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
@@ -125,6 +138,12 @@ def load_classifier(path: str | Path | None = None) -> TreeEnsemble:
                 ensemble.context = _read_ensemble(data, "context_", path)
             if kind in (FORMAT_WITH_CROP_NET, FORMAT_WITH_CROP_LAYOUT):
                 ensemble.crop_net = _read_crop_net(data, path, kind)
+            elif kind == FORMAT_WITH_COMMITTEE:
+                size = int(data[COMMITTEE_SIZE])
+                if size < 2:
+                    raise ClassifierError(f"{path}: a committee of {size} crop CNNs")
+                ensemble.crop_net = CropCommittee(tuple(_read_crop_net(data, path, kind, crop_net_prefix(member))
+                                                        for member in range(size)))
     except FileNotFoundError:
         raise ClassifierError(f"{path}: no such file") from None
     except ClassifierError:
@@ -156,18 +175,19 @@ def _read_ensemble(data: Any, prefix: str, path: Path) -> TreeEnsemble:
     return ensemble
 
 
-def _read_crop_net(data: Any, path: Path, kind: str) -> CropNet:
-    """The crop CNN's arrays, checked by building the network from them. Format 3 files cut word crops."""
+def _read_crop_net(data: Any, path: Path, kind: str, prefix: str = CROP_NET_PREFIX) -> CropNet:
+    """A crop CNN's arrays (names after `prefix`; the layout and blend weight are the file's), checked by building
+    the network from them. Format 3 files cut word crops."""
     layout = WORD_CROP
-    if kind == FORMAT_WITH_CROP_LAYOUT:
+    if kind in (FORMAT_WITH_CROP_LAYOUT, FORMAT_WITH_COMMITTEE):
         name = str(data[f"{CROP_NET_PREFIX}layout"])
         if name not in CROP_LAYOUTS:
             raise ClassifierError(f"{path}: unknown crop layout {name!r} (this upocr knows {', '.join(CROP_LAYOUTS)})")
         layout = CROP_LAYOUTS[name]
-    start = f"{CROP_NET_PREFIX}w_"
+    start = f"{prefix}w_"
     weights = {name[len(start):]: data[name] for name in data.files if name.startswith(start)}
-    net = CropNet(weights, data[f"{CROP_NET_PREFIX}mean"].astype(np.float32),
-                  data[f"{CROP_NET_PREFIX}std"].astype(np.float32), float(data[f"{CROP_NET_PREFIX}blend_weight"]),
+    net = CropNet(weights, data[f"{prefix}mean"].astype(np.float32),
+                  data[f"{prefix}std"].astype(np.float32), float(data[f"{CROP_NET_PREFIX}blend_weight"]),
                   layout=layout)
     try:
         net.module()
@@ -177,6 +197,33 @@ def _read_crop_net(data: Any, path: Path, kind: str) -> CropNet:
     if net.mean.shape != (channels,) or net.std.shape != (channels,):
         raise ClassifierError(f"{path}: crop CNN input scaling has {net.mean.shape} values, not {channels}")
     return net
+
+
+def average_ensembles(ensembles: list[TreeEnsemble], *, threshold_probability: float,
+                      record: dict[str, Any]) -> TreeEnsemble:
+    """One ensemble whose log-odds are the mean of the `ensembles`' (a committee's trees, `--members`): their
+    trees side by side, each leaf value divided by their number, the baselines averaged. Same features only."""
+    if not ensembles:
+        raise ValueError("no ensembles to average")
+    if len({e.feature_names for e in ensembles}) != 1 or any(e.context is not None for e in ensembles):
+        raise ValueError("only ensembles of the same features and without a second look can be averaged")
+    share = 1.0 / len(ensembles)
+    offsets = np.cumsum([0] + [len(e.feature) for e in ensembles[:-1]])
+
+    def joined(name: str, shifted: bool = False) -> np.ndarray:
+        parts = [getattr(e, name) + (offset if shifted else 0) for e, offset in zip(ensembles, offsets)]
+        if shifted and name != "roots":  # leaves keep child index 0
+            parts = [np.where(e.leaf, 0, part) for e, part in zip(ensembles, parts)]
+        return np.concatenate(parts).astype(getattr(ensembles[0], name).dtype)
+
+    depth = max(e.depth for e in ensembles)
+    return TreeEnsemble(
+        feature=joined("feature"), threshold=joined("threshold"), missing_left=joined("missing_left"),
+        left=joined("left", shifted=True), right=joined("right", shifted=True), leaf=joined("leaf"),
+        value=joined("value") * share, roots=joined("roots", shifted=True),
+        baseline=float(np.mean([e.baseline for e in ensembles])), feature_names=ensembles[0].feature_names,
+        threshold_probability=float(threshold_probability), record={**record, "max_depth_reached": depth},
+    )
 
 
 def from_sklearn(model, feature_names: tuple[str, ...], threshold_probability: float, record: dict[str, Any]) -> TreeEnsemble:

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
-from upocr.forensics.cnn import DEFAULT_CROP_LAYOUT, CropLayout, image_crops, train_crop_net
+from upocr.forensics.cnn import DEFAULT_CROP_LAYOUT, CropCommittee, CropLayout, image_crops, log_odds, train_crop_net
 from upocr.forensics.features import FEATURE_NAMES, image_maps, pixel_box, region_boxes, word_features
-from upocr.forensics.model import TreeEnsemble, from_sklearn
+from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
 from upocr.utils import atomic_output
 
@@ -221,22 +221,28 @@ MAX_LEAF_NODES = 31
 def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: float = 0.01, max_iter: int = MAX_ITER,
         learning_rate: float = LEARNING_RATE, max_leaf_nodes: int = MAX_LEAF_NODES, seed: int = 0, context: bool = False,
         crops: np.ndarray | None = None, crop_layout: CropLayout = DEFAULT_CROP_LAYOUT, cnn_epochs: int = 6,
-        record: dict | None = None, progress: bool = True) -> TreeEnsemble:
+        members: int = 1, record: dict | None = None, progress: bool = True) -> TreeEnsemble:
     """Train on the table's training images, choose the threshold on its validation images, export.
     `context`: also train the second look (`upocr.forensics.context`) on the first look's out-of-fold
     probabilities; the threshold is then chosen on its probabilities. `crops` (`collect_crops`, cut by
     `crop_layout`): also train the crop CNN (`upocr.forensics.cnn`) for `cnn_epochs`; the threshold is then
-    chosen on the blend."""
+    chosen on the blend. `members` > 1: a committee, that many classifiers (trees and CNN) trained alike from
+    seeds `seed`, `seed` + 1, ..., their log-odds averaged; the threshold is chosen on the committee's."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
         raise ImportError("training the tampering classifier needs scikit-learn: pip install 'upocr[train]'") from None
+    if members < 1:
+        raise ValueError(f"members must be 1 or more, not {members}")
+    if members > 1 and context:
+        raise ValueError("a committee (members > 1) has no second look: train it without context")
     validation = validation_images(table.names, validation_share)[table.image_index]
     train = ~validation
     if not table.labels[train].any() or not table.labels[validation].any():
         raise ValueError("training and validation parts both need tampered words; generate more data")
+    labels = table.labels[validation]
 
-    def trees(features: np.ndarray, labels: np.ndarray):
+    def trees(features: np.ndarray, labels: np.ndarray, seed: int):
         model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
                                                max_leaf_nodes=max_leaf_nodes, min_samples_leaf=40,
                                                l2_regularization=1.0, validation_fraction=0.1,
@@ -244,13 +250,8 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
                                                n_iter_no_change=30, random_state=seed)
         return model.fit(features, labels)
 
-    started = time.perf_counter()
-    first = trees(table.features[train], table.labels[train])
-    probabilities = first.predict_proba(table.features[validation])[:, 1]
-    labels = table.labels[validation]
-    extra: dict = {}
-    second = None
-    if context:
+    def second_look(first, probabilities: np.ndarray, seed: int):
+        """The second look's trees, trained on the first look's out-of-fold probabilities."""
         first_look = np.zeros(len(table.labels))
         first_look[validation] = probabilities
         folds = image_folds(table.names, CONTEXT_FOLDS)[table.image_index]
@@ -260,44 +261,75 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
             if not held.any():
                 continue
             # (a fold whose rest has one class only, on tiny data, keeps the first look's own probabilities)
-            model = trees(table.features[rest], table.labels[rest]) if np.unique(table.labels[rest]).size == 2 else first
+            model = (trees(table.features[rest], table.labels[rest], seed) if np.unique(table.labels[rest]).size == 2
+                     else first)
             first_look[held] = model.predict_proba(table.features[held])[:, 1]
         both = np.hstack([table.features, context_table(table, first_look)])
-        second = trees(both[train], table.labels[train])
-        first_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
-        extra = {"first_look": {"iterations": int(first.n_iter_),
-                                "validation": word_scores(probabilities, labels, first_threshold)},
-                 "context_folds": CONTEXT_FOLDS}
-        probabilities = second.predict_proba(both[validation])[:, 1]
-    crop_net = None
-    if crops is not None:
-        if len(crops) != table.labels.size:
-            raise ValueError(f"{len(crops)} crops for {table.labels.size} words")
-        cnn_started = time.perf_counter()
-        trees_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
-        extra["trees_validation"] = word_scores(probabilities, labels, trees_threshold)
-        crop_net = train_crop_net(crops, table.labels, layout=crop_layout, rows=np.flatnonzero(train),
-                                  epochs=cnn_epochs, seed=seed, progress=progress)
-        logits = crop_net.logits(crops, rows=np.flatnonzero(validation))
-        alone = 1 / (1 + np.exp(-logits))
+        return trees(both[train], table.labels[train], seed), both[validation]
+
+    def member(seed: int):
+        """One classifier: trees (and a second look), a crop CNN; its validation probabilities and record."""
+        first = trees(table.features[train], table.labels[train], seed)
+        tree_probabilities = probabilities = first.predict_proba(table.features[validation])[:, 1]
+        extra: dict = {}
+        second = crop_net = logits = None
+        if context:
+            second, features = second_look(first, probabilities, seed)
+            first_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
+            extra = {"first_look": {"iterations": int(first.n_iter_),
+                                    "validation": word_scores(probabilities, labels, first_threshold)},
+                     "context_folds": CONTEXT_FOLDS}
+            tree_probabilities = probabilities = second.predict_proba(features)[:, 1]
+        if crops is not None:
+            cnn_started = time.perf_counter()
+            crop_net = train_crop_net(crops, table.labels, layout=crop_layout, rows=np.flatnonzero(train),
+                                      epochs=cnn_epochs, seed=seed, progress=progress)
+            logits = crop_net.logits(crops, rows=np.flatnonzero(validation))
+            extra["cnn_seconds"] = round(time.perf_counter() - cnn_started, 1)
+            probabilities = crop_net.blend_logits(probabilities, logits)
+        return first, second, crop_net, tree_probabilities, logits, probabilities, extra
+
+    if crops is not None and len(crops) != table.labels.size:
+        raise ValueError(f"{len(crops)} crops for {table.labels.size} words")
+    started = time.perf_counter()
+    looks = [member(seed + k) for k in range(members)]
+    found = table.found[validation]
+    on_found = bool((found & (labels == 0)).any())
+    scored = found if on_found else slice(None)
+
+    def alone(probabilities: np.ndarray) -> dict:
+        """Validation scores at the threshold these probabilities would get as a classifier of their own."""
+        threshold = threshold_for_false_alarms(probabilities[scored], labels[scored], false_alarm_rate)
+        return {"threshold": threshold, "validation_found_words":
+                word_scores(probabilities[found], labels[found], threshold) if found.any() else None}
+
+    firsts, second_looks, nets, tree_looks, logits, member_probabilities, extras = zip(*looks)
+    extra = dict(extras[0]) if members == 1 else {
+        "committee": [{"seed": seed + k, "iterations": int(firsts[k].n_iter_), **extras[k],
+                     **alone(member_probabilities[k])} for k in range(members)]}
+    tree_probabilities = _mean_of_log_odds(tree_looks)
+    probabilities = _mean_of_log_odds(member_probabilities)
+    crop_net = nets[0] if members == 1 else (CropCommittee(tuple(nets)) if crops is not None else None)
+    if crop_net is not None:
+        extra["trees_validation"] = word_scores(tree_probabilities, labels, threshold_for_false_alarms(
+            tree_probabilities, labels, false_alarm_rate))
+        network = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
         extra["crop_net"] = {
             "epochs": cnn_epochs, "blend_weight": crop_net.blend_weight, "layout": crop_layout.name,
-            "seconds": round(time.perf_counter() - cnn_started, 1),
-            "validation": word_scores(alone, labels, threshold_for_false_alarms(alone, labels, false_alarm_rate)),
+            "seconds": round(sum(e["cnn_seconds"] for e in extras), 1),
+            "validation": word_scores(network, labels, threshold_for_false_alarms(network, labels, false_alarm_rate)),
         }
-        probabilities = crop_net.blend_logits(probabilities, logits)
+        extra.pop("cnn_seconds", None)
     seconds = time.perf_counter() - started
     # The threshold, on the final probabilities: for `false_alarm_rate` of the genuine validation words that
     # detect-tampering scores, i.e. a finder's words when the table has them (it never sees ground-truth boxes;
     # on the shipped data they were flagged more often at the all-words threshold: 0.65 % instead of 0.5 %).
-    found = table.found[validation]
-    on_found = bool((found & (labels == 0)).any())
-    scored = found if on_found else slice(None)
     threshold = threshold_for_false_alarms(probabilities[scored], labels[scored], false_alarm_rate)
     record = {
         **(record or {}),
-        "learner": "sklearn HistGradientBoostingClassifier", "iterations": int((second or first).n_iter_),
-        "learning_rate": learning_rate, "max_leaf_nodes": max_leaf_nodes, "seed": seed,
+        "learner": "sklearn HistGradientBoostingClassifier",
+        "iterations": int(sum((second or first).n_iter_ for first, second in zip(firsts, second_looks))),
+        "learning_rate": learning_rate, "max_leaf_nodes": max_leaf_nodes, "seed": seed, "members": members,
         "train_images": int(len(set(table.image_index[train].tolist()))),
         "validation_images": int(len(set(table.image_index[validation].tolist()))),
         "train_words": int(train.sum()), "train_tampered_words": int(table.labels[train].sum()),
@@ -307,11 +339,22 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         "validation_found_words": word_scores(probabilities[found], labels[found], threshold) if found.any() else None,
         "context": context, **extra, "fit_seconds": round(seconds, 1),
     }
-    ensemble = from_sklearn(first, FEATURE_NAMES, threshold, record)
-    if second is not None:
-        ensemble.context = from_sklearn(second, FEATURE_NAMES + CONTEXT_NAMES, threshold, {})
+    if members == 1:
+        ensemble = from_sklearn(firsts[0], FEATURE_NAMES, threshold, record)
+        if second_looks[0] is not None:
+            ensemble.context = from_sklearn(second_looks[0], FEATURE_NAMES + CONTEXT_NAMES, threshold, {})
+    else:
+        ensemble = average_ensembles([from_sklearn(first, FEATURE_NAMES, threshold, {}) for first in firsts],
+                                     threshold_probability=threshold, record=record)
     ensemble.crop_net = crop_net
     return ensemble
+
+
+def _mean_of_log_odds(probabilities: Sequence[np.ndarray]) -> np.ndarray:
+    """The probability whose log-odds are the mean of theirs (a committee's verdict)."""
+    if len(probabilities) == 1:
+        return probabilities[0]
+    return 1.0 / (1.0 + np.exp(-log_odds(np.asarray(probabilities)).mean(axis=0)))
 
 
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
