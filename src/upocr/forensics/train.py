@@ -14,14 +14,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
-from upocr.forensics.cnn import DEFAULT_CROP_LAYOUT, CropCommittee, CropLayout, image_crops, log_odds, train_crop_net
+from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, CropCommittee, CropLayout, CropNet, image_crops, log_odds,
+                                 train_crop_net)
 from upocr.forensics.features import FEATURE_NAMES, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
@@ -267,12 +268,12 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         both = np.hstack([table.features, context_table(table, first_look)])
         return trees(both[train], table.labels[train], seed), both[validation]
 
-    def member(seed: int):
+    def member(seed: int) -> _Member:
         """One classifier: trees (and a second look), a crop CNN; its validation probabilities and record."""
         first = trees(table.features[train], table.labels[train], seed)
         tree_probabilities = probabilities = first.predict_proba(table.features[validation])[:, 1]
         extra: dict = {}
-        second = crop_net = logits = None
+        second = crop_net = logits = cnn_seconds = None
         if context:
             second, features = second_look(first, probabilities, seed)
             first_threshold = threshold_for_false_alarms(probabilities, labels, false_alarm_rate)
@@ -285,9 +286,9 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
             crop_net = train_crop_net(crops, table.labels, layout=crop_layout, rows=np.flatnonzero(train),
                                       epochs=cnn_epochs, seed=seed, progress=progress)
             logits = crop_net.logits(crops, rows=np.flatnonzero(validation))
-            extra["cnn_seconds"] = round(time.perf_counter() - cnn_started, 1)
+            cnn_seconds = round(time.perf_counter() - cnn_started, 1)
             probabilities = crop_net.blend_logits(probabilities, logits)
-        return first, second, crop_net, tree_probabilities, logits, probabilities, extra
+        return _Member(first, second, crop_net, cnn_seconds, tree_probabilities, logits, probabilities, extra)
 
     if crops is not None and len(crops) != table.labels.size:
         raise ValueError(f"{len(crops)} crops for {table.labels.size} words")
@@ -303,23 +304,24 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         return {"threshold": threshold, "validation_found_words":
                 word_scores(probabilities[found], labels[found], threshold) if found.any() else None}
 
-    firsts, second_looks, nets, tree_looks, logits, member_probabilities, extras = zip(*looks)
-    extra = dict(extras[0]) if members == 1 else {
-        "committee": [{"seed": seed + k, "iterations": int(firsts[k].n_iter_), **extras[k],
-                     **alone(member_probabilities[k])} for k in range(members)]}
-    tree_probabilities = _mean_of_log_odds(tree_looks)
-    probabilities = _mean_of_log_odds(member_probabilities)
-    crop_net = nets[0] if members == 1 else (CropCommittee(tuple(nets)) if crops is not None else None)
-    if crop_net is not None:
+    extra = dict(looks[0].extra) if members == 1 else {
+        "committee": [{"seed": seed + k, "iterations": int(look.first.n_iter_), **look.extra,
+                       **({"cnn_seconds": look.cnn_seconds} if look.crop_net is not None else {}),
+                       **alone(look.probabilities)} for k, look in enumerate(looks)]}
+    tree_probabilities = _mean_of_log_odds([look.tree_probabilities for look in looks])
+    probabilities = _mean_of_log_odds([look.probabilities for look in looks])
+    crop_net = None
+    if crops is not None:
+        nets = tuple(look.crop_net for look in looks)
+        crop_net = nets[0] if members == 1 else CropCommittee(nets)
         extra["trees_validation"] = word_scores(tree_probabilities, labels, threshold_for_false_alarms(
             tree_probabilities, labels, false_alarm_rate))
-        network = 1 / (1 + np.exp(-np.mean(logits, axis=0)))
+        network = 1 / (1 + np.exp(-np.mean([look.logits for look in looks], axis=0)))
         extra["crop_net"] = {
             "epochs": cnn_epochs, "blend_weight": crop_net.blend_weight, "layout": crop_layout.name,
-            "seconds": round(sum(e["cnn_seconds"] for e in extras), 1),
+            "seconds": round(sum(look.cnn_seconds for look in looks), 1),
             "validation": word_scores(network, labels, threshold_for_false_alarms(network, labels, false_alarm_rate)),
         }
-        extra.pop("cnn_seconds", None)
     seconds = time.perf_counter() - started
     # The threshold, on the final probabilities: for `false_alarm_rate` of the genuine validation words that
     # detect-tampering scores, i.e. a finder's words when the table has them (it never sees ground-truth boxes;
@@ -328,7 +330,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
     record = {
         **(record or {}),
         "learner": "sklearn HistGradientBoostingClassifier",
-        "iterations": int(sum((second or first).n_iter_ for first, second in zip(firsts, second_looks))),
+        "iterations": int(sum((look.second or look.first).n_iter_ for look in looks)),
         "learning_rate": learning_rate, "max_leaf_nodes": max_leaf_nodes, "seed": seed, "members": members,
         "train_images": int(len(set(table.image_index[train].tolist()))),
         "validation_images": int(len(set(table.image_index[validation].tolist()))),
@@ -340,14 +342,27 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         "context": context, **extra, "fit_seconds": round(seconds, 1),
     }
     if members == 1:
-        ensemble = from_sklearn(firsts[0], FEATURE_NAMES, threshold, record)
-        if second_looks[0] is not None:
-            ensemble.context = from_sklearn(second_looks[0], FEATURE_NAMES + CONTEXT_NAMES, threshold, {})
+        ensemble = from_sklearn(looks[0].first, FEATURE_NAMES, threshold, record)
+        if looks[0].second is not None:
+            ensemble.context = from_sklearn(looks[0].second, FEATURE_NAMES + CONTEXT_NAMES, threshold, {})
     else:
-        ensemble = average_ensembles([from_sklearn(first, FEATURE_NAMES, threshold, {}) for first in firsts],
+        ensemble = average_ensembles([from_sklearn(look.first, FEATURE_NAMES, threshold, {}) for look in looks],
                                      threshold_probability=threshold, record=record)
     ensemble.crop_net = crop_net
     return ensemble
+
+
+class _Member(NamedTuple):
+    """One classifier of `fit` (a committee has several): its models and its verdicts on the validation words."""
+
+    first: Any  # the trees (scikit-learn)
+    second: Any  # the second look's trees, or None
+    crop_net: CropNet | None
+    cnn_seconds: float | None  # the crop CNN's training and validation scoring
+    tree_probabilities: np.ndarray
+    logits: np.ndarray | None  # the crop CNN's
+    probabilities: np.ndarray  # the blend
+    extra: dict  # its part of the record
 
 
 def _mean_of_log_odds(probabilities: Sequence[np.ndarray]) -> np.ndarray:
