@@ -200,6 +200,45 @@ def test_copy_moves_constructed_from_the_real_images_are_scored_as_annotated_for
     assert genuine["tampered_recall"] == 0.0 and genuine["false_alarms"] == 0.0 and genuine["tampered_iou"] == 0.0
 
 
+def _page_with_a_noisy_word() -> tuple[np.ndarray, list[np.ndarray], int]:
+    """A flat page of eight dark words on the 8 x 8 grid, saved once as JPEG; then the fourth word's ink
+    replaced by noise (it saves nothing like the others). Returns (image, word boxes, the forged word)."""
+    from upocr.data.synth.tampering import jpeg_roundtrip
+
+    image = np.full((96, 400, 3), 200, np.uint8)
+    boxes = [np.array([8 + 48 * i, 24, 39 + 48 * i, 39], np.float32) for i in range(8)]
+    for x1, y1, x2, y2 in (b.astype(int) for b in boxes):
+        image[y1:y2 + 1, x1:x2 + 1] = 40
+    image = jpeg_roundtrip(image, 90)
+    x1, y1, x2, y2 = boxes[3].astype(int)
+    image[y1:y2 + 1, x1:x2 + 1] = np.random.default_rng(0).integers(0, 256, (y2 - y1 + 1, x2 - x1 + 1, 3))
+    return image, boxes, 3
+
+
+def test_the_classical_ela_competitor_flags_the_word_whose_error_level_stands_out() -> None:
+    from upocr.evaluate.forensic import ela_word_outliers
+
+    image, boxes, forged = _page_with_a_noisy_word()
+    classes = ela_word_outliers(lambda im: (boxes, boxes))(image)
+    for index, (x1, y1, x2, y2) in enumerate(b.astype(int) for b in boxes):
+        assert np.all(classes[y1:y2 + 1, x1:x2 + 1] == (2 if index == forged else 1)), index
+    assert classes[:20].max() == 0  # nothing painted outside the words
+    # Too few words to have a median to stand out from: none is flagged.
+    few = ela_word_outliers(lambda im: (boxes[2:4], boxes[2:4]))(image)
+    assert few.max() == 1
+
+
+def test_the_deeptrace_ela_competitor_fills_its_anomaly_boxes() -> None:
+    from upocr.evaluate.forensic import ela_anomaly_boxes
+
+    image, boxes, forged = _page_with_a_noisy_word()
+    classes = ela_anomaly_boxes()(image)
+    x1, y1, x2, y2 = boxes[forged].astype(int)
+    assert set(np.unique(classes)) <= {0, 2}  # it does not say where real text is
+    assert (classes[y1:y2 + 1, x1:x2 + 1] == 2).mean() > 0.5
+    assert (classes == 2).mean() < 0.1
+
+
 def test_unreadable_image_is_reported_and_skipped(real_dir: Path) -> None:
     (real_dir / "scene-boxes" / "ic15_1.png").write_bytes(b"not an image")
     result = real.run_real_benchmark(real.read_real_samples(real_dir), {}, {}, dark_box_detector, progress=False)
@@ -225,7 +264,8 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
                                     "strokes detector rectangles + Telea", *pipelines, *oracles}
     assert set(data["segmentation"]) == {"upocr (resize)", "upocr (tiles)", "Sauvola", "Otsu",
                                          "upocr --segmentation model-ink", "upocr --segmentation model-in-words"}
-    assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)", "upocr --tampering words"}
+    assert set(data["tampering"]) == {"upocr (resize)", "upocr (tiles)", "upocr --tampering words",
+                                      "detector words, ELA outliers (classical)", "deeptrace-ela anomaly boxes"}
     copy_moves = data["constructed_forgeries"]["copy-move"]  # --forgeries 2 by default
     assert set(copy_moves) == set(data["tampering"]) and all(row["tampered_recall"] is not None for row in copy_moves.values())
     assert set(data["constructed_forgeries"]) == {"copy-move", "retyped digits"}

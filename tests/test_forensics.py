@@ -261,8 +261,11 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert two.record["words"] == record["words"] and two.record["context_folds"] == 4
     # --detector-every: the words detect-tampering finds (bundled detector, lines split) join the examples.
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "found.npz"), "--max-iter", "5",
-                 "--validation-share", "0.5", "--detector-every", "2", "--cnn-epochs", "0"]) == 0
-    found = load_classifier(tmp_path / "found.npz").record
+                 "--validation-share", "0.5", "--detector-every", "2", "--cnn-epochs", "1", "--cnn-width", "4"]) == 0
+    narrow = load_classifier(tmp_path / "found.npz")  # --cnn-width: a narrower crop CNN, read back at its width
+    assert narrow.crop_net.weights["body.0.0.weight"].shape[0] == 4 and narrow.record["crop_net"]["width"] == 4
+    assert record["crop_net"]["width"] == 16
+    found = narrow.record
     assert found["found_regions_every"] == 2 and found["words"] > record["words"]
     # The threshold is chosen on the words detect-tampering scores: the finder's, when the table has them.
     assert record["threshold_words"] == "all" and found["threshold_words"] == "found"
@@ -655,7 +658,10 @@ def test_train_tampering_help_states_the_trainers_tree_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train-tampering", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for option, value in (("--max-iter", MAX_ITER), ("--learning-rate", LEARNING_RATE), ("--max-leaf-nodes", MAX_LEAF_NODES)):
+    from upocr.forensics.cnn import WIDTH
+
+    for option, value in (("--max-iter", MAX_ITER), ("--learning-rate", LEARNING_RATE), ("--max-leaf-nodes", MAX_LEAF_NODES),
+                          ("--cnn-width", WIDTH)):
         assert f"(default {value}" in text.split(option, 2)[-1].split("--", 1)[0], option
     # ... and names the crop layouts, the trainer's default first
     from upocr.commands.forensics import CROP_LAYOUT_NAMES

@@ -247,6 +247,7 @@ def _run_real(args: argparse.Namespace) -> int:
     import upocr
     from upocr.evaluate import real
     from upocr.evaluate.baselines import otsu_text_mask, sauvola_text_mask
+    from upocr.evaluate.forensic import detector_words, ela_anomaly_boxes, ela_word_outliers
     from upocr.evaluate.report import write_json
     from upocr.io import write_text
     from upocr.io import write_image
@@ -273,6 +274,8 @@ def _run_real(args: argparse.Namespace) -> int:
     tampering.update({f"upocr --tampering {name}": real.predictor_tampering(predictors[0].with_options(tampering=name))
                       for name in TAMPERING_DECISIONS if name != predictors[0].tampering})
     segmentation.update(real.finder_methods(predictors[0], [name for name in SEGMENTATION_FINDERS if name != predictors[0].segmentation]))
+    tampering["detector words, ELA outliers (classical)"] = ela_word_outliers(detector_words(predictors[0].word_detector))
+    tampering["deeptrace-ela anomaly boxes"] = ela_anomaly_boxes()
     removal[f"{args.detector} detector rectangles + Telea"] = real.detector_telea(detector)
     segmentation["Sauvola"] = sauvola_text_mask
     segmentation["Otsu"] = otsu_text_mask

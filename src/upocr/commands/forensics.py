@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-iter", type=positive(int), default=None,
                         help="boosting rounds at most (default 300)")
     parser.add_argument("--learning-rate", type=positive(float), default=None, help="boosting learning rate (default 0.08)")
-    parser.add_argument("--max-leaf-nodes", type=positive(int), default=None, help="leaves per tree (default 31; larger trees: docs/tampering.md)")
+    parser.add_argument("--max-leaf-nodes", type=positive(int), default=None, help="leaves per tree (default 31; larger trees: docs/tampering-log.md, session 16)")
     parser.add_argument("--limit", type=positive(int), default=None, help="use only the first N images")
     parser.add_argument("--features", default=None, metavar="FILE",
                         help="feature cache (npz): read from it when it exists, else measure and write it")
@@ -53,6 +53,9 @@ def register(subparsers) -> None:
                         help="also train the crop CNN for N epochs (a small network over each word's error-level "
                              "and noise maps; its log-odds are averaged with the trees'); 0 = trees only "
                              "(default 6, as shipped: about 19 minutes on 2 cores for 3,000 images)")
+    parser.add_argument("--cnn-width", type=positive(int), default=None, metavar="N",
+                        help="channels of the crop CNN's first convolution, then 2N and 4N (default 16, as shipped); "
+                             "its cost per word grows with N squared")
     parser.add_argument("--crop-layout", choices=CROP_LAYOUT_NAMES, default=CROP_LAYOUT_NAMES[0],
                         help="what the crop CNN sees of each word: 'line' (default) the word and its line neighbours "
                              "at one scale, with a channel marking the word; 'word' the word's box alone, stretched "
@@ -79,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         print("upocr train-tampering: error: --false-alarm-rate and --validation-share must be between 0 and 1",
               file=sys.stderr)
         return 2
-    trees = {name: value for name in ("max_iter", "learning_rate", "max_leaf_nodes")
-             if (value := getattr(args, name)) is not None}
+    # Options left out keep fit's defaults (the shipped settings).
+    settings = {name: value for name in ("max_iter", "learning_rate", "max_leaf_nodes", "cnn_width")
+                if (value := getattr(args, name)) is not None}
     finder = None
     try:
         if args.detector_every > 0:
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                     seed=args.seed, members=args.members, context=args.context,
                                     features_file=args.features, finder=finder, finder_every=args.detector_every,
                                     cnn_epochs=max(0, args.cnn_epochs), crop_layout=CROP_LAYOUTS[args.crop_layout],
-                                    crops_file=args.crops_file, **trees)
+                                    crops_file=args.crops_file, **settings)
     except (LayoutError, ValueError, OSError, ImportError) as error:
         print(f"upocr train-tampering: error: {error}", file=sys.stderr)
         return 2

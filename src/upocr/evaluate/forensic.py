@@ -10,6 +10,14 @@ photos' genuine text, and copy-moved fields constructed from real photos.
 * Constructed copy-move (`copy_move_forgery`): one annotated field of a real photo copied over another
   field of about its height (the target first erased with Telea, as a clone tool would), saved again as
   JPEG; tampered IoU over the annotated polygons (genuine 1, the pasted field 2).
+
+Competitors of the per-word classifier in `upocr evaluate real` (the same 0 / 1 / 2 class maps):
+* `ela_anomaly_boxes`: deeptrace-ela (pip install deeptrace-ela, MIT), an error level analysis tool sold for
+  "changing numbers on a document": its anomaly boxes (ELA at JPEG 95 over mean + 3.5 standard deviations,
+  cleaned, the ten strongest) filled as tampered, with its own defaults;
+* `ela_word_outliers`: the classical rule an analyst applies to an ELA picture, on the words the classifier
+  scores: a word is tampered when its mean error level (JPEG 95) stands out from the image's other words
+  (robust z-score over `ELA_OUTLIER_Z`). It says what the learned decision adds over ELA with the same finder.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from upocr.data.layouts import read_tampering_boxes, read_tampering_label, tampe
 from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.real import MethodScores, RealSample, polygon_mask, score_tampering
-from upocr.forensics.detect import classify_regions, regions_from_text_mask, split_into_words
-from upocr.forensics.features import pixel_box
+from upocr.forensics.detect import (classify_regions, paint_words, regions_from_text_mask, split_into_words,
+                                    split_into_words_and_extents)
+from upocr.forensics.features import pixel_box, region_boxes
 from upocr.forensics.model import TreeEnsemble
 from upocr.forensics.train import roc_auc
 from upocr.io import read_image
@@ -249,6 +258,64 @@ def constructed_forgeries(samples: Sequence[RealSample], *, trials: int, seed: i
                 break
             forged, polygons, tampered = made
             yield replace(sample, words=tuple(polygons), tampered=tuple(tampered), ignored=(), texts=()), forged
+
+
+# --------------------------------------------------------------------------------------------
+# Competitors (`upocr evaluate real`)
+# --------------------------------------------------------------------------------------------
+
+ELA_QUALITY = 95  # the JPEG quality both ELA competitors re-save at (deeptrace-ela's default)
+ELA_OUTLIER_Z = 3.5  # a word is an outlier this many robust standard deviations above the image's median word
+ELA_MIN_WORDS = 3  # fewer words: no median to stand out from, nothing flagged
+ELA_MIN_SPREAD = 0.01  # grey levels: a numerical floor for the spread (a page of identical words has none)
+
+
+def ela_anomaly_boxes() -> Callable[[np.ndarray], np.ndarray]:
+    """deeptrace-ela's anomaly boxes (its defaults) filled 2 (tampered); it does not say where real text is."""
+    try:
+        from deeptrace_ela import analyze_ela
+    except ImportError:
+        raise ImportError("the deeptrace-ela competitor needs deeptrace-ela: pip install deeptrace-ela") from None
+    from PIL import Image
+
+    def classify(image: np.ndarray) -> np.ndarray:
+        classes = np.zeros(image.shape[:2], np.uint8)
+        for box in analyze_ela(Image.fromarray(image)).anomalies:
+            classes[box.y:box.y + box.h, box.x:box.x + box.w] = 2
+        return classes
+
+    return classify
+
+
+def ela_word_outliers(words: Callable[[np.ndarray], tuple[list[np.ndarray], list[np.ndarray]]],
+                      ) -> Callable[[np.ndarray], np.ndarray]:
+    """`words`: RGB -> (word regions, extents to paint), e.g. `detector_words`. A word is tampered when its
+    mean error level at JPEG `ELA_QUALITY` (grey levels, over its box) lies more than `ELA_OUTLIER_Z` robust
+    standard deviations (1.4826 x the median absolute deviation) above the median of the image's words."""
+
+    def classify(image: np.ndarray) -> np.ndarray:
+        regions, extents = words(image)
+        height, width = image.shape[:2]
+        error = cv2.cvtColor(cv2.absdiff(image, jpeg_roundtrip(image, ELA_QUALITY)), cv2.COLOR_RGB2GRAY)
+        levels = []
+        for polygon in region_boxes(regions, (height, width)):
+            x1, y1, x2, y2 = pixel_box(polygon)
+            levels.append(float(error[y1:y2 + 1, x1:x2 + 1].mean()))
+        levels = np.asarray(levels)
+        tampered = np.zeros(len(levels), bool)
+        if len(levels) >= ELA_MIN_WORDS:
+            median = np.median(levels)
+            spread = 1.4826 * np.median(np.abs(levels - median))
+            tampered = levels > median + ELA_OUTLIER_Z * max(spread, ELA_MIN_SPREAD)
+        return paint_words((height, width), region_boxes(extents, (height, width)), tampered)
+
+    return classify
+
+
+def detector_words(detector) -> Callable[[np.ndarray], tuple[list[np.ndarray], list[np.ndarray]]]:
+    """RGB -> (words, extents): a `upocr.detector.WordDetector`'s regions split into words, as `detect-tampering
+    --tampering words` finds and paints them (`split_into_words_and_extents`); e.g. `Predictor.word_detector`."""
+    return lambda image: split_into_words_and_extents(image, detector.detect(image).polygons)
 
 
 def constructed_forgery_scores(samples: Sequence[RealSample], methods: Mapping[str, Callable[[np.ndarray], np.ndarray]], *,

@@ -297,10 +297,11 @@ def _check_crops(crops: np.ndarray, layout: CropLayout) -> None:
 
 def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, layout: CropLayout = DEFAULT_CROP_LAYOUT,
                    rows: np.ndarray | None = None, epochs: int = 6, batch: int = 256, learning_rate: float = 3e-3,
-                   seed: int = 0, progress: bool = True) -> CropNet:
+                   width: int = WIDTH, seed: int = 0, progress: bool = True) -> CropNet:
     """Train on (N, *layout.shape) compared crops (cut by `layout`) with labels 1 = tampered. Each epoch sees
     every tampered word and NEGATIVES_PER_POSITIVE times as many genuine ones, drawn anew (genuine words are ten
-    times as many), mirrored left-right at random; one-cycle learning rate, AdamW. `rows` (increasing): train on these rows
+    times as many), mirrored left-right at random; one-cycle learning rate, AdamW; `width`: the first convolution's
+    channels (then 2x, 4x; the cost per word grows with its square). `rows` (increasing): train on these rows
     only. The crops are read batch by batch where they lie, never copied whole, so they may be a memory-mapped
     file (`upocr.forensics.train.collect_crops`); `crops[rows]` would hold a second copy of most of them."""
     _check_crops(crops, layout)
@@ -317,7 +318,7 @@ def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, layout: CropLayout 
     scale_std = torch.from_numpy(std).view(1, -1, 1, 1)
     per_epoch = positives.size + min(negatives.size, NEGATIVES_PER_POSITIVE * positives.size)
     steps = max(1, -(-per_epoch // batch))
-    net = WordCropCNN(channels=len(layout.channels))
+    net = WordCropCNN(channels=len(layout.channels), width=width)
     optimizer = torch.optim.AdamW(net.parameters(), learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=epochs * steps)
     net.train()

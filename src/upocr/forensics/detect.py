@@ -129,13 +129,18 @@ def classify_regions(image: np.ndarray, regions: Sequence[Region], *, threshold:
     if extents is not None and len(extents) != len(regions):
         raise ValueError(f"{len(extents)} extents for {len(regions)} regions")
     polygons = region_boxes(regions if extents is None else extents, (height, width))
-    classes = np.zeros((height, width), np.uint8)
-    tampered = probabilities > threshold
+    classes = paint_words((height, width), polygons, probabilities > threshold)
+    return WordTampering(classes, polygons, probabilities, threshold)
+
+
+def paint_words(shape: tuple[int, int], polygons: Sequence[np.ndarray], tampered: Sequence[bool]) -> np.ndarray:
+    """The (H, W) uint8 class map: each polygon filled 2 where `tampered`, else 1 (real text); 0 elsewhere."""
+    classes = np.zeros(shape, np.uint8)
     for flag in (False, True):  # tampered words on top where regions overlap
-        shapes = [np.round(p).astype(np.int32) for p, t in zip(polygons, tampered) if t == flag]
+        shapes = [np.round(p).astype(np.int32) for p, t in zip(polygons, tampered) if bool(t) == flag]
         if shapes:
             cv2.fillPoly(classes, shapes, 2 if flag else 1)
-    return WordTampering(classes, polygons, probabilities, threshold)
+    return classes
 
 
 def regions_from_text_mask(mask: np.ndarray) -> list[np.ndarray]:

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
-from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, CropCommittee, CropLayout, CropNet, image_crops, log_odds,
-                                 train_crop_net)
+from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, WIDTH, CropCommittee, CropLayout, CropNet, image_crops,
+                                 log_odds, train_crop_net)
 from upocr.forensics.features import FEATURE_NAMES, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
@@ -211,7 +211,7 @@ def collect_crops(table: WordTable, roots: Sequence[str | os.PathLike], split: s
 
 
 # The trees' size (early stopping: 30 rounds without gain on a tenth of the training words). Larger trees learn
-# the synthetic forgeries better and real ones worse (docs/tampering.md, session 16): 509 rounds of 127 leaves at
+# the synthetic forgeries better and real ones worse (docs/tampering-log.md, session 16): 509 rounds of 127 leaves at
 # 0.05 raised validation recall (blended with the crop CNN) 45.5 -> 48.6 % and held-out v1 forgeries through the
 # detector 0.378 -> 0.395 tampered IoU, left v2 at 0.23, and lowered real copy-moves 0.377 -> 0.324.
 MAX_ITER = 300
@@ -222,11 +222,11 @@ MAX_LEAF_NODES = 31
 def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: float = 0.01, max_iter: int = MAX_ITER,
         learning_rate: float = LEARNING_RATE, max_leaf_nodes: int = MAX_LEAF_NODES, seed: int = 0, context: bool = False,
         crops: np.ndarray | None = None, crop_layout: CropLayout = DEFAULT_CROP_LAYOUT, cnn_epochs: int = 6,
-        members: int = 1, record: dict | None = None, progress: bool = True) -> TreeEnsemble:
+        cnn_width: int = WIDTH, members: int = 1, record: dict | None = None, progress: bool = True) -> TreeEnsemble:
     """Train on the table's training images, choose the threshold on its validation images, export.
     `context`: also train the second look (`upocr.forensics.context`) on the first look's out-of-fold
     probabilities; the threshold is then chosen on its probabilities. `crops` (`collect_crops`, cut by
-    `crop_layout`): also train the crop CNN (`upocr.forensics.cnn`) for `cnn_epochs`; the threshold is then
+    `crop_layout`): also train the crop CNN (`upocr.forensics.cnn`, `cnn_width` channels) for `cnn_epochs`; the threshold is then
     chosen on the blend. `members` > 1: a committee, that many classifiers (trees and CNN) trained alike from
     seeds `seed`, `seed` + 1, ..., their log-odds averaged; the threshold is chosen on the committee's."""
     try:
@@ -284,7 +284,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         if crops is not None:
             cnn_started = time.perf_counter()
             crop_net = train_crop_net(crops, table.labels, layout=crop_layout, rows=np.flatnonzero(train),
-                                      epochs=cnn_epochs, seed=seed, progress=progress)
+                                      epochs=cnn_epochs, width=cnn_width, seed=seed, progress=progress)
             logits = crop_net.logits(crops, rows=np.flatnonzero(validation))
             cnn_seconds = round(time.perf_counter() - cnn_started, 1)
             probabilities = crop_net.blend_logits(probabilities, logits)
@@ -318,7 +318,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
             tree_probabilities, labels, false_alarm_rate))
         network = 1 / (1 + np.exp(-np.mean([look.logits for look in looks], axis=0)))
         extra["crop_net"] = {
-            "epochs": cnn_epochs, "blend_weight": crop_net.blend_weight, "layout": crop_layout.name,
+            "epochs": cnn_epochs, "width": cnn_width, "blend_weight": crop_net.blend_weight, "layout": crop_layout.name,
             "seconds": round(sum(look.cnn_seconds for look in looks), 1),
             "validation": word_scores(network, labels, threshold_for_false_alarms(network, labels, false_alarm_rate)),
         }
