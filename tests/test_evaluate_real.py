@@ -239,6 +239,20 @@ def test_the_deeptrace_ela_competitor_fills_its_anomaly_boxes() -> None:
     assert (classes == 2).mean() < 0.1
 
 
+def test_the_forgeries_picture_shows_each_forgery_the_truth_and_every_method(real_dir: Path) -> None:
+    from upocr.evaluate.forensic import constructed_forgery_picture
+
+    samples = real.read_real_samples(real_dir)
+    methods = {"all tampered": lambda im: np.full(im.shape[:2], 2, np.uint8),
+               "nothing": lambda im: np.zeros(im.shape[:2], np.uint8)}
+    picture = constructed_forgery_picture(samples, methods, kinds=["copy-move"], per_kind=2, height=64)
+    assert picture.ndim == 3 and picture.shape[0] > 2 * 64 and picture.shape[1] > 4 * 64  # 2 rows, 4 columns
+    red = (picture[..., 0] > 200) & (picture[..., 1] < 150) & (picture[..., 2] < 150)
+    assert red.any()  # the truth's forged field and "all tampered" are drawn red
+    with pytest.raises(ValueError, match="two words or more"):
+        constructed_forgery_picture([], methods)
+
+
 def test_unreadable_image_is_reported_and_skipped(real_dir: Path) -> None:
     (real_dir / "scene-boxes" / "ic15_1.png").write_bytes(b"not an image")
     result = real.run_real_benchmark(real.read_real_samples(real_dir), {}, {}, dark_box_detector, progress=False)
@@ -270,6 +284,8 @@ def test_cli(real_dir: Path, tiny_weights: Path, tmp_path: Path) -> None:
     assert set(copy_moves) == set(data["tampering"]) and all(row["tampered_recall"] is not None for row in copy_moves.values())
     assert set(data["constructed_forgeries"]) == {"copy-move", "retyped digits"}
     assert Image.open(out / "real.png").size[0] > 500
+    # ... and the constructed forgeries with every tampering method's verdict: forgery, truth, 5 methods per row
+    assert Image.open(out / "real_tampering.png").size[0] > 7 * 64
 
 
 def _one_sample(tmp_path: Path, sidecar: dict) -> Path:

@@ -92,7 +92,8 @@ def register(subparsers) -> None:
                            "with digits drawn again with other digits); each re-saved as JPEG (default 2, 0 = none)")
     real.add_argument("--markdown", type=Path, help="write the tables as markdown")
     real.add_argument("--json", type=Path, help="write all scores (per image too) as JSON")
-    real.add_argument("--picture", type=Path, help="a grid of inputs and every method's results")
+    real.add_argument("--picture", type=Path, help="a grid of inputs and every method's results; with --forgeries, "
+                      "also FILE's stem + _tampering: the constructed forgeries with every tampering method's verdict")
     real.add_argument("--quiet", action="store_true", help="no progress bar")
     real.set_defaults(func=_run_real)
 
@@ -281,11 +282,17 @@ def _run_real(args: argparse.Namespace) -> int:
     segmentation["Otsu"] = otsu_text_mask
     result = real.run_real_benchmark(samples, removal, segmentation, detector, tampering_methods=tampering,
                                      oracles=[f"upocr ({variant})" for variant in args.variants], progress=not args.quiet)
+    tampering_picture = None
     if args.forgeries > 0:
-        from upocr.evaluate.forensic import FORGERIES, constructed_forgery_scores
+        from upocr.evaluate.forensic import FORGERIES, constructed_forgery_picture, constructed_forgery_scores
 
         result.constructed = {kind: constructed_forgery_scores(samples, tampering, kind=kind, trials=args.forgeries,
                                                                progress=not args.quiet) for kind in FORGERIES}
+        if args.picture:
+            try:
+                tampering_picture = constructed_forgery_picture(samples, tampering)
+            except ValueError:  # no image with two words: nothing to draw
+                tampering_picture = None
     title = f"Real-image benchmark: {len(samples)} images in {args.data.name}; upocr's default removal: {predictors[0].removal}"
     text, data = real.real_report(result, title=title)
     print(text)
@@ -296,4 +303,8 @@ def _run_real(args: argparse.Namespace) -> int:
     if args.picture and result.pictures:
         write_image(args.picture, image_grid(result.pictures, result.picture_titles, height=192))
         print(f"picture: {args.picture}", file=sys.stderr)
+    if tampering_picture is not None:  # the constructed forgeries, each method's verdict drawn over them
+        path = args.picture.with_name(f"{args.picture.stem}_tampering{args.picture.suffix}")
+        write_image(path, tampering_picture)
+        print(f"tampering picture: {path}", file=sys.stderr)
     return _exit_code(result.errors, len(samples) - len(result.errors))

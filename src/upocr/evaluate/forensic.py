@@ -318,6 +318,38 @@ def detector_words(detector) -> Callable[[np.ndarray], tuple[list[np.ndarray], l
     return lambda image: split_into_words_and_extents(image, detector.detect(image).polygons)
 
 
+PICTURE_MARGIN = 2.0  # a forgery's picture reaches this many times the forged field's height around it
+
+
+def constructed_forgery_picture(samples: Sequence[RealSample], methods: Mapping[str, Callable[[np.ndarray], np.ndarray]],
+                                *, kinds: Sequence[str] = tuple(FORGERIES), per_kind: int = 3, seed: int = 0,
+                                height: int = 160) -> np.ndarray:
+    """A grid to look at: for each kind of constructed forgery its first `per_kind` forgeries (the first of each
+    image, as `constructed_forgery_scores` makes them), each cut around the forged field: the forgery, the
+    truth and each method's class map drawn over it (real text green, tampered red)."""
+    from itertools import islice
+
+    from upocr.evaluate.real import annotated_classes
+    from upocr.tasks import Task
+    from upocr.visualize import image_grid, overlay_classes
+
+    colours = Task.TAMPERED_TEXT_DETECTION.spec.colours
+    rows = []
+    for kind in kinds:
+        for sample, forged in islice(constructed_forgeries(samples, trials=1, seed=seed, progress=False, kind=kind),
+                                     per_kind):
+            field = next(word for word, tampered in zip(sample.words, sample.tampered) if tampered)
+            x1, y1, x2, y2 = pixel_box(field)
+            reach = max(24, int(PICTURE_MARGIN * (y2 - y1 + 1)))
+            window = (slice(max(0, y1 - reach), y2 + reach + 1), slice(max(0, x1 - reach), x2 + reach + 1))
+            maps = [annotated_classes(sample, forged.shape[:2]), *(method(forged) for method in methods.values())]
+            rows.append([forged[window], *(overlay_classes(forged[window], classes[window], colours=colours)
+                                           for classes in maps)])
+    if not rows:
+        raise ValueError("no forgery could be constructed from these images (each needs two words or more)")
+    return image_grid(rows, ["forgery", "truth", *methods], height=height)
+
+
 def constructed_forgery_scores(samples: Sequence[RealSample], methods: Mapping[str, Callable[[np.ndarray], np.ndarray]], *,
                                kind: str = "copy-move", trials: int = 2, seed: int = 0, progress: bool = True,
                                ) -> dict[str, MethodScores]:

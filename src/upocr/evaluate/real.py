@@ -463,20 +463,27 @@ def score_segmentation(scores: MethodScores, sample: RealSample, mask: np.ndarra
                 scores.words_hit += int(mask[area].mean() >= BOX_HIT_SHARE)
 
 
+def annotated_classes(sample: RealSample, shape: tuple[int, int]) -> np.ndarray:
+    """The annotation as a class map: 0 elsewhere, 1 genuine words, 2 words marked `"tampered"` (where a tampered
+    polygon overlaps a genuine one, genuine)."""
+    genuine = polygon_mask([w for w, t in zip(sample.words, sample.tampered) if not t], shape)
+    truth = genuine.astype(np.uint8)
+    truth[polygon_mask([w for w, t in zip(sample.words, sample.tampered) if t], shape) & ~genuine] = 2
+    return truth
+
+
 def score_tampering(scores: MethodScores, sample: RealSample, classes: np.ndarray) -> None:
     record = scores.per_image.setdefault(sample.name, {})
     flagged = classes == 2
     scores.flagged_share.append(float(flagged.mean()))
     record["flagged_share"] = float(flagged.mean())
-    genuine = polygon_mask([w for w, t in zip(sample.words, sample.tampered) if not t], classes.shape)
-    forged = polygon_mask([w for w, t in zip(sample.words, sample.tampered) if t], classes.shape) & ~genuine
+    truth = annotated_classes(sample, classes.shape)
+    genuine, forged = truth == 1, truth == 2
     scores.genuine_pixels += int(genuine.sum())
     scores.genuine_flagged += int((flagged & genuine).sum())
     scores.tampered_pixels += int(forged.sum())
     scores.tampered_flagged += int((flagged & forged).sum())
     if forged.any():  # the original's pixel metric over the annotation: 0 elsewhere, 1 genuine, 2 tampered words
-        truth = genuine.astype(np.uint8)
-        truth[forged] = 2
         scores.tampered_matrix.update(truth, classes)
     if genuine.any():
         record["false_alarms"] = float(flagged[genuine].mean())
