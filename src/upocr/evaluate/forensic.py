@@ -12,8 +12,8 @@ photos' genuine text, and copy-moved fields constructed from real photos.
   JPEG; tampered IoU over the annotated polygons (genuine 1, the pasted field 2).
 
 Competitors of the per-word classifier in `upocr evaluate real` (the same 0 / 1 / 2 class maps):
-* `ela_anomaly_boxes`: deeptrace-ela (pip install deeptrace-ela, MIT), an error level analysis tool sold for
-  "changing numbers on a document": its anomaly boxes (ELA at JPEG 95 over mean + 3.5 standard deviations,
+* `ela_anomaly_boxes`: deeptrace-ela (pip install deeptrace-ela, MIT), an error level analysis tool offered for
+  documents whose numbers were changed: its anomaly boxes (ELA at JPEG 95 over mean + 3.5 standard deviations,
   cleaned, the ten strongest) filled as tampered, with its own defaults;
 * `ela_word_outliers`: the classical rule an analyst applies to an ELA picture, on the words the classifier
   scores: a word is tampered when its mean error level (JPEG 95) stands out from the image's other words
