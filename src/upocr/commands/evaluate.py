@@ -288,11 +288,8 @@ def _run_real(args: argparse.Namespace) -> int:
 
         result.constructed = {kind: constructed_forgery_scores(samples, tampering, kind=kind, trials=args.forgeries,
                                                                progress=not args.quiet) for kind in FORGERIES}
-        if args.picture:
-            try:
-                tampering_picture = constructed_forgery_picture(samples, tampering)
-            except ValueError:  # no image with two words: nothing to draw
-                tampering_picture = None
+        if args.picture and any(scores.seconds for kind in result.constructed.values() for scores in kind.values()):
+            tampering_picture = constructed_forgery_picture(samples, tampering)  # some forgery was made: one row at least
     title = f"Real-image benchmark: {len(samples)} images in {args.data.name}; upocr's default removal: {predictors[0].removal}"
     text, data = real.real_report(result, title=title)
     print(text)

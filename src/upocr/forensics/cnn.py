@@ -47,6 +47,11 @@ def log_odds(probability: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """The probability of these log-odds (the inverse of `log_odds`)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(values)))
+
+
 @dataclass(frozen=True)
 class CropLayout:
     """How a word's crop is cut from its image's maps."""
@@ -218,7 +223,7 @@ class _BlendsWithTrees:
     def blend_logits(self, tree_probability: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Sigmoid of the weighted mean of the trees' log-odds and the CNN's `logits`."""
         trees = log_odds(tree_probability)
-        return 1.0 / (1.0 + np.exp(-((1 - self.blend_weight) * trees + self.blend_weight * np.asarray(logits))))
+        return sigmoid((1 - self.blend_weight) * trees + self.blend_weight * np.asarray(logits))
 
 
 @dataclass

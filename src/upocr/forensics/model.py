@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from upocr.forensics.cnn import CROP_LAYOUTS, WORD_CROP, CropCommittee, CropNet
+from upocr.forensics.cnn import CROP_LAYOUTS, WORD_CROP, CropCommittee, CropNet, sigmoid
 from upocr.utils import atomic_output
 
 FORMAT = "upocr-tampering-trees-1"  # one ensemble
@@ -92,7 +92,7 @@ class TreeEnsemble:
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """(N, F) features -> (N,) probability that each word is tampered."""
-        return 1.0 / (1.0 + np.exp(-self.raw_score(features)))
+        return sigmoid(self.raw_score(features))
 
     def _arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         arrays = {name: getattr(self, name) for name in NODE_ARRAYS}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
 from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, WIDTH, CropCommittee, CropLayout, CropNet, image_crops,
-                                 log_odds, train_crop_net)
+                                 log_odds, sigmoid, train_crop_net)
 from upocr.forensics.features import FEATURE_NAMES, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
@@ -316,7 +316,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         crop_net = nets[0] if members == 1 else CropCommittee(nets)
         extra["trees_validation"] = word_scores(tree_probabilities, labels, threshold_for_false_alarms(
             tree_probabilities, labels, false_alarm_rate))
-        network = 1 / (1 + np.exp(-np.mean([look.logits for look in looks], axis=0)))
+        network = sigmoid(np.mean([look.logits for look in looks], axis=0))
         extra["crop_net"] = {
             "epochs": cnn_epochs, "width": cnn_width, "blend_weight": crop_net.blend_weight, "layout": crop_layout.name,
             "seconds": round(sum(look.cnn_seconds for look in looks), 1),
@@ -326,7 +326,8 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
     # The threshold, on the final probabilities: for `false_alarm_rate` of the genuine validation words that
     # detect-tampering scores, i.e. a finder's words when the table has them (it never sees ground-truth boxes;
     # on the shipped data they were flagged more often at the all-words threshold: 0.65 % instead of 0.5 %).
-    threshold = threshold_for_false_alarms(probabilities[scored], labels[scored], false_alarm_rate)
+    final = alone(probabilities)
+    threshold = final["threshold"]
     record = {
         **(record or {}),
         "learner": "sklearn HistGradientBoostingClassifier",
@@ -338,7 +339,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         "target_false_alarm_rate": false_alarm_rate, "threshold": threshold,
         "threshold_words": "found" if on_found else "all",
         "validation": word_scores(probabilities, labels, threshold),
-        "validation_found_words": word_scores(probabilities[found], labels[found], threshold) if found.any() else None,
+        "validation_found_words": final["validation_found_words"],
         "context": context, **extra, "fit_seconds": round(seconds, 1),
     }
     if members == 1:
@@ -369,7 +370,7 @@ def _mean_of_log_odds(probabilities: Sequence[np.ndarray]) -> np.ndarray:
     """The probability whose log-odds are the mean of theirs (a committee's verdict)."""
     if len(probabilities) == 1:
         return probabilities[0]
-    return 1.0 / (1.0 + np.exp(-log_odds(np.asarray(probabilities)).mean(axis=0)))
+    return sigmoid(log_odds(np.asarray(probabilities)).mean(axis=0))
 
 
 def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike, *, split: str = "train",
