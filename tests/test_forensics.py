@@ -127,6 +127,25 @@ def test_a_copied_word_has_a_twin_and_tiny_regions_are_missing_not_errors():
     assert np.isnan(features[-1, FEATURE_NAMES.index("noise_bg")])
 
 
+def test_seams_find_a_refilled_patch_border_outside_the_found_box():
+    rng = np.random.default_rng(3)
+    image, boxes = page(rng)
+    # Word 4's patch, 6 px wider than its box on every side, refilled 8 grey levels brighter (a regenerated
+    # background that does not quite match); the box given is the word as a finder would find it.
+    x1, y1, x2, y2 = boxes[4]
+    patch = image[y1 - 6:y2 + 7, x1 - 6:x2 + 7].astype(np.int16)
+    image[y1 - 6:y2 + 7, x1 - 6:x2 + 7] = np.clip(patch + 8, 0, 255).astype(np.uint8)
+    features = word_features(image[..., ::-1].copy(), [*boxes, (5, 5, 6, 6), (0, 0, 30, 20)])
+    weakest_side = features[:, FEATURE_NAMES.index("seam_intensity_min_dev")]
+    assert np.nanargmax(weakest_side) == 4  # every side of the patch steps; no other word has four
+    assert features[4, FEATURE_NAMES.index("seam_intensity_signed")] < 0  # outside darker than inside
+    height = y2 - y1 + 1
+    offset = features[4, FEATURE_NAMES.index("seam_intensity_offset")] * height
+    assert 4 <= offset <= 9  # found near the 6-pixel margin, not at the box
+    assert np.isnan(features[len(boxes), FEATURE_NAMES.index("seam_ela_max")])  # too small to search
+    assert np.isfinite(features[len(boxes) + 1, FEATURE_NAMES.index("seam_ela_max")])  # at the border: the sides that fit
+
+
 def stump(feature: str, split: float) -> TreeEnsemble:
     """One tree: log-odds -2 when feature <= split, +2 above (and for missing values: -2)."""
     return TreeEnsemble(

@@ -16,7 +16,9 @@ Measurements per word (its region: a polygon or a box, rasterised; crop = its bo
     blocks; a pasted region carries a grid at another phase, or none;
   * sharpness: edge gradient over contrast (an edge-width proxy);
   * ink and background colour (Lab), contrast, height;
-  * a copy-move cue: the best normalised correlation of the word with another word of similar size.
+  * a copy-move cue: the best normalised correlation of the word with another word of similar size;
+  * seams (`seams.py`): the strongest step in luminance, colour, texture and error level across each
+    side of the box, searched outward from it, where a pasted or refilled patch ends.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import cv2
 import numpy as np
 
 from upocr.data.synth.tampering import jpeg_roundtrip
+from upocr.forensics.robust import nanmedian_columns
+from upocr.forensics.seams import SEAM_NAMES, seam_features, seam_planes
 
 ELA_QUALITIES = (50, 70, 85, 95)
 RING_SHARE = 0.35  # the ring around a word is this share of its height wide
@@ -65,6 +69,7 @@ FEATURE_NAMES = (
     *(f"{n}_size_dev" for n in SIZE_RELATIVE),
     "size_peers",
     *IMAGE_NAMES,
+    *SEAM_NAMES,
 )
 
 
@@ -291,7 +296,7 @@ def leave_one_out_median(values: np.ndarray, peers: np.ndarray) -> np.ndarray:
     for i in range(values.shape[0]):
         chosen = values[peers[i]]
         if len(chosen):
-            out[i] = _nanmedian(chosen)
+            out[i] = nanmedian_columns(chosen)
     return out
 
 
@@ -313,16 +318,6 @@ def median_of_others(values: np.ndarray) -> np.ndarray:
     return np.where(others > 0, median, np.nan).astype(np.float32)
 
 
-def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """Column medians of (N, F) ignoring NaN (NaN for an all-NaN column); a sort, not numpy's masked path."""
-    ordered = np.sort(values, axis=0)
-    valid = (~np.isnan(values)).sum(axis=0)
-    low, high = np.maximum(valid - 1, 0) // 2, np.maximum(valid, 1) // 2
-    columns = np.arange(values.shape[1])
-    median = (ordered[np.minimum(low, len(values) - 1), columns] + ordered[np.minimum(high, len(values) - 1), columns]) / 2
-    return np.where(valid > 0, median, np.nan)
-
-
 def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[float]],
                   maps: ImageMaps | None = None) -> np.ndarray:
     """(N, len(FEATURE_NAMES)) float32 features of the N regions of `image` (RGB uint8 (H, W, 3));
@@ -342,9 +337,10 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     relative = base[:, [BASE_NAMES.index(n) for n in RELATIVE]]
     median = median_of_others(relative)
     deviation = relative - median
-    spread = _nanmedian(np.abs(relative - _nanmedian(relative))) + 1e-3
+    spread = nanmedian_columns(np.abs(relative - nanmedian_columns(relative))) + 1e-3
     z = deviation / spread
-    boxes = np.array([[*p.min(0), *p.max(0)] for p in region_boxes(regions, maps.grey.shape)], np.float32)
+    polygons = region_boxes(regions, maps.grey.shape)
+    boxes = np.array([[*p.min(0), *p.max(0)] for p in polygons], np.float32)
     line_columns = base[:, [BASE_NAMES.index(n) for n in LINE_RELATIVE]]
     line_dev = line_columns - leave_one_out_median(line_columns, _same_line(boxes))
     log_height = column["log_height"]
@@ -356,9 +352,10 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         float(maps.ela[85].mean()), float(maps.ela[70].mean()), float(maps.residual.mean()),
         _grid_strength(maps.step_x, 0, axis=1)[0],
     ], np.float32)
+    seams = seam_features(*seam_planes(maps.grey, maps.bgr, maps.ela), [pixel_box(p) for p in polygons])
     features = np.concatenate([
         base, np.stack(derived, axis=1), deviation, z, line_dev, size_dev, peers.sum(axis=1, keepdims=True),
-        np.broadcast_to(image_level, (count, len(IMAGE_NAMES))),
+        np.broadcast_to(image_level, (count, len(IMAGE_NAMES))), seams,
     ], axis=1).astype(np.float32)
     assert features.shape[1] == len(FEATURE_NAMES)
     return features
