@@ -24,6 +24,7 @@ Measurements per word (its region: a polygon or a box, rasterised; crop = its bo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import cv2
@@ -84,6 +85,11 @@ class ImageMaps:
     gradient: np.ndarray  # float32 (H, W) gradient magnitude
     step_x: np.ndarray  # float32 (H, W-1) |grey[:, x+1] - grey[:, x]|
     step_y: np.ndarray  # float32 (H-1, W)
+
+    @cached_property
+    def seams(self) -> tuple[np.ndarray, np.ndarray]:
+        """The seams' planes and calm map (`seams.seam_planes`), made on first use: only the word features read them."""
+        return seam_planes(self.grey, self.bgr, self.ela)
 
 
 def check_rgb(image: np.ndarray) -> None:
@@ -352,7 +358,7 @@ def word_features(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         float(maps.ela[85].mean()), float(maps.ela[70].mean()), float(maps.residual.mean()),
         _grid_strength(maps.step_x, 0, axis=1)[0],
     ], np.float32)
-    seams = seam_features(*seam_planes(maps.grey, maps.bgr, maps.ela), [pixel_box(p) for p in polygons])
+    seams = seam_features(*maps.seams, [pixel_box(p) for p in polygons])
     features = np.concatenate([
         base, np.stack(derived, axis=1), deviation, z, line_dev, size_dev, peers.sum(axis=1, keepdims=True),
         np.broadcast_to(image_level, (count, len(IMAGE_NAMES))), seams,

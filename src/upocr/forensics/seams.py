@@ -120,6 +120,8 @@ def _summaries(tables: np.ndarray) -> np.ndarray:
 
 def measure_seams(planes: np.ndarray, calm: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
     """(N, len(BASE_SEAM_NAMES)) float32: each box's (x1, y1, x2, y2, inclusive pixels) seam summaries."""
+    if not len(boxes):
+        return np.zeros((0, len(BASE_SEAM_NAMES)), np.float32)
     height, width = calm.shape
     tables = np.full((len(VIEWS), len(boxes), 4, 5), np.nan)  # per view, box and side: `_side_seams`
     for index, box in enumerate(boxes):
@@ -132,8 +134,6 @@ def measure_seams(planes: np.ndarray, calm: np.ndarray, boxes: Sequence[tuple[in
             found = _side_seams(planes, calm, (x1, y1, x2, y2), side)
             if found is not None:
                 tables[:, index, side] = found
-    if not len(boxes):
-        return np.zeros((0, len(BASE_SEAM_NAMES)), np.float32)
     return np.hstack([_summaries(view_tables) for view_tables in tables]).astype(np.float32)
 
 

@@ -82,7 +82,8 @@ def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, l
         if not boxes:
             continue
         image = read_image(sample.image)
-        features.append(word_features(image, [box[:4] for box in boxes]))
+        maps = image_maps(image)  # once per image: its label words and its found words read the same maps
+        features.append(word_features(image, [box[:4] for box in boxes], maps))
         labels.append(np.array([box[4] == TAMPERED_TEXT for box in boxes], np.int8))
         owners.append(np.full(len(boxes), len(names), np.int32))
         word_boxes.append(np.array([box[:4] for box in boxes], np.float32))
@@ -93,7 +94,7 @@ def collect_words(roots: Sequence[str | os.PathLike], split: str = "train", *, l
             keep = found >= 0
             if keep.any():
                 kept = [r for r, k in zip(regions, keep) if k]
-                features.append(word_features(image, kept))
+                features.append(word_features(image, kept, maps))
                 labels.append(found[keep])
                 owners.append(np.full(int(keep.sum()), len(names), np.int32))
                 word_boxes.append(np.array([pixel_box(p) for p in region_boxes(kept, image.shape[:2])], np.float32))
