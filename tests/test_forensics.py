@@ -11,7 +11,7 @@ import pytest
 from upocr.forensics.context import CONTEXT_NAMES, context_features, line_groups
 from upocr.forensics.detect import (WORD_GROWTH_ACROSS, WORD_GROWTH_ALONG, classify_regions, regions_from_text_mask,
                                     score_words)
-from upocr.forensics.features import FEATURE_NAMES, word_features
+from upocr.forensics.features import FEATURE_NAMES, FEATURES_VERSION, word_features
 from upocr.forensics.model import ClassifierError, TreeEnsemble, from_sklearn, load_classifier
 
 sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
@@ -146,6 +146,26 @@ def test_seams_find_a_refilled_patch_border_outside_the_found_box():
     assert np.isfinite(features[len(boxes) + 1, FEATURE_NAMES.index("seam_ela_max")])  # at the border: the sides that fit
 
 
+def test_seams_take_the_strongest_step_and_of_equal_steps_the_one_nearest_the_box():
+    from upocr.forensics.seams import BASE_SEAM_NAMES, measure_seams, seam_planes
+
+    grey = np.full((200, 300), 120, np.float32)
+    grey[:, :100] += 2  # a faint step along column 100, 10 px left of the first box (too faint to be a glyph edge)
+    planes, calm = seam_planes(grey, np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2),
+                               {quality: np.zeros_like(grey) for quality in (85, 70, 95)})
+    measured = measure_seams(planes, calm, [(110, 20, 200, 119), (150, 150, 250, 179)])  # 100 rows: more than ROWS
+
+    def column(name: str) -> np.ndarray:
+        return measured[:, BASE_SEAM_NAMES.index(name)]
+
+    np.testing.assert_allclose(column("seam_intensity_max"), [4.0, 0.0])  # 2 levels in units of the noise (0.5)
+    np.testing.assert_allclose(column("seam_intensity_signed"), [1.0, 0.0])  # outside brighter, on one side of four
+    # The left side's seam lies 10 px out (0.1 heights); every other side is flat, all its steps equal, and the
+    # seam taken is the one at the box (offset 0), not the first searched.
+    np.testing.assert_allclose(column("seam_intensity_offset"), [0.1 / 4, 0.0])
+    np.testing.assert_allclose(column("seam_ela_offset"), [0.0, 0.0])
+
+
 def stump(feature: str, split: float) -> TreeEnsemble:
     """One tree: log-odds -2 when feature <= split, +2 above (and for missing values: -2)."""
     return TreeEnsemble(
@@ -249,7 +269,15 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert record["images"] == 12 and record["synth_runs"][0]["seed"] == 3
     assert record["synth_runs"][0]["generator_version"] == GENERATOR_VERSION
     assert 0 <= record["validation"]["false_alarm_rate"] <= 0.01 and classifier.threshold_probability == record["threshold"]
-    assert (tmp_path / "features.npz").is_file()
+    assert (tmp_path / "features.npz").is_file() and record["features_version"] == FEATURES_VERSION
+    # A kept table measured by another version of the features (here: one from before versions were kept) is
+    # refused, not trained on: its values may differ under the same names.
+    with np.load(tmp_path / "features.npz") as data:
+        np.savez(tmp_path / "older.npz", **{key: data[key] for key in data.files if key != "features_version"})
+    assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "older-words.npz"),
+                 "--features", str(tmp_path / "older.npz")]) == 2
+    assert "older.npz: features of another version" in capsys.readouterr().err
+    assert not (tmp_path / "older-words.npz").exists()
     assert not record["context"] and classifier.context is None  # the first look alone, by default
     # the crop CNN, blended: the threshold is chosen on the blend, the trees' own validation is kept
     assert classifier.crop_net is not None and record["crop_net"]["epochs"] == 1
@@ -416,7 +444,7 @@ def test_a_trained_classifier_file_decides_and_a_bad_one_stops_before_any_image(
     import dataclasses
 
     from upocr.cli import main
-    from upocr.forensics.detect import bundled_classifier
+    from upocr.forensics.detect import bundled_classifier, load_word_classifier
     from upocr.predict import Predictor
 
     image, _ = page(np.random.default_rng(6))
@@ -434,6 +462,11 @@ def test_a_trained_classifier_file_decides_and_a_bad_one_stops_before_any_image(
                  "--tampering-classifier", str(tmp_path / "stranger.npz")]) == 1
     err = capsys.readouterr().err
     assert "stranger.npz: trained on other features" in err and err.count("\n") == 1 and "Traceback" not in err
+    # The same names measured another way (a file from before the seams' version 2) are refused too.
+    assert bundled_classifier().record["features_version"] == FEATURES_VERSION  # the bundled file is measured as now
+    older = dataclasses.replace(bundled_classifier(), record={**bundled_classifier().record, "features_version": 1})
+    with pytest.raises(ClassifierError, match="older.npz: trained on other features"):
+        load_word_classifier(older.save(tmp_path / "older.npz"))
     assert not (tmp_path / "out").exists()
 
 

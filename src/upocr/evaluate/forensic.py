@@ -34,7 +34,7 @@ from tqdm import tqdm
 from upocr.data.layouts import read_tampering_boxes, read_tampering_label, tampering_samples
 from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
-from upocr.evaluate.real import MethodScores, RealSample, polygon_mask, score_tampering
+from upocr.evaluate.real import MethodScores, RealSample, annotated_classes, score_tampering
 from upocr.forensics.detect import (classify_regions, paint_words, regions_from_text_mask, split_into_words,
                                     split_into_words_and_extents)
 from upocr.forensics.features import pixel_box, region_boxes
@@ -329,7 +329,6 @@ def constructed_forgery_picture(samples: Sequence[RealSample], methods: Mapping[
     truth and each method's class map drawn over it (real text green, tampered red)."""
     from itertools import islice
 
-    from upocr.evaluate.real import annotated_classes
     from upocr.tasks import Task
     from upocr.visualize import image_grid, overlay_classes
 
@@ -371,9 +370,7 @@ def copy_move_scores(samples: Sequence[RealSample], classifier: TreeEnsemble, *,
     """`trials` constructed copy-moves per real image, scored over the annotated polygons (oracle finder)."""
     scores = CopyMoveScores(threshold=classifier.threshold_probability if threshold is None else float(threshold))
     for sample, forged in constructed_forgeries(samples, trials=trials, seed=seed, progress=progress):
-        gt = np.zeros(forged.shape[:2], np.uint8)
-        gt[polygon_mask([p for p, t in zip(sample.words, sample.tampered) if not t], gt.shape)] = 1
-        gt[polygon_mask([p for p, t in zip(sample.words, sample.tampered) if t], gt.shape)] = 2
+        gt = annotated_classes(sample, forged.shape[:2])  # the truth `score_tampering` scores against
         result = classify_regions(forged, list(sample.words), threshold=scores.threshold, classifier=classifier)
         scores.matrix.update(gt, result.classes)
         scores.forgeries += 1

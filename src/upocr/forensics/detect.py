@@ -17,7 +17,8 @@ import numpy as np
 
 from upocr.forensics.context import CONTEXT_NAMES, context_features
 from upocr.forensics.cnn import image_crops
-from upocr.forensics.features import FEATURE_NAMES, check_rgb, image_maps, pixel_box, region_boxes, word_features
+from upocr.forensics.features import (FEATURE_NAMES, FEATURES_VERSION, check_rgb, image_maps, pixel_box, region_boxes,
+                                     word_features)
 from upocr.forensics.model import ClassifierError, TreeEnsemble, load_classifier
 
 Region = np.ndarray | Sequence[float]  # a polygon (N, 2) or a box (x1, y1, x2, y2), inclusive pixels
@@ -49,7 +50,8 @@ def load_word_classifier(path: str | Path) -> TreeEnsemble:
     if key in _loaded:
         return _loaded[key]
     model = load_classifier(path)
-    if not _computes_its_features(model):
+    # A file also says how its features were measured (files from before it did: version 1).
+    if not _computes_its_features(model) or model.record.get("features_version", 1) != FEATURES_VERSION:
         raise ClassifierError(f"{path}: trained on other features than this upocr computes; retrain it "
                               "with `upocr train-tampering`")
     if key is not None:
@@ -87,7 +89,7 @@ def score_words(image: np.ndarray, regions: Sequence[Region], classifier: TreeEn
 
 
 def _computes_its_features(model: TreeEnsemble) -> bool:
-    """Whether this version computes the features `model` (and its second look) was trained on."""
+    """Whether this version computes the features `model` (and its second look) was trained on (their names)."""
     return tuple(model.feature_names) == FEATURE_NAMES and (
         model.context is None or tuple(model.context.feature_names) == FEATURE_NAMES + CONTEXT_NAMES)
 

@@ -34,6 +34,10 @@ from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.forensics.robust import nanmedian_columns
 from upocr.forensics.seams import SEAM_NAMES, seam_features, seam_planes
 
+# Raised when a feature's values change under the same name, so that kept tables and classifier files
+# measured by another version are refused (1: up to session 29; 2: the seams read at most 64 rows of a side
+# and take the seam nearest the box of equal steps).
+FEATURES_VERSION = 2
 ELA_QUALITIES = (50, 70, 85, 95)
 RING_SHARE = 0.35  # the ring around a word is this share of its height wide
 TWIN_SIZE = (12, 40)  # (h, w) a word is resized to for the copy-move correlation
@@ -87,7 +91,7 @@ class ImageMaps:
     step_y: np.ndarray  # float32 (H-1, W)
 
     @cached_property
-    def seams(self) -> tuple[np.ndarray, np.ndarray]:
+    def seams(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """The seams' planes and calm map (`seams.seam_planes`), made on first use: only the word features read them."""
         return seam_planes(self.grey, self.bgr, self.ela)
 

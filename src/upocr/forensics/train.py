@@ -23,7 +23,7 @@ from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_sa
 from upocr.forensics.context import CONTEXT_NAMES, context_features
 from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, WIDTH, CropCommittee, CropLayout, CropNet, image_crops,
                                  log_odds, sigmoid, train_crop_net)
-from upocr.forensics.features import FEATURE_NAMES, image_maps, pixel_box, region_boxes, word_features
+from upocr.forensics.features import FEATURE_NAMES, FEATURES_VERSION, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
 from upocr.utils import atomic_output
@@ -110,12 +110,15 @@ def save_table(table: WordTable, path: str | os.PathLike) -> None:
         with open(temporary, "wb") as handle:
             np.savez_compressed(handle, features=table.features, labels=table.labels, image_index=table.image_index,
                                 names=np.array(table.names), feature_names=np.array(FEATURE_NAMES),
+                                features_version=np.array(FEATURES_VERSION),
                                 boxes=table.boxes, found=table.found)
 
 
 def load_table(path: str | os.PathLike) -> WordTable:
     with np.load(path, allow_pickle=False) as data:
-        if tuple(str(n) for n in data["feature_names"]) != FEATURE_NAMES or "boxes" not in data:
+        version = int(data["features_version"]) if "features_version" in data else 1
+        names = tuple(str(n) for n in data["feature_names"])
+        if names != FEATURE_NAMES or version != FEATURES_VERSION or "boxes" not in data:
             raise ValueError(f"{path}: features of another version; measure again")
         return WordTable(data["features"], data["labels"], data["image_index"], [str(n) for n in data["names"]],
                          data["boxes"], data["found"])
@@ -395,6 +398,7 @@ def train_classifier(roots: Sequence[str | os.PathLike], out: str | os.PathLike,
             save_table(table, features_file)
     feature_seconds = time.perf_counter() - started
     record = {"data": [str(Path(r)) for r in roots], "split": split, "images": len(table.names),
+              "features_version": FEATURES_VERSION,
               "words": int(table.labels.size), "tampered_words": int(table.labels.sum()),
               "feature_seconds": round(feature_seconds, 1),
               "found_regions_every": finder_every if finder is not None else 0}
