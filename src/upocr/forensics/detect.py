@@ -50,10 +50,13 @@ def load_word_classifier(path: str | Path) -> TreeEnsemble:
     if key in _loaded:
         return _loaded[key]
     model = load_classifier(path)
-    # A file also says how its features were measured (files from before it did: version 1).
-    if not _computes_its_features(model) or model.record.get("features_version", 1) != FEATURES_VERSION:
+    if not _computes_its_features(model):
         raise ClassifierError(f"{path}: trained on other features than this upocr computes; retrain it "
                               "with `upocr train-tampering`")
+    version = model.record.get("features_version", 1)  # how they were measured (files from before it was kept: 1)
+    if version != FEATURES_VERSION:
+        raise ClassifierError(f"{path}: trained on features version {version}, this upocr measures version "
+                              f"{FEATURES_VERSION}; retrain it with `upocr train-tampering`")
     if key is not None:
         _loaded[key] = model
     return model

@@ -116,10 +116,12 @@ def save_table(table: WordTable, path: str | os.PathLike) -> None:
 
 def load_table(path: str | os.PathLike) -> WordTable:
     with np.load(path, allow_pickle=False) as data:
-        version = int(data["features_version"]) if "features_version" in data else 1
-        names = tuple(str(n) for n in data["feature_names"])
-        if names != FEATURE_NAMES or version != FEATURES_VERSION or "boxes" not in data:
+        version = int(data["features_version"]) if "features_version" in data else 1  # kept since version 2
+        if tuple(str(n) for n in data["feature_names"]) != FEATURE_NAMES or "boxes" not in data:
             raise ValueError(f"{path}: features of another version; measure again")
+        if version != FEATURES_VERSION:
+            raise ValueError(f"{path}: features version {version}, this upocr measures version {FEATURES_VERSION}; "
+                             "measure again")
         return WordTable(data["features"], data["labels"], data["image_index"], [str(n) for n in data["names"]],
                          data["boxes"], data["found"])
 
