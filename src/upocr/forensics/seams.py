@@ -98,7 +98,7 @@ def _side_jobs(boxes: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarra
         jobs.append(dict(box=np.arange(len(boxes)), side=np.full(len(boxes), side), line_first=line_first,
                          line_count=line_count, first=first, count=last - first + 1,
                          along_x=np.full(len(boxes), along_x), sign=np.full(len(boxes), sign), base=base))
-    merged = {key: np.concatenate([np.broadcast_to(job[key], len(boxes)) for job in jobs]) for key in jobs[0]}
+    merged = {key: np.concatenate([job[key] for job in jobs]) for key in jobs[0]}
     fits = merged["count"] > 0
     return {key: value[fits] for key, value in merged.items()}
 
@@ -162,9 +162,9 @@ def _summaries(tables: np.ndarray) -> np.ndarray:
 
 def measure_seams(planes: Planes, calm: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
     """(N, len(BASE_SEAM_NAMES)) float32: each box's (x1, y1, x2, y2, inclusive pixels) seam summaries."""
-    tables = np.full((len(VIEWS), len(boxes), 4, 5), np.nan)  # per view, box and side: `_search`
     if not len(boxes):
         return np.zeros((0, len(BASE_SEAM_NAMES)), np.float32)
+    tables = np.full((len(VIEWS), len(boxes), 4, 5), np.nan)  # per view, box and side: `_search`
     height, width = calm.shape
     clipped = np.round(np.asarray(boxes, np.float64).reshape(-1, 4)).astype(int)
     clipped[:, :2] = np.maximum(clipped[:, :2], 0)
