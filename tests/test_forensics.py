@@ -11,7 +11,8 @@ import pytest
 from upocr.forensics.context import CONTEXT_NAMES, context_features, line_groups
 from upocr.forensics.detect import (WORD_GROWTH_ACROSS, WORD_GROWTH_ALONG, classify_regions, regions_from_text_mask,
                                     score_words)
-from upocr.forensics.features import FEATURE_NAMES, FEATURES_VERSION, word_features
+from upocr.forensics.features import (FEATURE_NAMES, FEATURES_VERSION, _lab, _mean_colour, image_maps, percentiles,
+                                      word_features)
 from upocr.forensics.model import ClassifierError, TreeEnsemble, from_sklearn, load_classifier
 
 sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
@@ -113,6 +114,41 @@ def test_features_single_out_the_word_with_another_history():
     assert np.argmin(sharp_dev) == 4
     twin = features[:, FEATURE_NAMES.index("twin")]
     assert np.all(twin < 0.99)  # no copy-move here
+
+
+def test_the_same_photo_gives_the_same_features_wherever_it_lies_in_memory():
+    # cv2.magnitude's last bit depends on its buffers' memory alignment (on a real photo, 612 pixels changed between
+    # two calls), and the gradient's percentiles make the edge and ring masks: the gradient is numpy's float32 hypot.
+    rng = np.random.default_rng(5)
+    image, boxes = page(rng, words=6)
+    image = np.ascontiguousarray(image[..., ::-1])
+    grey = cv2.cvtColor(np.ascontiguousarray(image[..., ::-1]), cv2.COLOR_BGR2GRAY).astype(np.float32)
+    gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    assert np.array_equal(image_maps(image).gradient, np.sqrt(gx * gx + gy * gy))
+    reference = word_features(image, boxes)
+    for offset in (1, 3, 8):
+        moved = np.empty(image.size + 16, np.uint8)[offset:offset + image.size].reshape(image.shape)
+        moved[:] = image
+        assert np.array_equal(word_features(moved, boxes), reference, equal_nan=True)
+
+
+def test_percentiles_mean_colours_and_lab_are_numpys_and_opencvs_to_the_last_bit():
+    rng = np.random.default_rng(6)
+    for size in (1, 2, 3, 5, 10, 99, 1000, 4001):
+        values = (rng.random(size) * 300).astype(np.float32)
+        values[: size // 3] = np.round(values[: size // 3])  # ties
+        got = percentiles(values, 80, 50)
+        want = [np.percentile(values, 80), np.percentile(values, 50)]
+        assert [type(v) for v in got] == [type(v) for v in want] and got == want
+    colours = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for where in (rng.random((37, 53)) < share for share in (0.003, 0.3, 0.9)):
+        assert np.array_equal(_mean_colour(colours, where), colours[where].mean(0))
+    assert np.isnan(_mean_colour(colours, np.zeros((37, 53), bool))).all()
+    means = np.vstack([rng.random((50, 3)) * 255, np.full((1, 3), np.nan)])
+    one_by_one = [cv2.cvtColor((m.astype(np.float32) / 255.0).reshape(1, 1, 3), cv2.COLOR_BGR2Lab).reshape(3)
+                  for m in means[:-1]]
+    lab = _lab(means)
+    assert np.array_equal(lab[:-1], np.stack(one_by_one)) and np.isnan(lab[-1]).all()
 
 
 def test_a_copied_word_has_a_twin_and_tiny_regions_are_missing_not_errors():

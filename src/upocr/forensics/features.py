@@ -23,6 +23,7 @@ Measurements per word (its region: a polygon or a box, rasterised; crop = its bo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -119,18 +120,57 @@ def image_maps(image: np.ndarray) -> ImageMaps:
     residual = np.abs(cv2.filter2D(grey, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT))
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    gradient = cv2.magnitude(gx, gy)
+    # numpy, not cv2.magnitude: OpenCV's result differs in the last bit with the buffers' memory alignment, so
+    # the same photo gave other percentiles (and masks) from run to run.
+    gradient = np.sqrt(gx * gx + gy * gy)
     step_x = np.abs(np.diff(grey, axis=1))
     step_y = np.abs(np.diff(grey, axis=0))
     return ImageMaps(grey, bgr, ela, residual, gradient, step_x, step_y)
 
 
-def _lab(bgr_mean: np.ndarray) -> np.ndarray:
-    """Lab of one mean BGR colour (0-255 floats)."""
-    if np.isnan(bgr_mean).any():
-        return np.full(3, np.nan, np.float32)
-    pixel = (np.asarray(bgr_mean, np.float32) / 255.0).reshape(1, 1, 3)
-    return cv2.cvtColor(pixel, cv2.COLOR_BGR2Lab).reshape(3)
+def _lab(bgr_means: np.ndarray) -> np.ndarray:
+    """(N, 3) mean BGR colours (0-255 floats, NaN rows: no such pixels) -> (N, 3) float32 Lab, in one conversion
+    (per pixel the same values as one conversion per colour)."""
+    bgr_means = np.asarray(bgr_means, np.float32).reshape(-1, 3)
+    lab = cv2.cvtColor((bgr_means / 255.0).reshape(1, -1, 3), cv2.COLOR_BGR2Lab).reshape(-1, 3)
+    lab[np.isnan(bgr_means).any(axis=1)] = np.nan
+    return lab
+
+
+def _mean_colour(colours: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The float64 mean BGR colour of `colours` (uint8 (h, w, 3)) where `where` (bool) holds, NaN when nowhere:
+    exactly numpy's `colours[where].mean(0)`, without the copy. cv2.mean multiplies the exact integer sums by
+    1 / count; rounding back to the sums and dividing by the count gives numpy's value to the last bit."""
+    mask = where.view(np.uint8)
+    count = cv2.countNonZero(mask)
+    if not count:
+        return np.full(3, np.nan)
+    return np.round(np.array(cv2.mean(colours, mask=mask)[:3]) * count) / count
+
+
+def percentiles(values: np.ndarray, *qs: float) -> list[np.float32]:
+    """`np.percentile(values, q)` (linear method) of 1-D float32 `values` for each q, to the last bit, from one
+    partition (numpy partitions once per call)."""
+    count = values.size
+    picks = []  # per q: (index below, index above, weight of the one above)
+    for q in qs:
+        fraction = q / 100
+        # numpy's virtual index for the linear method (alpha = beta = 1), in its order of operations.
+        virtual = count * fraction + (1 + fraction * (1 - 1 - 1)) - 1
+        if virtual >= count - 1:
+            picks.append((count - 1, count - 1, 0.0))
+        elif virtual < 0:
+            picks.append((0, 0, 0.0))
+        else:
+            below = math.floor(virtual)
+            picks.append((below, below + 1, virtual - below))  # a Python float: numpy keeps float32 arithmetic
+    ordered = np.partition(values, sorted({index for pick in picks for index in pick[:2]}))
+    out = []
+    for below, above, gamma in picks:
+        low, high = ordered[below], ordered[above]
+        step = high - low
+        out.append(high - step * (1 - gamma) if gamma >= 0.5 else low + step * gamma)
+    return out
 
 
 def region_boxes(regions: Sequence[np.ndarray | Sequence[float]], shape: tuple[int, int]) -> list[np.ndarray]:
@@ -201,6 +241,7 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
     ela_stack = cv2.merge([maps.ela[quality] for quality in ELA_QUALITIES])
     noise_stack = cv2.merge([maps.residual, maps.gradient])
     thumbnails: list[np.ndarray | None] = []
+    mean_colours = np.full((len(polygons), 2, 3), np.nan)  # (ink, background) BGR, converted to Lab at the end
     for index, polygon in enumerate(polygons):
         x1, y1, x2, y2 = pixel_box(polygon)
         box_h, box_w = y2 - y1 + 1, x2 - x1 + 1
@@ -226,11 +267,12 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         dark = grey <= level
         ink = (dark if (dark & inside).sum() <= inside.sum() / 2 else ~dark) & inside
         background = inside & ~ink
-        edge_level = np.percentile(gradient[inside], 80)
+        word_gradients = gradient[inside]
+        edge_level, calm_level = percentiles(word_gradients, 80, 50)
         edge = inside & (gradient >= edge_level)
         # Background well away from the ink (the residual of anti-aliased edges is not noise).
         calm_bg = background & (cv2.dilate(ink.astype(np.uint8), np.ones((3, 3), np.uint8)) == 0)
-        calm_ring = outside_ring & (gradient < np.percentile(gradient[inside], 50) + 1)
+        calm_ring = outside_ring & (gradient < calm_level + 1)
         colours = maps.bgr[crop]
         feature = {}
         for where, mask in (("edge", edge), ("bg", calm_bg), ("ring", calm_ring)):
@@ -246,12 +288,8 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         contrast = abs(_mean(grey, ink) - _mean(grey, background)) if background.any() else float("nan")
         feature["contrast"] = contrast
         feature["sharpness"] = edge_gradient / (contrast + 1.0)
-        feature["edge_width"] = (contrast + 1.0) / (float(gradient[inside].max()) / 4.0 + 1.0)  # Sobel gain 4
-        ink_lab = _lab(colours[ink].mean(0) if ink.any() else np.full(3, np.nan))
-        bg_lab = _lab(colours[background].mean(0) if background.any() else np.full(3, np.nan))
-        for channel, name in enumerate("lab"):
-            feature[f"ink_{name}"] = float(ink_lab[channel])
-            feature[f"bg_{name}"] = float(bg_lab[channel])
+        feature["edge_width"] = (contrast + 1.0) / (float(word_gradients.max()) / 4.0 + 1.0)  # Sobel gain 4
+        mean_colours[index] = _mean_colour(colours, ink), _mean_colour(colours, background)
         feature["log_height"] = float(np.log(box_h))
         feature["aspect"] = float(np.log(box_w / box_h))
         rows[index] = [feature.get(name, np.nan) for name in BASE_NAMES]
@@ -260,6 +298,9 @@ def measure_words(image: np.ndarray, regions: Sequence[np.ndarray | Sequence[flo
         thumb = thumb - thumb.mean()
         norm = float(np.linalg.norm(thumb))
         thumbnails.append(thumb / norm if norm > 1e-3 else None)
+    lab = _lab(mean_colours.reshape(-1, 3)).reshape(-1, 2, 3)
+    for part, where in enumerate(("ink", "bg")):
+        rows[:, [BASE_NAMES.index(f"{where}_{name}") for name in "lab"]] = lab[:, part]
     rows[:, BASE_NAMES.index("twin")] = _twin_scores(thumbnails, rows[:, BASE_NAMES.index("log_height")],
                                                      rows[:, BASE_NAMES.index("aspect")])
     return rows
