@@ -24,6 +24,7 @@ Measurements per word (its region: a polygon or a box, rasterised; crop = its bo
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -110,21 +111,27 @@ def image_maps(image: np.ndarray) -> ImageMaps:
     bgr = np.ascontiguousarray(image[..., ::-1])
     grey_levels = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     grey = grey_levels.astype(np.float32)
-    ela = {}
-    for quality in ELA_QUALITIES:
+
+    def error_level(quality: int) -> np.ndarray:
         again = cv2.cvtColor(jpeg_roundtrip(image, quality), cv2.COLOR_RGB2GRAY)
-        ela[quality] = cv2.absdiff(grey_levels, again).astype(np.float32)
-    # Second-order residual: the image minus the average of its 4 neighbours (an SRM "square 3x3" style
-    # filter): flat for smooth content, so what is left is sensor noise, resampling and JPEG traces.
-    kernel = np.array([[0, -0.25, 0], [-0.25, 1, -0.25], [0, -0.25, 0]], np.float32)
-    residual = np.abs(cv2.filter2D(grey, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT))
-    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    # numpy, not cv2.magnitude: OpenCV's result differs in the last bit with the buffers' memory alignment, so
-    # the same photo gave other percentiles (and masks) from run to run.
-    gradient = np.sqrt(gx * gx + gy * gy)
-    step_x = np.abs(np.diff(grey, axis=1))
-    step_y = np.abs(np.diff(grey, axis=0))
+        return cv2.absdiff(grey_levels, again).astype(np.float32)
+
+    # The four re-encodings run side by side while this thread makes the other maps: OpenCV's JPEG codec releases
+    # the GIL (on 2 cores the maps of a 1600x1200 photo take 0.08 s instead of 0.13 s; the same maps).
+    with ThreadPoolExecutor(len(ELA_QUALITIES)) as pool:
+        levels = pool.map(error_level, ELA_QUALITIES)
+        # Second-order residual: the image minus the average of its 4 neighbours (an SRM "square 3x3" style
+        # filter): flat for smooth content, so what is left is sensor noise, resampling and JPEG traces.
+        kernel = np.array([[0, -0.25, 0], [-0.25, 1, -0.25], [0, -0.25, 0]], np.float32)
+        residual = np.abs(cv2.filter2D(grey, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT))
+        gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+        # numpy, not cv2.magnitude: OpenCV's result differs in the last bit with the buffers' memory alignment,
+        # so the same photo gave other percentiles (and masks) from run to run.
+        gradient = np.sqrt(gx * gx + gy * gy)
+        step_x = np.abs(np.diff(grey, axis=1))
+        step_y = np.abs(np.diff(grey, axis=0))
+        ela = dict(zip(ELA_QUALITIES, levels))
     return ImageMaps(grey, bgr, ela, residual, gradient, step_x, step_y)
 
 
