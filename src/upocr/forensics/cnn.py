@@ -263,7 +263,8 @@ class CropNet(_BlendsWithTrees):
         with torch.inference_mode():
             for start in range(0, count, batch):
                 part = slice(start, start + batch) if rows is None else rows[start:start + batch]
-                chunk = torch.from_numpy(np.asarray(crops[part], np.float32))
+                # float16 -> float32 by torch: the same values, about 4x faster than numpy's conversion.
+                chunk = torch.from_numpy(np.asarray(crops[part])).float()
                 out.append(net(((chunk - mean) / std).contiguous(memory_format=torch.channels_last)))
         return torch.cat(out).double().numpy()
 
@@ -353,7 +354,8 @@ def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, layout: CropLayout 
 def image_crops(maps: ImageMaps, boxes: Sequence[np.ndarray] | np.ndarray,
                 layout: CropLayout = DEFAULT_CROP_LAYOUT) -> np.ndarray:
     """One image's words as the CNN reads them, float16: `word_crops` compared within the image. Cut and compared
-    in float32, rounded once at the end (numpy's float16 arithmetic is slow: 0.16 of 0.43 s for 558 crops)."""
+    in float32, rounded once at the end (numpy's float16 arithmetic is slow: 0.16 of 0.43 s for 558 crops), by
+    torch (the same rounding as numpy's `astype`, 0.018 instead of 0.065 s for 558 line crops)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     crops = word_crops(maps, boxes, layout, dtype=np.float32)
-    return compare_within_image(crops, boxes[:, 3] - boxes[:, 1] + 1).astype(np.float16)
+    return torch.from_numpy(compare_within_image(crops, boxes[:, 3] - boxes[:, 1] + 1)).half().numpy()
