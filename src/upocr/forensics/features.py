@@ -139,8 +139,10 @@ def _lab(bgr_means: np.ndarray) -> np.ndarray:
     """(N, 3) mean BGR colours (0-255 floats, NaN rows: no such pixels) -> (N, 3) float32 Lab, in one conversion
     (per pixel the same values as one conversion per colour)."""
     bgr_means = np.asarray(bgr_means, np.float32).reshape(-1, 3)
-    lab = cv2.cvtColor((bgr_means / 255.0).reshape(1, -1, 3), cv2.COLOR_BGR2Lab).reshape(-1, 3)
-    lab[np.isnan(bgr_means).any(axis=1)] = np.nan
+    missing = np.isnan(bgr_means).any(axis=1)
+    known = np.where(missing[:, None], 0, bgr_means)  # OpenCV's table lookups are not for NaN
+    lab = cv2.cvtColor((known / 255.0).reshape(1, -1, 3), cv2.COLOR_BGR2Lab).reshape(-1, 3)
+    lab[missing] = np.nan
     return lab
 
 
