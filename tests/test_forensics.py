@@ -14,6 +14,7 @@ from upocr.forensics.detect import (WORD_GROWTH_ACROSS, WORD_GROWTH_ALONG, class
 from upocr.forensics.features import (FEATURE_NAMES, FEATURES_VERSION, _lab, _mean_colour, image_maps, percentiles,
                                       word_features)
 from upocr.forensics.model import ClassifierError, TreeEnsemble, from_sklearn, load_classifier
+from upocr.utils import cpu_has_native_bf16
 
 sklearn_ensemble = pytest.importorskip("sklearn.ensemble")
 
@@ -317,6 +318,7 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert not record["context"] and classifier.context is None  # the first look alone, by default
     # the crop CNN, blended: the threshold is chosen on the blend, the trees' own validation is kept
     assert classifier.crop_net is not None and record["crop_net"]["epochs"] == 1
+    assert record["crop_net"]["precision"] == "fp32"  # the default
     assert record["trees_validation"]["words"] == record["validation"]["words"]
     # --crops-file: the crops memory-mapped from a file instead of memory; the same network, the file removed
     crops_file = tmp_path / "crops.npy"
@@ -344,9 +346,11 @@ def test_train_tampering_command_writes_a_classifier_with_its_record(tmp_path, c
     assert two.record["words"] == record["words"] and two.record["context_folds"] == 4
     # --detector-every: the words detect-tampering finds (bundled detector, lines split) join the examples.
     assert main(["train-tampering", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "found.npz"), "--max-iter", "5",
-                 "--validation-share", "0.5", "--detector-every", "2", "--cnn-epochs", "1", "--cnn-width", "4"]) == 0
+                 "--validation-share", "0.5", "--detector-every", "2", "--cnn-epochs", "1", "--cnn-width", "4",
+                 "--precision", "auto"]) == 0
     narrow = load_classifier(tmp_path / "found.npz")  # --cnn-width: a narrower crop CNN, read back at its width
     assert narrow.crop_net.weights["body.0.0.weight"].shape[0] == 4 and narrow.record["crop_net"]["width"] == 4
+    assert narrow.record["crop_net"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # as resolved
     assert record["crop_net"]["width"] == 16
     found = narrow.record
     assert found["found_regions_every"] == 2 and found["words"] > record["words"]
@@ -575,6 +579,16 @@ def test_a_huge_word_at_the_edge_is_shrunk_before_it_is_mirrored(monkeypatch):
     assert np.all(difference < 0.2 * np.abs(exact)[0, :6].mean(axis=(1, 2))) and difference.max() > 0
 
 
+def test_the_crop_cnn_trains_in_bf16_only_where_the_cpu_has_it_unless_asked():
+    from upocr.forensics.cnn import training_precision
+
+    assert training_precision("auto") == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert training_precision("fp32") == "fp32" and training_precision("bf16") == "bf16"
+    for other in ("fp16", "half"):  # fp16 trains only on CUDA (loss scaling); this network trains on the CPU
+        with pytest.raises(ValueError, match=f"precision must be fp32, bf16 or auto, not '{other}'"):
+            training_precision(other)
+
+
 def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
     from upocr.forensics.cnn import WORD_CROP, train_crop_net
     from upocr.forensics.train import roc_auc
@@ -585,6 +599,12 @@ def test_the_crop_cnn_learns_a_trace_and_its_blend_survives_saving(tmp_path):
     crops[labels == 1, 2, 8:24, 20:70] += 1.5  # tampered words: a higher error level inside the word
     net = train_crop_net(crops[:400], labels[:400], layout=WORD_CROP, epochs=3, batch=64, progress=False)
     assert roc_auc(net.logits(crops[400:]), labels[400:]) > 0.9  # words it never saw
+    # trained in channels_last, exported as plain C-order arrays (what the npz file and numpy's reader expect)
+    assert all(value.flags.c_contiguous for value in net.weights.values())
+    # "auto" (bf16 where this CPU has it natively, else fp32) learns the trace as well
+    automatic = train_crop_net(crops[:400], labels[:400], layout=WORD_CROP, epochs=3, batch=64, precision="auto",
+                               progress=False)
+    assert roc_auc(automatic.logits(crops[400:]), labels[400:]) > 0.9
     # rows of the whole array (read in place, no copy) train the same network as those rows copied out
     rows = np.flatnonzero(np.arange(480) % 3 != 0)
     on_rows = train_crop_net(crops, labels, layout=WORD_CROP, rows=rows, epochs=1, batch=64, progress=False)

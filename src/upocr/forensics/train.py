@@ -22,7 +22,7 @@ from tqdm import tqdm
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
 from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, WIDTH, CropCommittee, CropLayout, CropNet, image_crops,
-                                 log_odds, sigmoid, train_crop_net)
+                                 log_odds, sigmoid, train_crop_net, training_precision)
 from upocr.forensics.features import FEATURE_NAMES, FEATURES_VERSION, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
@@ -228,13 +228,15 @@ MAX_LEAF_NODES = 31
 def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: float = 0.01, max_iter: int = MAX_ITER,
         learning_rate: float = LEARNING_RATE, max_leaf_nodes: int = MAX_LEAF_NODES, seed: int = 0, context: bool = False,
         crops: np.ndarray | None = None, crop_layout: CropLayout = DEFAULT_CROP_LAYOUT, cnn_epochs: int = 6,
-        cnn_width: int = WIDTH, members: int = 1, record: dict | None = None, progress: bool = True) -> TreeEnsemble:
+        cnn_width: int = WIDTH, cnn_precision: str = "fp32", members: int = 1, record: dict | None = None,
+        progress: bool = True) -> TreeEnsemble:
     """Train on the table's training images, choose the threshold on its validation images, export.
     `context`: also train the second look (`upocr.forensics.context`) on the first look's out-of-fold
     probabilities; the threshold is then chosen on its probabilities. `crops` (`collect_crops`, cut by
-    `crop_layout`): also train the crop CNN (`upocr.forensics.cnn`, `cnn_width` channels) for `cnn_epochs`; the threshold is then
-    chosen on the blend. `members` > 1: a committee, that many classifiers (trees and CNN) trained alike from
-    seeds `seed`, `seed` + 1, ..., their log-odds averaged; the threshold is chosen on the committee's."""
+    `crop_layout`): also train the crop CNN (`upocr.forensics.cnn`, `cnn_width` channels, `cnn_precision` "fp32",
+    "bf16" or "auto": `train_crop_net`) for `cnn_epochs`; the threshold is then chosen on the blend. `members` > 1: a
+    committee, that many classifiers (trees and CNN) trained alike from seeds `seed`, `seed` + 1, ..., their log-odds
+    averaged; the threshold is chosen on the committee's."""
     try:
         from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:
@@ -243,6 +245,7 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         raise ValueError(f"members must be 1 or more, not {members}")
     if members > 1 and context:
         raise ValueError("a committee (members > 1) has no second look: train it without context")
+    precision = training_precision(cnn_precision)  # as resolved on this machine, for the record
     validation = validation_images(table.names, validation_share)[table.image_index]
     train = ~validation
     if not table.labels[train].any() or not table.labels[validation].any():
@@ -290,7 +293,8 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
         if crops is not None:
             cnn_started = time.perf_counter()
             crop_net = train_crop_net(crops, table.labels, layout=crop_layout, rows=np.flatnonzero(train),
-                                      epochs=cnn_epochs, width=cnn_width, seed=seed, progress=progress)
+                                      epochs=cnn_epochs, width=cnn_width, seed=seed, precision=precision,
+                                      progress=progress)
             logits = crop_net.logits(crops, rows=np.flatnonzero(validation))
             cnn_seconds = round(time.perf_counter() - cnn_started, 1)
             probabilities = crop_net.blend_logits(probabilities, logits)
@@ -324,7 +328,8 @@ def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: fl
             tree_probabilities, labels, false_alarm_rate))
         network = sigmoid(np.mean([look.logits for look in looks], axis=0))
         extra["crop_net"] = {
-            "epochs": cnn_epochs, "width": cnn_width, "blend_weight": crop_net.blend_weight, "layout": crop_layout.name,
+            "epochs": cnn_epochs, "width": cnn_width, "precision": precision, "blend_weight": crop_net.blend_weight,
+            "layout": crop_layout.name,
             "seconds": round(sum(look.cnn_seconds for look in looks), 1),
             "validation": word_scores(network, labels, threshold_for_false_alarms(network, labels, false_alarm_rate)),
         }
