@@ -6,9 +6,10 @@ Trains on random line crops (the shipped layout, 7 x 32 x 192; a quarter of them
 them in batches of 256, as the documented command's sampling) and prints, per precision, the wall seconds per
 batch (median and fastest of the repeats) and the minutes the documented command's two networks would take at
 that rate (its 3,000 images: 1,056 batches each, six epochs). bf16 is fast only where the CPU computes it natively
-(AVX512-BF16 or AMX: see the flags above the table); elsewhere it is emulated, many times slower, `--precision
-auto` (the default of `upocr train-tampering`) trains in fp32, and bf16 is timed only when asked. Run from a checkout of older code (PYTHONPATH), the
-precision is left out where `train_crop_net` has none.
+(AVX512-BF16 or AMX: see the flags above the table); elsewhere it is emulated, many times slower, `upocr
+train-tampering --precision auto` trains in fp32 there, and this bench times bf16 only when asked. `upocr
+train-tampering` trains in fp32 unless told otherwise. Run from a checkout of older code (PYTHONPATH), the precision
+is left out where `train_crop_net` has none.
 """
 
 from __future__ import annotations
