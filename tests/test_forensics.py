@@ -776,3 +776,8 @@ def test_train_tampering_help_states_the_trainers_tree_defaults(capsys):
     from upocr.forensics.cnn import CROP_LAYOUTS, DEFAULT_CROP_LAYOUT
 
     assert set(CROP_LAYOUT_NAMES) == set(CROP_LAYOUTS) and CROP_LAYOUT_NAMES[0] == DEFAULT_CROP_LAYOUT.name
+    # ... and the crop CNN's training precisions, the trainer's default first
+    from upocr.commands.forensics import CNN_PRECISIONS
+    from upocr.forensics.cnn import TRAINING_PRECISIONS
+
+    assert CNN_PRECISIONS == TRAINING_PRECISIONS

@@ -10,6 +10,8 @@ from upocr.commands import positive
 
 # `upocr.forensics.cnn.CROP_LAYOUTS`, the default first (named here: that module imports torch; tested to agree)
 CROP_LAYOUT_NAMES = ("line", "word")
+# `upocr.forensics.cnn.TRAINING_PRECISIONS`, the default first (named here for the same reason; tested to agree)
+CNN_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def register(subparsers) -> None:
@@ -57,7 +59,7 @@ def register(subparsers) -> None:
     parser.add_argument("--cnn-width", type=positive(int), default=None, metavar="N",
                         help="channels of the crop CNN's first convolution, then 2N and 4N (default 16, as shipped); "
                              "its cost per word grows with N squared")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+    parser.add_argument("--precision", choices=CNN_PRECISIONS, default=CNN_PRECISIONS[0],
                         help="the crop CNN's training arithmetic: fp32 (default, as the bundled file); bf16 where the "
                              "CPU computes it natively (AVX512-BF16 or AMX) trains the networks in about 0.55 x the "
                              "time with the same validation AUC (one such committee flagged more real text: "

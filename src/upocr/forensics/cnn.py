@@ -302,13 +302,17 @@ def _check_crops(crops: np.ndarray, layout: CropLayout) -> None:
         raise ValueError(f"crops of shape {tuple(crops.shape[1:])} for the {layout.name} layout's {layout.shape}")
 
 
-def training_precision(precision: str = "fp32") -> str:
+TRAINING_PRECISIONS = ("fp32", "bf16", "auto")  # `train_crop_net`'s arithmetic, the default first
+
+
+def training_precision(precision: str = TRAINING_PRECISIONS[0]) -> str:
     """"bf16" or "fp32": what `train_crop_net` computes in for `precision` ("auto": bf16 where the CPU computes it
     natively, with AVX512-BF16 or AMX, else fp32). Natively, bf16 trains the crop CNN in about half fp32's time
     with the same validation AUC, but one committee so trained flagged more real text (docs/tampering.md,
     "Training"), so fp32 stays the default; emulated, bf16 is many times slower."""
-    if precision not in ("fp32", "bf16", "auto"):
-        raise ValueError(f"precision must be fp32, bf16 or auto, not {precision!r}")
+    if precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"precision must be {', '.join(TRAINING_PRECISIONS[:-1])} or {TRAINING_PRECISIONS[-1]}, "
+                         f"not {precision!r}")
     if precision == "auto":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return precision
