@@ -303,9 +303,10 @@ def _check_crops(crops: np.ndarray, layout: CropLayout) -> None:
 
 
 TRAINING_PRECISIONS = ("fp32", "bf16", "auto")  # `train_crop_net`'s arithmetic, the default first
+DEFAULT_TRAINING_PRECISION = TRAINING_PRECISIONS[0]
 
 
-def training_precision(precision: str = TRAINING_PRECISIONS[0]) -> str:
+def training_precision(precision: str = DEFAULT_TRAINING_PRECISION) -> str:
     """"bf16" or "fp32": what `train_crop_net` computes in for `precision` ("auto": bf16 where the CPU computes it
     natively, with AVX512-BF16 or AMX, else fp32). Natively, bf16 trains the crop CNN in about half fp32's time
     with the same validation AUC, but one committee so trained flagged more real text (docs/tampering.md,
@@ -320,7 +321,8 @@ def training_precision(precision: str = TRAINING_PRECISIONS[0]) -> str:
 
 def train_crop_net(crops: np.ndarray, labels: np.ndarray, *, layout: CropLayout = DEFAULT_CROP_LAYOUT,
                    rows: np.ndarray | None = None, epochs: int = 6, batch: int = 256, learning_rate: float = 3e-3,
-                   width: int = WIDTH, seed: int = 0, precision: str = "fp32", progress: bool = True) -> CropNet:
+                   width: int = WIDTH, seed: int = 0, precision: str = DEFAULT_TRAINING_PRECISION,
+                   progress: bool = True) -> CropNet:
     """Train on (N, *layout.shape) compared crops (cut by `layout`) with labels 1 = tampered. Each epoch sees
     every tampered word and NEGATIVES_PER_POSITIVE times as many genuine ones, drawn anew (genuine words are ten
     times as many), mirrored left-right at random; one-cycle learning rate, AdamW; `width`: the first convolution's

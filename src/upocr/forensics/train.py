@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from upocr.data.layouts import TAMPERED_TEXT, read_tampering_boxes, tampering_samples
 from upocr.forensics.context import CONTEXT_NAMES, context_features
-from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, WIDTH, CropCommittee, CropLayout, CropNet, image_crops,
-                                 log_odds, sigmoid, train_crop_net, training_precision)
+from upocr.forensics.cnn import (DEFAULT_CROP_LAYOUT, DEFAULT_TRAINING_PRECISION, WIDTH, CropCommittee, CropLayout,
+                                 CropNet, image_crops, log_odds, sigmoid, train_crop_net, training_precision)
 from upocr.forensics.features import FEATURE_NAMES, FEATURES_VERSION, image_maps, pixel_box, region_boxes, word_features
 from upocr.forensics.model import TreeEnsemble, average_ensembles, from_sklearn
 from upocr.io import read_image
@@ -228,8 +228,8 @@ MAX_LEAF_NODES = 31
 def fit(table: WordTable, *, validation_share: float = 0.2, false_alarm_rate: float = 0.01, max_iter: int = MAX_ITER,
         learning_rate: float = LEARNING_RATE, max_leaf_nodes: int = MAX_LEAF_NODES, seed: int = 0, context: bool = False,
         crops: np.ndarray | None = None, crop_layout: CropLayout = DEFAULT_CROP_LAYOUT, cnn_epochs: int = 6,
-        cnn_width: int = WIDTH, cnn_precision: str = "fp32", members: int = 1, record: dict | None = None,
-        progress: bool = True) -> TreeEnsemble:
+        cnn_width: int = WIDTH, cnn_precision: str = DEFAULT_TRAINING_PRECISION, members: int = 1,
+        record: dict | None = None, progress: bool = True) -> TreeEnsemble:
     """Train on the table's training images, choose the threshold on its validation images, export.
     `context`: also train the second look (`upocr.forensics.context`) on the first look's out-of-fold
     probabilities; the threshold is then chosen on its probabilities. `crops` (`collect_crops`, cut by
