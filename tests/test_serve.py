@@ -822,6 +822,7 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
                "--weights", str(tiny_weights)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    reader = None
     try:
         url = None
         deadline = time.monotonic() + 60
@@ -830,6 +831,11 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
             match = re.search(r"open (http://\S+/)", line)
             url = match.group(1) if match else None
         assert url, "no address printed"
+        # Every probe writes an access-log line to the pipe: read it all along, or a full pipe (64 KiB, some
+        # hundreds of probes while the second worker is still loading) blocks the workers in their logging.
+        output: list[str] = []
+        reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+        reader.start()
         # Each worker imports torch and loads its model before it accepts; beside the rest of the suite
         # (`-n 2` on 2 cores) the second can take a minute longer than the first, so it gets its own wait.
         # The kernel picks which worker accepts a connection; a short pause between probes lets both idle.
@@ -844,7 +850,8 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
                 pass
             time.sleep(0.05)
         assert len(workers) == 2 and os.getpid() not in workers, (
-            f"workers that answered: {sorted(workers)} after {probes} probes in {time.monotonic() - started:.0f} s")
+            f"workers that answered: {sorted(workers)} after {probes} probes in {time.monotonic() - started:.0f} s; "
+            f"the server's last lines: {output[-5:]}")
         request = urllib.request.Request(url + "v1/segment-text?pictures=false", data=_png_bytes(20, 20),
                                          headers={"Content-Type": "image/png"})
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -855,6 +862,8 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
         if process.poll() is None:
             process.kill()
             process.wait()
+        if reader is not None:
+            reader.join(10)  # the pipe ends with the process
         process.stdout.close()
 
 
