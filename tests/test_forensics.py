@@ -232,7 +232,8 @@ def test_class_map_paints_each_region_by_its_probability():
     grown = classify_regions(image[..., ::-1].copy(), boxes, classifier=stump("log_height", 3.45), extents=extents)
     np.testing.assert_array_equal(grown.probabilities, stricter.probabilities)
     assert grown.classes[y1 - 2, x1 - 3] == 2 and stricter.classes[y1 - 2, x1 - 3] == 0
-    assert grown.words()[5]["box"] == list(extents[5])
+    assert grown.words()[5]["box"] == list(extents[5])  # what was painted
+    assert grown.words()[5]["scored_box"] == list(boxes[5]) and words[5]["scored_box"] == words[5]["box"]
     with pytest.raises(ValueError, match="2 extents for 6 regions"):
         classify_regions(image, boxes, classifier=classifier, extents=extents[:2])
 
@@ -444,7 +445,7 @@ def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, 
     image = image[..., ::-1].copy()
     predictor = Predictor(weights=tiny_weights, size=64, tile=None, tampering="words")
     found = predictor.predict(image, "tampering")
-    assert found.words and set(found.words[0]) == {"box", "polygon", "probability", "tampered"}
+    assert found.words and set(found.words[0]) == {"box", "polygon", "scored_box", "probability", "tampered"}
     x1, y1, x2, y2 = found.words[0]["box"]
     assert found.classes[(y1 + y2) // 2, (x1 + x2) // 2] in (1, 2) and found.classes[0, 0] == 0
     everything = predictor.with_options(tampering_threshold=0.0).predict(image, "tampering")

@@ -108,23 +108,18 @@ class WordTampering:
     """The class map and what it was made from."""
 
     classes: np.ndarray  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
-    polygons: list[np.ndarray]  # each region as a polygon (N, 2) float32
+    polygons: list[np.ndarray]  # each region as painted (its extent), a polygon (N, 2) float32
     probabilities: np.ndarray  # (N,) per region
     threshold: float
+    scored: list[np.ndarray] | None = None  # each region as measured, where it differs from what was painted
 
     def words(self) -> list[dict]:
-        """JSON-able per-word records: box, polygon, probability, tampered."""
-        records = []
-        for polygon, probability in zip(self.polygons, self.probabilities):
-            x1, y1 = polygon.min(0)
-            x2, y2 = polygon.max(0)
-            records.append({
-                "box": [int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2))],
-                "polygon": np.round(polygon, 1).tolist(),
-                "probability": round(float(probability), 4),
-                "tampered": bool(probability > self.threshold),
-            })
-        return records
+        """JSON-able per-word records: box and polygon (as painted), scored_box (the region the classifier
+        measured: inside the painted box when the words are painted grown), probability, tampered."""
+        scored = self.polygons if self.scored is None else self.scored
+        return [{"box": _pixel_box(polygon), "polygon": np.round(polygon, 1).tolist(), "scored_box": _pixel_box(measured),
+                 "probability": round(float(probability), 4), "tampered": bool(probability > self.threshold)}
+                for polygon, measured, probability in zip(self.polygons, scored, self.probabilities)]
 
 
 def classify_regions(image: np.ndarray, regions: Sequence[Region], *, threshold: float | None = None,
@@ -136,12 +131,13 @@ def classify_regions(image: np.ndarray, regions: Sequence[Region], *, threshold:
     model = _classifier(classifier)
     threshold = model.threshold_probability if threshold is None else float(threshold)
     height, width = image.shape[:2]
-    probabilities = score_words(image, region_boxes(regions, (height, width)), model)
     if extents is not None and len(extents) != len(regions):
         raise ValueError(f"{len(extents)} extents for {len(regions)} regions")
-    polygons = region_boxes(regions if extents is None else extents, (height, width))
+    measured = region_boxes(regions, (height, width))
+    probabilities = score_words(image, measured, model)
+    polygons = measured if extents is None else region_boxes(extents, (height, width))
     classes = paint_words((height, width), polygons, probabilities > threshold)
-    return WordTampering(classes, polygons, probabilities, threshold)
+    return WordTampering(classes, polygons, probabilities, threshold, scored=measured)
 
 
 def paint_words(shape: tuple[int, int], polygons: Sequence[np.ndarray], tampered: Sequence[bool]) -> np.ndarray:
@@ -276,6 +272,11 @@ def _word_columns(crop: np.ndarray) -> list[tuple[int, int]]:
 def _box_of(points: np.ndarray) -> np.ndarray:
     """(x1, y1, x2, y2) float32: the axis-aligned box of a polygon's points."""
     return np.array([*points.min(axis=0), *points.max(axis=0)], np.float32)
+
+
+def _pixel_box(points: np.ndarray) -> list[int]:
+    """`_box_of` rounded to whole pixels, for JSON."""
+    return [int(round(float(v))) for v in _box_of(points)]
 
 
 def detect_tampered_words(image: np.ndarray, *, regions: Sequence[Region] | None = None, text_mask: np.ndarray | None = None,
