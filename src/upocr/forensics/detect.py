@@ -111,13 +111,13 @@ class WordTampering:
     polygons: list[np.ndarray]  # each region as painted (its extent), a polygon (N, 2) float32
     probabilities: np.ndarray  # (N,) per region
     threshold: float
-    scored: list[np.ndarray] | None = None  # each region as measured, where it differs from what was painted
+    scored: list[np.ndarray] | None = None  # each region as the classifier measured it (None: as painted)
 
     def words(self) -> list[dict]:
         """JSON-able per-word records: box and polygon (as painted), scored_box (the region the classifier
         measured: inside the painted box when the words are painted grown), probability, tampered."""
         scored = self.polygons if self.scored is None else self.scored
-        return [{"box": _pixel_box(polygon), "polygon": np.round(polygon, 1).tolist(), "scored_box": _pixel_box(measured),
+        return [{"box": _json_box(polygon), "polygon": np.round(polygon, 1).tolist(), "scored_box": _json_box(measured),
                  "probability": round(float(probability), 4), "tampered": bool(probability > self.threshold)}
                 for polygon, measured, probability in zip(self.polygons, scored, self.probabilities)]
 
@@ -274,8 +274,8 @@ def _box_of(points: np.ndarray) -> np.ndarray:
     return np.array([*points.min(axis=0), *points.max(axis=0)], np.float32)
 
 
-def _pixel_box(points: np.ndarray) -> list[int]:
-    """`_box_of` rounded to whole pixels, for JSON."""
+def _json_box(points: np.ndarray) -> list[int]:
+    """`_box_of` rounded to whole pixels, as the word records give it (`features.pixel_box` floors and ceils for slicing)."""
     return [int(round(float(v))) for v in _box_of(points)]
 
 
