@@ -820,8 +820,9 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
     """`upocr serve --workers 2`: two processes answer (each its own model), and Ctrl+C stops all cleanly."""
     command = [sys.executable, "-m", "upocr.cli", "serve", "--workers", "2", "--port", "0", "--size", str(SIZE),
                "--weights", str(tiny_weights)]
+    # Its own process group, so a failed run can stop the workers too (killing uvicorn's parent leaves them).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     reader = None
     try:
         url = None
@@ -860,7 +861,7 @@ def test_workers_each_load_a_model_and_stop_on_sigint(tiny_weights):
         assert process.wait(30) == 0
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         if reader is not None:
             reader.join(10)  # the pipe ends with the process
