@@ -235,7 +235,8 @@ def test_v2_kinds_have_exact_ground_truth(kind):
     options = SceneOptions(scenes="v2", kinds=(kind,))
     for index in range(3):
         scene = render_scene(np.random.default_rng([21, index]), size=(160, 192), split="train", options=options)
-        assert scene.words and scene.extra["kind"] in ({kind} if kind != "document" else {"book", "receipt"})
+        leaves = {"document": {"book", "receipt"}, "poster": {"poster", "designed-poster"}}.get(kind, {kind})
+        assert scene.words and scene.extra["kind"] in leaves
         inside = fill_polygons([w.polygon for w in scene.words], (160, 192)).astype(bool)
         assert np.array_equal(scene.image[~inside], scene.background[~inside])
         assert not np.array_equal(scene.image[inside], scene.background[inside])
@@ -315,6 +316,34 @@ def test_poster_headlines_exceed_a_256_px_tile_and_print_has_real_x_height():
     assert max(headlines) > 256 and min(headlines) >= 0.12 * 1024 - 1
     x_heights = [print_size(np.random.default_rng(i), (1200, 900)) * X_HEIGHT_RATIO for i in range(50)]
     assert 7.5 <= min(x_heights) and max(x_heights) <= 14.5
+
+
+def test_designed_posters_set_crisp_upright_text_and_badges_over_a_camera_photo():
+    """A designed poster's camera is in its photo (blurred or noisy before any text), its text gets none
+    (the scene's own degradation is JPEG only), and it carries 1-2 badges: one upright line on a tight plate."""
+    from upocr.data.synth import world
+
+    plans = [world.designed_poster_plans(np.random.default_rng(i), "train", (512, 512)) for i in range(20)]
+    for blocks in plans:
+        assert all(plan.angle == 0 and plan.perspective == 0 for plan in blocks)
+        badges = [plan for plan in blocks if plan.plate is not None]
+        assert 1 <= len(badges) <= 2 and all(b.lines == 1 and b.plate.padding <= 0.5 * b.size for b in badges)
+    options = world.SceneOptions(scenes="v2")
+    photo_changed = 0
+    for index in range(6):
+        scene = world.render_kind_scene(np.random.default_rng([37, index]), world.DESIGNED_POSTER, size=(128, 128),
+                                        split="train", options=options)
+        d = scene.degradation
+        assert d.illumination is None and d.blur_sigma == 0 and d.motion_kernel is None
+        assert d.noise is None and d.shot_noise is None
+        assert scene.words
+        # the same draws without the camera give another photo whenever the camera did anything
+        rng = np.random.default_rng([37, index])
+        raw = world.photo_or_texture(rng, "train", (128, 128), options)
+        photo_changed += not np.array_equal(np.clip(np.rint(raw), 0, 255).astype(np.uint8),
+                                            world.camera_photo(np.random.default_rng([37, index]), "train",
+                                                               (128, 128), options).astype(np.uint8))
+    assert photo_changed >= 3
 
 
 def test_v2_fonts_are_discovered_from_the_optional_extra(tmp_path: Path, monkeypatch):
@@ -551,7 +580,8 @@ def test_scene_kinds_table_weights_and_lookup():
     assert sum(k.weight for k in document.sub_kinds) == pytest.approx(1.0)
     drawn = [document.resolve(np.random.default_rng(i)).name for i in range(400)]
     assert 0.5 < drawn.count("book") / len(drawn) < 0.7
-    assert [k.name for k in world.drawn_kinds()] == ["classic", "sign", "poster", "ui", "book", "receipt"]
+    assert [k.name for k in world.drawn_kinds()] == ["classic", "sign", "poster", "designed-poster", "ui", "book",
+                                                     "receipt"]
     with pytest.raises(ValueError, match="unknown scene kind 'comic'"):
         render_scene(np.random.default_rng(0), size=(64, 64), options=world.SceneOptions(scenes="v2", kinds=("comic",)))
     with pytest.raises(ValueError, match="either background, plans and camera, or sub-kinds"):

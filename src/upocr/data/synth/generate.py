@@ -34,7 +34,9 @@ from upocr.tasks import Task
 # v1 scenes and the other v2 kinds keep their bytes.
 # 3: a fifth of the v2 tampering files are saved lossless (PNG; tampering.LOSSLESS_FILE); the others and v1
 # keep their bytes.
-GENERATOR_VERSION = 3
+# 4: half of the v2 posters are designed (world.DESIGNED_POSTER: crisp text and badges over a photo that
+# carries the camera); v2 bytes change for every seed (the kinds' mix), v1 keeps its bytes.
+GENERATOR_VERSION = 4
 SCENE_VERSIONS = ("v1", "v2")
 MANIFEST_NAME = "synth-manifest.json"
 SPLIT_IDS = {"train": 0, "test": 1}

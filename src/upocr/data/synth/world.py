@@ -5,7 +5,9 @@ Each scene is one of the kinds in SCENE_KINDS (drawn by their weights):
   classic   the v1 scene's blocks (random blocks on a photo or texture);
   sign      plates/signs on a surface (the plate belongs to the background), perspective, light;
   poster    a headline with large glyphs (0.12-0.4 of the short side: at --size 1024 and more, glyphs
-            bigger than a 256-px tile) and a few small lines;
+            bigger than a 256-px tile) and a few small lines; either photographed (the camera over all) or
+            designed (a flyer or shop banner: text and badges set crisp and upright over a photo that
+            already carries its camera's blur and noise);
   ui        a screenshot: flat theme, bars and buttons, crisp 10-18 px text, upright, no camera effects;
   document  a book page (whole image paper, 1-2 columns) or a receipt (paper strip on a surface), both
             at real print sizes: x-height 8-14 px on a 1000 px page (scaled down on smaller images);
@@ -49,6 +51,11 @@ CURL_PROBABILITY = 0.5  # books and receipts
 RECEIPT_HEADING_PROBABILITY = 0.75  # 1-2 lines at the top, 1.2-2x the body's size
 RECEIPT_BOLD_LINE_PROBABILITY = 0.5  # one line of the lower half in bold (a total)
 BOLD_HEADING_PROBABILITY = 0.5  # book headings in the family's bold
+# Designed posters (e-commerce banners, flyers) set their text in a design program over a photo: the text
+# is crisper than the photo under it, and a badge (one line on a rounded plate) sits tight around its
+# words. Without them, a crisp line on a plate over a soft photo only ever meant "pasted" in tampering data,
+# and a real poster's genuine badge line was flagged (docs/tampering-log.md, sessions 36-37).
+DESIGNED_POSTER_SHARE = 0.5  # of posters
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +159,24 @@ def poster_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> l
     return [headline] + small
 
 
+def _badge_plan(rng: np.random.Generator, split: str, script: str, hw: tuple[int, int]) -> BlockPlan:
+    """One line on a tight, rounded, vivid plate ("20 % off", "order now")."""
+    size = max(MIN_FONT_PX, int(rng.uniform(0.035, 0.09) * min(hw)))
+    colour = _vivid_colour(rng)
+    plate = Plate(colour=colour, padding=int(size * rng.uniform(0.15, 0.5)), corner=int(size * rng.uniform(0, 0.6)))
+    return BlockPlan(font=_font(rng, split, script, ("sans", "display")), script=script, size=size, lines=1,
+                     words_per_line=int(rng.integers(1, 5)), max_width=hw[1] * 0.85, angle=0.0, perspective=0.0,
+                     align="center", plate=plate, min_contrast=90.0)
+
+
+def designed_poster_plans(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> list[BlockPlan]:
+    """A poster as a design program sets it: flat and upright (arcs kept), the headline, one or two
+    badges, then the small lines."""
+    flat = [replace(plan, angle=0.0, perspective=0.0) for plan in poster_plans(rng, split, hw)]
+    badges = [_badge_plan(rng, split, flat[0].script, hw) for _ in range(int(rng.integers(1, 3)))]
+    return flat[:1] + badges + flat[1:]
+
+
 def _ui_plan(rng: np.random.Generator, split: str, hw: tuple[int, int]) -> BlockPlan:
     script = _script(rng, split)
     size = int(rng.uniform(20, 32)) if rng.random() < 0.15 else int(rng.uniform(10, 18))
@@ -235,6 +260,13 @@ def photo_or_texture(rng: np.random.Generator, split: str, hw: tuple[int, int], 
                                          user_mix=options.background_mix)
 
 
+def camera_photo(rng: np.random.Generator, split: str, hw: tuple[int, int], options: SceneOptions) -> np.ndarray:
+    """A photo as a designer gets it: its camera's light, blur and noise already in it (the text drawn on
+    top later gets none of them)."""
+    photo = photo_or_texture(rng, split, hw, options)
+    return photo_camera(rng, hw).apply(photo).astype(np.float32)
+
+
 def paper_background(rng: np.random.Generator, split: str, hw: tuple[int, int], options: SceneOptions) -> np.ndarray:
     """A page filling the image: paper texture, aged or recycled tint."""
     paper = backgrounds.procedural_background(rng, hw[0], hw[1], kind=5)
@@ -316,10 +348,13 @@ class SceneKind:
 BOOK = SceneKind("book", 0.6, paper_background, page_plans, photo_camera, curl_probability=CURL_PROBABILITY,
                  page_is_image=True)
 RECEIPT = SceneKind("receipt", 0.4, photo_or_texture, receipt_plans, photo_camera, curl_probability=CURL_PROBABILITY)
+PHOTOGRAPHED_POSTER = SceneKind("poster", 1 - DESIGNED_POSTER_SHARE, photo_or_texture, poster_plans, photo_camera)
+DESIGNED_POSTER = SceneKind("designed-poster", DESIGNED_POSTER_SHARE, camera_photo, designed_poster_plans,
+                            screenshot_camera)
 SCENE_KINDS: dict[str, SceneKind] = {kind.name: kind for kind in (
     SceneKind("classic", 0.2, photo_or_texture, classic_plans, classic_camera),
     SceneKind("sign", 0.22, photo_or_texture, sign_plans, photo_camera),
-    SceneKind("poster", 0.16, photo_or_texture, poster_plans, photo_camera),
+    SceneKind("poster", 0.16, sub_kinds=(PHOTOGRAPHED_POSTER, DESIGNED_POSTER)),
     SceneKind("ui", 0.12, ui_background, ui_plans, screenshot_camera),
     SceneKind("document", 0.3, sub_kinds=(BOOK, RECEIPT)),
 )}
