@@ -338,8 +338,7 @@ def test_designed_posters_set_crisp_upright_text_and_badges_over_a_camera_photo(
         assert d.noise is None and d.shot_noise is None
         assert scene.words
         # the same draws without the camera give another photo whenever the camera did anything
-        rng = np.random.default_rng([37, index])
-        raw = world.photo_or_texture(rng, "train", (128, 128), options)
+        raw = world.photo_or_texture(np.random.default_rng([37, index]), "train", (128, 128), options)
         photo_changed += not np.array_equal(np.clip(np.rint(raw), 0, 255).astype(np.uint8),
                                             world.camera_photo(np.random.default_rng([37, index]), "train",
                                                                (128, 128), options).astype(np.uint8))
@@ -580,6 +579,11 @@ def test_scene_kinds_table_weights_and_lookup():
     assert sum(k.weight for k in document.sub_kinds) == pytest.approx(1.0)
     drawn = [document.resolve(np.random.default_rng(i)).name for i in range(400)]
     assert 0.5 < drawn.count("book") / len(drawn) < 0.7
+    poster = world.SCENE_KINDS["poster"]
+    assert [k.name for k in poster.sub_kinds] == ["poster", "designed-poster"]
+    assert sum(k.weight for k in poster.sub_kinds) == pytest.approx(1.0)
+    drawn = [poster.resolve(np.random.default_rng(i)).name for i in range(400)]
+    assert 0.4 < drawn.count("designed-poster") / len(drawn) < 0.6
     assert [k.name for k in world.drawn_kinds()] == ["classic", "sign", "poster", "designed-poster", "ui", "book",
                                                      "receipt"]
     with pytest.raises(ValueError, match="unknown scene kind 'comic'"):
