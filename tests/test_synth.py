@@ -230,12 +230,12 @@ def test_default_scenes_ignore_the_v2_mix_and_keep_v1_bytes(tmp_path: Path, synt
 def test_v2_kinds_have_exact_ground_truth(kind):
     """Before JPEG, image and text-free label are equal outside the word polygons (same lighting, blur,
     shot noise), every labelled pixel lies inside them, and each kind draws text."""
-    from upocr.data.synth.world import SceneOptions
+    from upocr.data.synth.world import SCENE_KINDS, SceneOptions
 
     options = SceneOptions(scenes="v2", kinds=(kind,))
+    leaves = {leaf.name for leaf in SCENE_KINDS[kind].sub_kinds or (SCENE_KINDS[kind],)}  # what the kind draws
     for index in range(3):
         scene = render_scene(np.random.default_rng([21, index]), size=(160, 192), split="train", options=options)
-        leaves = {"document": {"book", "receipt"}, "poster": {"poster", "designed-poster"}}.get(kind, {kind})
         assert scene.words and scene.extra["kind"] in leaves
         inside = fill_polygons([w.polygon for w in scene.words], (160, 192)).astype(bool)
         assert np.array_equal(scene.image[~inside], scene.background[~inside])
