@@ -233,7 +233,7 @@ def test_v2_kinds_have_exact_ground_truth(kind):
     from upocr.data.synth.world import SCENE_KINDS, SceneOptions
 
     options = SceneOptions(scenes="v2", kinds=(kind,))
-    leaves = {leaf.name for leaf in SCENE_KINDS[kind].sub_kinds or (SCENE_KINDS[kind],)}  # what the kind draws
+    leaves = {leaf.name for leaf in SCENE_KINDS[kind].leaves}  # what the kind draws
     for index in range(3):
         scene = render_scene(np.random.default_rng([21, index]), size=(160, 192), split="train", options=options)
         assert scene.words and scene.extra["kind"] in leaves

@@ -333,6 +333,11 @@ class SceneKind:
         if bool(self.sub_kinds) == all(part is not None for part in drawn):
             raise ValueError(f"scene kind {self.name!r}: give either background, plans and camera, or sub-kinds")
 
+    @property
+    def leaves(self) -> tuple[SceneKind, ...]:
+        """The kinds that draw this kind's scenes: its sub-kinds, or itself."""
+        return self.sub_kinds or (self,)
+
     def resolve(self, rng: np.random.Generator) -> SceneKind:
         """This kind, or one of its sub-kinds by their weights."""
         if not self.sub_kinds:
@@ -385,7 +390,7 @@ class SceneOptions:
 
 def drawn_kinds() -> list[SceneKind]:
     """Every kind that draws scenes itself: the SCENE_KINDS entries, sub-kinds in place of their parent."""
-    return [leaf for kind in SCENE_KINDS.values() for leaf in (kind.sub_kinds or (kind,))]
+    return [leaf for kind in SCENE_KINDS.values() for leaf in kind.leaves]
 
 
 def render_world_scene(rng: np.random.Generator, *, size: tuple[int, int], split: str,
