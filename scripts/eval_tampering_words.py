@@ -3,6 +3,8 @@ copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a ma
 
     python scripts/eval_tampering_words.py --synthetic /tmp/t/test-v1:test /tmp/t/test-v2:test \
         --real ../shared/real-dev [--classifier FILE] [--finders gt mask] [--threshold T] [--json FILE]
+    python scripts/eval_tampering_words.py --synthetic ROOT:test --real ../shared/real-dev --pipeline \
+        --thresholds 0.5 0.6                       # + the path's words repainted at each threshold, same pass
 
 Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
 bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
@@ -20,6 +22,14 @@ import sys
 from pathlib import Path
 
 
+PATH = "detect-tampering --tampering words"
+
+
+def _swept(swept: float | None) -> tuple[str, str]:
+    """(row name, JSON key suffix) of the path's own decisions (None) or its words repainted at a threshold."""
+    return (PATH, "") if swept is None else (f"{PATH}, repainted at {swept:g}", f"@{swept:g}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classifier", default=None, help="classifier npz (default: the bundled one)")
@@ -32,10 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", action="store_true",
                         help="also score the whole detect-tampering path: Predictor(tampering='words') with the "
                              "bundled weights and word detector")
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[], metavar="T",
+                        help="with --pipeline: also score the path's words repainted at each of these thresholds "
+                             "(an operating curve from one run of the path)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.thresholds and not args.pipeline:
+        parser.error("--thresholds repaints the words of the detect-tampering path: add --pipeline")
 
-    from upocr.evaluate.forensic import (copy_move_scores, model_text_words, pipeline_false_alarms, pipeline_scores,
+    from upocr.evaluate.forensic import (copy_move_scores, model_text_words, pipeline_false_alarm_sweep, pipeline_sweep,
                                          real_false_alarms, synthetic_scores, text_mask_finder)
     from upocr.evaluate.real import read_real_samples
     from upocr.forensics.model import load_classifier
@@ -80,11 +95,15 @@ def main(argv: list[str] | None = None) -> int:
                              keep_output=False)
         for spec in args.synthetic:
             root, _, split = spec.rpartition(":")
-            s = pipeline_scores(root, split, pipeline, limit=args.limit).summary()
-            results["synthetic"][f"{root}:{split}:pipeline"] = s
-            lines.append(f"| {root} ({split}) | detect-tampering --tampering words | {s['images']} | {s['tampered_iou']:.3f} | "
-                         f"{s['real_iou']:.3f} | {s['miou']:.3f} | {s['tampered_precision']:.3f} / {s['tampered_recall']:.3f} | "
-                         f"– | {s['seconds_per_image']:.3f} |")
+            sweep = pipeline_sweep(root, split, pipeline, args.thresholds, limit=args.limit)
+            for swept, scores in sweep.items():
+                s = scores.summary()
+                finder, suffix = _swept(swept)
+                results["synthetic"][f"{root}:{split}:pipeline{suffix}"] = s
+                seconds = "–" if swept is not None else f"{s['seconds_per_image']:.3f}"
+                lines.append(f"| {root} ({split}) | {finder} | {s['images']} | {s['tampered_iou']:.3f} | "
+                             f"{s['real_iou']:.3f} | {s['miou']:.3f} | {s['tampered_precision']:.3f} / "
+                             f"{s['tampered_recall']:.3f} | – | {seconds} |")
     if args.real:
         samples = read_real_samples(args.real)
         lines += ["", "| real images | finder | false alarms (genuine text pixels flagged) | genuine words flagged | image share flagged | s/image |",
@@ -97,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             word_column = f"{flagged} / {words}" if words else "–"
             lines.append(f"| {args.real} | {name} | {s['false_alarms']:.4f} | {word_column} | {s['flagged_share']:.4f} | {s['seconds_per_image']:.3f} |")
         if pipeline is not None:
-            s = pipeline_false_alarms(samples, pipeline).summary()
-            results["real"]["pipeline"] = {k: s[k] for k in ("false_alarms", "flagged_share", "seconds_per_image")}
-            lines.append(f"| {args.real} | detect-tampering --tampering words | {s['false_alarms']:.4f} | – | "
-                         f"{s['flagged_share']:.4f} | {s['seconds_per_image']:.3f} |")
+            for swept, scores in pipeline_false_alarm_sweep(samples, pipeline, args.thresholds).items():
+                s = scores.summary()
+                finder, suffix = _swept(swept)
+                results["real"][f"pipeline{suffix}"] = {k: s[k] for k in ("false_alarms", "flagged_share", "seconds_per_image")}
+                seconds = "–" if swept is not None else f"{s['seconds_per_image']:.3f}"
+                lines.append(f"| {args.real} | {finder} | {s['false_alarms']:.4f} | – | {s['flagged_share']:.4f} | {seconds} |")
         lines += ["", "| constructed copy-move | forgeries | tampered IoU | mIoU | pasted fields flagged | genuine fields flagged | word AUC |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         receipts = [s for s in samples if s.kind == "docs-boxes"]

@@ -450,6 +450,11 @@ def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, 
     assert found.classes[(y1 + y2) // 2, (x1 + x2) // 2] in (1, 2) and found.classes[0, 0] == 0
     everything = predictor.with_options(tampering_threshold=0.0).predict(image, "tampering")
     assert all(word["tampered"] for word in everything.words) and set(np.unique(everything.classes)) == {0, 2}
+    # The same words decided again at another threshold, nothing measured again: the map a run at it paints.
+    decided = found.word_tampering
+    assert np.array_equal(decided.at_threshold(decided.threshold).classes, found.classes)
+    assert np.array_equal(decided.at_threshold(0.0).classes, everything.classes)
+    assert 2 not in decided.at_threshold(1.0).classes and decided.at_threshold(0.25).threshold == 0.25
     assert predictor.with_options(tampering="model").predict(image, "tampering").words is None
     cv2.imwrite(str(tmp_path / "page.png"), image[..., ::-1])
     assert main(["detect-tampering", str(tmp_path / "page.png"), "-o", str(tmp_path / "out"), "--weights",
@@ -458,6 +463,27 @@ def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, 
     written = json.loads((tmp_path / "out" / "page_regions.json").read_text())
     assert len(written["words"]) == len(found.words)
     assert [w["tampered"] for w in written["words"]] == [w["probability"] > 0.5 for w in written["words"]]
+
+
+def test_the_paths_false_alarms_swept_over_thresholds_in_one_pass(tiny_weights, tmp_path):
+    """pipeline_false_alarm_sweep: the predictor's own maps under None, each threshold's from the same words."""
+    from upocr.evaluate.forensic import pipeline_false_alarm_sweep, pipeline_false_alarms
+    from upocr.evaluate.real import RealSample
+    from upocr.predict import Predictor
+
+    image, boxes = page(np.random.default_rng(6))
+    cv2.imwrite(str(tmp_path / "page.png"), image)
+    polygons = tuple(np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32) for x1, y1, x2, y2 in boxes)
+    samples = [RealSample(tmp_path / "page.png", "scene-boxes", polygons, (), True)]  # no flags: every word genuine
+    assert samples[0].tampered == (False,) * len(boxes)
+    with pytest.raises(ValueError, match="page.png: 1 tampered flags for 6 words"):
+        RealSample(tmp_path / "page.png", "scene-boxes", polygons, (), True, tampered=(True,))
+    predictor = Predictor(weights=tiny_weights, size=64, tile=None, tampering="words")
+    sweep = pipeline_false_alarm_sweep(samples, predictor, [0.0, 1.01], progress=False)
+    own = pipeline_false_alarms(samples, predictor, progress=False)
+    assert sorted(sweep, key=str) == [0.0, 1.01, None] and sweep[None].genuine_flagged == own.genuine_flagged
+    assert sweep[0.0].genuine_flagged > 0 == sweep[1.01].genuine_flagged  # every found word flagged / none
+    assert sweep[0.0].genuine_pixels == sweep[None].genuine_pixels and len(sweep[0.0].seconds) == 0
 
 
 def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_path, capsys):
@@ -479,6 +505,16 @@ def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_
     assert printed.count("(train) |") == 3  # one row per finder
     scores = json.loads((tmp_path / "scores.json").read_text())["synthetic"]
     assert len(scores) == 3 and all(row["images"] == 3 and 0 <= row["miou"] <= 1 for row in scores.values())
+    # --thresholds: the detect-tampering path's words repainted at each, rows from the same pass.
+    assert module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--pipeline", "--thresholds", "0", "1.01",
+                        "--limit", "1", "--json", str(tmp_path / "swept.json")]) == 0
+    assert "repainted at 0 |" in capsys.readouterr().out
+    swept = json.loads((tmp_path / "swept.json").read_text())["synthetic"]
+    key = f"{tmp_path / 'data'}:train:pipeline"
+    assert swept[f"{key}@0"]["real_iou"] == 0 < swept[key]["real_iou"]  # at 0 every found word is tampered
+    assert swept[f"{key}@1.01"]["real_iou"] == swept[key]["real_iou"] and swept[f"{key}@1.01"]["tampered_recall"] == 0
+    with pytest.raises(SystemExit):  # the sweep repaints the path's words: without --pipeline there are none
+        module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--thresholds", "0.5"])
 
 
 def test_a_trained_classifier_file_decides_and_a_bad_one_stops_before_any_image(tiny_weights, tmp_path, capsys):

@@ -34,6 +34,7 @@ from upocr.tasks import Task
 from upocr.tiling import BAND_ROWS, RowFilterStream, filter_rows, gaussian_reach, resize_rows
 
 if TYPE_CHECKING:
+    from upocr.forensics.detect import WordTampering
     from upocr.predict import Predictor
 
 
@@ -54,7 +55,13 @@ class Prediction:
     classes: np.ndarray | None = None  # uint8 (H, W): 0 background, 1 real text, 2 tampered text
     change_mask: np.ndarray | None = field(default=None, repr=False)  # float32 (H, W): removal blend weight
     regions: Any = field(default=None, repr=False)  # WordRegions | None
-    words: list[dict] | None = field(default=None, repr=False)  # tampering "words": per word box, probability, flag
+    # tampering "words": the per-word decisions the class map was painted from (`upocr.forensics.detect`)
+    word_tampering: WordTampering | None = field(default=None, repr=False)
+
+    @property
+    def words(self) -> list[dict] | None:
+        """tampering "words": each word's box, polygon, probability and flag (JSON-able); None otherwise."""
+        return None if self.word_tampering is None else self.word_tampering.words()
 
     @property
     def result(self) -> np.ndarray:
@@ -189,7 +196,7 @@ class BandDecoder:
                                       threshold=self.predictor.tampering_threshold,
                                       classifier=self.predictor.word_classifier)
         return Prediction(Task.TAMPERED_TEXT_DETECTION, output, classes=found.classes, regions=regions,
-                          words=found.words())
+                          word_tampering=found)
 
     def _region(self, mask: np.ndarray | None, regions: Any) -> tuple[np.ndarray | None, float]:
         """The region to fill, grown (None: the model-change finder), and the growth's pixel scale: a

@@ -379,30 +379,58 @@ def copy_move_scores(samples: Sequence[RealSample], classifier: TreeEnsemble, *,
     return scores
 
 
-def pipeline_scores(root: str | Path, split: str, predictor, *, limit: int | None = None,
-                    progress: bool = True) -> ForensicScores:
-    """The whole `detect-tampering` path (`predictor.predict(image, "tampering").classes`) on a
-    Tampered-IC13-layout split, e.g. with `Predictor(tampering="words")`."""
-    scores = ForensicScores()
+def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence[float] = (), *,
+                   limit: int | None = None, progress: bool = True) -> dict[float | None, ForensicScores]:
+    """The whole `detect-tampering` path (`predictor.predict(image, "tampering")`, e.g. with
+    `Predictor(tampering="words")`) on a Tampered-IC13-layout split. Under None: the predictor's own class maps;
+    under each of `thresholds`: its words decided again at that threshold (`WordTampering.at_threshold`), from the
+    same pass, so an operating curve costs one run of the path (a predictor without per-word decisions, e.g.
+    `tampering="model"`, has only None)."""
+    sweep: dict[float | None, ForensicScores] = {None: ForensicScores()}
     samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
     for sample in tqdm(samples, desc=f"pipeline {Path(root).name}", unit="image", disable=not progress):
         image = read_image(sample.image)
         started = time.perf_counter()
-        classes = predictor.predict(image, "tampering").classes
-        scores.seconds.append(time.perf_counter() - started)
-        scores.matrix.update(read_tampering_label(sample.gt, image.shape[:2]), classes)
-        scores.images += 1
-    return scores
+        prediction = predictor.predict(image, "tampering")
+        sweep[None].seconds.append(time.perf_counter() - started)
+        truth = read_tampering_label(sample.gt, image.shape[:2])
+        for threshold, classes in _decisions(prediction, thresholds):
+            scores = sweep.setdefault(threshold, ForensicScores())
+            scores.matrix.update(truth, classes)
+            scores.images += 1
+    return sweep
 
 
-def pipeline_false_alarms(samples: Sequence[RealSample], predictor, *, progress: bool = True) -> MethodScores:
-    """Genuine-text false alarms of the whole `detect-tampering` path on real photos."""
-    scores = MethodScores()
+def pipeline_scores(root: str | Path, split: str, predictor, *, limit: int | None = None,
+                    progress: bool = True) -> ForensicScores:
+    """The predictor's own decisions of `pipeline_sweep`."""
+    return pipeline_sweep(root, split, predictor, limit=limit, progress=progress)[None]
+
+
+def pipeline_false_alarm_sweep(samples: Sequence[RealSample], predictor, thresholds: Sequence[float] = (), *,
+                               progress: bool = True) -> dict[float | None, MethodScores]:
+    """Genuine-text false alarms of the whole `detect-tampering` path on real photos: under None the predictor's
+    own class maps, under each of `thresholds` its words repainted at that threshold (as `pipeline_sweep`)."""
+    sweep: dict[float | None, MethodScores] = {None: MethodScores()}
     for sample in tqdm(samples, desc="pipeline real", unit="image", disable=not progress):
         if sample.words:
             image = read_image(sample.image)
             started = time.perf_counter()
-            classes = predictor.predict(image, "tampering").classes
-            scores.seconds.append(time.perf_counter() - started)
-            score_tampering(scores, sample, classes)
-    return scores
+            prediction = predictor.predict(image, "tampering")
+            sweep[None].seconds.append(time.perf_counter() - started)
+            for threshold, classes in _decisions(prediction, thresholds):
+                score_tampering(sweep.setdefault(threshold, MethodScores()), sample, classes)
+    return sweep
+
+
+def pipeline_false_alarms(samples: Sequence[RealSample], predictor, *, progress: bool = True) -> MethodScores:
+    """The predictor's own decisions of `pipeline_false_alarm_sweep`."""
+    return pipeline_false_alarm_sweep(samples, predictor, progress=progress)[None]
+
+
+def _decisions(prediction, thresholds: Sequence[float]) -> Iterator[tuple[float | None, np.ndarray]]:
+    """(None, the prediction's class map), then (threshold, its words' class map at it) for each threshold."""
+    yield None, prediction.classes
+    if prediction.word_tampering is not None:
+        for threshold in thresholds:
+            yield float(threshold), prediction.word_tampering.at_threshold(threshold).classes

@@ -90,6 +90,13 @@ class RealSample:
     tampered: tuple[bool, ...] = ()  # per word: marked `"tampered": true` (constructed forgeries)
     texts: tuple[str, ...] = ()  # per word: its annotated `"text"` ("" when the sidecar gives none)
 
+    def __post_init__(self) -> None:
+        # One flag per word, as the scorers zip them with the words: none given means every word is genuine.
+        if not self.tampered:
+            object.__setattr__(self, "tampered", (False,) * len(self.words))
+        elif len(self.tampered) != len(self.words):
+            raise ValueError(f"{self.image}: {len(self.tampered)} tampered flags for {len(self.words)} words")
+
     @property
     def name(self) -> str:
         return self.image.stem

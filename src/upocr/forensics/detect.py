@@ -9,7 +9,7 @@ paints every region 1 (real text) or 2 (tampered text, probability above the thr
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -120,6 +120,12 @@ class WordTampering:
         return [{"box": _json_box(polygon), "polygon": np.round(polygon, 1).tolist(), "scored_box": _json_box(measured),
                  "probability": round(float(probability), 4), "tampered": bool(probability > self.threshold)}
                 for polygon, measured, probability in zip(self.polygons, scored, self.probabilities)]
+
+    def at_threshold(self, threshold: float) -> WordTampering:
+        """The same words decided at another threshold: their class map painted again, nothing measured again
+        (an operating curve from one scoring, `upocr.evaluate.forensic.pipeline_sweep`)."""
+        classes = paint_words(self.classes.shape, self.polygons, self.probabilities > threshold)
+        return replace(self, classes=classes, threshold=float(threshold))
 
 
 def classify_regions(image: np.ndarray, regions: Sequence[Region], *, threshold: float | None = None,
