@@ -4,7 +4,8 @@ copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a ma
     python scripts/eval_tampering_words.py --synthetic /tmp/t/test-v1:test /tmp/t/test-v2:test \
         --real ../shared/real-dev [--classifier FILE] [--finders gt mask] [--threshold T] [--json FILE]
     python scripts/eval_tampering_words.py --synthetic ROOT:test --real ../shared/real-dev --pipeline \
-        --thresholds 0.5 0.6                       # + the path's words repainted at each threshold, same pass
+        --thresholds 0.5 0.6 --by-height           # + the path's words repainted at each threshold, same pass,
+                                                   #   and its found words by height
 
 Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
 bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
@@ -45,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", nargs="+", type=float, default=[], metavar="T",
                         help="with --pipeline: also score the path's words repainted at each of these thresholds "
                              "(an operating curve from one run of the path)")
+    parser.add_argument("--by-height", action="store_true",
+                        help="with --pipeline: also the path's found words by height (forged / genuine, flagged, the "
+                             "share of the forged pixels under them), per synthetic set")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.thresholds and not args.pipeline:
-        parser.error("--thresholds repaints the words of the detect-tampering path: add --pipeline")
+    if (args.thresholds or args.by_height) and not args.pipeline:
+        parser.error("--thresholds and --by-height read the words of the detect-tampering path: add --pipeline")
 
     from upocr.evaluate.forensic import (copy_move_scores, model_text_words, pipeline_false_alarm_sweep, pipeline_sweep,
                                          real_false_alarms, synthetic_scores, text_mask_finder)
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"{s['miou']:.3f} | {s['tampered_precision']:.3f} / {s['tampered_recall']:.3f} | "
                          f"{s['word_auc']:.3f} | {s['seconds_per_image']:.3f} |")
     pipeline = None
+    heights = ["", "| data | found words, height (px) | forged words (flagged) | genuine words (flagged) | "
+               "share of the forged pixels under them |", "|---|---|---:|---:|---:|"]
     if args.pipeline:
         from upocr.predict import Predictor
 
@@ -104,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"| {root} ({split}) | {finder} | {s['images']} | {s['tampered_iou']:.3f} | "
                              f"{s['real_iou']:.3f} | {s['miou']:.3f} | {s['tampered_precision']:.3f} / "
                              f"{s['tampered_recall']:.3f} | – | {seconds} |")
+            if args.by_height and "by_height" in results["synthetic"][f"{root}:{split}:pipeline"]:
+                heights += [f"| {root} ({split}) | {row['height']} | {row['forged_words']} ({row['forged_flagged']}) | "
+                            f"{row['genuine_words']} ({row['genuine_flagged']}) | {row['forged_pixel_share']:.3f} |"
+                            for row in results["synthetic"][f"{root}:{split}:pipeline"]["by_height"]]
+    if len(heights) > 3:
+        lines += heights
     if args.real:
         samples = read_real_samples(args.real)
         lines += ["", "| real images | finder | false alarms (genuine text pixels flagged) | genuine words flagged | image share flagged | s/image |",

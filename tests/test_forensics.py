@@ -465,6 +465,33 @@ def test_detect_tampering_by_words_paints_the_word_detector_words(tiny_weights, 
     assert [w["tampered"] for w in written["words"]] == [w["probability"] > 0.5 for w in written["words"]]
 
 
+def test_found_words_are_counted_by_height_with_the_forged_pixels_under_them():
+    """WordHeights: each word in its height bin, forged / genuine by its share of forged pixels, flagged by its
+    decision; the forged pixels under the painted words, a pixel in the taller word's bin where words overlap."""
+    from upocr.evaluate.forensic import HEIGHT_BINS, WordHeights
+    from upocr.forensics.detect import WordTampering, paint_words
+
+    def box(x1, y1, x2, y2):
+        return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
+
+    truth = np.zeros((100, 200), np.uint8)
+    truth[10:30, 10:60] = 2  # one forged word, 20 pixels tall
+    truth[40:90, 100:180] = 1
+    scored = [box(10, 10, 59, 29), box(100, 40, 179, 89), box(10, 60, 30, 70)]  # 20, 50 and 11 pixels tall
+    painted = [box(5, 8, 64, 31), box(95, 36, 184, 93), box(8, 28, 32, 72)]  # the last reaches into the first
+    probabilities = np.array([0.9, 0.7, 0.1])
+    decided = WordTampering(paint_words(truth.shape, painted, probabilities > 0.5), painted, probabilities, 0.5, scored)
+    heights = WordHeights()
+    heights.update(truth, decided)
+    rows = {row["height"]: row for row in heights.summary()}
+    assert len(rows) == len(HEIGHT_BINS) and heights.forged_pixels == 1000
+    assert (rows["18-26"]["forged_words"], rows["18-26"]["forged_flagged"]) == (1, 1)
+    assert (rows["40-70"]["genuine_words"], rows["40-70"]["genuine_flagged"]) == (1, 1)  # a big false alarm
+    assert (rows["0-18"]["genuine_words"], rows["0-18"]["genuine_flagged"]) == (1, 0)
+    assert rows["18-26"]["forged_pixel_share"] == 1.0 and rows["0-18"]["forged_pixel_share"] == 0.0
+    assert sum(row["forged_words"] for row in rows.values()) == 1
+
+
 def test_the_paths_false_alarms_swept_over_thresholds_in_one_pass(tiny_weights, tmp_path):
     """pipeline_false_alarm_sweep: the predictor's own maps under None, each threshold's from the same words."""
     from upocr.evaluate.forensic import pipeline_false_alarm_sweep, pipeline_false_alarms
@@ -507,12 +534,16 @@ def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_
     assert len(scores) == 3 and all(row["images"] == 3 and 0 <= row["miou"] <= 1 for row in scores.values())
     # --thresholds: the detect-tampering path's words repainted at each, rows from the same pass.
     assert module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--pipeline", "--thresholds", "0", "1.01",
-                        "--limit", "1", "--json", str(tmp_path / "swept.json")]) == 0
-    assert "repainted at 0 |" in capsys.readouterr().out
+                        "--by-height", "--limit", "1", "--json", str(tmp_path / "swept.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "repainted at 0 |" in printed and "| >= 70 |" in printed
     swept = json.loads((tmp_path / "swept.json").read_text())["synthetic"]
     key = f"{tmp_path / 'data'}:train:pipeline"
     assert swept[f"{key}@0"]["real_iou"] == 0 < swept[key]["real_iou"]  # at 0 every found word is tampered
     assert swept[f"{key}@1.01"]["real_iou"] == swept[key]["real_iou"] and swept[f"{key}@1.01"]["tampered_recall"] == 0
+    by_height = swept[key]["by_height"]  # the path's own decisions only: the repainted rows have none
+    assert len(by_height) == 5 and sum(row["forged_pixel_share"] for row in by_height) <= 1
+    assert "by_height" not in swept[f"{key}@0"]
     with pytest.raises(SystemExit):  # the sweep repaints the path's words: without --pipeline there are none
         module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--thresholds", "0.5"])
 

@@ -35,11 +35,11 @@ from upocr.data.layouts import read_tampering_boxes, read_tampering_label, tampe
 from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.real import MethodScores, RealSample, annotated_classes, score_tampering
-from upocr.forensics.detect import (classify_regions, paint_words, regions_from_text_mask, split_into_words,
-                                    split_into_words_and_extents)
+from upocr.forensics.detect import (WordTampering, classify_regions, paint_words, regions_from_text_mask,
+                                    split_into_words, split_into_words_and_extents)
 from upocr.forensics.features import pixel_box, region_boxes
 from upocr.forensics.model import TreeEnsemble
-from upocr.forensics.train import roc_auc
+from upocr.forensics.train import FOUND_INSIDE, FOUND_OUTSIDE, roc_auc
 from upocr.io import read_image
 
 Finder = Callable[[np.ndarray], list]  # RGB image -> word regions
@@ -58,6 +58,54 @@ def model_text_words(predictor, image: np.ndarray) -> list[np.ndarray]:
     return split_into_words(image, blobs)
 
 
+HEIGHT_BINS = (0, 18, 26, 40, 70)  # lower edges (pixels) of the found words' height bins of `WordHeights`
+
+
+@dataclass
+class WordHeights:
+    """A path's found words by height (each word as the classifier measured it): per bin of `HEIGHT_BINS`, the
+    forged words (half their box in forged pixels, as `found_region_labels` counts) and the genuine ones (under a
+    tenth), how many of each the path flagged, and the forged pixels under the bin's painted words (a pixel under
+    words of two bins counts in the taller one's). On synthetic forgeries a few big words hold most of the forged
+    pixels, and the decision is weakest on them (docs/tampering-log.md, session 39)."""
+
+    # per bin: forged words, forged flagged, genuine words, genuine flagged, forged pixels under its painted words
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((len(HEIGHT_BINS), 5), np.int64))
+    forged_pixels: int = 0  # all forged pixels of the images, found or not
+
+    def update(self, truth: np.ndarray, decided: WordTampering) -> None:
+        """Add one image: its class map `truth` (2 = forged) and the path's decisions on its words."""
+        forged = truth == 2
+        self.forged_pixels += int(forged.sum())
+        height, width = forged.shape
+        measured = decided.polygons if decided.scored is None else decided.scored
+        painted = []  # (bin, painted extent)
+        for polygon, extent, probability in zip(measured, decided.polygons, decided.probabilities):
+            x1, y1, x2, y2 = pixel_box(polygon)
+            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1)
+            if x2 < x1 or y2 < y1:
+                continue
+            share = float(forged[y1:y2 + 1, x1:x2 + 1].mean())
+            row = int(np.searchsorted(HEIGHT_BINS, y2 - y1 + 1, side="right")) - 1
+            flagged = int(probability > decided.threshold)
+            if share >= FOUND_INSIDE:
+                self.counts[row, :2] += (1, flagged)
+            elif share < FOUND_OUTSIDE:
+                self.counts[row, 2:4] += (1, flagged)
+            painted.append((row, extent))
+        under = np.full((height, width), len(HEIGHT_BINS), np.uint8)  # the bin whose words cover each pixel
+        for row, extent in sorted(painted, key=lambda item: item[0]):  # the taller word's bin where they overlap
+            cv2.fillPoly(under, [np.round(extent).astype(np.int32)], row)
+        self.counts[:, 4] += np.bincount(under[forged], minlength=len(HEIGHT_BINS) + 1)[:len(HEIGHT_BINS)]
+
+    def summary(self) -> list[dict]:
+        edges = [*HEIGHT_BINS[1:], None]
+        return [{"height": f"{low}-{high}" if high else f">= {low}", "forged_words": int(f), "forged_flagged": int(ff),
+                 "genuine_words": int(g), "genuine_flagged": int(gf),
+                 "forged_pixel_share": pixels / self.forged_pixels if self.forged_pixels else float("nan")}
+                for low, high, (f, ff, g, gf, pixels) in zip(HEIGHT_BINS, edges, self.counts)]
+
+
 @dataclass
 class ForensicScores:
     matrix: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(3))
@@ -65,18 +113,22 @@ class ForensicScores:
     labels: list[np.ndarray] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     images: int = 0
+    heights: WordHeights | None = None  # the path's own decisions by word height (`pipeline_sweep`)
 
     def summary(self) -> dict:
         scores = self.matrix.compute()
         probabilities = np.concatenate(self.probabilities) if self.probabilities else np.zeros(0)
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0)
-        return {
+        summary = {
             "images": self.images, "tampered_iou": scores["tampered"]["iou"], "real_iou": scores["real"]["iou"],
             "miou": scores["miou"], "tampered_precision": scores["tampered"]["precision"],
             "tampered_recall": scores["tampered"]["recall"],
             "word_auc": roc_auc(probabilities, labels) if labels.size else float("nan"),
             "seconds_per_image": float(np.mean(self.seconds)) if self.seconds else float("nan"),
         }
+        if self.heights is not None:
+            summary["by_height"] = self.heights.summary()
+        return summary
 
 
 def synthetic_scores(root: str | Path, split: str, classifier: TreeEnsemble, *, threshold: float | None = None,
@@ -385,7 +437,8 @@ def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence
     `Predictor(tampering="words")`) on a Tampered-IC13-layout split. Under None: the predictor's own class maps;
     under each of `thresholds`: its words decided again at that threshold (`WordTampering.at_threshold`), from the
     same pass, so an operating curve costs one run of the path (a predictor without per-word decisions, e.g.
-    `tampering="model"`, has only None)."""
+    `tampering="model"`, has only None). With per-word decisions the None row also has them by word height
+    (`ForensicScores.heights`)."""
     sweep: dict[float | None, ForensicScores] = {None: ForensicScores()}
     samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
     for sample in tqdm(samples, desc=f"pipeline {Path(root).name}", unit="image", disable=not progress):
@@ -394,6 +447,9 @@ def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence
         prediction = predictor.predict(image, "tampering")
         sweep[None].seconds.append(time.perf_counter() - started)
         truth = read_tampering_label(sample.gt, image.shape[:2])
+        if prediction.word_tampering is not None:
+            sweep[None].heights = sweep[None].heights or WordHeights()
+            sweep[None].heights.update(truth, prediction.word_tampering)
         for threshold, classes in _decisions(prediction, thresholds):
             scores = sweep.setdefault(threshold, ForensicScores())
             scores.matrix.update(truth, classes)
