@@ -39,7 +39,7 @@ from upocr.forensics.detect import (WordTampering, classify_regions, paint_words
                                     split_into_words, split_into_words_and_extents)
 from upocr.forensics.features import pixel_box, region_boxes
 from upocr.forensics.model import TreeEnsemble
-from upocr.forensics.train import FOUND_INSIDE, FOUND_OUTSIDE, roc_auc
+from upocr.forensics.train import labels_from_tampered_pixels, roc_auc
 from upocr.io import read_image
 
 Finder = Callable[[np.ndarray], list]  # RGB image -> word regions
@@ -79,19 +79,17 @@ class WordHeights:
         self.forged_pixels += int(forged.sum())
         height, width = forged.shape
         measured = decided.polygons if decided.scored is None else decided.scored
+        labels = labels_from_tampered_pixels(measured, forged)  # 1 forged, 0 genuine, -1 half of each
         painted = []  # (bin, painted extent)
-        for polygon, extent, probability in zip(measured, decided.polygons, decided.probabilities):
+        for polygon, extent, probability, label in zip(measured, decided.polygons, decided.probabilities, labels):
             x1, y1, x2, y2 = pixel_box(polygon)
-            x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width - 1), min(y2, height - 1)
-            if x2 < x1 or y2 < y1:
+            tall = min(y2, height - 1) - max(y1, 0) + 1
+            if tall < 1:
                 continue
-            share = float(forged[y1:y2 + 1, x1:x2 + 1].mean())
-            row = int(np.searchsorted(HEIGHT_BINS, y2 - y1 + 1, side="right")) - 1
-            flagged = int(probability > decided.threshold)
-            if share >= FOUND_INSIDE:
-                self.counts[row, :2] += (1, flagged)
-            elif share < FOUND_OUTSIDE:
-                self.counts[row, 2:4] += (1, flagged)
+            row = int(np.searchsorted(HEIGHT_BINS, tall, side="right")) - 1
+            if label >= 0:  # forged words count in columns 0-1, genuine ones in 2-3
+                column = 0 if label == 1 else 2
+                self.counts[row, column:column + 2] += (1, int(probability > decided.threshold))
             painted.append((row, extent))
         under = np.full((height, width), len(HEIGHT_BINS), np.uint8)  # the bin whose words cover each pixel
         for row, extent in sorted(painted, key=lambda item: item[0]):  # the taller word's bin where they overlap

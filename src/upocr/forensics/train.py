@@ -56,6 +56,11 @@ def found_region_labels(regions: Sequence[np.ndarray], boxes: Sequence[tuple[int
     for x1, y1, x2, y2, label in boxes:
         if label == TAMPERED_TEXT:
             tampered[max(y1, 0):y2 + 1, max(x1, 0):x2 + 1] = 1
+    return labels_from_tampered_pixels(regions, tampered)
+
+
+def labels_from_tampered_pixels(regions: Sequence[np.ndarray], tampered: np.ndarray) -> np.ndarray:
+    """`found_region_labels` from a map of the tampered pixels (nonzero, (H, W)) instead of the boxes."""
     labels = []
     for region in regions:
         points = np.asarray(region, np.float32).reshape(-1, 2)
