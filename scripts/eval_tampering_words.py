@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{s['miou']:.3f} | {s['tampered_precision']:.3f} / {s['tampered_recall']:.3f} | "
                          f"{s['word_auc']:.3f} | {s['seconds_per_image']:.3f} |")
     pipeline = None
-    heights = ["", "| data | found words, height (px) | forged words (flagged) | genuine words (flagged) | "
-               "share of the forged pixels under them |", "|---|---|---:|---:|---:|"]
+    height_rows = []  # --by-height: the path's found words by height, per synthetic set
     if args.pipeline:
         from upocr.predict import Predictor
 
@@ -110,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"| {root} ({split}) | {finder} | {s['images']} | {s['tampered_iou']:.3f} | "
                              f"{s['real_iou']:.3f} | {s['miou']:.3f} | {s['tampered_precision']:.3f} / "
                              f"{s['tampered_recall']:.3f} | – | {seconds} |")
-            if args.by_height and "by_height" in results["synthetic"][f"{root}:{split}:pipeline"]:
-                heights += [f"| {root} ({split}) | {row['height']} | {row['forged_words']} ({row['forged_flagged']}) | "
-                            f"{row['genuine_words']} ({row['genuine_flagged']}) | {row['forged_pixel_share']:.3f} |"
-                            for row in results["synthetic"][f"{root}:{split}:pipeline"]["by_height"]]
-    if len(heights) > 3:
-        lines += heights
+            if args.by_height and sweep[None].heights is not None:
+                height_rows += [f"| {root} ({split}) | {row['height']} | {row['forged_words']} ({row['forged_flagged']}) | "
+                                f"{row['genuine_words']} ({row['genuine_flagged']}) | {row['forged_pixel_share']:.3f} |"
+                                for row in sweep[None].heights.summary()]
+    if height_rows:
+        lines += ["", "| data | found words, height (px) | forged words (flagged) | genuine words (flagged) | "
+                  "share of the forged pixels under them |", "|---|---|---:|---:|---:|", *height_rows]
     if args.real:
         samples = read_real_samples(args.real)
         lines += ["", "| real images | finder | false alarms (genuine text pixels flagged) | genuine words flagged | image share flagged | s/image |",
