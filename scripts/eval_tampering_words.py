@@ -6,6 +6,9 @@ copy-moves constructed from real photos (`upocr.evaluate.forensic`). Prints a ma
     python scripts/eval_tampering_words.py --synthetic ROOT:test --real ../shared/real-dev --pipeline \
         --thresholds 0.5 0.6 --by-height           # + the path's words repainted at each threshold, same pass,
                                                    #   and its found words by height
+    python scripts/eval_tampering_words.py --synthetic ROOT:test --pipeline --by-edit
+                                                   # + the forged pixels the path paints, by kind of forgery
+                                                   #   (sets `upocr synth` wrote with its records)
 
 Finders: `gt` = the ground-truth boxes / annotated polygons (the classifier alone); `mask` = the
 bundled model's segmentation mask grouped into words (loads the model); `model-words` = the text
@@ -49,13 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-height", action="store_true",
                         help="with --pipeline: also the path's found words by height (forged / genuine, flagged, the "
                              "share of the forged pixels under them), per synthetic set")
+    parser.add_argument("--by-edit", action="store_true",
+                        help="with --pipeline: also the forged pixels the path paints tampered by kind of forgery "
+                             "(retype, copy-move, splice; how the old word was erased, the blur, the file's history), "
+                             "for synthetic sets written with `upocr synth`'s records")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if (args.thresholds or args.by_height) and not args.pipeline:
-        parser.error("--thresholds and --by-height read the words of the detect-tampering path: add --pipeline")
+    if (args.thresholds or args.by_height or args.by_edit) and not args.pipeline:
+        parser.error("--thresholds, --by-height and --by-edit read the decisions of the detect-tampering path: "
+                     "add --pipeline")
 
-    from upocr.evaluate.forensic import (copy_move_scores, model_text_words, pipeline_false_alarm_sweep, pipeline_sweep,
-                                         real_false_alarms, synthetic_scores, text_mask_finder)
+    from upocr.evaluate.forensic import (BIG_FORGERY, copy_move_scores, model_text_words, pipeline_false_alarm_sweep,
+                                         pipeline_sweep, real_false_alarms, synthetic_scores, text_mask_finder)
     from upocr.evaluate.real import read_real_samples
     from upocr.forensics.model import load_classifier
 
@@ -93,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{s['word_auc']:.3f} | {s['seconds_per_image']:.3f} |")
     pipeline = None
     height_rows = []  # --by-height: the path's found words by height, per synthetic set
+    edit_rows = []  # --by-edit: its forged pixels by kind of forgery, per synthetic set with records
     if args.pipeline:
         from upocr.predict import Predictor
 
@@ -113,6 +122,19 @@ def main(argv: list[str] | None = None) -> int:
                 height_rows += [f"| {root} ({split}) | {row['height']} | {row['forged_words']} ({row['forged_flagged']}) | "
                                 f"{row['genuine_words']} ({row['genuine_flagged']}) | {row['forged_pixel_share']:.3f} |"
                                 for row in sweep[None].heights.summary()]
+            if args.by_edit:
+                if sweep[None].forgeries is None:
+                    print(f"{root} ({split}): no forgery records (`upocr synth` writes them in <split>_edits); "
+                          "--by-edit skips it", file=sys.stderr)
+                else:
+                    edit_rows += [f"| {root} ({split}) | {row['facet']} | {row['value']} | {row['boxes']} / "
+                                  f"{row['big_boxes']} | {row['pixel_share']:.3f} | {row['big_pixel_share']:.2f} | "
+                                  f"{row['recall']:.3f} | {row['recall_small']:.3f} / {row['recall_big']:.3f} |"
+                                  for row in sweep[None].forgeries.summary()]
+    if edit_rows:
+        lines += ["", f"| data | forged boxes by | value | boxes (under {BIG_FORGERY} px / taller) | share of the forged "
+                  "pixels | of them in the taller boxes | painted tampered | under / taller |",
+                  "|---|---|---|---:|---:|---:|---:|---:|", *edit_rows]
     if height_rows:
         lines += ["", "| data | found words, height (px) | forged words (flagged) | genuine words (flagged) | "
                   "share of the forged pixels under them |", "|---|---|---:|---:|---:|", *height_rows]

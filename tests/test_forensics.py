@@ -492,6 +492,38 @@ def test_found_words_are_counted_by_height_with_the_forged_pixels_under_them():
     assert sum(row["forged_words"] for row in rows.values()) == 1
 
 
+def test_forged_boxes_are_counted_by_what_was_done_to_them():
+    """ForgedBoxes: each forged box with a record in its groups (kind, how, the file's history), small and big apart,
+    with its forged pixels and those painted tampered; forged pixels of images without a record count in the total."""
+    from upocr.evaluate.forensic import BIG_FORGERY, ForgedBoxes
+
+    truth = np.zeros((100, 200), np.uint8)
+    boxes = [(10, 10, 59, 29, 2), (100, 20, 179, 79, 2), (10, 60, 40, 70, 1)]  # 20 and 60 px tall forgeries, a word
+    for x1, y1, x2, y2, label in boxes:
+        truth[y1:y2 + 1, x1:x2 + 1] = label
+    classes = np.zeros_like(truth)
+    classes[10:30, 10:35] = 2  # half the small retype painted
+    classes[20:80, 100:120] = 2  # a quarter of the big splice
+    retype = {"kind": "retype", "erased": "inpainted (Telea)", "font": "the word's", "blur": "blurrier",
+              "blur_sigma": 1.5, "scene_blur_sigma": 0.5, "noise": 0.0, "own_jpeg": 70}
+    record = {"photo": "lossless", "after_edits": ["resampled 0.70"], "saved": "jpeg 80",
+              "words": [retype, {"kind": "splice", "scale": 1.2, "edge": "the whole box"}, None]}
+    counted = ForgedBoxes()
+    counted.update(truth, boxes, record, classes)
+    counted.update(truth, boxes, None, classes)  # a second image without a record: in the total only
+    rows = {(row["facet"], row["value"]): row for row in counted.summary()}
+    assert counted.forged_pixels == 2 * (1000 + 4800) and 60 >= BIG_FORGERY > 20
+    retyped, spliced = rows[("kind", "retype")], rows[("kind", "splice")]
+    assert (retyped["boxes"], retyped["big_boxes"], retyped["recall"]) == (1, 0, 0.5)
+    assert (spliced["boxes"], spliced["big_boxes"], spliced["recall_big"]) == (0, 1, 0.25)
+    assert retyped["pixel_share"] == 1000 / 11600 and np.isnan(retyped["recall_big"])
+    assert rows[("retype: blur against the scene's", "blurrier")]["boxes"] == 1
+    assert rows[("retype: own noise", "none")]["boxes"] == 1 and rows[("paste: edge", "the whole box")]["big_boxes"] == 1
+    both = rows[("file: after the edits", "re-processed")]
+    assert (both["boxes"], both["big_boxes"]) == (1, 1) and both["recall"] == (500 + 1200) / 5800
+    assert both["big_pixel_share"] == 4800 / 5800 and ("kind", "copy-move") not in rows
+
+
 def test_the_paths_false_alarms_swept_over_thresholds_in_one_pass(tiny_weights, tmp_path):
     """pipeline_false_alarm_sweep: the predictor's own maps under None, each threshold's from the same words."""
     from upocr.evaluate.forensic import pipeline_false_alarm_sweep, pipeline_false_alarms
@@ -534,9 +566,9 @@ def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_
     assert len(scores) == 3 and all(row["images"] == 3 and 0 <= row["miou"] <= 1 for row in scores.values())
     # --thresholds: the detect-tampering path's words repainted at each, rows from the same pass.
     assert module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--pipeline", "--thresholds", "0", "1.01",
-                        "--by-height", "--limit", "1", "--json", str(tmp_path / "swept.json")]) == 0
+                        "--by-height", "--by-edit", "--limit", "1", "--json", str(tmp_path / "swept.json")]) == 0
     printed = capsys.readouterr().out
-    assert "repainted at 0 |" in printed and "| >= 70 |" in printed
+    assert "repainted at 0 |" in printed and "| >= 70 |" in printed and "| kind | retype |" in printed
     swept = json.loads((tmp_path / "swept.json").read_text())["synthetic"]
     key = f"{tmp_path / 'data'}:train:pipeline"
     assert swept[f"{key}@0"]["real_iou"] == 0 < swept[key]["real_iou"]  # at 0 every found word is tampered
@@ -544,6 +576,8 @@ def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_
     by_height = swept[key]["by_height"]  # the path's own decisions only: the repainted rows have none
     assert len(by_height) == 5 and sum(row["forged_pixel_share"] for row in by_height) <= 1
     assert "by_height" not in swept[f"{key}@0"]
+    by_edit = {(row["facet"], row["value"]): row for row in swept[key]["by_edit"]}  # v1: every forgery retyped
+    assert by_edit[("kind", "retype")]["pixel_share"] == 1 and 0 <= by_edit[("kind", "retype")]["recall"] <= 1
     with pytest.raises(SystemExit):  # the sweep repaints the path's words: without --pipeline there are none
         module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--thresholds", "0.5"])
 

@@ -40,7 +40,7 @@ def synth_root(tmp_path_factory) -> Path:
 def test_same_seed_gives_same_bytes_with_any_worker_count(tmp_path: Path, synth_root: Path):
     generate_dataset(tmp_path / "b", count=3, seed=5, split="train", size=SIZE, workers=2, progress=False)
     first, second = _tree_bytes(synth_root), _tree_bytes(tmp_path / "b")
-    assert first.keys() == second.keys() and len(first) == 3 * (3 + 2 + 2) + 1  # + split.json
+    assert first.keys() == second.keys() and len(first) == 3 * (3 + 2 + 3) + 1  # + split.json
     assert first == second
 
 
@@ -286,7 +286,7 @@ def test_v2_is_deterministic_and_independent_of_other_samples(tmp_path: Path):
     generate_dataset(tmp_path / "a", **kwargs)
     generate_dataset(tmp_path / "b", **kwargs)
     first, second = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
-    assert len(first) == 2 * 7 + 1 and first == second
+    assert len(first) == 2 * 8 + 1 and first == second
     write_sample(tmp_path / "c", Task.TAMPERED_TEXT_DETECTION, "train", 9, 1, (SIZE, SIZE), SceneOptions(scenes="v2"))
     alone = _tree_bytes(tmp_path / "c")
     assert alone and all(first[name] == data for name, data in alone.items())
@@ -446,6 +446,43 @@ def test_a_fifth_of_v2_tampering_files_are_lossless_and_read_like_the_rest(tmp_p
     [read] = layouts.tampering_samples(tmp_path / "one", "train")
     assert read.image.suffix == ".png" and np.array_equal(np.asarray(Image.open(read.image)), sample.image)
     assert layouts.read_tampering_boxes(read.gt) == [(0, 0, 3, 2, 1)]
+
+
+def test_synthetic_forgeries_carry_a_record_of_what_was_done(tmp_path: Path):
+    """`upocr synth` writes beside each tampering sample's boxes what was done: per box None (a real word) or the
+    edit (v1: retypes; v2 also copy-moves and splices, added after the scene's words), and the file's history,
+    which agrees with the file written; recording draws nothing, so `reprocess` makes the same file with or without
+    a list for its steps, and lists a step exactly when it changed the file."""
+    from upocr.data.synth.tampering import reprocess
+
+    generate_dataset(tmp_path / "v2", count=12, seed=8, split="train", size=96, tasks=("tampering",), scenes="v2",
+                     workers=1, progress=False)
+    generate_dataset(tmp_path / "v1", count=4, seed=8, split="train", size=96, tasks=("tampering",), workers=1,
+                     progress=False)
+    kinds = {"v1": set(), "v2": set()}
+    for name in kinds:
+        for sample in layouts.tampering_samples(tmp_path / name, "train"):
+            boxes = layouts.read_tampering_boxes(sample.gt)
+            record = layouts.read_tampering_edits(sample.edits, len(boxes))
+            assert [word is None for word in record["words"]] == [label == 1 for *_, label in boxes]
+            kinds[name] |= {word["kind"] for word in record["words"] if word}
+            assert (record["saved"] == "lossless") == (sample.image.suffix == ".png")
+            assert name == "v2" or (record["after_edits"] == [] and record["photo"].startswith("jpeg"))
+    assert kinds["v1"] == {"retype"} and {"retype", "copy-move"} <= kinds["v2"] <= {"retype", "copy-move", "splice"}
+
+    image = render_scene(np.random.default_rng(5), size=(96, 96), split="train").image
+    for k in range(20):
+        steps: list[str] = []
+        recorded = reprocess(np.random.default_rng(k), image, steps)
+        assert np.array_equal(recorded, reprocess(np.random.default_rng(k), image))
+        assert bool(steps) == (not np.array_equal(recorded, image))
+
+    sample = layouts.tampering_samples(tmp_path / "v1", "train")[0]
+    with pytest.raises(layouts.LayoutError, match=rf"{sample.edits.name}: expected a record with one 'words' entry"):
+        layouts.read_tampering_edits(sample.edits, 99)
+    sample.edits.write_text("{not json", encoding="utf-8")
+    with pytest.raises(layouts.LayoutError, match=rf"{sample.edits.name}: not a JSON record"):
+        layouts.read_tampering_edits(sample.edits, 1)
 
 
 def assert_forward_inverts_maps(warp, points: np.ndarray, hw: tuple[int, int]) -> None:
@@ -648,7 +685,7 @@ def test_a_line_set_apart_is_drawn_labelled_and_retyped_in_its_own_face():
     index = placed.words.index(first[0])
     boxes = [w.box for w in scene.words]
     photo = np.clip(scene.image, 0, 255).astype(np.uint8)
-    retyped = _retype(np.random.default_rng(0), scene, photo, {index}, boxes)
+    retyped = _retype(np.random.default_rng(0), scene, photo, {index}, boxes, [None] * len(boxes))
     x1, y1, x2, y2 = boxes[index]
     span = lambda rows: np.ptp(np.nonzero(rows)[0]) if rows.any() else 0  # noqa: E731
     old_ink, new_ink = photo.mean(-1) < 150, retyped.mean(-1) < 150  # dark print on light paper

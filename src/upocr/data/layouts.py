@@ -8,7 +8,8 @@ Under one data root:
       label values 100 text, 200 word effect (stroke, shadow...), 255 ignore, 0 background;
       split.json {"train": [names], "val": [...], "test": [...]}.
   TamperedTextDetection/Tampered-IC13/{train,test}_img/<name>.<ext>, {train,test}_gt/<stem>.txt
-      one "x1,y1,x2,y2,label" line per word box, label 1 real, 2 tampered.
+      one "x1,y1,x2,y2,label" line per word box, label 1 real, 2 tampered;
+      optionally {train,test}_edits/<stem>.json: what was done to each box (written by `upocr synth`).
 
 The same readers serve the real benchmarks and `upocr synth` output, which the writers beside them
 (`SAMPLE_WRITERS`) write.
@@ -73,6 +74,7 @@ class TamperingSample:
     name: str
     image: Path
     gt: Path
+    edits: Path | None = None  # the synthetic forgery's record (`read_tampering_edits`), where one was written
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -144,7 +146,8 @@ def tampering_samples(data_root: str | Path, split: str) -> list[TamperingSample
         gt = base / f"{split}_gt" / f"{stem}.txt"
         if not gt.is_file():
             raise LayoutError(f"{gt}: missing (needed for {image})")
-        samples.append(TamperingSample(stem, image, gt))
+        edits = base / f"{split}_edits" / f"{stem}.json"
+        samples.append(TamperingSample(stem, image, gt, edits if edits.is_file() else None))
     return samples
 
 
@@ -200,6 +203,7 @@ class TamperingPixels:
     image: np.ndarray
     quality: int | None
     boxes: list[tuple[int, int, int, int, int]]
+    edits: dict | None = None  # JSON-ready record of the forgery (`read_tampering_edits`), None: none written
 
 
 def write_removal_sample(root: str | Path, split: str, name: str, sample: RemovalPixels) -> None:
@@ -228,6 +232,8 @@ def write_tampering_sample(root: str | Path, split: str, name: str, sample: Tamp
     with atomic_output(base / f"{split}_gt" / f"{name}.txt") as tmp:
         tmp.write_text("".join(f"{x1},{y1},{x2},{y2},{label}\n" for x1, y1, x2, y2, label in sample.boxes),
                        encoding="utf-8")
+    if sample.edits is not None:
+        write_json(base / f"{split}_edits" / f"{name}.json", sample.edits)
 
 
 # Each task's sample writer: (data root, split, name, pixels) -> the files its reader reads.
@@ -350,6 +356,24 @@ def read_tampering_boxes(gt_path: str | Path) -> list[tuple[int, int, int, int, 
             raise LayoutError(f"{path}:{number}: label must be 1 (real) or 2 (tampered), got {label}")
         boxes.append((x1, y1, x2, y2, label))
     return boxes
+
+
+def read_tampering_edits(path: str | Path, boxes: int) -> dict:
+    """A synthetic forgery's record (`upocr.data.synth.tampering`): {"photo", "after_edits", "saved", "words"},
+    "words" holding one entry per box of its gt file (None for a real word, else {"kind": ...}); `boxes`: how
+    many boxes that file has."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LayoutError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LayoutError(f"{path}: not a JSON record ({error})") from None
+    words = record.get("words") if isinstance(record, dict) else None
+    if not isinstance(words, list) or len(words) != boxes:
+        count = len(words) if isinstance(words, list) else "no"
+        raise LayoutError(f"{path}: expected a record with one 'words' entry per box ({boxes}), got {count}")
+    return record
 
 
 def read_tampering_label(gt_path: str | Path, size: tuple[int, int]) -> np.ndarray:

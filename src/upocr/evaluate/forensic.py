@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from upocr.data.layouts import read_tampering_boxes, read_tampering_label, tampering_samples
+from upocr.data.layouts import read_tampering_boxes, read_tampering_edits, read_tampering_label, tampering_samples
 from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.real import MethodScores, RealSample, annotated_classes, score_tampering
@@ -104,6 +104,69 @@ class WordHeights:
                 for low, high, (f, ff, g, gf, pixels) in zip(HEIGHT_BINS, edges, self.counts)]
 
 
+BIG_FORGERY = 40  # px: a forged box this tall or taller counts as big in `ForgedBoxes` (as `HEIGHT_BINS`' top bins)
+
+
+def edit_facets(word: dict, record: dict) -> list[tuple[str, str]]:
+    """The (facet, value) groups a forged box belongs to, from its record and its file's (`read_tampering_edits`)."""
+    facets = [("kind", word["kind"])]
+    if word["kind"] == "retype":
+        facets += [("retype: old word", word["erased"]), ("retype: font", word["font"])]
+        if "blur" in word:  # (absent where the new word fell outside the image)
+            facets += [("retype: blur against the scene's", word["blur"]),
+                       ("retype: the scene's blur", word.get("scene_blur", "not recorded")),
+                       ("retype: own noise", "added" if word["noise"] else "none")]
+    else:
+        facets.append(("paste: edge", word["edge"]))
+    facets += [("file: after the edits", "re-processed" if record["after_edits"] else "left alone"),
+               ("file: saved", "lossless" if record["saved"] == "lossless" else "jpeg")]
+    return facets
+
+
+@dataclass
+class ForgedBoxes:
+    """The forged boxes of synthetic forgeries by what was done to them (the records `upocr synth` writes beside the
+    boxes) and by height: per group, the boxes and their forged pixels, and how many of those pixels a path painted
+    tampered. Says which forgeries a detector misses: e.g. big retyped words made blurrier than the scene
+    (docs/tampering-log.md, session 40)."""
+
+    # (facet, value) -> [boxes, forged pixels, pixels painted tampered] for boxes under BIG_FORGERY px, then the big
+    groups: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    forged_pixels: int = 0  # all forged pixels of the images scored, with a record or not
+
+    def update(self, truth: np.ndarray, boxes: Sequence[tuple[int, int, int, int, int]], record: dict | None,
+               classes: np.ndarray) -> None:
+        """Add one image: its class map `truth`, its gt boxes, their record (None: counted in the total only) and the
+        path's class map `classes`."""
+        forged = truth == 2
+        self.forged_pixels += int(forged.sum())
+        if record is None:
+            return
+        unclaimed = forged.copy()  # a pixel under two forged boxes (a v1 retype grown over its neighbour) counts once
+        for (x1, y1, x2, y2, label), word in zip(boxes, record["words"]):
+            if label != 2 or word is None:
+                continue
+            inside = (slice(max(y1, 0), y2 + 1), slice(max(x1, 0), x2 + 1))
+            mine = unclaimed[inside].copy()
+            unclaimed[inside] = False
+            pixels = int(mine.sum())
+            painted = int((mine & (classes[inside] == 2)).sum())
+            big = 3 if y2 - y1 + 1 >= BIG_FORGERY else 0
+            for facet in edit_facets(word, record):
+                self.groups.setdefault(facet, np.zeros(6, np.int64))[big:big + 3] += (1, pixels, painted)
+
+    def summary(self) -> list[dict]:
+        rows = []
+        for (facet, value), (boxes, pixels, painted, big_boxes, big_pixels, big_painted) in sorted(self.groups.items()):
+            share = (pixels + big_pixels) / self.forged_pixels if self.forged_pixels else float("nan")
+            rows.append({"facet": facet, "value": value, "boxes": int(boxes), "big_boxes": int(big_boxes),
+                         "pixel_share": share, "big_pixel_share": big_pixels / max(pixels + big_pixels, 1),
+                         "recall": (painted + big_painted) / max(pixels + big_pixels, 1),
+                         "recall_small": painted / pixels if pixels else float("nan"),
+                         "recall_big": big_painted / big_pixels if big_pixels else float("nan")})
+        return rows
+
+
 @dataclass
 class ForensicScores:
     matrix: ConfusionMatrix = field(default_factory=lambda: ConfusionMatrix(3))
@@ -112,6 +175,7 @@ class ForensicScores:
     seconds: list[float] = field(default_factory=list)
     images: int = 0
     heights: WordHeights | None = None  # the path's own decisions by word height (`pipeline_sweep`)
+    forgeries: ForgedBoxes | None = None  # its forged pixels by kind of forgery, where the set has records
 
     def summary(self) -> dict:
         scores = self.matrix.compute()
@@ -126,6 +190,8 @@ class ForensicScores:
         }
         if self.heights is not None:
             summary["by_height"] = self.heights.summary()
+        if self.forgeries is not None:
+            summary["by_edit"] = self.forgeries.summary()
         return summary
 
 
@@ -436,9 +502,12 @@ def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence
     under each of `thresholds`: its words decided again at that threshold (`WordTampering.at_threshold`), from the
     same pass, so an operating curve costs one run of the path (a predictor without per-word decisions, e.g.
     `tampering="model"`, has only None). With per-word decisions the None row also has them by word height
-    (`ForensicScores.heights`)."""
+    (`ForensicScores.heights`); where the set has `upocr synth`'s records, it has its forged pixels by kind of
+    forgery (`ForensicScores.forgeries`)."""
     sweep: dict[float | None, ForensicScores] = {None: ForensicScores()}
     samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
+    if any(sample.edits is not None for sample in samples):
+        sweep[None].forgeries = ForgedBoxes()
     for sample in tqdm(samples, desc=f"pipeline {Path(root).name}", unit="image", disable=not progress):
         image = read_image(sample.image)
         started = time.perf_counter()
@@ -448,6 +517,10 @@ def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence
         if prediction.word_tampering is not None:
             sweep[None].heights = sweep[None].heights or WordHeights()
             sweep[None].heights.update(truth, prediction.word_tampering)
+        if sweep[None].forgeries is not None:
+            boxes = read_tampering_boxes(sample.gt)
+            record = read_tampering_edits(sample.edits, len(boxes)) if sample.edits is not None else None
+            sweep[None].forgeries.update(truth, boxes, record, prediction.classes)
         for threshold, classes in _decisions(prediction, thresholds):
             scores = sweep.setdefault(threshold, ForensicScores())
             scores.matrix.update(truth, classes)

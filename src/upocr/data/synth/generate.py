@@ -91,13 +91,17 @@ def _segmentation_pixels(rng: np.random.Generator, scene: Scene,
 def _tampering_pixels(rng: np.random.Generator, scene: Scene, options: SceneOptions | None) -> layouts.TamperingPixels:
     v2 = options is not None and options.scenes == "v2"
     tampered = tamper_scene(rng, scene, methods="v2" if v2 else "v1", options=options)
-    image = reprocess(rng, tampered.image) if v2 else tampered.image
+    after: list[str] = []
+    image = reprocess(rng, tampered.image, after) if v2 else tampered.image
     # Saved again at a new quality: in v1 real text is always double-compressed, tampered text not.
     quality = int(rng.integers(70, 96))
     if v2 and rng.random() < LOSSLESS_FILE:  # drawn last, so the other v2 files keep their bytes
         quality = None
+    # What was done, for evaluations by kind of forgery (`layouts.read_tampering_edits`); words[i] is box i's.
+    edits = {"generator_version": GENERATOR_VERSION, "photo": tampered.original_saved, "after_edits": after,
+             "saved": "lossless" if quality is None else f"jpeg {quality}", "words": tampered.edits}
     return layouts.TamperingPixels(image, quality,
-                                   [(*box, label) for box, label in zip(tampered.boxes, tampered.labels)])
+                                   [(*box, label) for box, label in zip(tampered.boxes, tampered.labels)], edits)
 
 
 # What a rendered scene gives each task's sample: (rng, scene, options) -> the pixels its writer

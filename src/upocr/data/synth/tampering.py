@@ -20,6 +20,12 @@ v2 (`methods="v2"`, used by `--scenes v2`) mixes three edits, each leaving the t
 Added words get their own GT line (label 2); boxes never overlap, so the class map (0 background, 1
 real, 2 tampered) read from the boxes is exact.
 
+Every tampered box also gets a record of what was done to it (`TamperedScene.edits`, written beside the boxes
+as `<split>_edits/<name>.json` by `upocr synth`): the edit's kind, and for a retype how the old word was erased,
+the new word's blur against the scene's, its own noise and JPEG quality; for a paste its scale and edge. With the
+file's history (`reprocess`'s steps, the last save) it lets an evaluation say which forgeries a detector misses
+(`scripts/eval_tampering_words.py --by-edit`). Recording reads the draws; it draws nothing, so files are unchanged.
+
 v2 also varies the history of the whole file, because in v1 genuine text always carries the scene's
 blur and two JPEG saves, and a model trained on it learns "crisp, once-compressed text is tampered",
 which flags most genuine text of real receipts and screenshots: the original photo is a lossless
@@ -31,7 +37,7 @@ differences within the image tell tampered text apart.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -57,6 +63,10 @@ class TamperedScene:
     boxes: list[tuple[int, int, int, int]]  # x1, y1, x2, y2 (inclusive), one per word
     labels: list[int]  # 1 real, 2 tampered
     original: np.ndarray  # the photo before the edits: `image` differs from it only in tampered boxes
+    # per box: None for a real word, else a JSON-ready record of the edit ({"kind": "retype" | "copy-move" |
+    # "splice", ...}; see `_retype` and `_tamper_v2`)
+    edits: list[dict | None] = field(default_factory=list)
+    original_saved: str = ""  # how `original` was saved: "jpeg <quality>" or "lossless"
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
@@ -66,21 +76,27 @@ def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].copy()
 
 
-def reprocess(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+def reprocess(rng: np.random.Generator, image: np.ndarray, steps: list[str] | None = None) -> np.ndarray:
     """What may happen to a whole file after it was made (v2): resampled down and up (a resize
-    in a viewer or messenger), unsharp-masked, saved as JPEG once more; each by chance, in any mix."""
+    in a viewer or messenger), unsharp-masked, saved as JPEG once more; each by chance, in any mix.
+    `steps`: a list the steps taken are appended to ("resampled 0.73", "unsharp-masked", "saved at 81")."""
+    steps = [] if steps is None else steps
     out = image
     h, w = image.shape[:2]
     if rng.random() < 0.3:
         f = rng.uniform(0.5, 0.9)
         small = cv2.resize(out, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
         out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR if rng.random() < 0.5 else cv2.INTER_CUBIC)
+        steps.append(f"resampled {f:.2f}")
     if rng.random() < 0.25:
         blurred = cv2.GaussianBlur(out.astype(np.float32), (0, 0), rng.uniform(0.8, 2.0))
         amount = rng.uniform(0.3, 1.2)
         out = np.clip(np.rint(out * (1 + amount) - blurred * amount), 0, 255).astype(np.uint8)
+        steps.append("unsharp-masked")
     if rng.random() < 0.2:
-        out = jpeg_roundtrip(out, int(rng.integers(50, 96)))
+        quality = int(rng.integers(50, 96))
+        out = jpeg_roundtrip(out, quality)
+        steps.append(f"saved at {quality}")
     return out
 
 
@@ -94,26 +110,29 @@ def tamper_scene(rng: np.random.Generator, scene: Scene, *, tamper_probability: 
         return _tamper_v2(rng, scene, tamper_probability, options)
     h, w = scene.fill.shape
     photo = jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
+    history = f"jpeg {scene.degradation.jpeg_quality}"
     words = scene.words
     if not words:
-        return TamperedScene(photo, [], [], photo)
+        return TamperedScene(photo, [], [], photo, [], history)
     chosen: set[int] = set()
     if rng.random() < tamper_probability:
         count = int(rng.integers(1, max(1, int(np.ceil(len(words) * 0.5))) + 1))
         chosen = {int(i) for i in rng.choice(len(words), size=count, replace=False)}
     boxes = [wd.box for wd in words]
     labels = [TAMPERED if i in chosen else REAL for i in range(len(words))]
+    edits: list[dict | None] = [None] * len(words)
     if not chosen:
-        return TamperedScene(photo, boxes, labels, photo)
-    canvas = _retype(rng, scene, photo, chosen, boxes)
-    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels, photo)
+        return TamperedScene(photo, boxes, labels, photo, edits, history)
+    canvas = _retype(rng, scene, photo, chosen, boxes, edits)
+    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels, photo, edits, history)
 
 
 def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: set[int],
-            boxes: list[tuple[int, int, int, int]], v2: bool = False) -> np.ndarray:
+            boxes: list[tuple[int, int, int, int]], edits: list[dict | None], v2: bool = False) -> np.ndarray:
     """Erase the `chosen` words of `photo` and draw similar words in their place (float canvas);
-    grows their `boxes` to what was drawn. `v2`: a new word is blurrier than the scene 40 % of the
-    time, and carries its own JPEG round-trip (saved separately by the forger's editor)."""
+    grows their `boxes` to what was drawn and puts each one's record in `edits`. `v2`: a new word is
+    blurrier than the scene 40 % of the time, and carries its own JPEG round-trip (saved separately by
+    the forger's editor)."""
     h, w = scene.fill.shape
     words = scene.words
 
@@ -121,12 +140,15 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
     erase = fill_polygons([words[i].polygon for i in sorted(chosen)], (h, w), 255)
     if rng.random() < 0.5:
         radius = int(rng.integers(2, 6))
-        out = cv2.inpaint(photo, erase, radius, cv2.INPAINT_TELEA if rng.random() < 0.5 else cv2.INPAINT_NS)
+        telea = rng.random() < 0.5
+        out = cv2.inpaint(photo, erase, radius, cv2.INPAINT_TELEA if telea else cv2.INPAINT_NS)
+        erased = "inpainted (Telea)" if telea else "inpainted (Navier-Stokes)"
     else:
         clean = jpeg_roundtrip(scene.background, scene.degradation.jpeg_quality)
         # A regenerated background rarely matches perfectly: a faint brightness/colour offset.
         clean = np.clip(clean.astype(np.float32) + rng.normal(0, 3, 3), 0, 255).astype(np.uint8)
         out = np.where(erase[..., None] > 0, clean, photo)
+        erased = "background regenerated"
     canvas = out.astype(np.float32)
 
     # 2. Draw replacement words, each with its own degradation.
@@ -138,6 +160,7 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
         if word.typeface is not None:  # a heading or bold line: its own font and size
             style.font, style.size = word.typeface
         original_font, original_size = style.font, style.size
+        record = edits[i] = {"kind": "retype", "erased": erased, "font": "the word's"}
         if rng.random() < 0.4:
             near = fonts.near_fonts(style.font)
             style.font = near[int(rng.integers(len(near)))]
@@ -146,6 +169,8 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
             new_text, style.font = text.similar_word(rng, word.script, word.text), original_font
             if not fonts.covers(style.font, new_text):
                 new_text = word.text[::-1]  # same glyphs, different word
+        if style.font != original_font:
+            record["font"] = "a near one"
         # Fit the new word to the old width (a forger matches the box), within +-15 % of the size.
         old_width = fonts.load_font(original_font.path, original_size).getlength(word.text)
         new_width = fonts.load_font(style.font.path, style.size).getlength(new_text)
@@ -164,18 +189,30 @@ def _retype(rng: np.random.Generator, scene: Scene, photo: np.ndarray, chosen: s
         if warped.size == 0:
             continue
         sigma = scene.degradation.blur_sigma * rng.uniform(0.0, 0.8)
+        record["blur"] = "as sharp or sharper"
         if v2 and rng.random() < 0.4:
             sigma = scene.degradation.blur_sigma + rng.uniform(0.4, 1.2)
+            record["blur"] = "blurrier"
+        record["blur_sigma"], record["scene_blur_sigma"] = round(float(sigma), 3), float(scene.degradation.blur_sigma)
+        # the scene's own blur: a Gaussian (its sigma above), a kernel (defocus or motion; sigma 0) or none
+        record["scene_blur"] = ("gaussian" if scene.degradation.blur_sigma > 0 else
+                                "defocus or motion" if scene.degradation.motion_kernel is not None else "none")
         if sigma > 0.2:
             warped[..., :3] = cv2.GaussianBlur(np.ascontiguousarray(warped[..., :3]), (0, 0), sigma)
         coverage = np.maximum(warped[..., 1], warped[..., 2])
         patch = canvas[region]
         composite(patch, warped, style)
+        record["noise"] = 0.0
         if rng.random() < 0.5:  # its own sensor noise, only where the new word is
-            noise = rng.standard_normal(patch.shape, dtype=np.float32) * np.float32(rng.uniform(1, 5))
+            noise = rng.standard_normal(patch.shape, dtype=np.float32)
+            strength = np.float32(rng.uniform(1, 5))  # drawn after the field, as always (the same files)
+            noise *= strength
             patch += noise * coverage[..., None]
+            record["noise"] = round(float(strength), 2)
         if v2:
-            recompressed = jpeg_roundtrip(np.clip(np.rint(patch), 0, 255).astype(np.uint8), int(rng.integers(50, 95)))
+            quality = int(rng.integers(50, 95))
+            record["own_jpeg"] = quality
+            recompressed = jpeg_roundtrip(np.clip(np.rint(patch), 0, 255).astype(np.uint8), quality)
             inside = cv2.dilate((coverage > 0.02).astype(np.uint8), np.ones((3, 3), np.uint8))[..., None] > 0
             patch[...] = np.where(inside, recompressed.astype(np.float32), patch)
         ys, xs = np.nonzero(coverage > 0.05)
@@ -213,16 +250,19 @@ def _free_spot(rng: np.random.Generator, taken: np.ndarray, ph: int, pw: int, tr
 
 
 def _paste(rng: np.random.Generator, canvas: np.ndarray, taken: np.ndarray, patch: np.ndarray, mask: np.ndarray,
-           scale: float) -> tuple[int, int, int, int] | None:
+           scale: float, record: dict) -> tuple[int, int, int, int] | None:
     """Paste `patch` (rescaled by `scale`) into a free place of `canvas`, through its feathered glyph
-    mask (60 %) or as the whole rectangle; returns the pasted box (inclusive) or None."""
+    mask (60 %) or as the whole rectangle (noted in `record`); returns the pasted box (inclusive) or None."""
     ph, pw = max(2, int(round(patch.shape[0] * scale))), max(2, int(round(patch.shape[1] * scale)))
     patch = cv2.resize(patch, (pw, ph), interpolation=cv2.INTER_LINEAR if scale > 1 else cv2.INTER_AREA)
+    record["scale"] = round(float(scale), 3)
     if rng.random() < 0.6:
         alpha = cv2.resize(mask, (pw, ph), interpolation=cv2.INTER_LINEAR)
         alpha = np.clip(cv2.GaussianBlur(alpha, (0, 0), rng.uniform(0.5, 1.5)), 0, 1)
+        record["edge"] = "the glyphs, feathered"
     else:
         alpha = np.ones((ph, pw), np.float32)
+        record["edge"] = "the whole box"
     spot = _free_spot(rng, taken, ph, pw)
     if spot is None or not (alpha > 0.02).any():
         return None
@@ -248,16 +288,18 @@ def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float
     h, w = scene.fill.shape
     lossless = rng.random() < LOSSLESS_ORIGINAL
     photo = scene.image if lossless else jpeg_roundtrip(scene.image, scene.degradation.jpeg_quality)
+    history = "lossless" if lossless else f"jpeg {scene.degradation.jpeg_quality}"
     words = scene.words
     boxes = [wd.box for wd in words]
     labels = [REAL] * len(words)
+    edits: list[dict | None] = [None] * len(words)
     if not words or rng.random() >= tamper_probability:
-        return TamperedScene(photo, boxes, labels, photo)
+        return TamperedScene(photo, boxes, labels, photo, edits, history)
     # At most MAX_EDITS: a retyped word re-warps its whole block (a page), a splice renders a donor scene.
-    edits = int(rng.integers(1, min(MAX_EDITS, max(1, int(np.ceil(len(words) * 0.5)))) + 1))
-    kinds = rng.choice(["retype", "copy-move", "splice"], size=edits, p=[0.5, 0.25, 0.25])
+    count = int(rng.integers(1, min(MAX_EDITS, max(1, int(np.ceil(len(words) * 0.5)))) + 1))
+    kinds = rng.choice(["retype", "copy-move", "splice"], size=count, p=[0.5, 0.25, 0.25])
     retyped = {int(i) for i in rng.choice(len(words), size=int((kinds == "retype").sum()), replace=False)}
-    canvas = _retype(rng, scene, photo, retyped, boxes, v2=True) if retyped else photo.astype(np.float32)
+    canvas = _retype(rng, scene, photo, retyped, boxes, edits, v2=True) if retyped else photo.astype(np.float32)
     for i in retyped:
         labels[i] = TAMPERED
     taken = np.zeros((h, w), np.uint8)
@@ -269,8 +311,10 @@ def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float
             real = [i for i in range(len(words)) if i not in retyped]
             if not real:
                 continue
-            patch, mask = _word_patch(photo, words[real[int(rng.integers(len(real)))]])
+            source = real[int(rng.integers(len(real)))]
+            patch, mask = _word_patch(photo, words[source])
             scale = float(rng.uniform(0.8, 1.25)) if rng.random() < 0.4 else 1.0
+            record = {"kind": "copy-move", "source": int(source)}
         else:
             donor = _donor_scene(rng, scene, options)
             if donor is None:
@@ -280,8 +324,10 @@ def _tamper_v2(rng: np.random.Generator, scene: Scene, tamper_probability: float
             patch, mask = _word_patch(donor_photo, word)
             target = heights[int(rng.integers(len(heights)))] * rng.uniform(0.8, 1.2)
             scale = float(np.clip(target / patch.shape[0], 0.3, 3.0))
-        box = _paste(rng, canvas, taken, patch, mask, scale)
+            record = {"kind": "splice"}
+        box = _paste(rng, canvas, taken, patch, mask, scale, record)
         if box is not None:
             boxes.append(box)
             labels.append(TAMPERED)
-    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels, photo)
+            edits.append(record)
+    return TamperedScene(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), boxes, labels, photo, edits, history)
