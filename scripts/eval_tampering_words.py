@@ -56,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --pipeline: also the forged pixels the path paints tampered by kind of forgery "
                              "(retype, copy-move, splice; how the old word was erased, the blur, the file's history), "
                              "for synthetic sets written with `upocr synth`'s records")
+    parser.add_argument("--missed-sheet", default=None, metavar="DIR",
+                        help="with --by-edit: also a picture per synthetic set, DIR/<set>-missed.jpg, of big forged "
+                             "boxes the path left mostly unpainted, a column per kind of edit")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.missed_sheet and not args.by_edit:
+        parser.error("--missed-sheet shows the forgeries --by-edit counts: add --by-edit")
     if (args.thresholds or args.by_height or args.by_edit) and not args.pipeline:
         parser.error("--thresholds, --by-height and --by-edit read the decisions of the detect-tampering path: "
                      "add --pipeline")
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                                          pipeline_sweep, real_false_alarms, synthetic_scores, text_mask_finder)
     from upocr.evaluate.real import read_real_samples
     from upocr.forensics.model import load_classifier
+    from upocr.io import write_image
 
     classifier = load_classifier(args.classifier)
     threshold = classifier.threshold_probability if args.threshold is None else args.threshold
@@ -109,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                              keep_output=False)
         for spec in args.synthetic:
             root, _, split = spec.rpartition(":")
-            sweep = pipeline_sweep(root, split, pipeline, args.thresholds, limit=args.limit)
+            sweep = pipeline_sweep(root, split, pipeline, args.thresholds, limit=args.limit,
+                                   missed_examples=8 if args.missed_sheet else 0)
             for swept, scores in sweep.items():
                 s = scores.summary()
                 finder, suffix = _swept(swept)
@@ -129,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     edit_rows += [f"| {root} ({split}) | {row['facet']} | {row['value']} | {row['boxes']} / "
                                   f"{row['big_boxes']} | {row['pixel_share']:.3f} | {row['big_pixel_share']:.2f} | "
-                                  f"{row['recall']:.3f} | {row['recall_small']:.3f} / {row['recall_big']:.3f} |"
+                                  f"{row['recall']:.3f} | {row['recall_small']:.3f} / {row['recall_big']:.3f} | "
+                                  f"{row['flagged_box_share']:.3f} | {row['flagged_box_coverage']:.3f} |"
                                   for row in sweep[None].forgeries.summary()]
+                    sheet = sweep[None].forgeries.missed_sheet() if args.missed_sheet else None
+                    if sheet is not None:
+                        written = write_image(Path(args.missed_sheet) / f"{Path(root).name}-missed.jpg", sheet, quality=90)
+                        print(f"{root} ({split}): missed forgeries -> {written}", file=sys.stderr)
     if edit_rows:
         lines += ["", f"| data | forged boxes by | value | boxes (under {BIG_FORGERY} px / taller) | share of the forged "
-                  "pixels | of them in the taller boxes | painted tampered | under / taller |",
-                  "|---|---|---|---:|---:|---:|---:|---:|", *edit_rows]
+                  "pixels | of them in the taller boxes | painted tampered | under / taller | in boxes painted at all | "
+                  "of those, painted |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|", *edit_rows]
     if height_rows:
         lines += ["", "| data | found words, height (px) | forged words (flagged) | genuine words (flagged) | "
                   "share of the forged pixels under them |", "|---|---|---:|---:|---:|", *height_rows]

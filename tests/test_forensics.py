@@ -522,6 +522,19 @@ def test_forged_boxes_are_counted_by_what_was_done_to_them():
     both = rows[("file: after the edits", "re-processed")]
     assert (both["boxes"], both["big_boxes"]) == (1, 1) and both["recall"] == (500 + 1200) / 5800
     assert both["big_pixel_share"] == 4800 / 5800 and ("kind", "copy-move") not in rows
+    # a miss splits into boxes never painted and the unpainted part of those painted: here both boxes were touched,
+    assert both["flagged_box_share"] == 1 and both["flagged_box_coverage"] == both["recall"]
+    classes[20:80, 100:120] = 0  # and with the splice left unpainted, only the retype's pixels count as flagged
+    counted = ForgedBoxes(examples=2)  # keeping crops of the big misses: the splice, not the small retype
+    image = np.zeros(truth.shape + (3,), np.uint8)
+    counted.update(truth, boxes, record, classes, image)
+    both = {(row["facet"], row["value"]): row for row in counted.summary()}[("file: after the edits", "re-processed")]
+    assert both["flagged_box_share"] == 1000 / 5800 and both["flagged_box_coverage"] == 0.5
+    crop = counted.missed["splice"][0]  # half the box's height around it, cut at the image's edges
+    assert list(counted.missed) == ["splice"] and crop.shape == (100, 30 + 80 + 20, 3)
+    assert (crop[20, 30:110] == (255, 0, 0)).all() and not crop[21:79, 32:108].any()  # the box drawn in red
+    sheet = counted.missed_sheet()
+    assert sheet.ndim == 3 and sheet.shape[0] > 96 and ForgedBoxes().missed_sheet() is None
 
 
 def test_the_paths_false_alarms_swept_over_thresholds_in_one_pass(tiny_weights, tmp_path):
@@ -566,7 +579,8 @@ def test_the_evaluation_script_scores_the_classifier_on_synthetic_forgeries(tmp_
     assert len(scores) == 3 and all(row["images"] == 3 and 0 <= row["miou"] <= 1 for row in scores.values())
     # --thresholds: the detect-tampering path's words repainted at each, rows from the same pass.
     assert module.main(["--synthetic", f"{tmp_path / 'data'}:train", "--pipeline", "--thresholds", "0", "1.01",
-                        "--by-height", "--by-edit", "--limit", "1", "--json", str(tmp_path / "swept.json")]) == 0
+                        "--by-height", "--by-edit", "--missed-sheet", str(tmp_path / "sheets"), "--limit", "1",
+                        "--json", str(tmp_path / "swept.json")]) == 0
     printed = capsys.readouterr().out
     assert "repainted at 0 |" in printed and "| >= 70 |" in printed and "| kind | retype |" in printed
     swept = json.loads((tmp_path / "swept.json").read_text())["synthetic"]

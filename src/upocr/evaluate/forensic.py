@@ -126,18 +126,22 @@ def edit_facets(word: dict, record: dict) -> list[tuple[str, str]]:
 @dataclass
 class ForgedBoxes:
     """The forged boxes of synthetic forgeries by what was done to them (the records `upocr synth` writes beside the
-    boxes) and by height: per group, the boxes and their forged pixels, and how many of those pixels a path painted
-    tampered. Says which forgeries a detector misses: e.g. big retyped words made blurrier than the scene
-    (docs/tampering-log.md, session 40)."""
+    boxes) and by height: per group, the boxes and their forged pixels, how many of those pixels a path painted
+    tampered, and the pixels of the boxes it painted any of (so a miss splits into boxes never flagged and the part
+    of a flagged box left unpainted). Says which forgeries a detector misses: e.g. big retyped words made blurrier
+    than the scene (docs/tampering-log.md, session 40)."""
 
-    # (facet, value) -> [boxes, forged pixels, pixels painted tampered] for boxes under BIG_FORGERY px, then the big
+    # (facet, value) -> [boxes, forged pixels, pixels painted tampered, pixels of the boxes painted at all] for boxes
+    # under BIG_FORGERY px, then the same for the big ones
     groups: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     forged_pixels: int = 0  # all forged pixels of the images scored, with a record or not
+    examples: int = 0  # big forged boxes the path left mostly unpainted, kept per kind for `missed_sheet`
+    missed: dict[str, list[np.ndarray]] = field(default_factory=dict)  # kind -> crops, the box drawn in red
 
     def update(self, truth: np.ndarray, boxes: Sequence[tuple[int, int, int, int, int]], record: dict | None,
-               classes: np.ndarray) -> None:
+               classes: np.ndarray, image: np.ndarray | None = None) -> None:
         """Add one image: its class map `truth`, its gt boxes, their record (None: counted in the total only) and the
-        path's class map `classes`."""
+        path's class map `classes`; `image` (RGB): to keep crops of its missed big forgeries (`examples`)."""
         forged = truth == 2
         self.forged_pixels += int(forged.sum())
         if record is None:
@@ -151,17 +155,49 @@ class ForgedBoxes:
             unclaimed[inside] = False
             pixels = int(mine.sum())
             painted = int((mine & (classes[inside] == 2)).sum())
-            big = 3 if y2 - y1 + 1 >= BIG_FORGERY else 0
+            big = 4 if y2 - y1 + 1 >= BIG_FORGERY else 0
             for facet in edit_facets(word, record):
-                self.groups.setdefault(facet, np.zeros(6, np.int64))[big:big + 3] += (1, pixels, painted)
+                self.groups.setdefault(facet, np.zeros(8, np.int64))[big:big + 4] += (1, pixels, painted,
+                                                                                     pixels if painted else 0)
+            if image is not None and big and painted < pixels / 2:
+                self._keep_missed(image, (x1, y1, x2, y2), word)
+
+    def _keep_missed(self, image: np.ndarray, box: tuple[int, int, int, int], word: dict) -> None:
+        kind = word["kind"] + (f", {word['blur']}" if "blur" in word else "")
+        kept = self.missed.setdefault(kind, [])
+        if len(kept) >= self.examples:
+            return
+        x1, y1, x2, y2 = box
+        margin = (y2 - y1 + 1) // 2
+        top, left = max(0, y1 - margin), max(0, x1 - margin)
+        crop = np.ascontiguousarray(image[top:y2 + margin + 1, left:x2 + margin + 1])
+        cv2.rectangle(crop, (x1 - left, y1 - top), (x2 - left, y2 - top), (255, 0, 0), max(1, (y2 - y1) // 30))
+        kept.append(crop)
+
+    def missed_sheet(self, height: int = 96) -> np.ndarray | None:
+        """A picture of the kept misses (forged boxes BIG_FORGERY px or taller, under half of them painted tampered): a
+        column per kind of edit, titled with it, the forged box in red; None if none were kept."""
+        from upocr.visualize import image_grid
+
+        kinds = sorted(kind for kind, crops in self.missed.items() if crops)
+        if not kinds:
+            return None
+        blank = np.full((height, height, 3), 255, np.uint8)
+        rows = [[self.missed[kind][r] if r < len(self.missed[kind]) else blank for kind in kinds]
+                for r in range(max(len(self.missed[kind]) for kind in kinds))]
+        return image_grid(rows, kinds, height=height)
 
     def summary(self) -> list[dict]:
         rows = []
-        for (facet, value), (boxes, pixels, painted, big_boxes, big_pixels, big_painted) in sorted(self.groups.items()):
+        for (facet, value), counts in sorted(self.groups.items()):
+            boxes, pixels, painted, touched, big_boxes, big_pixels, big_painted, big_touched = (int(c) for c in counts)
             share = (pixels + big_pixels) / self.forged_pixels if self.forged_pixels else float("nan")
-            rows.append({"facet": facet, "value": value, "boxes": int(boxes), "big_boxes": int(big_boxes),
+            rows.append({"facet": facet, "value": value, "boxes": boxes, "big_boxes": big_boxes,
                          "pixel_share": share, "big_pixel_share": big_pixels / max(pixels + big_pixels, 1),
                          "recall": (painted + big_painted) / max(pixels + big_pixels, 1),
+                         # of the group's forged pixels, those in boxes painted at all; of those, the painted share
+                         "flagged_box_share": (touched + big_touched) / max(pixels + big_pixels, 1),
+                         "flagged_box_coverage": (painted + big_painted) / max(touched + big_touched, 1),
                          "recall_small": painted / pixels if pixels else float("nan"),
                          "recall_big": big_painted / big_pixels if big_pixels else float("nan")})
         return rows
@@ -496,18 +532,19 @@ def copy_move_scores(samples: Sequence[RealSample], classifier: TreeEnsemble, *,
 
 
 def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence[float] = (), *,
-                   limit: int | None = None, progress: bool = True) -> dict[float | None, ForensicScores]:
+                   limit: int | None = None, missed_examples: int = 0,
+                   progress: bool = True) -> dict[float | None, ForensicScores]:
     """The whole `detect-tampering` path (`predictor.predict(image, "tampering")`, e.g. with
     `Predictor(tampering="words")`) on a Tampered-IC13-layout split. Under None: the predictor's own class maps;
     under each of `thresholds`: its words decided again at that threshold (`WordTampering.at_threshold`), from the
     same pass, so an operating curve costs one run of the path (a predictor without per-word decisions, e.g.
     `tampering="model"`, has only None). With per-word decisions the None row also has them by word height
     (`ForensicScores.heights`); where the set has `upocr synth`'s records, it has its forged pixels by kind of
-    forgery (`ForensicScores.forgeries`)."""
+    forgery (`ForensicScores.forgeries`, keeping `missed_examples` crops of big misses per kind)."""
     sweep: dict[float | None, ForensicScores] = {None: ForensicScores()}
     samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
     if any(sample.edits is not None for sample in samples):
-        sweep[None].forgeries = ForgedBoxes()
+        sweep[None].forgeries = ForgedBoxes(examples=missed_examples)
     for sample in tqdm(samples, desc=f"pipeline {Path(root).name}", unit="image", disable=not progress):
         image = read_image(sample.image)
         started = time.perf_counter()
@@ -520,7 +557,7 @@ def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence
         if sweep[None].forgeries is not None:
             boxes = read_tampering_boxes(sample.gt)
             record = read_tampering_edits(sample.edits, len(boxes)) if sample.edits is not None else None
-            sweep[None].forgeries.update(truth, boxes, record, prediction.classes)
+            sweep[None].forgeries.update(truth, boxes, record, prediction.classes, image)
         for threshold, classes in _decisions(prediction, thresholds):
             scores = sweep.setdefault(threshold, ForensicScores())
             scores.matrix.update(truth, classes)
