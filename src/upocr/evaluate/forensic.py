@@ -159,7 +159,7 @@ class ForgedBoxes:
             for facet in edit_facets(word, record):
                 self.groups.setdefault(facet, np.zeros(8, np.int64))[big:big + 4] += (1, pixels, painted,
                                                                                      pixels if painted else 0)
-            if image is not None and big and painted < pixels / 2:
+            if self.examples and image is not None and big and painted < pixels / 2:
                 self._keep_missed(image, (x1, y1, x2, y2), word)
 
     def _keep_missed(self, image: np.ndarray, box: tuple[int, int, int, int], word: dict) -> None:
