@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -379,8 +379,13 @@ def read_tampering_edits(path: str | Path, boxes: int) -> dict:
 def read_tampering_label(gt_path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 class map: 0 background, 1 real, 2 tampered; boxes filled in file order
     (corners inclusive, later boxes on top), like the original's cv2.rectangle segmentation map."""
+    return tampering_classes(read_tampering_boxes(gt_path), size)
+
+
+def tampering_classes(boxes: Sequence[tuple[int, int, int, int, int]], size: tuple[int, int]) -> np.ndarray:
+    """`read_tampering_label`'s class map from boxes already read."""
     height, width = size
     classes = np.zeros((height, width), np.uint8)
-    for x1, y1, x2, y2, label in read_tampering_boxes(gt_path):
+    for x1, y1, x2, y2, label in boxes:
         cv2.rectangle(classes, (x1, y1), (x2, y2), int(label), thickness=-1)
     return classes

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from upocr.data.layouts import read_tampering_boxes, read_tampering_edits, read_tampering_label, tampering_samples
+from upocr.data.layouts import read_tampering_boxes, read_tampering_edits, tampering_classes, tampering_samples
 from upocr.data.synth.tampering import jpeg_roundtrip
 from upocr.evaluate.confusion import ConfusionMatrix
 from upocr.evaluate.real import MethodScores, RealSample, annotated_classes, score_tampering
@@ -78,7 +78,7 @@ class WordHeights:
         forged = truth == 2
         self.forged_pixels += int(forged.sum())
         height, width = forged.shape
-        measured = decided.polygons if decided.scored is None else decided.scored
+        measured = decided.measured
         labels = labels_from_tampered_pixels(measured, forged)  # 1 forged, 0 genuine, -1 half of each
         painted = []  # (bin, painted extent)
         for polygon, extent, probability, label in zip(measured, decided.polygons, decided.probabilities, labels):
@@ -104,7 +104,7 @@ class WordHeights:
                 for low, high, (f, ff, g, gf, pixels) in zip(HEIGHT_BINS, edges, self.counts)]
 
 
-BIG_FORGERY = 40  # px: a forged box this tall or taller counts as big in `ForgedBoxes` (as `HEIGHT_BINS`' top bins)
+BIG_FORGERY = HEIGHT_BINS[3]  # px: a forged box this tall or taller counts as big in `ForgedBoxes` (40)
 
 
 def edit_facets(word: dict, record: dict) -> list[tuple[str, str]]:
@@ -155,10 +155,10 @@ class ForgedBoxes:
             unclaimed[inside] = False
             pixels = int(mine.sum())
             painted = int((mine & (classes[inside] == 2)).sum())
-            big = 4 if y2 - y1 + 1 >= BIG_FORGERY else 0
+            big = y2 - y1 + 1 >= BIG_FORGERY
             for facet in edit_facets(word, record):
-                self.groups.setdefault(facet, np.zeros(8, np.int64))[big:big + 4] += (1, pixels, painted,
-                                                                                     pixels if painted else 0)
+                counts = self.groups.setdefault(facet, np.zeros(8, np.int64))
+                counts[4 * big:4 * big + 4] += (1, pixels, painted, pixels if painted else 0)
             if self.examples and image is not None and big and painted < pixels / 2:
                 self._keep_missed(image, (x1, y1, x2, y2), word)
 
@@ -191,12 +191,13 @@ class ForgedBoxes:
         rows = []
         for (facet, value), counts in sorted(self.groups.items()):
             boxes, pixels, painted, touched, big_boxes, big_pixels, big_painted, big_touched = (int(c) for c in counts)
+            total = max(pixels + big_pixels, 1)
             share = (pixels + big_pixels) / self.forged_pixels if self.forged_pixels else float("nan")
             rows.append({"facet": facet, "value": value, "boxes": boxes, "big_boxes": big_boxes,
-                         "pixel_share": share, "big_pixel_share": big_pixels / max(pixels + big_pixels, 1),
-                         "recall": (painted + big_painted) / max(pixels + big_pixels, 1),
+                         "pixel_share": share, "big_pixel_share": big_pixels / total,
+                         "recall": (painted + big_painted) / total,
                          # of the group's forged pixels, those in boxes painted at all; of those, the painted share
-                         "flagged_box_share": (touched + big_touched) / max(pixels + big_pixels, 1),
+                         "flagged_box_share": (touched + big_touched) / total,
                          "flagged_box_coverage": (painted + big_painted) / max(touched + big_touched, 1),
                          "recall_small": painted / pixels if pixels else float("nan"),
                          "recall_big": big_painted / big_pixels if big_pixels else float("nan")})
@@ -238,8 +239,8 @@ def synthetic_scores(root: str | Path, split: str, classifier: TreeEnsemble, *, 
     samples = tampering_samples(root, split)[:limit] if limit else tampering_samples(root, split)
     for sample in tqdm(samples, desc=f"tampering {Path(root).name}", unit="image", disable=not progress):
         image = read_image(sample.image)
-        gt = read_tampering_label(sample.gt, image.shape[:2])
         boxes = read_tampering_boxes(sample.gt)
+        gt = tampering_classes(boxes, image.shape[:2])
         started = time.perf_counter()
         regions = [box[:4] for box in boxes] if finder is None else finder(image)
         result = classify_regions(image, regions, threshold=threshold, classifier=classifier)
@@ -550,12 +551,12 @@ def pipeline_sweep(root: str | Path, split: str, predictor, thresholds: Sequence
         started = time.perf_counter()
         prediction = predictor.predict(image, "tampering")
         sweep[None].seconds.append(time.perf_counter() - started)
-        truth = read_tampering_label(sample.gt, image.shape[:2])
+        boxes = read_tampering_boxes(sample.gt)
+        truth = tampering_classes(boxes, image.shape[:2])
         if prediction.word_tampering is not None:
             sweep[None].heights = sweep[None].heights or WordHeights()
             sweep[None].heights.update(truth, prediction.word_tampering)
         if sweep[None].forgeries is not None:
-            boxes = read_tampering_boxes(sample.gt)
             record = read_tampering_edits(sample.edits, len(boxes)) if sample.edits is not None else None
             sweep[None].forgeries.update(truth, boxes, record, prediction.classes, image)
         for threshold, classes in _decisions(prediction, thresholds):

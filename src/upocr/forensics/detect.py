@@ -113,13 +113,17 @@ class WordTampering:
     threshold: float
     scored: list[np.ndarray] | None = None  # each region as the classifier measured it (None: as painted)
 
+    @property
+    def measured(self) -> list[np.ndarray]:
+        """Each region as the classifier measured it (`scored`, or the painted polygons where they are the same)."""
+        return self.polygons if self.scored is None else self.scored
+
     def words(self) -> list[dict]:
         """JSON-able per-word records: box and polygon (as painted), scored_box (the region the classifier
         measured: inside the painted box when the words are painted grown), probability, tampered."""
-        scored = self.polygons if self.scored is None else self.scored
         return [{"box": _json_box(polygon), "polygon": np.round(polygon, 1).tolist(), "scored_box": _json_box(measured),
                  "probability": round(float(probability), 4), "tampered": bool(probability > self.threshold)}
-                for polygon, measured, probability in zip(self.polygons, scored, self.probabilities)]
+                for polygon, measured, probability in zip(self.polygons, self.measured, self.probabilities)]
 
     def at_threshold(self, threshold: float) -> WordTampering:
         """The same words decided at another threshold: their class map painted again, nothing measured again
