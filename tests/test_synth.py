@@ -606,6 +606,31 @@ def test_every_scene_kind_renders_at_64px_with_exact_ground_truth(kind):
     assert texts >= 2
 
 
+def test_kinds_draw_only_the_named_v2_scene_kinds_and_are_recorded(tmp_path: Path, monkeypatch, capsys):
+    from upocr.data.synth import world
+
+    drawn = []
+    render_kind_scene = world.render_kind_scene
+
+    def spy(rng, kind, **kwargs):
+        drawn.append(kind.name)
+        return render_kind_scene(rng, kind, **kwargs)
+
+    monkeypatch.setattr(world, "render_kind_scene", spy)
+    generate_dataset(tmp_path, count=4, seed=6, size=64, tasks=["segmentation"], workers=1, progress=False,
+                     scenes="v2", kinds=["ui", "document", "ui"])
+    assert len(drawn) == 4 and set(drawn) <= {"ui", "book", "receipt"}
+    run, = json.loads((tmp_path / "synth-manifest.json").read_text())["runs"]
+    assert run["kinds"] == ["ui", "document"]
+    with pytest.raises(SynthError, match="add --scenes v2"):
+        generate_dataset(tmp_path / "v1", count=1, seed=6, size=64, tasks=["segmentation"], workers=1,
+                         progress=False, kinds=["ui"])
+    assert cli_main(["synth", "--out", str(tmp_path / "bad"), "--count", "1", "--scenes", "v2", "--kinds", "sgn",
+                     "--tasks", "segmentation", "--workers", "1"]) == 2
+    assert "scene kinds sgn: expected some of classic, sign, poster, ui, document" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "v1").exists()
+
+
 def test_scene_kinds_table_weights_and_lookup():
     from upocr.data.synth import world
 

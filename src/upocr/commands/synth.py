@@ -28,6 +28,10 @@ def register(subparsers) -> None:
                         help="v1: the original random blocks (default, same bytes as before); v2: text as in the "
                              "world (signs, posters, screenshots, book pages, receipts at print size, camera "
                              "effects, more scripts, copy-move/splice tampering); see docs/data.md")
+    parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                        help="with --scenes v2: draw only these scene kinds (classic, sign, poster, ui, document; their "
+                             "weights renormalised), e.g. more big display words for training; default: all, "
+                             "the v2 mix")
     parser.add_argument("--backgrounds", metavar="DIR", default=None,
                         help="folder of text-free photos (any size; searched recursively) used as backgrounds "
                              "besides the built-in ones; unreadable files are skipped with a warning")
@@ -52,12 +56,14 @@ def run(args: argparse.Namespace) -> int:
             for task, path in make_contact_sheets(args.contact_sheet, split=args.split, seed=args.seed, size=height,
                                                   workers=args.workers, scenes=args.scenes,
                                                   background_dir=args.backgrounds,
-                                                  background_mix=args.background_mix).items():
+                                                  background_mix=args.background_mix,
+                                                  kinds=args.kinds).items():
                 print(f"{task}: {path}")
             return 0
         summary = generate_dataset(args.out, count=args.count, seed=args.seed, split=args.split, size=args.size,
                                    tasks=tasks, workers=args.workers, scenes=args.scenes,
-                                   background_dir=args.backgrounds, background_mix=args.background_mix)
+                                   background_dir=args.backgrounds, background_mix=args.background_mix,
+                                   kinds=args.kinds)
     except (SynthError, ValueError) as error:
         print(f"upocr synth: error: {error}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from upocr.data import layouts
 from upocr.data.synth import backgrounds, fonts
 from upocr.data.synth.render import Scene, removal_mask, textseg_label
 from upocr.data.synth.tampering import LOSSLESS_FILE, reprocess, tamper_scene
-from upocr.data.synth.world import SceneOptions, render_scene
+from upocr.data.synth.world import SCENE_KINDS, SceneOptions, render_scene
 from upocr.tasks import Task
 
 # 2: v2 receipts and book headings carry genuine emphasis (world.py: a larger, bold heading, a bold total);
@@ -161,6 +161,17 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
+def _checked_kinds(kinds: Sequence[str], scenes: str) -> tuple[str, ...]:
+    """`kinds` as a tuple of distinct v2 scene kinds, or a SynthError naming what is wrong."""
+    if scenes != "v2":
+        raise SynthError("scene kinds choose among v2 scenes; add --scenes v2")
+    kinds = tuple(dict.fromkeys(str(kind) for kind in kinds))
+    unknown = [kind for kind in kinds if kind not in SCENE_KINDS]
+    if unknown or not kinds:
+        raise SynthError(f"scene kinds {', '.join(unknown) or '(none)'}: expected some of {', '.join(SCENE_KINDS)}")
+    return kinds
+
+
 def generate_dataset(
     out_root: str | Path,
     *,
@@ -174,11 +185,13 @@ def generate_dataset(
     scenes: str = "v1",
     background_dir: str | Path | None = None,
     background_mix: float = 0.5,
+    kinds: Sequence[str] | None = None,
 ) -> dict:
     """Write `count` samples per task into the three layouts under `out_root`.
 
-    `scenes` "v2" draws the scene kinds of `world.py`; `background_dir` adds a folder of text-free
-    photos used for a `background_mix` share of the backgrounds (unreadable files: one warning each).
+    `scenes` "v2" draws the scene kinds of `world.py` (`kinds`: only these of `SCENE_KINDS`, their weights
+    renormalised; None: all, the default mix); `background_dir` adds a folder of text-free photos used for
+    a `background_mix` share of the backgrounds (unreadable files: one warning each).
 
     Returns a summary dict (root, split, seed, count, size, tasks, names per task, seconds,
     samples_per_second). Raises SynthError for a bad request or a (task, split, seed) already
@@ -195,13 +208,16 @@ def generate_dataset(
         raise SynthError(f"scenes {scenes!r}: expected one of {', '.join(SCENE_VERSIONS)}")
     if not 0.0 <= float(background_mix) <= 1.0:
         raise SynthError(f"background mix {background_mix}: must be between 0 and 1")
+    if kinds is not None:
+        kinds = _checked_kinds(kinds, scenes)
     user_photos: tuple[str, ...] = ()
     if background_dir is not None:
         try:
             user_photos = backgrounds.list_user_photos(background_dir)
         except backgrounds.BackgroundError as error:
             raise SynthError(str(error)) from None
-    options = SceneOptions(scenes=scenes, user_photos=user_photos, background_mix=float(background_mix))
+    options = SceneOptions(scenes=scenes, user_photos=user_photos, background_mix=float(background_mix),
+                           **({"kinds": kinds} if kinds is not None else {}))
     height, width = parse_size(size)
     task_list = sorted(set(Task.parse_many(tasks))) if tasks is not None else sorted(Task)
     if not task_list:
@@ -253,6 +269,7 @@ def generate_dataset(
             "fonts": [Path(f.path).name for f in fonts.fonts_for_split(split, scenes == "v2")],
             "photos": [Path(p).name for p in backgrounds.photos_for_split(split)],
             "scenes": scenes,
+            **({"kinds": list(kinds)} if kinds is not None else {}),
             **({"backgrounds": {"folder": str(background_dir), "files": len(user_photos), "mix": float(background_mix)}}
                if user_photos else {}),
         })
