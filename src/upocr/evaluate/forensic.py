@@ -170,7 +170,9 @@ class ForgedBoxes:
         x1, y1, x2, y2 = box
         margin = (y2 - y1 + 1) // 2
         top, left = max(0, y1 - margin), max(0, x1 - margin)
-        crop = np.ascontiguousarray(image[top:y2 + margin + 1, left:x2 + margin + 1])
+        # a copy, not ascontiguousarray: a full-width slice is already contiguous, and the box would be drawn into
+        # `image` itself (and show in the next crop of the same image)
+        crop = image[top:y2 + margin + 1, left:x2 + margin + 1].copy()
         cv2.rectangle(crop, (x1 - left, y1 - top), (x2 - left, y2 - top), (255, 0, 0), max(1, (y2 - y1) // 30))
         kept.append(crop)
 
